@@ -1,0 +1,3 @@
+from gendertool.cli import main
+
+main()

@@ -1,0 +1,37 @@
+"""Command-line layer: thin Typer commands. The only place that exits.
+
+Each command parses options, calls one operation from the layer below and presents the
+result. :class:`~gendertool.errors.GendertoolError` is caught once, in :func:`main`.
+Command modules import their operations lazily so ``gendertool --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from rich.markup import escape
+
+from gendertool.errors import GendertoolError
+
+from ._app import app, err_console
+
+# Importing the command modules registers their commands on ``app``.
+from . import model as _model  # noqa: F401,E402
+from . import validate as _validate  # noqa: F401,E402
+from . import build as _build  # noqa: F401,E402
+from . import device as _device  # noqa: F401,E402
+from . import bench as _bench  # noqa: F401,E402
+
+EXIT_USER_ERROR = 2
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Console-script entry point."""
+    try:
+        app(args=argv, prog_name="gendertool")
+    except GendertoolError as exc:
+        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        sys.exit(EXIT_USER_ERROR)
+    except KeyboardInterrupt:
+        err_console.print("interrupted")
+        sys.exit(130)

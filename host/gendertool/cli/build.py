@@ -1,0 +1,2 @@
+"""Commands: build (filled in by its issue)."""
+from ._app import app  # noqa: F401

@@ -1,0 +1,2 @@
+"""Commands: model (filled in by its issue)."""
+from ._app import app  # noqa: F401

@@ -1,0 +1,2 @@
+"""Commands: validate (filled in by its issue)."""
+from ._app import app  # noqa: F401

@@ -1,0 +1,144 @@
+"""The reference image preprocessing, shared bit for bit with the firmware.
+
+Pipeline (RGB888 in, the model's int8 input tensor out):
+
+1. **crop**: a centred square of side ``floor(min(h, w) * crop_fraction)``.
+2. **resize**: bilinear with half-pixel centres in integer fixed point (8 fractional
+   bits per axis), so that ``firmware/main/image_preprocess.cc`` computes the same bytes.
+3. **normalise + quantise**: per channel ``q = clamp(round((v - mean) / std / scale) + zp)``,
+   precomputed for every byte value into a 3 x 256 int8 table. The firmware receives the
+   table generated from the model's input tensor, so no float arithmetic runs on the device.
+
+Training uses :func:`crop_resize` and :func:`normalize` so the model learns on exactly the
+pixels the device will see.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from gendertool.errors import ImageError
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """How a model wants its pixels: part of each model's profile, rendered into the firmware."""
+
+    crop_fraction: float = 1.0
+    # float = (pixel - mean) / std, pixel in 0..255, channel order R, G, B
+    mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    std: tuple[float, float, float] = (127.5, 127.5, 127.5)
+    crop: str = field(default="center")
+    resize: str = field(default="bilinear")
+
+    def __post_init__(self) -> None:
+        if self.crop != "center" or self.resize != "bilinear":
+            raise ValueError("only centre crop and bilinear resize are implemented")
+        if not 0.1 <= self.crop_fraction <= 1.0:
+            raise ValueError("crop_fraction must be within [0.1, 1.0]")
+        if any(s <= 0 for s in self.std):
+            raise ValueError("std must be positive")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Preprocessing":
+        return cls(
+            crop_fraction=float(data.get("crop_fraction", 1.0)),
+            mean=tuple(float(v) for v in data.get("mean", (127.5,) * 3)),  # type: ignore[arg-type]
+            std=tuple(float(v) for v in data.get("std", (127.5,) * 3)),  # type: ignore[arg-type]
+            crop=data.get("crop", "center"),
+            resize=data.get("resize", "bilinear"),
+        )
+
+
+def load_rgb(path: str | Path) -> np.ndarray:
+    """Decode an image file to an ``HxWx3`` uint8 RGB array (EXIF orientation applied)."""
+    from PIL import Image, ImageOps, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+        raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
+
+
+def crop_box(height: int, width: int, crop_fraction: float = 1.0) -> tuple[int, int, int]:
+    """Return ``(y0, x0, side)`` of the centred square crop."""
+    side = max(1, int(min(height, width) * crop_fraction))
+    return (height - side) // 2, (width - side) // 2, side
+
+
+def _axis_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Source indices (lo, hi) and 8-bit weights of ``hi`` for one axis."""
+    o = np.arange(out_size, dtype=np.int64)
+    # source coordinate (o + 0.5) * in / out - 0.5, in units of 1 / (2 * out)
+    num = np.maximum((2 * o + 1) * in_size - out_size, 0)
+    s8 = (num * 256) // (2 * out_size)
+    lo = s8 >> 8
+    frac = s8 & 255
+    at_edge = lo >= in_size - 1
+    lo = np.where(at_edge, in_size - 1, lo)
+    hi = np.where(at_edge, in_size - 1, lo + 1)
+    frac = np.where(at_edge, 0, frac)
+    return lo, hi, frac
+
+
+def crop_resize(rgb: np.ndarray, out_h: int, out_w: int, crop_fraction: float = 1.0) -> np.ndarray:
+    """Centre-crop and resize an ``HxWx3`` uint8 image to ``out_h x out_w x 3`` uint8."""
+    if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
+        raise ImageError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
+    y0, x0, side = crop_box(rgb.shape[0], rgb.shape[1], crop_fraction)
+    ylo, yhi, fy = _axis_taps(out_h, side)
+    xlo, xhi, fx = _axis_taps(out_w, side)
+    src = rgb[y0 : y0 + side, x0 : x0 + side].astype(np.int64)
+    fx_ = fx[None, :, None]
+    fy_ = fy[:, None, None]
+    top = src[ylo][:, xlo] * (256 - fx_) + src[ylo][:, xhi] * fx_
+    bottom = src[yhi][:, xlo] * (256 - fx_) + src[yhi][:, xhi] * fx_
+    out = (top * (256 - fy_) + bottom * fy_ + 32768) >> 16
+    return out.astype(np.uint8)
+
+
+def normalize(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
+    """uint8 RGB -> float32 model input (before quantisation)."""
+    mean = np.asarray(pre.mean, dtype=np.float32)
+    std = np.asarray(pre.std, dtype=np.float32)
+    return (rgb.astype(np.float32) - mean) / std
+
+
+def quant_lut(pre: Preprocessing, scale: float, zero_point: int) -> np.ndarray:
+    """The 3 x 256 int8 table mapping each channel's byte value to the quantised input."""
+    if not scale > 0:
+        raise ValueError("input scale must be positive")
+    v = np.arange(256, dtype=np.float64)
+    rows = []
+    for c in range(3):
+        x = (v - pre.mean[c]) / pre.std[c] / scale
+        q = np.sign(x) * np.floor(np.abs(x) + 0.5) + zero_point  # round half away from zero
+        rows.append(np.clip(q, -128, 127))
+    return np.stack(rows).astype(np.int8)
+
+
+def quantize(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Apply a :func:`quant_lut` table to an ``HxWx3`` uint8 image -> ``HxWx3`` int8."""
+    return np.stack([lut[c][rgb[..., c]] for c in range(3)], axis=-1)
+
+
+def preprocess(rgb: np.ndarray, pre: Preprocessing, height: int, width: int, scale: float, zero_point: int) -> np.ndarray:
+    """The whole pipeline: ``HxWx3`` uint8 -> ``1 x height x width x 3`` int8 input tensor."""
+    resized = crop_resize(rgb, height, width, pre.crop_fraction)
+    return quantize(resized, quant_lut(pre, scale, zero_point))[None, ...]
+
+
+def list_images(folder: str | Path) -> list[Path]:
+    """Image-looking files below ``folder``, sorted (by suffix; decoding decides the rest)."""
+    root = Path(folder)
+    return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
