@@ -21,6 +21,7 @@ from . import validate as _validate  # noqa: F401,E402
 from . import build as _build  # noqa: F401,E402
 from . import device as _device  # noqa: F401,E402
 from . import bench as _bench  # noqa: F401,E402
+from . import sim as _sim  # noqa: F401,E402
 
 EXIT_USER_ERROR = 2
 
