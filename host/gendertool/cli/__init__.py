@@ -17,6 +17,7 @@ from ._app import app, err_console
 
 # Importing the command modules registers their commands on ``app``.
 from . import model as _model  # noqa: F401,E402
+from . import model_zoo as _model_zoo  # noqa: F401,E402
 from . import validate as _validate  # noqa: F401,E402
 from . import build as _build  # noqa: F401,E402
 from . import device as _device  # noqa: F401,E402

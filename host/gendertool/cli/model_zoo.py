@@ -1,0 +1,89 @@
+"""Commands: model pull, model list (registered downloadable models)."""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from ._app import app, console, err_console
+
+model_app = typer.Typer(
+    help="Registered reference models: list them, download them into the cache.",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
+
+
+@model_app.command("pull")
+def pull(
+    name: str = typer.Argument(..., help="Profile name, e.g. seeed-gender (see `gendertool model list`)."),
+    force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
+) -> None:
+    """Download a registered model, verify its published checksum and cache it for --model NAME."""
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
+
+    from gendertool import profiles
+
+    profile = profiles.get_profile(name)
+    if not force and profiles.is_cached(name):
+        console.print(f"{name}: already cached at {profiles.cached_path(name)} ({profile.checksum} verified)")
+        return
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"{name} from {profile.host}", total=None)
+        path = profiles.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{name}: downloaded to {path} ({profile.checksum} verified)")
+    if profile.note:
+        console.print(f"note: {profile.note}")
+
+
+@model_app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """List the registered model profiles and whether each is cached."""
+    from rich.table import Table
+
+    from gendertool import profiles
+
+    rows = []
+    for p in profiles.PROFILES.values():
+        rows.append(
+            {
+                "name": p.name,
+                "description": p.description,
+                "url": p.url,
+                "checksum": p.checksum,
+                "labels": list(p.labels),
+                "preprocessing": p.preprocessing.to_dict(),
+                "cached": profiles.is_cached(p.name),
+                "path": str(profiles.cached_path(p.name)),
+                "note": p.note,
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
+        return
+    table = Table(title=f"model profiles (cache: {profiles.cache_dir()})")
+    for col in ("name", "labels", "mean / std", "cached", "description"):
+        table.add_column(col)
+    for r in rows:
+        pre = r["preprocessing"]
+        table.add_row(
+            r["name"],
+            ", ".join(r["labels"]),
+            f"{tuple(pre['mean'])} / {tuple(pre['std'])}",
+            "yes" if r["cached"] else "no",
+            r["description"],
+        )
+    console.print(table)
+    for r in rows:
+        if r["note"]:
+            console.print(f"{r['name']}: {r['note']}")
