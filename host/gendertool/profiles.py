@@ -12,6 +12,7 @@ Pure standard library + :mod:`gendertool.preprocess` (no numpy/tflite at import 
 from __future__ import annotations
 
 import hashlib
+import http.client
 import json
 import os
 import tempfile
@@ -319,7 +320,7 @@ def pull_model(
                 raise NetworkError(f"{where}: HTTP {exc.code} {exc.reason} for {profile.url}") from None
             except urllib.error.URLError as exc:
                 raise NetworkError(f"{where}: {exc.reason}; you are offline or the host is unreachable") from None
-            except (OSError, TimeoutError) as exc:  # connection reset / timeout mid-transfer
+            except (OSError, http.client.HTTPException) as exc:  # reset, timeout, cut short mid-transfer
                 raise NetworkError(f"{where}: {exc}; you are offline or the host is unreachable") from None
         if total is not None and done != total:
             raise NetworkError(f"{where}: transfer cut short ({done} of {total} bytes)")
