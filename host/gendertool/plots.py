@@ -1,0 +1,86 @@
+"""PNG plots for bench results (matplotlib, Agg backend, imported only when a plot is drawn)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from gendertool.bench import REFERENCE_LABEL, REFERENCE_MS
+
+if TYPE_CHECKING:
+    from gendertool.bench import BenchResult, OpTiming
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)  # headless: never needs a display
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _title(text: str, simulated: bool) -> str:
+    return f"SIMULATED - {text}" if simulated else text
+
+
+def latency_histogram(result: "BenchResult", path: Path) -> Path:
+    """Histogram of total and Invoke() latency in ms with the 40 ms reference line."""
+    plt = _pyplot()
+    total = [s.total_us / 1000.0 for s in result.samples]
+    invoke = [s.invoke_us / 1000.0 for s in result.samples]
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    try:
+        if total:
+            lo = min(min(invoke), min(total))
+            hi = max(max(total), REFERENCE_MS * 0.5)
+            bins = 40 if hi > lo else 1
+            ax.hist(invoke, bins=bins, alpha=0.6, label=f"Invoke() (n={len(invoke)})", color="tab:blue")
+            ax.hist(total, bins=bins, alpha=0.6, label="total (preprocessing + Invoke())", color="tab:orange")
+        ax.axvline(REFERENCE_MS, color="tab:red", linestyle="--", linewidth=1.5, label=REFERENCE_LABEL)
+        ax.set_xlabel("latency [ms]")
+        ax.set_ylabel("runs")
+        status = "" if result.complete else f" (incomplete: {result.completed}/{result.n} runs)"
+        ax.set_title(_title(f"Latency on {result.board} ({result.port}){status}", result.simulated), fontsize=10)
+        ax.legend(fontsize=8)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", simulated: bool = False) -> Path:
+    """Horizontal bars: total time per operator, slowest on top, share annotated."""
+    plt = _pyplot()
+    rows = list(rows)
+    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.4 * len(rows) + 1.2)), dpi=100)
+    try:
+        names = [r.op for r in reversed(rows)]
+        ms = [r.total_us / 1000.0 for r in reversed(rows)]
+        bars = ax.barh(names, ms, color="tab:blue")
+        for bar, r in zip(bars, reversed(rows)):
+            ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r.share * 100:.1f}% (x{r.count})",
+                    va="center", fontsize=8)
+        ax.set_xlabel("time per inference [ms]")
+        ax.set_title(_title(f"Per-operator time{(' on ' + board) if board else ''}", simulated), fontsize=10)
+        ax.margins(x=0.2)
+        ax.grid(axis="x", alpha=0.3)
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+    return path
+
+
+def write_plots(result: "BenchResult", out_dir: Path) -> list[Path]:
+    """All plots for one result; the operator chart only when a profile was taken."""
+    paths = []
+    if result.samples:
+        paths.append(latency_histogram(result, out_dir / "latency_hist.png"))
+    if result.profile:
+        paths.append(operator_bars(result.profile, out_dir / "operators.png", board=result.board, simulated=result.simulated))
+    return paths

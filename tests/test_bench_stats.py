@@ -1,0 +1,152 @@
+"""Bench statistics, bench.json round trip, compare and plots (no device needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+
+import numpy as np
+import pytest
+
+from gendertool import bench
+from gendertool.bench import BenchResult, OpTiming, Sample
+from gendertool.errors import GendertoolError
+
+
+def _result(pre: list[int], inv: list[int], **kw) -> BenchResult:
+    r = BenchResult(port=kw.pop("port", "socket://x"), n=kw.pop("n", len(pre)), warmup=2, input="sample", **kw)
+    r.device = {"board": "xiao_esp32s3", "model_sha256": "ab" * 32, "labels": ["female", "male"], "fw": "0.1.0",
+                "idf": "v5.5.5", "tflm": "1.3.4", "esp_nn": "1.1.2", "proto": 1}
+    r.samples = [Sample(i, p, v, p + v) for i, (p, v) in enumerate(zip(pre, inv))]
+    return r
+
+
+@pytest.mark.parametrize("q", [0, 1, 37.5, 50, 90, 99, 100])
+def test_percentile_matches_numpy(q):
+    rng = np.random.default_rng(3)
+    vals = sorted(rng.integers(1000, 50000, size=157).tolist())
+    assert bench.percentile(vals, q) == pytest.approx(np.percentile(vals, q))
+
+
+def test_latency_stats_known_series():
+    s = bench.latency_stats([10, 20, 30, 40, 50])
+    assert (s.n, s.min, s.p50, s.max, s.mean) == (5, 10, 30, 50, 30)
+    assert s.p90 == pytest.approx(46.0)
+    assert s.p99 == pytest.approx(49.6)
+    assert s.std == pytest.approx(math.sqrt(200))
+
+
+def test_latency_stats_rejects_empty():
+    with pytest.raises(ValueError):
+        bench.latency_stats([])
+
+
+def test_summarize_fps_from_mean_total():
+    r = _result([1000, 1000], [19000, 39000])
+    st = r.stats()
+    assert st["total_us"].mean == 30000
+    assert st["fps"] == pytest.approx(1e6 / 30000)
+    assert st["pre_us"].std == 0
+
+
+def test_profile_table_aggregates_and_sorts_slowest_first():
+    rows = bench.profile_table([("CONV_2D", 10, 9000), ("ADD", 3, 500), ("CONV_2D", 5, 1000), ("DEPTHWISE_CONV_2D", 9, 4500)])
+    assert [r.op for r in rows] == ["CONV_2D", "DEPTHWISE_CONV_2D", "ADD"]
+    assert rows[0].count == 15 and rows[0].total_us == 10000
+    assert sum(r.share for r in rows) == pytest.approx(1.0)
+    assert rows[2].share == pytest.approx(500 / 15000)
+
+
+def test_bench_json_round_trip(tmp_path):
+    r = _result([1200, 1300, 1250], [30000, 31000, 29000], simulated=True)
+    r.profile = [OpTiming("CONV_2D", 3, 100, 1.0)]
+    p = tmp_path / "bench.json"
+    bench.write_json_atomic(p, r.to_json())
+    data = json.loads(p.read_text())
+    assert data["kind"] == "gendertool-bench" and data["simulated"] is True
+    assert data["completed"] == 3 and data["complete"] is True
+    assert data["model"]["sha256"] == "ab" * 32 and data["board"] == "xiao_esp32s3"
+    assert data["versions"]["idf"] == "v5.5.5"
+    assert data["stats"]["invoke_us"]["p50"] == 30000
+    back = bench.load_bench(p)
+    assert back.samples == r.samples and back.profile == r.profile and back.simulated
+
+
+def test_incomplete_result_is_marked():
+    r = _result([1000] * 3, [2000] * 3, n=10)
+    data = r.to_json()
+    assert data["completed"] == 3 and data["complete"] is False
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("{not json", "invalid JSON"),
+        ('{"kind": "other"}', "not a bench.json"),
+        ('{"kind": "gendertool-bench", "schema": 99}', "schema 99"),
+        ('{"kind": "gendertool-bench", "schema": 1, "samples": []}', "no samples"),
+        ('{"kind": "gendertool-bench", "schema": 1, "samples": [{"seq": 0}]}', "malformed"),
+    ],
+)
+def test_load_bench_rejects_bad_files(tmp_path, content, message):
+    p = tmp_path / "old.json"
+    p.write_text(content)
+    with pytest.raises(GendertoolError, match=message):
+        bench.load_bench(p)
+
+
+def test_load_bench_missing_file(tmp_path):
+    with pytest.raises(GendertoolError, match="no such file"):
+        bench.load_bench(tmp_path / "nope.json")
+
+
+def test_compare_deltas_and_speedup(tmp_path):
+    old = _result([2000, 2000, 2000, 2000], [38000, 40000, 42000, 40000])  # totals 40..44 ms
+    new = _result([1000, 1000, 1000, 1000], [19000, 20000, 21000, 20000])  # totals 20..22 ms
+    po, pn = tmp_path / "old.json", tmp_path / "new.json"
+    bench.write_json_atomic(po, old.to_json())
+    bench.write_json_atomic(pn, new.to_json())
+    rows = {(r.metric, r.stat): r for r in bench.compare_results(bench.load_bench(po), bench.load_bench(pn))}
+    mean_total = rows[("total_us", "mean")]
+    assert (mean_total.old, mean_total.new) == (42000, 21000)
+    assert mean_total.delta == -21000
+    assert mean_total.delta_pct == pytest.approx(-50.0)
+    assert mean_total.speedup == pytest.approx(2.0)
+    assert rows[("pre_us", "p50")].speedup == pytest.approx(2.0)
+    assert rows[("invoke_us", "max")].delta == 21000 - 42000
+    fps = rows[("fps", "")]
+    assert fps.old == pytest.approx(1e6 / 42000) and fps.speedup == pytest.approx(2.0)
+
+
+def _png_ok(path, min_w=300, min_h=150):
+    from PIL import Image
+
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", raw[16:24])
+    assert w >= min_w and h >= min_h
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        assert im.size == (w, h)
+        # not a blank canvas: a plot has many distinct colours
+        assert len(im.convert("RGB").getcolors(maxcolors=1 << 16) or range(1 << 16)) > 10
+
+
+def test_plots_are_valid_pngs(tmp_path):
+    from gendertool import plots
+
+    r = _result([1000 + i for i in range(50)], [30000 + 37 * i for i in range(50)], simulated=True)
+    r.profile = bench.profile_table([("CONV_2D", 35, 20000), ("DEPTHWISE_CONV_2D", 17, 8000), ("ADD", 10, 600)])
+    paths = plots.write_plots(r, tmp_path)
+    assert [p.name for p in paths] == ["latency_hist.png", "operators.png"]
+    for p in paths:
+        _png_ok(p)
+
+
+def test_no_profile_no_operator_plot(tmp_path):
+    from gendertool import plots
+
+    r = _result([1000], [30000])
+    assert [p.name for p in plots.write_plots(r, tmp_path)] == ["latency_hist.png"]
