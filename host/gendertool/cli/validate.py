@@ -1,2 +1,148 @@
-"""Commands: validate (filled in by its issue)."""
-from ._app import app  # noqa: F401
+"""Commands: validate (accuracy and TFLite-vs-TFLM parity on a folder of labelled images)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from ._app import app, console, err_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gendertool.validate import ValidationReport
+
+# Below this many files the run is quick enough that a progress bar is just noise.
+PROGRESS_MIN_FILES = 20
+# Differing images listed in the table before "... N more".
+MAX_DIFF_ROWS = 20
+
+
+@app.command("validate")
+def validate(
+    images: Path = typer.Option(..., "--images", "-i", help="Folder with one sub-folder of images per label."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
+    kernels: list[str] = typer.Option(
+        ["reference"],
+        "--kernels",
+        "-k",
+        help="LiteRT kernels to compare with TFLM: reference (BUILTIN_REF, the parity reference), "
+        "default (XNNPACK) or builtin (BUILTIN_WITHOUT_DEFAULT_DELEGATES). Repeat to compare several.",
+    ),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N images, taken in turn from each label."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout, per-image records included."),
+    show_images: bool = typer.Option(False, "--show-images", help="Also list every image (default: only mismatches)."),
+) -> None:
+    """Run the firmware's preprocessing and the model on TFLM and LiteRT: accuracy, confusion, parity."""
+    from gendertool.profiles import parse_labels
+    from gendertool.validate import validate_host
+
+    label_list = parse_labels(labels) if labels is not None else None
+    with _progress() as progress:
+        report = validate_host(images, model, labels=label_list, kernels=kernels, limit=limit, progress=progress)
+    if as_json:
+        console.print_json(json.dumps(report.to_dict()))
+    else:
+        present(report, console, show_images=show_images)
+    _warn_skipped(report)
+
+
+class _progress:
+    """A Rich progress bar on stderr, started only once a run turns out to be long."""
+
+    def __enter__(self):
+        self._bar = None
+        self._task = None
+        return self.update
+
+    def update(self, done: int, total: int) -> None:
+        if self._bar is None:
+            if total < PROGRESS_MIN_FILES:
+                return
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+
+            self._bar = Progress(
+                "validating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True
+            )
+            self._bar.start()
+            self._task = self._bar.add_task("validate", total=total)
+        self._bar.update(self._task, completed=done)
+
+    def __exit__(self, *exc) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+
+def _warn_skipped(report: "ValidationReport") -> None:
+    if report.skipped:
+        names = ", ".join(s.path for s in report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
+        err_console.print(f"warning: skipped {len(report.skipped)} file(s) that are not readable images: {names}", soft_wrap=True)
+
+
+def present(report: "ValidationReport", out: "Console", *, show_images: bool = False) -> None:
+    """Tables for a validation report (host or device runs)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    m = report.model
+    out.print(
+        f"model {escape(m['name'])} (sha256 {m['sha256'][:12]}), labels {escape(', '.join(report.labels))}; "
+        f"{len(report.images)} image(s) from {escape(report.images_dir)}"
+    )
+
+    acc = Table(title="accuracy")
+    acc.add_column("runtime")
+    for col in ("correct", "accuracy", "invoke ms/image"):
+        acc.add_column(col, justify="right")
+    for r in report.runtimes:
+        per_image = f"{1000 * r.invoke_s / r.total:.2f}" if r.invoke_s is not None and r.total else "-"
+        acc.add_row(r.name, f"{r.correct}/{r.total}", f"{100 * r.accuracy:.1f} %", per_image)
+    out.print(acc)
+
+    cm = Table(title="confusion: rows true label, columns predicted")
+    cm.add_column("runtime")
+    cm.add_column("true")
+    for label in report.labels:
+        cm.add_column(escape(label), justify="right")
+    for r in report.runtimes:
+        for i, (label, row) in enumerate(zip(report.labels, r.confusion)):
+            cm.add_row(r.name if i == 0 else "", escape(label), *(str(v) for v in row), end_section=i == len(report.labels) - 1)
+    out.print(cm)
+
+    par = Table(title=f"int8 output parity with {report.reference} (per image, all scores)")
+    for col in ("runtime", "bit-identical", "largest difference", "same class"):
+        par.add_column(col, justify="left" if col == "runtime" else "right")
+    for p in report.parity:
+        par.add_row(p.candidate, f"{p.identical}/{p.compared}", str(p.max_diff), f"{p.same_class}/{p.compared}")
+    out.print(par)
+    out.print("kernels behind each figure:")
+    for r in report.runtimes:
+        out.print(f"  {r.name}: {escape(r.kernels)}")
+
+    rows = [im for im in report.images if show_images or not im.identical or len(set(im.predicted.values())) > 1]
+    if rows:
+        names = [r.name for r in report.runtimes]
+        t = Table(title="images" if show_images else "images where the runtimes differ")
+        t.add_column("image")
+        t.add_column("true")
+        for n in names:
+            t.add_column(n)
+        t.add_column("max diff", justify="right")
+        shown = rows if show_images else rows[:MAX_DIFF_ROWS]
+        for im in shown:
+            t.add_row(
+                escape(im.path),
+                escape(im.label),
+                *(f"{escape(im.predicted[n])} {list(im.scores[n])}" if n in im.scores else "-" for n in names),
+                str(im.max_diff),
+            )
+        out.print(t)
+        if len(shown) < len(rows):
+            out.print(f"... {len(rows) - len(shown)} more (all of them with --show-images or --json)")
+    for note in report.notes:
+        out.print(f"note: {escape(note)}")
+    out.print(f"{report.elapsed_s:.1f} s in all (preprocessing {report.preprocess_s:.1f} s)")
