@@ -10,15 +10,16 @@ import numpy as np
 import pytest
 
 from gendertool import bench
-from gendertool.bench import BenchResult, OpTiming, Sample
+from gendertool.bench import BenchResult, OpTiming, Run, Sample
 from gendertool.errors import GendertoolError
 
 
 def _result(pre: list[int], inv: list[int], **kw) -> BenchResult:
     r = BenchResult(port=kw.pop("port", "socket://x"), n=kw.pop("n", len(pre)), warmup=2, input="sample", **kw)
     r.device = {"board": "xiao_esp32s3", "model_sha256": "ab" * 32, "labels": ["female", "male"], "fw": "0.1.0",
-                "idf": "v5.5.5", "tflm": "1.3.4", "esp_nn": "1.1.2", "proto": 1}
-    r.samples = [Sample(i, p, v, p + v) for i, (p, v) in enumerate(zip(pre, inv))]
+                "idf": "v5.5.5", "tflm": "1.3.4", "esp_nn": "1.1.2", "proto": 1, "arena_used": 81234, "heap_psram": 8000000}
+    r.samples = [Sample(i, v) for i, v in enumerate(inv)]
+    r.runs = [Run(100 + i, p, v) for i, (p, v) in enumerate(zip(pre, inv))]
     return r
 
 
@@ -48,6 +49,11 @@ def test_summarize_fps_from_mean_total():
     assert st["total_us"].mean == 30000
     assert st["fps"] == pytest.approx(1e6 / 30000)
     assert st["pre_us"].std == 0
+    assert st["fps_basis"] == "total_us"
+    r.runs = []
+    st = r.stats()
+    assert "total_us" not in st and "pre_us" not in st
+    assert st["fps_basis"] == "invoke_us" and st["fps"] == pytest.approx(1e6 / 29000)
 
 
 def test_profile_table_aggregates_and_sorts_slowest_first():
@@ -68,9 +74,12 @@ def test_bench_json_round_trip(tmp_path):
     assert data["completed"] == 3 and data["complete"] is True
     assert data["model"]["sha256"] == "ab" * 32 and data["board"] == "xiao_esp32s3"
     assert data["versions"]["idf"] == "v5.5.5"
+    assert data["memory"] == {"arena_used": 81234, "heap_psram": 8000000}
+    assert [s["invoke_us"] for s in data["samples"]] == [30000, 31000, 29000]
+    assert data["runs"][1] == {"seq": 101, "pre_us": 1300, "invoke_us": 31000, "total_us": 32300}
     assert data["stats"]["invoke_us"]["p50"] == 30000
     back = bench.load_bench(p)
-    assert back.samples == r.samples and back.profile == r.profile and back.simulated
+    assert back.samples == r.samples and back.runs == r.runs and back.profile == r.profile and back.simulated
 
 
 def test_incomplete_result_is_marked():

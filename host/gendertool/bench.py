@@ -87,29 +87,54 @@ def latency_stats(values: Iterable[float]) -> Stats:
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed run on the device."""
+    """One timed ``Invoke()`` of the device's bench command (``bsample``)."""
+
+    seq: int
+    invoke_us: int
+
+    def to_dict(self) -> dict:
+        return {"seq": self.seq, "invoke_us": self.invoke_us}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Sample":
+        return cls(int(d["seq"]), int(d["invoke_us"]))
+
+
+@dataclass(frozen=True)
+class Run:
+    """One full inference on the chosen input (a ``result`` record): preprocessing + Invoke()."""
 
     seq: int
     pre_us: int
     invoke_us: int
-    total_us: int
+
+    @property
+    def total_us(self) -> int:
+        return self.pre_us + self.invoke_us
 
     def to_dict(self) -> dict:
         return {"seq": self.seq, "pre_us": self.pre_us, "invoke_us": self.invoke_us, "total_us": self.total_us}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Sample":
-        pre, inv = int(d["pre_us"]), int(d["invoke_us"])
-        return cls(int(d["seq"]), pre, inv, int(d.get("total_us", pre + inv)))
+    def from_dict(cls, d: dict) -> "Run":
+        return cls(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"]))
 
 
-def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
-    """``{"pre_us": Stats, "invoke_us": Stats, "total_us": Stats, "fps": float}`` (empty when no samples)."""
-    if not samples:
-        return {}
-    out: dict[str, Any] = {m: latency_stats(getattr(s, m) for s in samples) for m in METRICS}
-    mean_total = out["total_us"].mean
-    out["fps"] = 1e6 / mean_total if mean_total > 0 else float("inf")
+def summarize(samples: Sequence[Sample], runs: Sequence[Run] = ()) -> dict[str, Any]:
+    """Statistics per metric: ``invoke_us`` from the bench samples, ``pre_us`` and ``total_us``
+    from full runs; ``fps`` from the mean total (or the mean Invoke() when no full run was timed)."""
+    out: dict[str, Any] = {}
+    if runs:
+        out["pre_us"] = latency_stats(r.pre_us for r in runs)
+    if samples:
+        out["invoke_us"] = latency_stats(s.invoke_us for s in samples)
+    if runs:
+        out["total_us"] = latency_stats(r.total_us for r in runs)
+    basis = "total_us" if "total_us" in out else "invoke_us" if "invoke_us" in out else None
+    if basis:
+        mean = out[basis].mean
+        out["fps"] = 1e6 / mean if mean > 0 else float("inf")
+        out["fps_basis"] = basis
     return out
 
 
@@ -157,9 +182,12 @@ class BenchResult:
     simulated: bool = False
     device: dict = field(default_factory=dict)  # the device's hello record, verbatim
     samples: list[Sample] = field(default_factory=list)
+    runs: list[Run] = field(default_factory=list)
+    runs_requested: int = 0
     profile: list[OpTiming] = field(default_factory=list)
+    profile_estimated: bool = False
     device_summary: dict = field(default_factory=dict)  # the device's own bsummary record
-    memory: dict = field(default_factory=dict)
+    selftest: dict = field(default_factory=dict)
     started: str = ""
     finished: str = ""
     error: str | None = None
@@ -181,10 +209,14 @@ class BenchResult:
 
     @property
     def model_sha256(self) -> str:
-        return str(self.device.get("model_sha256", self.device.get("sha256", "")))
+        return str(self.device.get("model_sha256", ""))
+
+    @property
+    def memory(self) -> dict:
+        return memory_report(self.device)
 
     def stats(self) -> dict[str, Any]:
-        return summarize(self.samples)
+        return summarize(self.samples, self.runs)
 
     def to_json(self) -> dict:
         from gendertool import __version__
@@ -197,27 +229,31 @@ class BenchResult:
             "simulated": self.simulated,
             "port": self.port,
             "board": self.board,
+            "chip": dev.get("chip", ""),
             "model": {
+                "name": dev.get("model", ""),
                 "sha256": self.model_sha256,
                 "labels": dev.get("labels", []),
-                "input": {k: dev[k] for k in ("input_shape", "input_scale", "input_zero_point") if k in dev},
+                "input": {"shape": dev.get("input", []), "scale": dev.get("in_scale"), "zero_point": dev.get("in_zp")},
             },
             "firmware": {
-                "version": dev.get("fw", dev.get("fw_version", "")),
-                "config": dev.get("config", {}),
+                "version": dev.get("fw", ""),
+                "cpu_mhz": dev.get("cpu_mhz"),
+                "arena_bytes": dev.get("arena_bytes"),
                 "variant": self.variant,
-                "variant_options": self.variant_options,
+                "options": self.variant_options,
             },
             "versions": {
                 "idf": dev.get("idf", ""),
                 "tflm": dev.get("tflm", ""),
                 "esp_nn": dev.get("esp_nn", ""),
-                "protocol": dev.get("proto", ""),
-                "gendertool": __version__,
+                "protocol": dev.get("proto"),
+                "gendertool_host": __version__,
             },
             "device": dev,
             "memory": self.memory,
-            "request": {"n": self.n, "warmup": self.warmup, "input": self.input, "profile": bool(self.profile)},
+            "selftest": self.selftest,
+            "request": {"n": self.n, "warmup": self.warmup, "input": self.input, "runs": self.runs_requested},
             "started": self.started,
             "finished": self.finished,
             "completed": self.completed,
@@ -226,7 +262,9 @@ class BenchResult:
             "stats": {k: (v.to_dict() if isinstance(v, Stats) else v) for k, v in stats.items()},
             "device_summary": self.device_summary,
             "profile": [r.to_dict() for r in self.profile],
+            "profile_estimated": self.profile_estimated,
             "samples": [s.to_dict() for s in self.samples],
+            "runs": [r.to_dict() for r in self.runs],
         }
 
     @classmethod
@@ -241,16 +279,25 @@ class BenchResult:
             simulated=bool(data.get("simulated", False)),
             device=dict(data.get("device", {})),
             samples=[Sample.from_dict(s) for s in data.get("samples", [])],
+            runs=[Run.from_dict(r) for r in data.get("runs", [])],
+            runs_requested=int(req.get("runs", 0)),
             profile=[OpTiming.from_dict(r) for r in data.get("profile", [])],
+            profile_estimated=bool(data.get("profile_estimated", False)),
             device_summary=dict(data.get("device_summary", {})),
-            memory=dict(data.get("memory", {})),
+            selftest=dict(data.get("selftest", {})),
             started=str(data.get("started", "")),
             finished=str(data.get("finished", "")),
             error=data.get("error"),
             variant=fw.get("variant"),
-            variant_options=dict(fw.get("variant_options", {})),
+            variant_options=dict(fw.get("options", {})),
             path=path,
         )
+
+
+def memory_report(hello: dict) -> dict:
+    """The device's memory figures, from its hello record."""
+    keys = ("arena_bytes", "arena_used", "heap_internal", "heap_psram")
+    return {k: hello[k] for k in keys if k in hello}
 
 
 def write_json_atomic(path: Path, data: dict) -> None:
@@ -259,7 +306,7 @@ def write_json_atomic(path: Path, data: dict) -> None:
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1)
+            json.dump(data, fh, indent=1, allow_nan=False, default=str)
             fh.write("\n")
         os.replace(tmp, path)
     except BaseException:
@@ -284,7 +331,7 @@ def load_bench(path: str | Path) -> BenchResult:
         raise GendertoolError(f"{p}: bench.json schema {data.get('schema')!r} is not supported (expected {SCHEMA})")
     try:
         result = BenchResult.from_json(data, p)
-    except (KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError, AttributeError) as exc:
         raise GendertoolError(f"{p}: malformed bench.json ({exc.__class__.__name__}: {exc})") from None
     if not result.samples:
         raise GendertoolError(f"{p}: holds no samples to compare")
@@ -311,7 +358,7 @@ class CompareRow:
 
     @property
     def speedup(self) -> float:
-        """How many times faster ``new`` is (>1 = faster). For FPS higher is better."""
+        """How many times faster ``new`` is (>1 = faster): old/new for times, new/old for FPS."""
         if self.metric == "fps":
             return self.new / self.old if self.old else float("nan")
         return self.old / self.new if self.new else float("nan")
@@ -322,12 +369,13 @@ class CompareRow:
 
 
 def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:
-    """Row per metric and statistic: old, new, delta, speed-up (old/new)."""
+    """Row per metric both runs measured and per statistic: old, new, delta, speed-up."""
     so, sn = old.stats(), new.stats()
-    if not so or not sn:
-        raise GendertoolError("both runs need at least one sample to compare")
-    rows = [CompareRow(m, k, getattr(so[m], k), getattr(sn[m], k)) for m in METRICS for k in STAT_KEYS]
-    rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
+    rows = [CompareRow(m, k, getattr(so[m], k), getattr(sn[m], k)) for m in METRICS if m in so and m in sn for k in STAT_KEYS]
+    if not rows:
+        raise GendertoolError("the two runs have no latency figure in common to compare")
+    if so.get("fps_basis") == sn.get("fps_basis"):
+        rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
     return rows
 
 
@@ -338,41 +386,27 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def _rec_dict(rec: Any) -> dict:
+def rec_dict(rec: Any) -> dict:
     """Record -> plain dict, whatever shape the link layer gives (dataclass or mapping)."""
     if rec is None:
         return {}
     if isinstance(rec, dict):
         return dict(rec)
-    if hasattr(rec, "to_dict"):
-        return dict(rec.to_dict())
+    if hasattr(rec, "fields") and isinstance(rec.fields, dict):
+        return dict(rec.fields)
     import dataclasses
 
     if dataclasses.is_dataclass(rec):
-        return dataclasses.asdict(rec)
+        return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
     return dict(vars(rec))
 
 
-def _rec_type(rec: Any) -> str:
-    for attr in ("TYPE", "type", "kind"):
+def rec_type(rec: Any) -> str:
+    for attr in ("TYPE", "type", "rtype", "kind"):
         v = getattr(rec, attr, None)
         if isinstance(v, str):
             return v
     return type(rec).__name__.lower()
-
-
-def _sample_from(rec: Any) -> Sample:
-    d = _rec_dict(rec)
-    pre, inv = int(d["pre_us"]), int(d["invoke_us"])
-    total = d.get("total_us")
-    return Sample(int(d.get("seq", d.get("i", 0))), pre, inv, int(total) if total is not None else pre + inv)
-
-
-def memory_report(hello: dict) -> dict:
-    """The device's memory figures, from its hello record."""
-    keys = ("arena_used", "arena_size", "arena_bytes", "free_internal", "free_psram",
-            "min_free_internal", "min_free_psram", "heap_internal", "heap_psram")
-    return {k: hello[k] for k in keys if k in hello}
 
 
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
@@ -385,26 +419,32 @@ def run_bench(
     n: int = 200,
     warmup: int = 10,
     input_source: str = "sample",
+    runs: int | None = None,
     profile: bool = False,
     out_json: Path | None = None,
     on_progress: ProgressFn | None = None,
     flush_every_s: float = 0.5,
+    run_timeout_s: float = 30.0,
 ) -> BenchResult:
-    """Drive the firmware's bench command on a connected :class:`~gendertool.link.DeviceClient`.
+    """Benchmark a connected :class:`~gendertool.link.DeviceClient`.
 
-    bench.json is rewritten while samples arrive (at most every ``flush_every_s``) and once more
-    at the end, so a run that loses the device keeps every sample already received. A lost
-    device does not raise: the result carries ``error`` and the completed count, and the CLI
-    decides the exit code.
+    Phase 1, the device's ``bench n warmup``: ``n`` timed ``Invoke()`` samples. Phase 2, full
+    runs: continuous inference on ``input_source`` for ``runs`` results (default min(n, 20)),
+    each with preprocessing and ``Invoke()`` time. Phase 3 with ``profile``: one profiled
+    ``Invoke()``. bench.json is rewritten while samples arrive (at most every
+    ``flush_every_s``) and once at the end, so a run that loses the device keeps every
+    sample received. A lost device does not raise: the result carries ``error`` and the
+    completed count; the CLI decides the exit code.
     """
-    if n < 1:
-        raise GendertoolError("-n must be at least 1")
-    if warmup < 0:
-        raise GendertoolError("--warmup must not be negative")
+    if not 1 <= n <= 10000:
+        raise GendertoolError("-n must be within 1..10000 (the firmware's bench limit)")
+    if not 0 <= warmup <= 1000:
+        raise GendertoolError("--warmup must be within 0..1000")
     if input_source not in ("sample", "camera"):
         raise GendertoolError(f"--input must be 'sample' or 'camera', not {input_source!r}")
+    runs = min(n, 20) if runs is None else runs
     progress = on_progress or (lambda phase, done, total: None)
-    result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now())
+    result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, runs_requested=runs, started=_now())
     last_flush = 0.0
 
     def flush(force: bool = False) -> None:
@@ -420,27 +460,31 @@ def run_bench(
 
     try:
         progress("connect", 0, n)
-        hello = _rec_dict(client.info())
-        result.device = hello
-        result.simulated = bool(hello.get("simulated", False))
-        result.memory = memory_report(hello)
+        result.device = rec_dict(client.info())
+        result.simulated = bool(result.device.get("simulated", False))
         flush(force=True)
         client.set_source(input_source)
         progress("bench", 0, n)
         for rec in client.bench(n, warmup):
-            kind = _rec_type(rec)
-            if kind in ("bsample", "benchsample", "benchsamplerecord"):
-                result.samples.append(_sample_from(rec))
+            kind = rec_type(rec)
+            d = rec_dict(rec)
+            if kind == "bsample":
+                first = int(d["first"])
+                result.samples.extend(Sample(first + i, int(us)) for i, us in enumerate(d["invoke_us"]))
+                result.simulated = result.simulated or bool(d.get("simulated", False))
                 progress("bench", result.completed, n)
                 flush()
-            elif kind in ("bsummary", "benchsummary", "benchsummaryrecord"):
-                result.device_summary = _rec_dict(rec)
-                result.memory.update(memory_report(result.device_summary))
-        if result.completed < n:
-            raise DeviceError(f"the device ended the bench after {result.completed} of {n} runs")
+            elif kind == "bsummary":
+                result.device_summary = d
+        lost = int(result.device_summary.get("n", n)) - result.completed
+        if result.completed < n or lost > 0:
+            raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
+        flush(force=True)
+        if runs > 0:
+            _full_runs(client, result, runs, run_timeout_s, progress, flush)
         if profile:
             progress("profile", 0, 1)
-            result.profile = _profile_from(client.profile())
+            result.profile, result.profile_estimated = profile_from_records(client.profile())
             progress("profile", 1, 1)
     except GendertoolError as exc:
         result.error = str(exc)
@@ -450,13 +494,42 @@ def run_bench(
     return result
 
 
-def _profile_from(rec: Any) -> list[OpTiming]:
-    d = _rec_dict(rec)
-    ops = d.get("ops", d.get("operators", []))
+def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, progress: ProgressFn, flush) -> None:
+    progress("runs", 0, runs)
+    client.start()
+    try:
+        deadline = time.monotonic() + timeout_s
+        for rec in client.records(timeout=timeout_s):
+            if rec_type(rec) == "result":
+                d = rec_dict(rec)
+                result.runs.append(Run(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"])))
+                progress("runs", len(result.runs), runs)
+                flush()
+                if len(result.runs) >= runs:
+                    break
+            if time.monotonic() > deadline:
+                break
+    finally:
+        try:
+            client.stop()
+        except GendertoolError:
+            if len(result.runs) >= runs:
+                raise
+    if len(result.runs) < runs:
+        raise DeviceError(f"only {len(result.runs)} of {runs} inference results arrived within {timeout_s:.0f} s")
+
+
+def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
+    """Per-node ``profile`` records (or a ready list) -> per-operator table, estimated flag."""
+    if isinstance(records, tuple) and len(records) == 2 and not isinstance(records[0], (str, dict)):
+        records = list(records[0])  # (nodes, psummary) shape
     rows = []
-    for op in ops:
-        if isinstance(op, dict):
-            rows.append((str(op.get("op", op.get("name", "?"))), int(op.get("count", 1)), int(op.get("us", op.get("total_us", 0)))))
-        else:  # [name, count, us]
-            rows.append((str(op[0]), int(op[1]), int(op[2])))
-    return profile_table(rows)
+    estimated = False
+    for rec in records or []:
+        d = rec_dict(rec)
+        if "op" not in d:
+            estimated = estimated or bool(d.get("estimated", False))
+            continue
+        rows.append((str(d["op"]), 1, int(d["us"])))
+        estimated = estimated or bool(d.get("estimated", False))
+    return profile_table(rows), estimated
