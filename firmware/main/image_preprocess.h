@@ -1,0 +1,51 @@
+// Image preprocessing: the exact C++ port of host/gendertool/preprocess.py.
+// Portable C++17 (no ESP-IDF or TFLM headers): compiled on the host by
+// tests/test_firmware_host.py and checked byte for byte against the Python reference.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+namespace gt {
+
+// Pixel layouts a source image may have.
+enum class PixelFormat : uint8_t {
+  kRgb888,     // 3 bytes per pixel, R G B
+  kRgb565Be,   // 2 bytes per pixel, big-endian RRRRRGGG GGGBBBBB (esp32-camera's layout)
+};
+
+struct ImageView {
+  const uint8_t* data;
+  int width;
+  int height;
+  PixelFormat format;
+};
+
+struct CropBox {
+  int y0;
+  int x0;
+  int side;
+};
+
+// Centred square of side floor(min(h, w) * crop_fraction), at least 1 (preprocess.crop_box).
+CropBox CenterCropBox(int height, int width, double crop_fraction);
+
+// Bytes per pixel of a format.
+int BytesPerPixel(PixelFormat format);
+
+// Expand one RGB565 big-endian pixel to RGB888 (bit replication: r8 = r5 << 3 | r5 >> 2).
+void Rgb565BeToRgb888(const uint8_t* src, uint8_t* rgb);
+
+// Centre crop + fixed-point bilinear resize to out_h x out_w RGB888 (preprocess.crop_resize).
+// Returns false on bad arguments (null pointers, empty images, sizes beyond 16384).
+bool CropResize(const ImageView& src, double crop_fraction, int out_h, int out_w, uint8_t* out_rgb);
+
+// Per-channel 3 x 256 lookup to int8 (preprocess.quantize).
+void Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], int8_t* out);
+
+// The whole pipeline into the model's int8 input tensor (crop_resize then quantize), without
+// an intermediate RGB888 buffer.
+bool Preprocess(const ImageView& src, double crop_fraction, int out_h, int out_w,
+                const int8_t (*lut)[256], int8_t* out);
+
+}  // namespace gt
