@@ -392,9 +392,12 @@ def rec_dict(rec: Any) -> dict:
         return {}
     if isinstance(rec, dict):
         return dict(rec)
-    if hasattr(rec, "fields") and isinstance(rec.fields, dict):
-        return dict(rec.fields)
     import dataclasses
+
+    if dataclasses.is_dataclass(rec) and hasattr(rec, "SPEC"):
+        from gendertool.protocol import record_to_dict  # wire names ("class", "pass")
+
+        return record_to_dict(rec)
 
     if dataclasses.is_dataclass(rec):
         return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}

@@ -1,0 +1,359 @@
+"""On-target validation: the board's preprocessing + ``Invoke()`` against the host TFLM reference.
+
+Each image is decoded on the host, uploaded as RGB888 with its CRC-32 (``infer``), and the
+device answers with its int8 scores. The host runs :func:`gendertool.preprocess.preprocess`
+on the very same pixels and the TFLM host runtime (reference kernels) on the result; both
+score vectors are compared with :func:`gendertool.validate.compare_outputs` and reported in
+the host validator's :class:`~gendertool.validate.ValidationReport`, with the device's
+latency per image and its boot self-test alongside.
+
+The reference is computed once per image and shared by every board, so several ``--port``
+values only multiply the device work, which runs in one thread per board.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gendertool.errors import DeviceError, GendertoolError, ImageError, ModelError
+
+DEVICE = "device"
+DEVICE_KERNELS = "the board's firmware: its preprocessing + TFLM Invoke() (ESP-NN kernels when built in)"
+SIM_KERNELS = "virtual device (gendertool sim): TFLM host runtime, no board involved"
+MAX_UPLOAD_SIDE = 640  # the firmware refuses larger uploads (protocol: too_large)
+
+
+@dataclass(frozen=True)
+class Reference:
+    """One image prepared on the host: the pixels to upload and the TFLM reference scores."""
+
+    path: str  # relative to the images folder
+    label: str
+    rgb: np.ndarray  # HxWx3 uint8, exactly what is uploaded
+    scores: tuple[int, ...]
+
+
+@dataclass(frozen=True)
+class Latency:
+    pre_us: int
+    invoke_us: int
+
+    def to_dict(self) -> dict:
+        return {"pre_us": self.pre_us, "invoke_us": self.invoke_us, "total_us": self.pre_us + self.invoke_us}
+
+
+@dataclass
+class BoardValidation:
+    """One board's validation: the shared report type plus what only a device has."""
+
+    port: str
+    device: dict = field(default_factory=dict)  # hello, protocol names
+    selftest: dict = field(default_factory=dict)
+    report: Any = None  # gendertool.validate.ValidationReport (None when the board failed early)
+    latency: dict[str, Latency] = field(default_factory=dict)  # image path -> device timing
+    error: str | None = None
+    uploaded: int = 0
+
+    @property
+    def simulated(self) -> bool:
+        return bool(self.device.get("simulated", False))
+
+    @property
+    def board(self) -> str:
+        return str(self.device.get("board", "unknown"))
+
+    def parity(self) -> Any:
+        """The device-vs-TFLM ParitySummary (None without a report)."""
+        if self.report is None:
+            return None
+        for p in self.report.parity:
+            if p.candidate == DEVICE:
+                return p
+        return None
+
+    @property
+    def parity_pct(self) -> float:
+        p = self.parity()
+        return 100.0 * p.identical / p.compared if p is not None and p.compared else 0.0
+
+    def passed(self, min_parity: float) -> bool:
+        p = self.parity()
+        return self.error is None and p is not None and p.compared > 0 and self.parity_pct >= min_parity
+
+    def latency_stats(self) -> dict:
+        from gendertool.bench import latency_stats
+
+        if not self.latency:
+            return {}
+        vals = list(self.latency.values())
+        return {
+            "pre_us": latency_stats(v.pre_us for v in vals).to_dict(),
+            "invoke_us": latency_stats(v.invoke_us for v in vals).to_dict(),
+            "total_us": latency_stats(v.pre_us + v.invoke_us for v in vals).to_dict(),
+        }
+
+    def to_dict(self, min_parity: float) -> dict:
+        rep = self.report.to_dict() if self.report is not None else None
+        if rep is not None:
+            for im in rep["images"]:
+                lat = self.latency.get(im["path"])
+                im["device_latency"] = lat.to_dict() if lat else None
+        return {
+            "port": self.port,
+            "board": self.board,
+            "simulated": self.simulated,
+            "device": self.device,
+            "selftest": self.selftest,
+            "parity_pct": self.parity_pct,
+            "min_parity": min_parity,
+            "passed": self.passed(min_parity),
+            "error": self.error,
+            "uploaded": self.uploaded,
+            "latency": self.latency_stats(),
+            "report": rep,
+        }
+
+
+@dataclass
+class DeviceValidation:
+    """All boards of one ``gendertool validate --port ...`` run."""
+
+    min_parity: float
+    boards: list[BoardValidation]
+    skipped: list[Any]  # validate.SkippedFile, shared by every board
+    model: dict
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.boards) and all(b.passed(self.min_parity) for b in self.boards)
+
+    def to_dict(self) -> dict:
+        return {
+            "schema": 1,
+            "kind": "gendertool-device-validate",
+            "min_parity": self.min_parity,
+            "passed": self.passed,
+            "model": self.model,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
+            "boards": [b.to_dict(self.min_parity) for b in self.boards],
+        }
+
+
+def fit_upload(rgb: np.ndarray, max_side: int = MAX_UPLOAD_SIDE) -> np.ndarray:
+    """Shrink an image that the firmware would refuse (> 640 px a side); the host reference is
+    computed from the returned pixels, so parity is unaffected."""
+    h, w = rgb.shape[:2]
+    if max(h, w) <= max_side:
+        return rgb
+    from PIL import Image
+
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    return np.asarray(Image.fromarray(rgb).resize(size, Image.Resampling.BILINEAR), dtype=np.uint8)
+
+
+def prepare_references(info: Any, items: Sequence[tuple[Path, str]], root: Path,
+                       progress: Callable[[int, int], None] | None = None) -> tuple[list[Reference], list[Any]]:
+    """Decode every image and compute its TFLM reference scores (once, for all boards)."""
+    from gendertool.preprocess import preprocess
+    from gendertool.runtime import TflmRunner
+    from gendertool.validate import SkippedFile, _decode, _reason
+
+    _, height, width, _ = info.input.shape
+    runner = TflmRunner(info.data)
+    refs: list[Reference] = []
+    skipped: list[Any] = []
+    for done, (path, label) in enumerate(items, start=1):
+        rel = path.relative_to(root).as_posix()
+        try:
+            rgb = fit_upload(_decode(path))
+        except ImageError as exc:
+            skipped.append(SkippedFile(rel, _reason(exc, path)))
+        else:
+            x = preprocess(rgb, info.preprocessing, height, width, info.input.scale, info.input.zero_point)
+            scores = tuple(int(v) for v in np.asarray(runner.invoke(x)).ravel())
+            refs.append(Reference(rel, label, rgb, scores))
+        if progress is not None:
+            progress(done, len(items))
+    return refs, skipped
+
+
+def check_device_model(hello: dict, info: Any, port: str) -> None:
+    """Refuse to compare against a device running another model: every image would differ."""
+    dev_sha = str(hello.get("model_sha256", ""))
+    if dev_sha != info.sha256:
+        raise DeviceError(
+            f"{port}: the device runs model {hello.get('model', '?')} (sha256 {dev_sha[:12] or '?'}), "
+            f"the host reference is {info.name} (sha256 {info.sha256[:12]}); flash the firmware for this model "
+            "or pass the device's model with --model"
+        )
+    dev_shape = tuple(int(v) for v in hello.get("input", ()))
+    if dev_shape and dev_shape != tuple(info.input.shape):
+        raise DeviceError(f"{port}: device input shape {dev_shape} differs from the model's {tuple(info.input.shape)}")
+
+
+def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Reference], images_dir: Path,
+                   skipped: Sequence[Any], progress: Callable[[int, int], None] | None = None) -> BoardValidation:
+    """Upload every prepared image to one connected board and compare its outputs.
+
+    A device lost part way keeps the images already compared in the report and sets ``error``.
+    """
+    from gendertool.bench import rec_dict
+    from gendertool.validate import REFERENCE, TFLM_KERNELS, ImageResult, RuntimeInfo, build_report, compare_outputs, model_summary
+
+    out = BoardValidation(port=port)
+    results: list[ImageResult] = []
+    t0 = time.perf_counter()
+    try:
+        out.device = rec_dict(client.info())
+        check_device_model(out.device, info, port)
+        out.selftest = rec_dict(client.selftest())
+        labels = info.labels
+        for done, ref in enumerate(refs, start=1):
+            rec = rec_dict(client.infer_rgb(ref.rgb))
+            out.uploaded += 1
+            scores = tuple(int(v) for v in rec["scores"])
+            if len(scores) != len(ref.scores):
+                raise DeviceError(f"{port}: the device sent {len(scores)} scores, the model has {len(ref.scores)}")
+            out.latency[ref.path] = Latency(int(rec["pre_us"]), int(rec["invoke_us"]))
+            results.append(ImageResult(
+                path=ref.path,
+                label=ref.label,
+                scores={REFERENCE: ref.scores, DEVICE: scores},
+                predicted={REFERENCE: labels[int(np.argmax(ref.scores))], DEVICE: labels[int(np.argmax(scores))]},
+                comparisons={DEVICE: compare_outputs(ref.scores, scores)},
+            ))
+            if progress is not None:
+                progress(done, len(refs))
+    except GendertoolError as exc:
+        out.error = str(exc)
+    if results or out.error is None:
+        kernels = SIM_KERNELS if out.simulated else DEVICE_KERNELS
+        notes = []
+        if out.error is not None:
+            notes.append(f"stopped after {len(results)} of {len(refs)} images: {out.error}")
+        out.report = build_report(
+            model=model_summary(info),
+            images_dir=images_dir,
+            labels=info.labels,
+            runtimes=[RuntimeInfo(REFERENCE, TFLM_KERNELS), RuntimeInfo(DEVICE, kernels)],
+            images=results,
+            skipped=list(skipped),
+            elapsed_s=time.perf_counter() - t0,
+            notes=notes,
+        )
+    return out
+
+
+ConnectFn = Callable[[str], Any]  # port -> context manager yielding a DeviceClient
+BoardProgress = Callable[[str, str, int, int], None]  # (port, phase, done, total)
+
+
+def validate_devices(
+    ports: Sequence[str],
+    images_dir: str | Path,
+    model: str | Path | None = None,
+    *,
+    labels: Sequence[str] | None = None,
+    limit: int | None = None,
+    min_parity: float = 100.0,
+    connect: ConnectFn | None = None,
+    progress: BoardProgress | None = None,
+) -> DeviceValidation:
+    """Validate the model on every board in ``ports`` (one thread per board)."""
+    from gendertool.model import load_model
+    from gendertool.validate import collect_images, model_summary
+
+    if not ports:
+        raise GendertoolError("give at least one --port")
+    if len(set(ports)) != len(ports):
+        raise GendertoolError("the same --port is given twice")
+    if not 0.0 <= min_parity <= 100.0:
+        raise GendertoolError(f"--min-parity must be within 0..100, got {min_parity}")
+    connect = connect or default_connect
+    info = load_model(model, labels=labels, measure_arena=False)
+    n_classes = int(np.prod(info.output.shape))
+    if len(info.labels) != n_classes:
+        raise ModelError(f"{info.name}: {len(info.labels)} labels for {n_classes} output classes")
+    root = Path(images_dir)
+    items, skipped = collect_images(root, info.labels, limit)
+    refs, unreadable = prepare_references(
+        info, items, root, (lambda d, t: progress("*", "reference", d, t)) if progress else None)
+    skipped = list(skipped) + unreadable
+    if not refs:
+        names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+        raise ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+
+    results: dict[str, BoardValidation] = {}
+
+    def work(port: str) -> None:
+        try:
+            with connect(port) as client:
+                results[port] = validate_board(
+                    client, port=port, info=info, refs=refs, images_dir=root, skipped=skipped,
+                    progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None)
+        except GendertoolError as exc:  # could not even connect
+            results[port] = BoardValidation(port=port, error=str(exc))
+
+    run_parallel(ports, work)
+    return DeviceValidation(min_parity=min_parity, boards=[results[p] for p in ports], skipped=skipped,
+                            model=model_summary(info))
+
+
+def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
+    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
+    if len(ports) == 1:
+        work(ports[0])
+        return
+    errors: list[BaseException] = []
+
+    def guarded(port: str) -> None:
+        try:
+            work(port)
+        except BaseException as exc:  # a bug: surfaced in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def default_connect(port: str):
+    """Open ``port`` and wrap it in a DeviceClient (context manager closing the port)."""
+    from gendertool.link import DeviceClient
+    from gendertool.transport import open_port
+
+    return _Session(lambda: DeviceClient(open_port(port)))
+
+
+class _Session:
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self.client = None
+
+    def __enter__(self):
+        self.client = self._factory()
+        enter = getattr(self.client, "__enter__", None)
+        return enter() if enter else self.client
+
+    def __exit__(self, *exc) -> None:
+        if self.client is None:
+            return
+        exit_ = getattr(self.client, "__exit__", None)
+        if exit_:
+            exit_(*exc)
+        else:
+            close = getattr(self.client, "close", None)
+            if close:
+                close()
