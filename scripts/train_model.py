@@ -1,0 +1,419 @@
+#!/usr/bin/env python3
+"""Train, quantise and evaluate the default model ``models/gender_mbv2_035_64.tflite``.
+
+Keras MobileNetV2 (alpha 0.35, 64x64x3, random init: no downloads) with a 2-class softmax
+head, trained on the portraits data set with the firmware's own preprocessing
+(:func:`gendertool.preprocess.crop_resize` + :func:`gendertool.preprocess.normalize`), then
+converted to a full-integer INT8 TFLite file and checked on LiteRT (reference kernels) and
+the TFLM host runtime.
+
+    pip install -e .[train]
+    python scripts/train_model.py --data ../shared/datasets/portraits
+
+The split helpers (:func:`is_heldout`, :func:`is_inner_val`) import without TensorFlow.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ("female", "male")
+NAME = "gender_mbv2_035_64"
+SIZE = 64
+REPO = Path(__file__).resolve().parent.parent
+
+# TFLM's CalculateSoftmaxParams needs input_scale * 2**26 > 1 (QuantizeMultiplierGreaterThanOne
+# aborts otherwise); demand a wide margin.
+MIN_SOFTMAX_INPUT_SCALE = 1e-5
+
+
+# ---------------------------------------------------------------- split (no TF needed)
+def _bucket(text: str) -> int:
+    return int(hashlib.sha1(text.encode("utf-8")).hexdigest(), 16) % 100
+
+
+def is_heldout(name: str) -> bool:
+    """Held-out test split: sha1(file name) % 100 < 20. ``name`` is the bare file name."""
+    return _bucket(name) < 20
+
+
+def is_inner_val(name: str) -> bool:
+    """Inner validation split (model selection), carved from the non-held-out files only."""
+    return not is_heldout(name) and _bucket("val:" + name) < 15
+
+
+def list_dataset(data: Path) -> list[tuple[Path, int]]:
+    from gendertool.preprocess import list_images
+
+    items = []
+    for label, cls in enumerate(LABELS):
+        for path in list_images(data / cls):
+            items.append((path, label))
+    if not items:
+        raise SystemExit(f"no images under {data}/{{{','.join(LABELS)}}}")
+    return items
+
+
+# ---------------------------------------------------------------- data
+def face_box(rgb: np.ndarray, cascade) -> tuple[int, int, int] | None:
+    """Largest Haar-cascade face as (cx, cy, size) in pixels, or None."""
+    import cv2
+
+    gray = cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)
+    faces = cascade.detectMultiScale(gray, scaleFactor=1.1, minNeighbors=5, minSize=(32, 32))
+    if len(faces) == 0:
+        return None
+    x, y, w, h = max(faces, key=lambda f: f[2] * f[3])
+    return int(x + w // 2), int(y + h // 2), int(max(w, h))
+
+
+def square_region(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndarray:
+    """Square sub-image (clipped to the image, kept square)."""
+    h, w = rgb.shape[:2]
+    side = int(max(16, min(side, h, w)))
+    x0 = int(round(cx - side / 2))
+    y0 = int(round(cy - side / 2))
+    x0 = min(max(x0, 0), w - side)
+    y0 = min(max(y0, 0), h - side)
+    return rgb[y0 : y0 + side, x0 : x0 + side]
+
+
+def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float) -> np.ndarray:
+    """One random 64x64 training view. Geometry happens on the full image, before
+    ``crop_resize``, so the pixels come out of the firmware's resize; colour jitter is
+    per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
+    import cv2
+
+    from gendertool.preprocess import crop_resize
+
+    h, w = rgb.shape[:2]
+    m = min(h, w)
+    if face is not None and rng.random() < p_face:
+        cx, cy, fs = face
+        side = fs * rng.uniform(1.3, 2.4)
+        cx += rng.uniform(-0.12, 0.12) * fs
+        cy += rng.uniform(-0.12, 0.12) * fs
+    else:
+        side = m * rng.uniform(0.7, 1.0)
+        cx = w / 2 + rng.uniform(-0.5, 0.5) * (w - side if w > side else 0) * 0.5
+        cy = h / 2 + rng.uniform(-0.5, 0.5) * (h - side if h > side else 0) * 0.5
+    region = square_region(rgb, cx, cy, side)
+    if rng.random() < 0.5:
+        angle = rng.uniform(-12, 12)
+        s = region.shape[0]
+        mat = cv2.getRotationMatrix2D((s / 2, s / 2), angle, 1.0)
+        region = cv2.warpAffine(region, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    out = crop_resize(np.ascontiguousarray(region), SIZE, SIZE).astype(np.float32)
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+    # colour jitter: brightness, contrast, saturation, occasional grey
+    gray = out.mean(axis=2, keepdims=True)
+    if rng.random() < 0.1:
+        out = np.repeat(gray, 3, axis=2)
+    else:
+        out = gray + (out - gray) * rng.uniform(0.6, 1.4)
+    mean = out.mean()
+    out = mean + (out - mean) * rng.uniform(0.7, 1.3)
+    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
+    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+
+
+def plain(rgb: np.ndarray) -> np.ndarray:
+    """The deployed pipeline: centre square crop + integer bilinear resize."""
+    from gendertool.preprocess import crop_resize
+
+    return crop_resize(rgb, SIZE, SIZE)
+
+
+# ---------------------------------------------------------------- model
+def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
+    keras = tf.keras
+    base = keras.applications.MobileNetV2(
+        input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+    )
+    reg = keras.regularizers.l2(weight_decay) if weight_decay > 0 else None
+    for layer in base.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            # Keras' 0.999 leaves moving stats unconverged after a few hundred steps
+            layer.momentum = bn_momentum
+        if reg is not None and isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            if isinstance(layer, keras.layers.DepthwiseConv2D):
+                layer.depthwise_regularizer = reg
+            else:
+                layer.kernel_regularizer = reg
+    x = base.output
+    if dropout > 0:
+        x = keras.layers.Dropout(dropout)(x)
+    out = keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg, name="logits")(x)
+    return keras.Model(base.input, out, name=NAME)
+
+
+# ---------------------------------------------------------------- quantisation + runtimes
+def convert_int8(tf, model, rep_images: np.ndarray) -> bytes:
+    from gendertool.preprocess import Preprocessing, normalize
+
+    pre = Preprocessing()
+
+    def rep():
+        for img in rep_images:
+            yield [normalize(img, pre)[None].astype(np.float32)]
+
+    conv = tf.lite.TFLiteConverter.from_keras_model(model)
+    conv.optimizations = [tf.lite.Optimize.DEFAULT]
+    conv.representative_dataset = rep
+    conv.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+    conv.inference_input_type = tf.int8
+    conv.inference_output_type = tf.int8
+    return conv.convert()
+
+
+def litert_interpreter(data: bytes):
+    from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+    it = Interpreter(model_content=data, experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+    it.allocate_tensors()
+    return it
+
+
+def softmax_input_scale(data: bytes) -> float:
+    it = litert_interpreter(data)
+    tensors = {t["index"]: t for t in it.get_tensor_details()}
+    scales = [tensors[op["inputs"][0]]["quantization"][0] for op in it._get_ops_details() if op["op_name"] == "SOFTMAX"]
+    if len(scales) != 1:
+        raise SystemExit(f"expected one SOFTMAX, found {len(scales)}")
+    return float(scales[0])
+
+
+def count_macs(data: bytes) -> int:
+    it = litert_interpreter(data)
+    shape = {t["index"]: tuple(t["shape"]) for t in it.get_tensor_details()}
+    macs = 0
+    for op in it._get_ops_details():
+        name, ins, outs = op["op_name"], op["inputs"], op["outputs"]
+        if name == "CONV_2D":
+            o, k = shape[outs[0]], shape[ins[1]]  # out [1,H,W,Co], filter [Co,kh,kw,Ci]
+            macs += int(o[1] * o[2] * o[3] * k[1] * k[2] * k[3])
+        elif name == "DEPTHWISE_CONV_2D":
+            o, k = shape[outs[0]], shape[ins[1]]  # filter [1,kh,kw,C*m]
+            macs += int(o[1] * o[2] * o[3] * k[1] * k[2])
+        elif name == "FULLY_CONNECTED":
+            k = shape[ins[1]]  # [units, in]
+            macs += int(k[0] * k[1])
+    return macs
+
+
+_TFLM_CHILD = r"""
+import sys, json, numpy as np, tflite_micro
+data = open(sys.argv[1], "rb").read()
+x = np.load(sys.argv[2])
+it = tflite_micro.runtime.Interpreter.from_bytes(data, arena_size=int(sys.argv[3]))
+outs = []
+for i in range(len(x)):
+    it.set_input(x[i:i+1], 0)
+    it.invoke()
+    outs.append(it.get_output(0).reshape(-1))
+np.save(sys.argv[4], np.stack(outs))
+sys.stdout.flush()
+it.print_allocations()
+"""
+
+
+def run_tflm(model_path: Path, inputs: np.ndarray, arena_size: int = 512 * 1024) -> tuple[np.ndarray, int | None]:
+    """Run the TFLM host runtime in a child process (an abort must not kill us).
+    Returns the int8 outputs and the arena total from print_allocations."""
+    import re
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        xin, xout = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
+        np.save(xin, inputs)
+        proc = subprocess.run(
+            [sys.executable, "-c", _TFLM_CHILD, str(model_path), str(xin), str(arena_size), str(xout)],
+            capture_output=True, text=True,
+        )
+        if proc.returncode != 0:
+            raise SystemExit(f"TFLM host runtime failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
+        m = re.search(r"Arena allocation total (\d+) bytes", proc.stdout + proc.stderr)
+        return np.load(xout), (int(m.group(1)) if m else None)
+
+
+def run_litert(data: bytes, inputs: np.ndarray) -> np.ndarray:
+    it = litert_interpreter(data)
+    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
+    outs = []
+    for x in inputs:
+        it.set_tensor(ind["index"], x[None])
+        it.invoke()
+        outs.append(it.get_tensor(outd["index"]).reshape(-1).copy())
+    return np.stack(outs)
+
+
+# ---------------------------------------------------------------- main
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", type=Path, required=True, help="portraits folder with female/ and male/")
+    ap.add_argument("--out-dir", type=Path, default=REPO / "models")
+    ap.add_argument("--epochs", type=int, default=150)
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--lr", type=float, default=3e-3)
+    ap.add_argument("--weight-decay", type=float, default=5e-5)
+    ap.add_argument("--label-smoothing", type=float, default=0.1)
+    ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--bn-momentum", type=float, default=0.9)
+    ap.add_argument("--p-face", type=float, default=0.4, help="share of training views cropped around a Haar face")
+    ap.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
+    ap.add_argument("--final", action="store_true", help="train on train + inner-val (recipe fixed beforehand)")
+    ap.add_argument("--seed", type=int, default=1234)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--no-write", action="store_true", help="evaluate only, write nothing into --out-dir")
+    args = ap.parse_args(argv)
+
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    import tensorflow as tf
+
+    tf.config.threading.set_intra_op_parallelism_threads(args.threads)
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf.keras.utils.set_random_seed(args.seed)
+    tf.config.experimental.enable_op_determinism()
+    import cv2
+
+    cv2.setNumThreads(1)
+    from gendertool.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
+
+    pre = Preprocessing()
+    t0 = time.time()
+    items = list_dataset(args.data)
+    cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
+    train, val, test = [], [], []
+    for path, label in items:
+        rgb = load_rgb(path)
+        rec = (path.name, rgb, label)
+        (test if is_heldout(path.name) else val if is_inner_val(path.name) else train).append(rec)
+    if args.final:
+        train, val = train + val, []
+    faces = [face_box(rgb, cascade) for _, rgb, _ in train]
+    print(f"train {len(train)} (faces found {sum(f is not None for f in faces)}), inner-val {len(val)}, "
+          f"held-out {len(test)}; loaded in {time.time() - t0:.1f}s", flush=True)
+
+    def batch_float(imgs):
+        return np.stack([normalize(i, pre) for i in imgs]).astype(np.float32)
+
+    y_train = np.array([lab for _, _, lab in train])
+    val_x = batch_float([plain(rgb) for _, rgb, _ in val]) if val else None
+    val_y = np.array([lab for _, _, lab in val])
+    train_plain = [plain(rgb) for _, rgb, _ in train]
+
+    model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
+    steps = int(np.ceil(len(train) / args.batch)) * args.epochs
+    warm = max(1, steps // 30)
+    sched = tf.keras.optimizers.schedules.CosineDecay(
+        0.0, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm
+    )
+    model.compile(
+        optimizer=tf.keras.optimizers.Adam(sched),
+        loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
+        metrics=["accuracy"],
+    )
+    rng = np.random.default_rng(args.seed)
+    t1 = time.time()
+    for epoch in range(args.epochs):
+        imgs = [augment(rgb, f, rng, args.p_face) for (_, rgb, _), f in zip(train, faces)]
+        x = batch_float(imgs)
+        y = np.eye(len(LABELS), dtype=np.float32)[y_train]
+        order = rng.permutation(len(x))
+        x, y = x[order], y[order]
+        if args.mixup > 0:
+            lam = rng.beta(args.mixup, args.mixup, size=(len(x), 1)).astype(np.float32)
+            perm = rng.permutation(len(x))
+            x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[perm]
+            y = lam * y + (1 - lam) * y[perm]
+        hist = model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0)
+        if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
+            msg = f"epoch {epoch + 1}/{args.epochs} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {hist.history['accuracy'][0]:.3f}"
+            if val_x is not None:
+                vp = model.predict(val_x, verbose=0, batch_size=128).argmax(1)
+                msg += f" inner-val {np.mean(vp == val_y):.3f}"
+            print(msg + f" [{time.time() - t1:.0f}s]", flush=True)
+    train_time = time.time() - t1
+
+    # eval-mode accuracies with the plain firmware pipeline
+    test_plain = [plain(rgb) for _, rgb, _ in test]
+    y_test = np.array([lab for _, _, lab in test])
+    train_acc = float(np.mean(model.predict(batch_float(train_plain), verbose=0, batch_size=128).argmax(1) == y_train))
+    float_pred = model.predict(batch_float(test_plain), verbose=0, batch_size=128).argmax(1)
+    float_acc = float(np.mean(float_pred == y_test))
+    val_acc = float(np.mean(model.predict(val_x, verbose=0).argmax(1) == val_y)) if val_x is not None else None
+    print(f"float: train {train_acc:.4f} inner-val {val_acc} held-out {float_acc:.4f}", flush=True)
+
+    # representative set: plain views of training images (every other one, fixed order)
+    rep = np.stack(train_plain[::2][:200])
+    data = convert_int8(tf, model, rep)
+    sm_scale = softmax_input_scale(data)
+    if not sm_scale > MIN_SOFTMAX_INPUT_SCALE:
+        raise SystemExit(f"softmax input scale {sm_scale:g} is too small for TFLM; not writing the model")
+
+    it = litert_interpreter(data)
+    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
+    in_scale, in_zp = (float(v) for v in ind["quantization"])
+    lut = quant_lut(pre, in_scale, int(in_zp))
+    xq = np.stack([quantize(img, lut) for img in test_plain]).astype(np.int8)
+
+    out_dir = args.out_dir
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model_path = out_dir / f"{NAME}.tflite"
+    tmp_path = model_path.with_suffix(".tflite.tmp") if not args.no_write else Path("/tmp") / f"{NAME}.{os.getpid()}.tflite"
+    tmp_path.write_bytes(data)
+    q_lite = run_litert(data, xq)
+    q_tflm, arena = run_tflm(tmp_path, xq)
+    int8_acc_lite = float(np.mean(q_lite.argmax(1) == y_test))
+    int8_acc_tflm = float(np.mean(q_tflm.argmax(1) == y_test))
+    same = int(np.sum(np.all(q_lite == q_tflm, axis=1)))
+    maxdiff = int(np.max(np.abs(q_lite.astype(int) - q_tflm.astype(int))))
+    sha = hashlib.sha256(data).hexdigest()
+    metrics = {
+        "train_images": len(train), "inner_val_images": len(val), "heldout_images": len(test),
+        "train_accuracy_float": train_acc, "inner_val_accuracy_float": val_acc,
+        "heldout_accuracy_float": float_acc,
+        "heldout_accuracy_int8_litert_ref": int8_acc_lite, "heldout_accuracy_int8_tflm": int8_acc_tflm,
+        "parity_bit_identical": f"{same}/{len(test)}", "parity_max_abs_diff": maxdiff,
+        "size_bytes": len(data), "sha256": sha, "macs": count_macs(data),
+        "arena_host_bytes": arena, "softmax_input_scale": sm_scale,
+        "input_scale": in_scale, "input_zero_point": int(in_zp),
+        "output_scale": float(outd["quantization"][0]), "output_zero_point": int(outd["quantization"][1]),
+        "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("data", "out_dir")},
+    }
+    print(json.dumps(metrics, indent=2), flush=True)
+    if args.no_write:
+        tmp_path.unlink()
+        return 0
+    tmp_path.replace(model_path)
+    sidecar = {
+        "name": NAME,
+        "labels": list(LABELS),
+        "preprocessing": pre.to_dict(),
+        "architecture": "Keras MobileNetV2 alpha=0.35, 64x64x3, global average pooling, dropout, "
+                        "Dense(2, softmax); full-integer INT8 (int8 in/out)",
+        "trained_on": "portraits (Pixabay License): 760 photos, female/ male/; held-out = sha1(file name) % 100 < 20",
+        "source": "scripts/train_model.py",
+    }
+    (out_dir / f"{NAME}.json").write_text(json.dumps(sidecar, indent=2) + "\n")
+    (out_dir / f"{NAME}.metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    (out_dir / "heldout.txt").write_text(
+        "".join(f"{LABELS[lab]}/{name}\n" for name, _, lab in sorted(test, key=lambda r: (r[2], r[0])))
+    )
+    print(f"wrote {model_path} ({len(data)} bytes, sha256 {sha})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
