@@ -1,0 +1,482 @@
+"""gendertool flash: build manifest -> esptool v5 API calls, and every failure's message.
+
+No board here: the esptool API functions gendertool calls are replaced by recorders at
+the module boundary (esptool.cmds.*). Port-opening failures go through esptool's real
+ESPLoader with pyserial's open replaced, so the text we parse is esptool's own.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pty
+from pathlib import Path
+
+import pytest
+import serial
+
+from gendertool import flash as gflash
+from gendertool.errors import BuildError, DeviceError
+
+esptool_cmds = pytest.importorskip("esptool.cmds")
+from esptool.util import FatalError  # noqa: E402
+
+
+def _write(path: Path, data: bytes) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(data)
+
+
+@pytest.fixture
+def build_dir(tmp_path) -> Path:
+    """A finished build as the build step leaves it (offsets deliberately not the defaults)."""
+    d = tmp_path / "build"
+    _write(d / "bootloader.bin", os.urandom(21_000))
+    _write(d / "partition-table.bin", os.urandom(3072))
+    _write(d / "gendertool.bin", os.urandom(300_000))
+    _write(d / "gendertool-merged.bin", os.urandom(400_000))
+    _write(d / "gendertool.elf", b"\x7fELF")
+    manifest = {
+        "schema": 1,
+        "board": "xiao_esp32s3",
+        "chip": "esp32s3",
+        "backend": "pio",
+        "model": {"name": "gender_mbv2_035_64", "sha256": "ab" * 32},
+        "flash": {"mode": "qio", "freq": "80m", "size": "8MB"},
+        # listed out of order on purpose: esptool wants them sorted by offset
+        "images": [
+            {"name": "app", "offset": 0x20000, "path": "gendertool.bin"},
+            {"name": "bootloader", "offset": 0, "path": "bootloader.bin"},
+            {"name": "partition-table", "offset": "0x9000", "path": "partition-table.bin"},
+        ],
+        "merged": {"offset": 0, "path": "gendertool-merged.bin"},
+        "elf": "gendertool.elf",
+        "sizes": {"flash_bytes": 0, "dram_bytes": 0, "iram_bytes": 0},
+    }
+    (d / gflash.MANIFEST_NAME).write_text(json.dumps(manifest))
+    return d
+
+
+class FakePort:
+    def __init__(self, name: str) -> None:
+        self.port = name
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+
+
+class FakeEsp:
+    ESP_ROM_BAUD = 115200
+    IS_STUB = False
+
+    def __init__(self, chip: str = "ESP32-S3", port: str = "/dev/ttyACM0") -> None:
+        self.CHIP_NAME = chip
+        self._port = FakePort(port)
+        self.baud_changes: list[int] = []
+
+    def get_chip_description(self) -> str:
+        return f"{self.CHIP_NAME} (QFN56) (revision v0.2)"
+
+    def get_chip_features(self) -> list[str]:
+        return ["Wi-Fi", "BT 5 (LE)", "Dual Core + LP Core", "240MHz", "Embedded PSRAM 8MB (AP_3v3)"]
+
+    def read_mac(self):
+        return (0x34, 0x85, 0x18, 0x01, 0x02, 0x03)
+
+    def change_baud(self, baud: int) -> None:
+        self.baud_changes.append(baud)
+
+
+@pytest.fixture
+def esptool_api(monkeypatch):
+    """Record every esptool.cmds call gendertool makes; drive esptool's real progress logger."""
+    calls: list[tuple] = []
+    state = {"chip": "ESP32-S3", "fail": {}}
+
+    def maybe_fail(name):
+        exc = state["fail"].get(name)
+        if exc is not None:
+            raise exc
+
+    def detect_chip(port, baud=115200, connect_mode="default-reset", trace_enabled=False, connect_attempts=7):
+        calls.append(("detect_chip", port, connect_mode))
+        maybe_fail("detect_chip")
+        esp = FakeEsp(state["chip"], port)
+        state["esp"] = esp
+        return esp
+
+    def run_stub(esp, plugins=None):
+        calls.append(("run_stub",))
+        maybe_fail("run_stub")
+        esp.IS_STUB = True
+        return esp
+
+    def attach_flash(esp, spi_connection=None, flash_type="nor"):
+        calls.append(("attach_flash", spi_connection))
+        maybe_fail("attach_flash")
+
+    def write_flash(esp, addr_data, flash_freq="keep", flash_mode="keep", flash_size="keep", flash_type="nor", **kw):
+        calls.append(("write_flash", list(addr_data), flash_freq, flash_mode, flash_size, kw))
+        from esptool.logger import log
+
+        for addr, path in addr_data:
+            size = Path(path).stat().st_size
+            log.print(f"Writing '{path}' at {addr:#010x}...")
+            with log.progress(total=size, unit="B") as progress:
+                for _ in range(0, size, 16384):
+                    progress.update(advance=16384)
+                    maybe_fail("write_flash")
+            log.print("Hash of data verified.")
+
+    def verify_flash(esp, addr_data, flash_freq="keep", flash_mode="keep", flash_size="keep", diff=False, flash_type="nor"):
+        calls.append(("verify_flash", list(addr_data), flash_freq, flash_mode, flash_size))
+        maybe_fail("verify_flash")
+
+    def reset_chip(esp, reset_mode="hard-reset"):
+        calls.append(("reset_chip", reset_mode))
+        maybe_fail("reset_chip")
+
+    for fn in (detect_chip, run_stub, attach_flash, write_flash, verify_flash, reset_chip):
+        monkeypatch.setattr(esptool_cmds, fn.__name__, fn)
+    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: port.startswith("/dev/ttyACM"))
+    state["calls"] = calls
+    return state
+
+
+class Recorder(gflash.FlashReporter):
+    def __init__(self) -> None:
+        self.progress_events: list[tuple[str, int, int]] = []
+        self.messages: list[str] = []
+        self.warnings: list[str] = []
+
+    def message(self, text):
+        self.messages.append(text)
+
+    def warning(self, text):
+        self.warnings.append(text)
+
+    def progress(self, image, done, total):
+        self.progress_events.append((image.name, done, total))
+
+
+# --------------------------------------------------------------------------- manifest -> esptool
+
+
+def test_manifest_maps_to_esptool_calls(build_dir, esptool_api):
+    plan = gflash.plan_flash(build_dir)
+    rec = Recorder()
+    result = gflash.flash(plan, "/dev/ttyACM0", baud=921600, reporter=rec)
+
+    calls = esptool_api["calls"]
+    assert [c[0] for c in calls] == ["detect_chip", "run_stub", "attach_flash", "write_flash", "verify_flash", "reset_chip"]
+    # USB-Serial-JTAG port: USB reset sequence to enter the ROM loader
+    assert calls[0] == ("detect_chip", "/dev/ttyACM0", "usb-reset")
+    expected = [(0, str(build_dir / "bootloader.bin")), (0x9000, str(build_dir / "partition-table.bin")), (0x20000, str(build_dir / "gendertool.bin"))]
+    _, addr_data, freq, mode, size, kw = calls[3]
+    assert addr_data == expected  # sorted by offset, hex string offsets parsed
+    assert (freq, mode, size) == ("80m", "qio", "8MB")
+    assert kw.get("compress") is True and not kw.get("no_compress") and not kw.get("force")
+    # verification on: every written region checked with the same flash settings
+    assert calls[4] == ("verify_flash", expected, "80m", "qio", "8MB")
+    assert calls[5] == ("reset_chip", "hard-reset")
+    assert esptool_api["esp"].baud_changes == [921600]
+    assert esptool_api["esp"]._port.closed
+
+    # esptool's progress (through its real logger) reached us, per image, in order
+    names_in_order = []
+    for name, _, _ in rec.progress_events:
+        if not names_in_order or names_in_order[-1] != name:
+            names_in_order.append(name)
+    assert names_in_order == ["bootloader", "partition-table", "app"]
+    last = {name: (done, total) for name, done, total in rec.progress_events}
+    assert last["app"] == (300_000, 300_000)
+    assert any("Hash of data verified" in m for m in rec.messages)
+
+    assert result.chip == "ESP32-S3" and result.mac == "34:85:18:01:02:03"
+    assert result.bytes_written == 21_000 + 3072 + 300_000
+    assert result.throughput > 0 and result.total_seconds >= result.write_seconds
+
+
+def test_esptool_logger_is_restored(build_dir, esptool_api):
+    from esp_pylib.logger import EspLog
+
+    before = EspLog.instance
+    gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+    assert EspLog.instance is before
+    esptool_api["fail"]["write_flash"] = serial.SerialException("device disconnected")
+    with pytest.raises(DeviceError):
+        gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+    assert EspLog.instance is before
+
+
+def test_merged_image_and_uart_port(build_dir, esptool_api):
+    plan = gflash.plan_flash(build_dir, merged=True)
+    gflash.flash(plan, "/dev/ttyUSB0", baud=115200)
+    calls = esptool_api["calls"]
+    assert calls[0] == ("detect_chip", "/dev/ttyUSB0", "default-reset")
+    assert calls[3][1] == [(0, str(build_dir / "gendertool-merged.bin"))]
+    assert esptool_api["esp"].baud_changes == []  # not above the ROM rate: no change
+
+
+def test_flash_cli_end_to_end(cli, build_dir, esptool_api):
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 0, res.output
+    assert "ESP32-S3" in res.stdout and "34:85:18:01:02:03" in res.stdout
+    assert "wrote and verified" in res.stdout and "/s" in res.stdout
+    for name in ("bootloader", "partition-table", "app"):
+        assert name in res.stdout
+    assert [c[0] for c in esptool_api["calls"]][-1] == "reset_chip"
+
+
+# --------------------------------------------------------------------------- errors at the API boundary
+
+
+def test_wrong_chip_is_refused_naming_it(build_dir, esptool_api, cli):
+    esptool_api["chip"] = "ESP32-C3"
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 2
+    assert "ESP32-C3" in res.stderr and "ESP32-S3" in res.stderr and "refusing" in res.stderr
+    assert "Traceback" not in res.output
+    assert [c[0] for c in esptool_api["calls"]] == ["detect_chip"]  # nothing written
+
+
+@pytest.mark.parametrize(
+    "error, expected",
+    [
+        (FatalError("Failed to connect to ESP32-S3: No serial data received."), "no ESP chip answered"),
+        (FatalError("Unexpected chip ID value 99. Failed to autodetect chip type."), "not one esptool knows"),
+        (FatalError("Timed out waiting for packet header"), "no ESP chip answered"),
+    ],
+)
+def test_connect_failures(build_dir, esptool_api, error, expected):
+    esptool_api["fail"]["detect_chip"] = error
+    with pytest.raises(DeviceError, match=expected):
+        gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+
+
+@pytest.mark.parametrize(
+    "stage, error, expected",
+    [
+        ("write_flash", serial.SerialException("device reports readiness to read but returned no data (device disconnected or multiple access on port?)"), "vanished while writing"),
+        ("write_flash", OSError(5, "Input/output error"), "vanished while writing"),
+        ("verify_flash", FatalError("Verification failed."), "verification failed"),
+        ("run_stub", FatalError("Failed to start stub. Unexpected response"), "esptool failed while loading the flasher stub"),
+        ("reset_chip", serial.SerialException("[Errno 19] No such device"), "vanished while resetting"),
+    ],
+)
+def test_failures_after_connect(build_dir, esptool_api, cli, stage, error, expected):
+    esptool_api["fail"][stage] = error
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 2
+    assert expected in res.stderr
+    assert "Traceback" not in res.output
+    assert esptool_api["esp"]._port.closed
+
+
+def _real_open_failure(monkeypatch, exc):
+    """Let esptool's real ESPLoader open the port, with pyserial's open raising ``exc``."""
+    import esptool.loader
+
+    class FailingSerial:
+        def __init__(self, *a, **kw):
+            self.port = a[0] if a else kw.get("port")
+
+        def open(self):
+            raise exc
+
+        def close(self):
+            pass
+
+    monkeypatch.setattr(esptool.loader.serial, "serial_for_url", lambda port, **kw: FailingSerial(port))
+
+
+@pytest.mark.parametrize(
+    "exc, expected",
+    [
+        (serial.SerialException(13, "could not open port /dev/ttyACM0: [Errno 13] Permission denied: '/dev/ttyACM0'"), "dialout"),
+        (serial.SerialException(2, "could not open port /dev/ttyACM0: [Errno 2] No such file or directory: '/dev/ttyACM0'"), "does not exist"),
+        (serial.SerialException("Could not exclusively lock port /dev/ttyACM0: [Errno 11] Resource temporarily unavailable"), "is busy"),
+    ],
+)
+def test_port_open_failures_through_real_esptool(build_dir, monkeypatch, cli, exc, expected):
+    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: True)
+    _real_open_failure(monkeypatch, exc)
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 2, res.output
+    assert expected in res.stderr
+    if expected == "dialout":
+        assert "uucp" in res.stderr
+
+
+def test_busy_port_real_pty(build_dir, monkeypatch):
+    """A port another program holds exclusively (as a monitor does): esptool's real open fails."""
+    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: True)
+    master, slave = pty.openpty()
+    path = os.ttyname(slave)
+    holder = serial.Serial(path, exclusive=True)
+    try:
+        with pytest.raises(DeviceError, match="is busy"):
+            gflash.flash(gflash.plan_flash(build_dir), path)
+    finally:
+        holder.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_missing_port_real(build_dir, monkeypatch, tmp_path):
+    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: False)
+    with pytest.raises(DeviceError, match="does not exist"):
+        gflash.flash(gflash.plan_flash(build_dir), str(tmp_path / "ttyACM9"))
+
+
+def test_port_discovery(monkeypatch, build_dir, esptool_api, cli):
+    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: [])
+    res = cli("flash", "--build", build_dir)
+    assert res.exit_code == 2 and "no ESP32-S3 found" in res.stderr and "--port" in res.stderr
+
+    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
+    res = cli("flash", "--build", build_dir)
+    assert res.exit_code == 2
+    assert "/dev/ttyACM0" in res.stderr and "/dev/ttyACM1" in res.stderr and "--port" in res.stderr
+    assert esptool_api["calls"] == []
+
+    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: ["/dev/ttyACM3"])
+    res = cli("flash", "--build", build_dir)
+    assert res.exit_code == 0, res.output
+    assert esptool_api["calls"][0][1] == "/dev/ttyACM3"
+
+
+def test_find_ports_filters_vid_pid(monkeypatch):
+    from types import SimpleNamespace
+
+    from serial.tools import list_ports
+
+    fake = [
+        SimpleNamespace(device="/dev/ttyACM1", vid=0x303A, pid=0x1001),
+        SimpleNamespace(device="/dev/ttyUSB0", vid=0x10C4, pid=0xEA60),  # CP2102 bridge
+        SimpleNamespace(device="/dev/ttyACM0", vid=0x303A, pid=0x1001),
+        SimpleNamespace(device="/dev/ttyACM2", vid=0x303A, pid=0x0002),  # S3 in USB-OTG DFU
+        SimpleNamespace(device="/dev/ttyS0", vid=None, pid=None),
+    ]
+    monkeypatch.setattr(list_ports, "comports", lambda *a, **k: fake)
+    import sys
+
+    monkeypatch.setitem(sys.modules, "gendertool.transport", None)  # force the pyserial path
+    assert gflash.find_esp32s3_ports() == ["/dev/ttyACM0", "/dev/ttyACM1"]
+
+
+def test_virtual_ports_cannot_be_flashed(build_dir, esptool_api):
+    for port in ("sim", "socket://127.0.0.1:5555"):
+        with pytest.raises(DeviceError, match="no flash"):
+            gflash.flash(gflash.plan_flash(build_dir), port)
+    assert esptool_api["calls"] == []
+
+
+# --------------------------------------------------------------------------- build problems
+
+
+def test_missing_build(cli, tmp_path, esptool_api):
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", tmp_path / "nope")
+    assert res.exit_code == 2
+    assert "gendertool build" in res.stderr and "gendertool-build.json" in res.stderr
+    assert esptool_api["calls"] == []
+
+
+def test_default_build_dir_missing(cli, tmp_path, monkeypatch, esptool_api):
+    monkeypatch.chdir(tmp_path)
+    res = cli("flash", "--port", "/dev/ttyACM0")
+    assert res.exit_code == 2 and "gendertool build" in res.stderr
+
+
+def test_missing_image(cli, build_dir, esptool_api):
+    (build_dir / "partition-table.bin").unlink()
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 2
+    assert "partition-table" in res.stderr and "missing" in res.stderr
+    assert esptool_api["calls"] == []
+
+
+def test_missing_merged_image(build_dir):
+    (build_dir / "gendertool-merged.bin").unlink()
+    with pytest.raises(BuildError, match="merged.*missing"):
+        gflash.plan_flash(build_dir, merged=True)
+    assert len(gflash.plan_flash(build_dir).images) == 3  # separate images still fine
+
+
+def test_empty_image(build_dir):
+    (build_dir / "gendertool.bin").write_bytes(b"")
+    with pytest.raises(BuildError, match="app image .* is empty"):
+        gflash.plan_flash(build_dir)
+
+
+@pytest.mark.parametrize(
+    "mutate, expected",
+    [
+        (lambda m: m.update(schema=7), "unknown manifest schema"),
+        (lambda m: m.update(chip="esp32c3"), "esp32c3, not ESP32-S3"),
+        (lambda m: m.update(images=[]), "lists no images"),
+        (lambda m: m["images"][0].update(offset="zero"), "not a number"),
+        (lambda m: m["images"][0].update(offset=0x8000), "overlaps"),
+        (lambda m: m["images"][1].pop("path"), "needs 'path' and 'offset'"),
+    ],
+)
+def test_bad_manifests(build_dir, mutate, expected):
+    path = build_dir / gflash.MANIFEST_NAME
+    data = json.loads(path.read_text())
+    mutate(data)
+    path.write_text(json.dumps(data))
+    with pytest.raises(BuildError, match=expected):
+        gflash.plan_flash(build_dir)
+
+
+def test_unreadable_manifest(build_dir):
+    (build_dir / gflash.MANIFEST_NAME).write_text("{not json")
+    with pytest.raises(BuildError, match="not a readable build manifest"):
+        gflash.plan_flash(build_dir / gflash.MANIFEST_NAME)
+
+
+# --------------------------------------------------------------------------- ESP Web Tools
+
+
+def test_web_manifest_next_to_merged_image(build_dir):
+    out = gflash.write_web_manifest(build_dir / gflash.MANIFEST_NAME)
+    assert out == build_dir / "manifest.json"
+    web = json.loads(out.read_text())
+    assert web["builds"] == [{"chipFamily": "ESP32-S3", "parts": [{"path": "gendertool-merged.bin", "offset": 0}]}]
+    assert "gender_mbv2_035_64" in web["name"] and web["version"].endswith("+" + "ab" * 6)
+    # every part must resolve relative to the manifest (that is how the browser fetches it)
+    for part in web["builds"][0]["parts"]:
+        assert (out.parent / part["path"]).is_file()
+
+
+def test_web_manifest_without_merged_lists_images(build_dir):
+    path = build_dir / gflash.MANIFEST_NAME
+    data = json.loads(path.read_text())
+    del data["merged"]
+    path.write_text(json.dumps(data))
+    web = json.loads(gflash.write_web_manifest(build_dir).read_text())
+    parts = web["builds"][0]["parts"]
+    assert [(p["path"], p["offset"]) for p in parts] == [("bootloader.bin", 0), ("partition-table.bin", 0x9000), ("gendertool.bin", 0x20000)]
+
+
+def test_flash_help(cli):
+    res = cli("flash", "--help")
+    assert res.exit_code == 0
+    for opt in ("--port", "--build", "--baud"):
+        assert opt in res.stdout
+
+
+# --------------------------------------------------------------------------- a real board
+
+
+@pytest.mark.hardware
+def test_flash_real_board(board_ports, tmp_path):
+    """Flash the build in ./build (made by `gendertool build`) onto the first --port board."""
+    manifest = Path("build") / gflash.MANIFEST_NAME
+    if not manifest.is_file():
+        pytest.skip("no ./build/gendertool-build.json: run `gendertool build` first")
+    rec = Recorder()
+    result = gflash.flash(gflash.plan_flash(manifest.parent), board_ports[0], reporter=rec)
+    assert result.chip == "ESP32-S3"
+    assert rec.progress_events and result.throughput > 0
