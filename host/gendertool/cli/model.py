@@ -1,2 +1,97 @@
-"""Commands: model (filled in by its issue)."""
-from ._app import app  # noqa: F401
+"""Commands: inspect (describe and check a model), convert (model -> aligned C array)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, console
+
+_MODEL_HELP = "Model: a .tflite file or a pulled profile name (default: the shipped default model)."
+
+
+@app.command()
+def inspect(
+    model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
+    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of tables."),
+    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated class labels overriding the model's own."),
+    arena: bool = typer.Option(True, "--arena/--no-arena", help="Measure the tensor arena on the TFLM host runtime."),
+) -> None:
+    """Check an INT8 TFLite classifier and report its tensors, operators, size, MACs and arena."""
+    from gendertool.model import app_partition_bytes, load_model
+
+    info = load_model(model, labels=labels, board=board, measure_arena=arena)
+    board_name, partition = app_partition_bytes(board)
+    if as_json:
+        import json
+
+        data = info.to_dict()
+        data["board"] = {"name": board_name, "app_partition_bytes": partition, "model_fits": info.size <= partition}
+        typer.echo(json.dumps(data, indent=2))
+        return
+    _print_tables(info, board_name, partition)
+
+
+def _print_tables(info, board_name: str, partition: int) -> None:
+    from rich.table import Table
+
+    from gendertool.model import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN_BYTES
+    from gendertool.ops import TFLM_SOURCE
+
+    summary = Table(title=f"Model {info.name}", show_header=False, title_justify="left")
+    summary.add_column(style="bold", no_wrap=True)
+    summary.add_column(overflow="fold")
+    summary.add_row("file", str(info.path) if info.path else "-")
+    summary.add_row("size", f"{info.size:,} bytes ({info.size / partition:.0%} of the {board_name} app partition, {partition:,} bytes)")
+    summary.add_row("sha256", info.sha256)
+    summary.add_row("labels", ", ".join(info.labels))
+    pre = info.preprocessing
+    summary.add_row(
+        "preprocessing",
+        f"centre crop {pre.crop_fraction:g}, {pre.resize} resize, (pixel - mean) / std with "
+        f"mean {list(pre.mean)} std {list(pre.std)}",
+    )
+    summary.add_row("parameters", f"{info.parameters:,}")
+    summary.add_row("MACs", f"{info.macs:,}")
+    if info.arena_host_bytes is not None:
+        summary.add_row("arena (host)", f"{info.arena_host_bytes:,} bytes, measured on the TFLM host runtime (64-bit host figure)")
+        summary.add_row(
+            "arena (firmware)",
+            f"{info.arena_bytes:,} bytes = host + {ARENA_MARGIN_FRACTION:.0%} (min {ARENA_MARGIN_MIN_BYTES // 1024} KiB), "
+            "rounded up to 1 KiB",
+        )
+    else:
+        summary.add_row("arena", "not measured (--no-arena)")
+    console.print(summary)
+
+    tensors = Table(title="Tensors", title_justify="left")
+    for col in ("", "name", "shape", "dtype", "scale", "zero point"):
+        tensors.add_column(col, overflow="fold")
+    for role, t in (("input", info.input), ("output", info.output)):
+        tensors.add_row(role, t.name, str(list(t.shape)), t.dtype, f"{t.scale:.6g}", str(t.zero_point))
+    console.print(tensors)
+
+    ops = Table(title=f"Operators (subgraphs: {info.subgraphs}; resolver: {TFLM_SOURCE})", title_justify="left")
+    for col in ("operator", "version", "count", "resolver method"):
+        ops.add_column(col)
+    for op in info.operators:
+        ops.add_row(op.name, str(op.version), str(op.count), op.resolver_method or "-")
+    console.print(ops)
+
+
+@app.command()
+def convert(
+    model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
+    output: Path = typer.Option(..., "--output", "-o", help="Folder for model_data.h and model_data.cc."),
+    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
+) -> None:
+    """Check a model and write it as an aligned C array (model_data.h / model_data.cc)."""
+    from gendertool.carray import write_model_sources
+    from gendertool.model import load_model
+
+    info = load_model(model, board=board, measure_arena=False)
+    for path in write_model_sources(info.data, output, info.name, info.sha256):
+        console.print(f"wrote {path}")
