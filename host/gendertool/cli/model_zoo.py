@@ -21,13 +21,14 @@ def pull(
     force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
 ) -> None:
     """Download a registered model, verify its published checksum and cache it for --model NAME."""
+    from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
     from gendertool import profiles
 
     profile = profiles.get_profile(name)
     if not force and profiles.is_cached(name):
-        console.print(f"{name}: already cached at {profiles.cached_path(name)} ({profile.checksum} verified)")
+        console.print(f"{name}: already cached at {escape(str(profiles.cached_path(name)))} ({profile.checksum} verified)")
         return
     with Progress(
         "[progress.description]{task.description}",
@@ -39,7 +40,7 @@ def pull(
     ) as bar:
         task = bar.add_task(f"{name} from {profile.host}", total=None)
         path = profiles.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
-    console.print(f"{name}: downloaded to {path} ({profile.checksum} verified)")
+    console.print(f"{name}: downloaded to {escape(str(path))} ({profile.checksum} verified)")
     if profile.note:
         console.print(f"note: {profile.note}")
 
@@ -49,6 +50,7 @@ def list_(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """List the registered model profiles and whether each is cached."""
+    from rich.markup import escape
     from rich.table import Table
 
     from gendertool import profiles
@@ -71,7 +73,7 @@ def list_(
     if as_json:
         console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
         return
-    table = Table(title=f"model profiles (cache: {profiles.cache_dir()})")
+    table = Table(title=f"model profiles (cache: {escape(str(profiles.cache_dir()))})")
     for col in ("name", "labels", "mean / std", "cached", "description"):
         table.add_column(col)
     for r in rows:

@@ -80,7 +80,11 @@ class _progress:
 def _warn_skipped(report: "ValidationReport") -> None:
     if report.skipped:
         names = ", ".join(s.path for s in report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
-        err_console.print(f"warning: skipped {len(report.skipped)} file(s) that are not readable images: {names}", soft_wrap=True)
+        from rich.markup import escape
+
+        err_console.print(
+            f"warning: skipped {len(report.skipped)} file(s) that are not readable images: {escape(names)}", soft_wrap=True
+        )
 
 
 def present(report: "ValidationReport", out: "Console", *, show_images: bool = False) -> None:
