@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
+import threading
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -428,6 +430,7 @@ def run_bench(
     on_progress: ProgressFn | None = None,
     flush_every_s: float = 0.5,
     run_timeout_s: float = 30.0,
+    variant: "Variant | None" = None,
 ) -> BenchResult:
     """Benchmark a connected :class:`~gendertool.link.DeviceClient`.
 
@@ -448,6 +451,8 @@ def run_bench(
     runs = min(n, 20) if runs is None else runs
     progress = on_progress or (lambda phase, done, total: None)
     result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, runs_requested=runs, started=_now())
+    if variant is not None:
+        result.variant, result.variant_options = variant.name, dict(variant.options)
     last_flush = 0.0
 
     def flush(force: bool = False) -> None:
@@ -536,3 +541,208 @@ def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
         rows.append((str(d["op"]), 1, int(d["us"])))
         estimated = estimated or bool(d.get("estimated", False))
     return profile_table(rows), estimated
+
+
+# --------------------------------------------------------------------------- several boards
+
+
+def port_slug(port: str) -> str:
+    """A folder name for a port (per-board output folders)."""
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", port).strip("_") or "port"
+
+
+BoardProgress = Callable[[str, str, int, int], None]  # (port, phase, done, total)
+
+
+def bench_boards(
+    ports: Sequence[str],
+    *,
+    n: int = 200,
+    warmup: int = 10,
+    input_source: str = "sample",
+    runs: int | None = None,
+    profile: bool = False,
+    out_dir: Path | None = None,
+    progress: BoardProgress | None = None,
+    connect: Callable[[str], Any] | None = None,
+) -> list[BenchResult]:
+    """Bench every board in ``ports`` in parallel (one thread each), in the order given.
+
+    One port writes ``out_dir/bench.json``; several write ``out_dir/<port>/bench.json``.
+    """
+    if not ports:
+        raise GendertoolError("give at least one --port")
+    if len(set(ports)) != len(ports):
+        raise GendertoolError("the same --port is given twice")
+    connect = connect or default_connect
+    results: dict[str, BenchResult] = {}
+
+    def work(port: str) -> None:
+        out_json = None
+        if out_dir is not None:
+            out_json = (out_dir if len(ports) == 1 else out_dir / port_slug(port)) / "bench.json"
+        on_progress = (lambda phase, done, total: progress(port, phase, done, total)) if progress else None
+        try:
+            with connect(port) as client:
+                results[port] = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source, runs=runs,
+                                          profile=profile, out_json=out_json, on_progress=on_progress)
+        except GendertoolError as exc:  # could not connect at all: still a per-board result
+            failed = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now(), finished=_now(),
+                                 error=str(exc))
+            if out_json is not None:
+                write_json_atomic(out_json, failed.to_json())
+                failed.path = out_json
+            results[port] = failed
+
+    run_parallel(ports, work)
+    return [results[p] for p in ports]
+
+
+def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
+    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
+    if len(ports) == 1:
+        work(ports[0])
+        return
+    errors: list[BaseException] = []
+
+    def guarded(port: str) -> None:
+        try:
+            work(port)
+        except BaseException as exc:  # a bug: surfaced in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
+
+
+def default_connect(port: str):
+    """Open ``port`` and wrap it in a DeviceClient (context manager closing the port)."""
+    from gendertool.link import DeviceClient
+    from gendertool.transport import open_port
+
+    return _Session(lambda: DeviceClient(open_port(port)))
+
+
+class _Session:
+    def __init__(self, factory: Callable[[], Any]) -> None:
+        self._factory = factory
+        self.client = None
+
+    def __enter__(self):
+        self.client = self._factory()
+        enter = getattr(self.client, "__enter__", None)
+        return enter() if enter else self.client
+
+    def __exit__(self, *exc) -> None:
+        if self.client is None:
+            return
+        exit_ = getattr(self.client, "__exit__", None)
+        if exit_:
+            exit_(*exc)
+        else:
+            close = getattr(self.client, "close", None)
+            if close:
+                close()
+
+
+# --------------------------------------------------------------------------- firmware-variant matrix
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A firmware build to compare: sdkconfig options handed to the renderer, nothing else."""
+
+    name: str
+    description: str
+    options: dict[str, str]
+
+
+# Symbols: CONFIG_APP_* from firmware/main/Kconfig.projbuild (the app's own options),
+# CONFIG_NN_OPTIMIZED / CONFIG_NN_ANSI_C from esp-nn's Kconfig.projbuild (choice NN_OPTIMIZATIONS).
+# Add a row here to measure another variant; tests check every key exists in those Kconfigs.
+_BASE = {"CONFIG_APP_ARENA_INTERNAL": "y", "CONFIG_APP_MODEL_IN_PSRAM": "n", "CONFIG_NN_OPTIMIZED": "y"}
+MATRIX: tuple[Variant, ...] = (
+    Variant("baseline", "arena in internal RAM, model in flash, ESP-NN on", dict(_BASE)),
+    Variant("arena-psram", "tensor arena in PSRAM", {**_BASE, "CONFIG_APP_ARENA_INTERNAL": "n", "CONFIG_APP_ARENA_PSRAM": "y"}),
+    Variant("model-psram", "model copied from flash to PSRAM at boot", {**_BASE, "CONFIG_APP_MODEL_IN_PSRAM": "y"}),
+    Variant("esp-nn-off", "ESP-NN off: TFLM reference kernels (ANSI C)", {**_BASE, "CONFIG_NN_OPTIMIZED": "n", "CONFIG_NN_ANSI_C": "y"}),
+)
+
+
+def get_variants(names: Sequence[str] | None = None) -> list[Variant]:
+    if not names:
+        return list(MATRIX)
+    by_name = {v.name: v for v in MATRIX}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise GendertoolError(f"unknown variant(s) {', '.join(unknown)}; known: {', '.join(by_name)}")
+    return [by_name[n] for n in names]
+
+
+StepFn = Callable[[str, str], None]  # (variant, phase)
+
+
+def run_matrix(
+    port: str,
+    variants: Sequence[Variant],
+    *,
+    model: str | Path | None = None,
+    board: str = "xiao_esp32s3",
+    n: int = 200,
+    warmup: int = 10,
+    input_source: str = "sample",
+    out_dir: Path = Path("out/bench"),
+    on_step: StepFn | None = None,
+    build: Callable[[Path], Path] | None = None,
+    flash: Callable[[Path, str], Any] | None = None,
+    connect: Callable[[str], Any] | None = None,
+) -> list[BenchResult]:
+    """Render, build, flash and bench each variant on the board at ``port``, in order.
+
+    Build and flash problems raise (BuildError / DeviceError): without a toolchain the first
+    build stops the matrix with the toolchain's message, and no figure is invented.
+    """
+    from gendertool.boards import get_board
+    from gendertool.model import load_model
+    from gendertool.render import render_project
+
+    step = on_step or (lambda variant, phase: None)
+    build = build or _default_build
+    flash = flash or _default_flash
+    connect = connect or default_connect
+    info = load_model(model, board=board)
+    brd = get_board(board)
+    results = []
+    for v in variants:
+        vdir = out_dir / v.name
+        step(v.name, "render")
+        render_project(info, brd, vdir / "project", input_source=input_source, options=dict(v.options))
+        step(v.name, "build")
+        build_dir = build(vdir / "project")
+        step(v.name, "flash")
+        flash(build_dir, port)
+        step(v.name, "bench")
+        with connect(port) as client:
+            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
+                          out_json=vdir / "bench.json", variant=v)
+        results.append(r)
+        if r.error is not None:
+            break
+    return results
+
+
+def _default_build(project: Path) -> Path:
+    from gendertool.build import build_project
+
+    return build_project(project)
+
+
+def _default_flash(build_dir: Path, port: str) -> Any:
+    from gendertool.flash import flash, plan_flash
+
+    return flash(plan_flash(build_dir), port)

@@ -13,7 +13,6 @@ values only multiply the device work, which runs in one thread per board.
 
 from __future__ import annotations
 
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -277,6 +276,8 @@ def validate_devices(
         raise GendertoolError("the same --port is given twice")
     if not 0.0 <= min_parity <= 100.0:
         raise GendertoolError(f"--min-parity must be within 0..100, got {min_parity}")
+    from gendertool.bench import default_connect, run_parallel
+
     connect = connect or default_connect
     info = load_model(model, labels=labels, measure_arena=False)
     n_classes = int(np.prod(info.output.shape))
@@ -305,55 +306,3 @@ def validate_devices(
     run_parallel(ports, work)
     return DeviceValidation(min_parity=min_parity, boards=[results[p] for p in ports], skipped=skipped,
                             model=model_summary(info))
-
-
-def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
-    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
-    if len(ports) == 1:
-        work(ports[0])
-        return
-    errors: list[BaseException] = []
-
-    def guarded(port: str) -> None:
-        try:
-            work(port)
-        except BaseException as exc:  # a bug: surfaced in the caller's thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def default_connect(port: str):
-    """Open ``port`` and wrap it in a DeviceClient (context manager closing the port)."""
-    from gendertool.link import DeviceClient
-    from gendertool.transport import open_port
-
-    return _Session(lambda: DeviceClient(open_port(port)))
-
-
-class _Session:
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self.client = None
-
-    def __enter__(self):
-        self.client = self._factory()
-        enter = getattr(self.client, "__enter__", None)
-        return enter() if enter else self.client
-
-    def __exit__(self, *exc) -> None:
-        if self.client is None:
-            return
-        exit_ = getattr(self.client, "__exit__", None)
-        if exit_:
-            exit_(*exc)
-        else:
-            close = getattr(self.client, "close", None)
-            if close:
-                close()

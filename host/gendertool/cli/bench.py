@@ -1,2 +1,347 @@
-"""Commands: bench (filled in by its issue)."""
-from ._app import app  # noqa: F401
+"""Commands: bench (on-device latency statistics, per-operator profile, compare, variant matrix).
+
+Also the tables for on-target validation (``gendertool validate --port``), since both present
+device figures the same way.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from ._app import app, console, err_console
+
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gendertool.bench import BenchResult, CompareRow
+    from gendertool.device_validate import DeviceValidation
+
+
+@app.command("bench")
+def bench_cmd(
+    port: list[str] = typer.Option(
+        [], "--port", "-p", help="Serial port, socket://HOST:PORT or 'sim' (the virtual device). Repeat for several boards."
+    ),
+    n: int = typer.Option(200, "-n", "--runs", help="Timed Invoke() runs (1..10000)."),
+    warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
+    input_source: str = typer.Option("sample", "--input", help="Input of the full runs: sample (built-in image) or camera."),
+    full_runs: Optional[int] = typer.Option(
+        None, "--full-runs", help="Full inferences (preprocessing + Invoke()) to time (default: min(n, 20); 0 skips)."
+    ),
+    profile: bool = typer.Option(False, "--profile", help="Also time every operator of one Invoke()."),
+    out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),
+    compare: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: show deltas and the speed-up."),
+    matrix: bool = typer.Option(False, "--matrix", help="Build, flash and bench every firmware variant on the board."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --matrix builds (default: the shipped model)."),
+    board: str = typer.Option("xiao_esp32s3", "--board", help="Board for --matrix builds."),
+    plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
+) -> None:
+    """Benchmark the model on the board: latency statistics from every run, FPS, memory, profile."""
+    from gendertool.bench import load_bench
+
+    if input_source not in ("sample", "camera"):
+        raise typer.BadParameter("must be 'sample' or 'camera'", param_hint="--input")
+    ports = _ports(port)
+    old = load_bench(compare) if compare is not None else None  # fail before touching a device
+    if matrix:
+        _matrix(ports, n=n, warmup=warmup, input_source=input_source, out=out, model=model, board=board, plots=plots)
+        return
+
+    from gendertool.bench import bench_boards
+
+    with _BoardProgress(ports) as progress:
+        results = bench_boards(
+            ports, n=n, warmup=warmup, input_source=input_source, runs=full_runs, profile=profile, out_dir=out,
+            progress=progress,
+        )
+    for r in results:
+        if plots and r.samples:
+            from gendertool.plots import write_plots
+
+            r_plots = write_plots(r, (r.path.parent if r.path else out))
+            err_console.print(f"plots: {', '.join(str(p) for p in r_plots)}", soft_wrap=True)
+        present_bench(r, console)
+        if old is not None and r.samples:
+            present_compare(old, r, console)
+    if len(results) > 1:
+        present_boards(results, console)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise _failure(failed)
+
+
+def _ports(ports: list[str]) -> list[str]:
+    if ports:
+        if len(set(ports)) != len(ports):
+            raise typer.BadParameter("the same port is given twice", param_hint="--port")
+        return ports
+    from gendertool.transport import find_esp32s3_ports
+
+    found = find_esp32s3_ports()
+    if len(found) == 1:
+        return found
+    from gendertool.errors import DeviceError
+
+    if not found:
+        raise DeviceError("no ESP32-S3 (USB 303a:1001) found; give --port PORT, or --port sim for the virtual device")
+    raise DeviceError(f"several ESP32-S3 boards found ({', '.join(found)}); choose with --port (repeatable)")
+
+
+def _failure(failed: list["BenchResult"]):
+    from gendertool.errors import DeviceError
+
+    parts = []
+    for r in failed:
+        kept = f"; {r.completed} sample(s) kept in {r.path}" if r.path else ""
+        parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
+    return DeviceError("; ".join(parts))
+
+
+# --------------------------------------------------------------------------- progress
+
+
+class _BoardProgress:
+    """One Rich progress line per board on stderr."""
+
+    def __init__(self, ports: list[str]) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+            console=err_console, transient=False,
+        )
+        self.tasks = {p: self.progress.add_task(f"{p}: connecting", total=None) for p in ports}
+
+    def __call__(self, port: str, phase: str, done: int, total: int) -> None:
+        task = self.tasks.get(port)
+        if task is None:
+            task = self.tasks[port] = self.progress.add_task(port, total=None)
+        self.progress.update(task, description=f"{port}: {phase}", completed=done, total=total or None)
+
+    def __enter__(self):
+        if err_console.is_terminal:
+            self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+# --------------------------------------------------------------------------- presentation
+
+
+def _ms(us: float) -> str:
+    return "-" if us is None or (isinstance(us, float) and math.isnan(us)) else f"{us / 1000:.2f}"
+
+
+def _sim(simulated: bool) -> str:
+    return "SIMULATED (virtual device: host computer timings, not the board's) - " if simulated else ""
+
+
+def present_bench(r: "BenchResult", out: "Console") -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gendertool.bench import METRIC_TITLES, REFERENCE_MS, STAT_KEYS
+    from gendertool.present import format_bytes
+
+    st = r.stats()
+    dev = r.device
+    title = (f"{_sim(r.simulated)}latency on {escape(r.board)} ({escape(r.port)}), model {escape(str(dev.get('model', '?')))}"
+             f" sha256 {r.model_sha256[:12]}")
+    t = Table(title=title, title_justify="left")
+    t.add_column("ms")
+    t.add_column("n", justify="right")
+    for k in STAT_KEYS:
+        t.add_column(k, justify="right")
+    for m in ("pre_us", "invoke_us", "total_us"):
+        if m in st:
+            s = st[m]
+            t.add_row(METRIC_TITLES[m], str(s.n), *(_ms(getattr(s, k)) for k in STAT_KEYS))
+    if st:
+        out.print(t)
+        basis = "preprocessing + Invoke()" if st["fps_basis"] == "total_us" else "Invoke() only"
+        mean_ms = st[st["fps_basis"]].mean / 1000
+        verdict = "faster than" if mean_ms < REFERENCE_MS else "slower than"
+        out.print(f"{_sim(r.simulated)}FPS {st['fps']:.1f} ({basis}); mean {mean_ms:.2f} ms is {verdict} the "
+                  f"{REFERENCE_MS:.0f} ms reference (Seeed card, XIAO ESP32S3)")
+    else:
+        out.print(f"{_sim(r.simulated)}no samples received from {escape(r.port)}")
+    mem = r.memory
+    if mem:
+        parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()]
+        out.print(f"memory: {', '.join(parts)}")
+    versions = ", ".join(f"{k} {dev[k]}" for k in ("fw", "idf", "tflm", "esp_nn") if dev.get(k))
+    if versions:
+        out.print(f"firmware: {escape(versions)}; {dev.get('cpu_mhz', '?')} MHz")
+    if r.profile:
+        p = Table(title=f"{_sim(r.simulated)}per-operator time of one Invoke(){' (estimated)' if r.profile_estimated else ''}",
+                  title_justify="left")
+        for col in ("operator", "count", "total us", "share"):
+            p.add_column(col, justify="left" if col == "operator" else "right")
+        for row in r.profile:
+            p.add_row(escape(row.op), str(row.count), str(row.total_us), f"{row.share * 100:.1f} %")
+        out.print(p)
+    if r.path:
+        state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
+        out.print(f"bench.json: {escape(str(r.path))} ({state})")
+
+
+def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:
+    from rich.table import Table
+
+    from gendertool.bench import METRIC_TITLES, compare_results
+
+    rows = compare_results(old, new)
+    sim = old.simulated or new.simulated
+    t = Table(title=f"{_sim(sim)}compare: old {old.path or ''} -> new (speed-up > 1 = new is faster)", title_justify="left")
+    for col in ("metric", "stat", "old ms", "new ms", "delta ms", "delta %", "speed-up"):
+        t.add_column(col, justify="left" if col in ("metric", "stat") else "right")
+    for row in rows:
+        t.add_row(*_compare_cells(row, METRIC_TITLES))
+    out.print(t)
+
+
+def _compare_cells(row: "CompareRow", titles: dict) -> list[str]:
+    if row.metric == "fps":
+        return ["FPS", "", f"{row.old:.1f}", f"{row.new:.1f}", f"{row.delta:+.1f}", f"{row.delta_pct:+.1f}", f"{row.speedup:.2f}x"]
+    return [titles[row.metric], row.stat, _ms(row.old), _ms(row.new), f"{row.delta / 1000:+.2f}", f"{row.delta_pct:+.1f}",
+            f"{row.speedup:.2f}x"]
+
+
+def present_boards(results: list["BenchResult"], out: "Console") -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    t = Table(title=f"{_sim(any(r.simulated for r in results))}all boards", title_justify="left")
+    for col in ("port", "board", "runs", "Invoke() p50 ms", "total p50 ms", "FPS", "status"):
+        t.add_column(col, justify="left" if col in ("port", "board", "status") else "right")
+    for r in results:
+        st = r.stats()
+        t.add_row(
+            escape(r.port), escape(r.board), f"{r.completed}/{r.n}",
+            _ms(st["invoke_us"].p50) if "invoke_us" in st else "-",
+            _ms(st["total_us"].p50) if "total_us" in st else "-",
+            f"{st['fps']:.1f}" if st else "-",
+            "ok" if r.error is None else escape(f"failed: {r.error}"),
+        )
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- matrix
+
+
+def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Path, model: Optional[str], board: str,
+            plots: bool) -> None:
+    from gendertool.bench import MATRIX, run_matrix
+
+    if len(ports) != 1:
+        raise typer.BadParameter("--matrix flashes the board: give exactly one --port", param_hint="--port")
+
+    def step(variant: str, phase: str) -> None:
+        err_console.print(f"[{variant}] {phase}")
+
+    results = run_matrix(ports[0], MATRIX, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
+                         out_dir=out, on_step=step)
+    present_matrix(results, console)
+    if plots:
+        from gendertool.plots import write_plots
+
+        for r in results:
+            if r.samples and r.path:
+                write_plots(r, r.path.parent)
+    failed = [r for r in results if r.error is not None]
+    if failed:
+        raise _failure(failed)
+
+
+def present_matrix(results: list["BenchResult"], out: "Console") -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    base = results[0].stats() if results and results[0].samples else {}
+    t = Table(title=f"{_sim(any(r.simulated for r in results))}firmware variants", title_justify="left")
+    for col in ("variant", "runs", "Invoke() p50 ms", "Invoke() mean ms", "total p50 ms", "FPS", "speed-up vs first"):
+        t.add_column(col, justify="left" if col == "variant" else "right")
+    for r in results:
+        st = r.stats()
+        inv = st.get("invoke_us")
+        speed = f"{base['invoke_us'].mean / inv.mean:.2f}x" if inv and "invoke_us" in base else "-"
+        t.add_row(escape(r.variant or "?"), f"{r.completed}/{r.n}", _ms(inv.p50) if inv else "-",
+                  _ms(inv.mean) if inv else "-", _ms(st["total_us"].p50) if "total_us" in st else "-",
+                  f"{st['fps']:.1f}" if st else "-", speed)
+    out.print(t)
+
+
+# --------------------------------------------------------------------------- validate --port (called by cli/validate.py)
+
+
+def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_images: bool = False) -> None:
+    """Tables for ``gendertool validate --port``: the host report per board plus device extras."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .validate import present
+
+    for b in dv.boards:
+        sim = _sim(b.simulated)
+        out.rule(f"{sim}{b.port} ({b.board})")
+        if b.selftest:
+            st = b.selftest
+            state = "PASS" if st.get("pass") else "FAIL"
+            out.print(f"{sim}boot self-test: {state}, {st.get('n', 0)} sample(s), {st.get('failed', 0)} failed")
+            for e in st.get("results", []):
+                if not e.get("ok", True):
+                    out.print(f"  sample {e.get('sample')}: expected class {e.get('expect')}, got {e.get('got')}, "
+                              f"largest score difference {e.get('diff')}")
+        if b.report is not None:
+            present(b.report, out, show_images=show_images)
+        lat = b.latency_stats()
+        if lat:
+            t = Table(title=f"{sim}device latency per image (ms)", title_justify="left")
+            t.add_column("")
+            for col in ("n", "min", "p50", "p90", "max", "mean"):
+                t.add_column(col, justify="right")
+            for key, name in (("pre_us", "preprocessing"), ("invoke_us", "Invoke()"), ("total_us", "total")):
+                s = lat[key]
+                t.add_row(name, str(s["n"]), *(_ms(s[k]) for k in ("min", "p50", "p90", "max", "mean")))
+            out.print(t)
+        p = b.parity()
+        if p is not None:
+            verdict = "ok" if b.passed(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
+            out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
+                      f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
+        if b.error:
+            out.print(f"[red]{escape(b.port)}: {escape(b.error)}[/]")
+    if len(dv.boards) > 1:
+        t = Table(title="all boards", title_justify="left")
+        for col in ("port", "board", "images", "bit-exact", "parity", "max diff", "self-test", "status"):
+            t.add_column(col)
+        for b in dv.boards:
+            p = b.parity()
+            t.add_row(escape(b.port), escape(b.board), str(p.compared if p else 0), str(p.identical if p else 0),
+                      f"{b.parity_pct:.1f} %", str(p.max_diff if p else "-"),
+                      ("pass" if b.selftest.get("pass") else "FAIL") if b.selftest else "-",
+                      "ok" if b.passed(dv.min_parity) else escape(b.error or "below --min-parity"))
+        out.print(t)
+
+
+def device_validation_failure(dv: "DeviceValidation"):
+    """The one error for a failed device validation (None when every board passed)."""
+    from gendertool.errors import GendertoolError
+
+    if dv.passed:
+        return None
+    parts = []
+    for b in dv.boards:
+        if b.passed(dv.min_parity):
+            continue
+        if b.error:
+            parts.append(f"{b.port}: {b.error}")
+        else:
+            parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
+    return GendertoolError("; ".join(parts))
