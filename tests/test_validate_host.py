@@ -313,3 +313,17 @@ def test_portraits_with_default_model(cli, portraits, default_model, tmp_path):
     assert ref["candidate"] == "litert:reference" and ref["compared"] == 10
     # ESP-NN and TFLM's reference kernels agree bit for bit; LiteRT's reference kernels should too
     assert ref["identical"] == 10, ref
+
+
+def test_progress_bar_only_on_long_runs_in_a_terminal(monkeypatch):
+    from rich.console import Console
+
+    from gendertool.cli import validate as cli_validate
+
+    for total, terminal, shown in ((30, True, True), (5, True, False), (30, False, False)):
+        buf = io.StringIO()
+        monkeypatch.setattr(cli_validate, "err_console", Console(file=buf, force_terminal=terminal, width=100))
+        with cli_validate._progress() as update:
+            for done in range(1, total + 1):
+                update(done, total)
+        assert ("validating" in buf.getvalue()) is shown, (total, terminal)

@@ -61,7 +61,7 @@ class _progress:
 
     def update(self, done: int, total: int) -> None:
         if self._bar is None:
-            if total < PROGRESS_MIN_FILES:
+            if total < PROGRESS_MIN_FILES or not err_console.is_terminal:  # a bar in a log file is noise
                 return
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 
