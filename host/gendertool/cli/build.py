@@ -1,2 +1,166 @@
-"""Commands: build (filled in by its issue)."""
-from ._app import app  # noqa: F401
+"""Commands: build (render the firmware project for a model and board, compile it)."""
+
+from __future__ import annotations
+
+import re
+import time
+from collections import deque
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ._app import app, console, err_console
+
+# Toolchain lines kept on screen under the progress line.
+SHOWN_LINES = 8
+# Lines shown after a failed compile (the full output is in OUT/build.log).
+FAILURE_LINES = 15
+# ninja's "[12/980] Building C object ..." gives a real fraction of the work done.
+_NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+
+
+@app.command("build")
+def build(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
+    board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...)."),
+    out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
+    backend: str = typer.Option("pio", "--backend", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
+    input_source: str = typer.Option("sample", "--input", help="Default input source: sample, upload or camera (Sense board)."),
+    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
+    no_compile: bool = typer.Option(False, "--no-compile", help="Only render the project (offline, deterministic)."),
+    jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (PlatformIO)."),
+) -> None:
+    """Render the ESP-IDF + TFLM firmware for a model and compile it; writes OUT/gendertool-build.json for `flash`."""
+    from gendertool import build as builder
+    from gendertool.errors import BuildError
+
+    builder.check_options(backend, input_source, jobs)
+    label_list = None
+    if labels is not None:
+        from gendertool.profiles import parse_labels
+
+        label_list = parse_labels(labels)
+
+    view = _BuildView()
+    try:
+        with view:
+            result = builder.build(
+                model,
+                board=board,
+                out_dir=out,
+                backend=backend,
+                input_source=input_source,
+                labels=label_list,
+                compile=not no_compile,
+                jobs=jobs,
+                on_line=view.line,
+                on_stage=view.stage,
+            )
+    except BuildError:
+        view.show_failure()
+        raise
+    _present(result)
+
+
+class _BuildView:
+    """Progress on stderr: a spinner with the current step, ninja's [n/total], the last lines."""
+
+    def __init__(self) -> None:
+        self.lines: deque[str] = deque(maxlen=200)
+        self.step = "starting"
+        self.count = 0
+        self.fraction: tuple[int, int] | None = None
+        self.started = time.monotonic()
+        self._live = None
+        self._last_draw = 0.0
+
+    def __enter__(self):
+        if err_console.is_terminal:
+            from rich.live import Live
+
+            self._live = Live(console=err_console, refresh_per_second=8, transient=True)
+            self._live.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self._live is not None:
+            self._live.__exit__(*exc)
+            self._live = None
+        return False
+
+    def stage(self, text: str) -> None:
+        self.step = text
+        if self._live is None:
+            err_console.print(f"[dim]- {text}[/]", highlight=False, soft_wrap=True)
+        else:
+            # Steps stay in the scrollback; the live area only shows the current one.
+            self._live.console.print(f"[dim]- {text}[/]", highlight=False, soft_wrap=True)
+        self._draw(force=True)
+
+    def line(self, text: str) -> None:
+        self.lines.append(text)
+        self.count += 1
+        m = _NINJA_STEP.match(text)
+        if m:
+            self.fraction = (int(m.group(1)), int(m.group(2)))
+        self._draw()
+
+    def _draw(self, force: bool = False) -> None:
+        if self._live is None:
+            return
+        now = time.monotonic()
+        if not force and now - self._last_draw < 0.1:
+            return
+        self._last_draw = now
+        from rich.console import Group
+        from rich.spinner import Spinner
+
+        from gendertool.present import log_panel
+
+        elapsed = int(now - self.started)
+        progress = f" [{self.fraction[0]}/{self.fraction[1]}]" if self.fraction else ""
+        head = Spinner("dots", text=f"{self.step}{progress}  {elapsed // 60}:{elapsed % 60:02d}  ({self.count} lines)")
+        self._live.update(Group(head, log_panel(self.lines, title="toolchain output", height=SHOWN_LINES)))
+
+    def show_failure(self) -> None:
+        if not self.lines:
+            return
+        err_console.print("[dim]last toolchain output:[/]")
+        for line in list(self.lines)[-FAILURE_LINES:]:
+            err_console.print(line, markup=False, highlight=False, soft_wrap=True)
+
+
+def _present(result) -> None:
+    from gendertool.present import format_bytes, kv_table
+
+    rows: list[tuple[str, object]] = [
+        ("project", str(result.out_dir)),
+        ("board", result.board),
+        ("model", f"{result.model_name} (sha256 {result.model_sha256[:12]})"),
+        ("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged"),
+    ]
+    if not result.compiled:
+        rows.append(("compiled", "no (--no-compile)"))
+        console.print(kv_table(rows, title="rendered"))
+        return
+    rows.append(("backend", result.backend))
+    sizes = result.sizes
+    if sizes is not None:
+        if sizes.flash_bytes is not None:
+            total = f" of {format_bytes(sizes.flash_total)}" if sizes.flash_total else ""
+            rows.append(("flash", f"{format_bytes(sizes.flash_bytes)}{total}"))
+        if sizes.dram_bytes is not None:
+            total = f" of {format_bytes(sizes.dram_total)}" if sizes.dram_total else ""
+            rows.append(("static RAM", f"{format_bytes(sizes.dram_bytes)}{total}"))
+        if sizes.iram_bytes is not None:
+            rows.append(("IRAM", format_bytes(sizes.iram_bytes)))
+    for img in result.manifest.get("images", []):
+        rows.append((img["name"], f"{img['offset']:#07x}  {img['path']}"))
+    if result.manifest.get("merged"):
+        rows.append(("merged", f"0x00000  {result.manifest['merged']['path']}"))
+    rows.append(("manifest", str(result.manifest_path)))
+    rows.append(("log", str(result.log_path)))
+    console.print(kv_table(rows, title="built"))
+    for warning in result.warnings:
+        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
