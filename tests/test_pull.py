@@ -38,6 +38,7 @@ def server(tmp_path):
     httpd = ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=str(root)))
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True)
     thread.start()
+    handler.root = root
     yield f"http://127.0.0.1:{httpd.server_address[1]}", handler
     httpd.shutdown()
     httpd.server_close()
@@ -168,3 +169,35 @@ def test_pull_truncated_transfer(monkeypatch):
     t.join(5)
     srv.close()
     assert _leftovers() == []
+
+
+def test_pulled_profile_validates_with_its_labels_and_preprocessing(cli, server, monkeypatch, tmp_path):
+    """`--model seeed-gender` after a pull: the card's labels by default, --labels chooses."""
+    import json
+
+    import numpy as np
+    from PIL import Image
+
+    from tflite_fab import tiny_model
+
+    base, handler = server
+    data = tiny_model(height=16, width=16, classes=2, seed=1)
+    (handler.root / "seeed.tflite").write_bytes(data)
+    _serve_profile(monkeypatch, f"{base}/seeed.tflite", data=data)
+    assert cli("model", "pull", "seeed-gender").exit_code == 0
+
+    imgs = tmp_path / "imgs"
+    for i, label in enumerate(("female", "male")):
+        (imgs / label).mkdir(parents=True)
+        Image.fromarray(np.full((24, 24, 3), 60 * (i + 1), np.uint8)).save(imgs / label / "a.png")
+    r = cli("validate", "--model", "seeed-gender", "--images", imgs)
+    assert r.exit_code == 2
+    assert "its labels are: Not a person, Person" in " ".join(r.stderr.split())
+
+    r = cli("validate", "--model", "seeed-gender", "--images", imgs, "--labels", "female,male", "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["model"]["name"] == "seeed-gender"
+    assert doc["model"]["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
+    assert doc["model"]["preprocessing"]["std"] == [58.395, 57.12, 57.375]
+    assert doc["labels"] == ["female", "male"]
