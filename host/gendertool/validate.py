@@ -244,7 +244,8 @@ def collect_images(
     return items, skipped
 
 
-def _decode(path: Path) -> np.ndarray:
+def decode_image(path: Path) -> np.ndarray:
+    """Decode an image for validation; any decoder failure becomes an :class:`ImageError`."""
     from PIL import Image
 
     try:
@@ -255,10 +256,15 @@ def _decode(path: Path) -> np.ndarray:
         raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
-def _reason(exc: ImageError, path: Path) -> str:
+def skip_reason(exc: ImageError, path: Path) -> str:
+    """The reason part of an ImageError message (without the path)."""
     text = str(exc)
     prefix = f"{path}: "
     return text[len(prefix) :] if text.startswith(prefix) else text
+
+
+_decode = decode_image  # older names, used by device_validate
+_reason = skip_reason
 
 
 # ---------------------------------------------------------------------------------------------
@@ -394,9 +400,9 @@ def validate_host(
         rel = path.relative_to(root).as_posix()
         t0 = time.perf_counter()
         try:
-            rgb = _decode(path)
+            rgb = decode_image(path)
         except ImageError as exc:
-            skipped.append(SkippedFile(rel, _reason(exc, path)))
+            skipped.append(SkippedFile(rel, skip_reason(exc, path)))
         else:
             x = preprocess(rgb, info.preprocessing, height, width, info.input.scale, info.input.zero_point)
             preprocess_s += time.perf_counter() - t0
