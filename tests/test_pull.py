@@ -201,3 +201,18 @@ def test_pulled_profile_validates_with_its_labels_and_preprocessing(cli, server,
     assert doc["model"]["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
     assert doc["model"]["preprocessing"]["std"] == [58.395, 57.12, 57.375]
     assert doc["labels"] == ["female", "male"]
+
+
+def test_pull_write_failure_is_not_called_offline(server, monkeypatch):
+    base, _ = server
+    _serve_profile(monkeypatch, f"{base}/model.tflite")
+
+    def full_disk(out, chunk, tmp):
+        raise profiles._WriteError(f"cannot write {tmp.parent}: No space left on device")
+
+    monkeypatch.setattr(profiles, "_write", full_disk)
+    with pytest.raises(profiles.GendertoolError) as info:
+        profiles.pull_model("seeed-gender")
+    assert "No space left on device" in str(info.value)
+    assert "offline" not in str(info.value)
+    assert _leftovers() == []

@@ -273,6 +273,18 @@ def is_cached(name: str) -> bool:
     return path.is_file() and file_digest(path, profile.algorithm) == profile.digest
 
 
+class _WriteError(Exception):
+    pass
+
+
+def _write(out, chunk: bytes, tmp: Path) -> None:
+    # kept apart from network errors: a full disk is not "offline"
+    try:
+        out.write(chunk)
+    except OSError as exc:
+        raise _WriteError(f"cannot write {tmp.parent}: {exc.strerror or exc}") from None
+
+
 def pull_model(
     name: str,
     *,
@@ -313,9 +325,11 @@ def pull_model(
                         if done > MAX_DOWNLOAD_BYTES:
                             raise NetworkError(f"{where}: the server sent more than {MAX_DOWNLOAD_BYTES} bytes")
                         h.update(chunk)
-                        out.write(chunk)
+                        _write(out, chunk, tmp)
                         if progress is not None:
                             progress(done, total)
+            except _WriteError as exc:
+                raise GendertoolError(f"{where}: {exc}") from None
             except urllib.error.HTTPError as exc:
                 raise NetworkError(f"{where}: HTTP {exc.code} {exc.reason} for {profile.url}") from None
             except urllib.error.URLError as exc:
