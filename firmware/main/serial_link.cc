@@ -1,0 +1,85 @@
+// See serial_link.h. ESP-IDF APIs used here are listed in firmware/README.md.
+#include "serial_link.h"
+
+#include <cstdarg>
+#include <cstdio>
+#include <cstring>
+
+#include "driver/usb_serial_jtag.h"
+#include "driver/usb_serial_jtag_vfs.h"
+#include "esp_log.h"
+#include "freertos/FreeRTOS.h"
+#include "freertos/semphr.h"
+#include "freertos/task.h"
+
+namespace gt::serial {
+namespace {
+
+SemaphoreHandle_t g_lock = nullptr;
+bool g_ready = false;
+
+// A log line may arrive in several vprintf calls (ESP-IDF log v2 prints timestamp, tag and
+// message separately); the pieces are held here and written once the newline arrives.
+constexpr size_t kLogLineMax = 512;
+char g_pending[kLogLineMax];
+size_t g_pending_len = 0;
+
+void WriteLocked(const char* data, size_t len) {
+  while (len > 0) {
+    const int n = usb_serial_jtag_write_bytes(data, len, pdMS_TO_TICKS(100));
+    if (n <= 0) return;  // host not reading: drop rather than stall inference
+    data += n;
+    len -= static_cast<size_t>(n);
+  }
+}
+
+int LogVprintf(const char* fmt, va_list args) {
+  char chunk[kLogLineMax];
+  const int n = vsnprintf(chunk, sizeof chunk, fmt, args);
+  if (n <= 0) return n;
+  size_t len = static_cast<size_t>(n) < sizeof chunk ? static_cast<size_t>(n) : sizeof chunk - 1;
+  xSemaphoreTakeRecursive(g_lock, portMAX_DELAY);
+  const size_t room = kLogLineMax - g_pending_len;
+  const size_t take = len < room ? len : room;
+  memcpy(g_pending + g_pending_len, chunk, take);
+  g_pending_len += take;
+  const bool line_done = chunk[len - 1] == '\n' || g_pending_len == kLogLineMax;
+  if (line_done) {
+    WriteLocked(g_pending, g_pending_len);
+    g_pending_len = 0;
+  }
+  xSemaphoreGiveRecursive(g_lock);
+  return n;
+}
+
+}  // namespace
+
+bool Init(uint32_t rx_buffer_bytes, uint32_t tx_buffer_bytes) {
+  if (g_ready) return true;
+  g_lock = xSemaphoreCreateRecursiveMutex();
+  if (g_lock == nullptr) return false;
+  usb_serial_jtag_driver_config_t cfg = {};
+  cfg.rx_buffer_size = rx_buffer_bytes;
+  cfg.tx_buffer_size = tx_buffer_bytes;
+  if (usb_serial_jtag_driver_install(&cfg) != ESP_OK) return false;
+  // stdio (TFLM's MicroPrintf ends up in printf) also through the interrupt-driven driver.
+  usb_serial_jtag_vfs_use_driver();
+  esp_log_set_vprintf(&LogVprintf);
+  g_ready = true;
+  return true;
+}
+
+void WriteLine(const char* data, size_t len) {
+  if (!g_ready) return;
+  xSemaphoreTakeRecursive(g_lock, portMAX_DELAY);
+  WriteLocked(data, len);
+  xSemaphoreGiveRecursive(g_lock);
+}
+
+int Read(uint8_t* buf, size_t max, uint32_t timeout_ms) {
+  if (!g_ready || max == 0) return 0;
+  const int n = usb_serial_jtag_read_bytes(buf, static_cast<uint32_t>(max), pdMS_TO_TICKS(timeout_ms));
+  return n < 0 ? 0 : n;
+}
+
+}  // namespace gt::serial

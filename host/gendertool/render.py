@@ -1,0 +1,383 @@
+"""Render the firmware project: copy ``firmware/main`` and render every ``templates/**/*.j2``.
+
+``render_project(model, board, out_dir)`` writes a complete ESP-IDF project (also buildable by
+PlatformIO through the rendered ``platformio.ini``). Templates mirror their output paths with a
+``.j2`` suffix; Jinja runs with ``StrictUndefined`` so a missing context key is an error, not
+an empty string. Only files whose bytes changed are rewritten (rebuilds stay incremental), and
+the output is deterministic: no dates, no absolute paths, sorted iteration.
+
+The context (:func:`build_context`) is what every template sees; BUILD's
+``templates/platformio.ini.j2`` uses the same one. Keys:
+
+``gendertool_version``, ``project_name``, ``banner_text`` (lines), ``model`` (name, sha256,
+size, input/output shape + quantisation, labels, ``labels_c`` (C string literals), operators,
+``resolver_methods``, ``num_ops``, ``lut`` (3 rows of 256 int8), ``crop_fraction`` +
+``crop_fraction_hex``), ``board`` (the :class:`~gendertool.boards.Board`), ``camera``
+(:class:`~gendertool.boards.CameraPins` or None), ``input_source``, ``components`` (pinned
+component versions), ``app`` (arena_bytes, inference_period_ms, selftest_tolerance,
+app_partition_bytes, autostart, selftest_on_boot, model_in_psram, arena_placement),
+``samples`` (name, name_c, width, height, rgb_hex, expected, expected_class),
+``model_array`` (header, source from :func:`gendertool.carray.c_array_source`),
+``sdkconfig_board`` (sorted board sdkconfig lines).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from gendertool.errors import BuildError, GendertoolError
+
+if TYPE_CHECKING:  # pragma: no cover
+    import jinja2
+
+    from gendertool.boards import Board
+    from gendertool.model import ModelInfo
+
+PROJECT_NAME = "gendertool"
+INPUT_SOURCES = ("sample", "upload", "camera")
+
+# Component versions the rendered idf_component.yml pins (reasons in firmware/README.md):
+# - ESP-IDF 5.5.x: the release line of PlatformIO espressif32 6.13.0's framework-espidf; refdata
+#   idf-v5.5.5 is what every API name and Kconfig symbol is checked against.
+# - esp-tflite-micro 1.3.8: newest 1.3.x tag; refdata's TFLM names come from v1.3.8-11.
+# - esp-nn 1.1.2: the last release before the 1.2.x kernel rewrites that regressed ESP32-S3
+#   inference 2-12x (esp-nn #26: 0.5 s -> 6.5 s on 1.2.3; #36: 2x on 1.2.6 and 1.3.1) and
+#   before the FULLY_CONNECTED misalignment bug of the 1.2.4+ dispatcher (#34, out_ch = 2 like
+#   ours). esp-tflite-micro accepts it (esp-nn >= 1.1.1). ESPHome pins the same 1.1.2.
+# - esp32-camera 2.1.5: newest 2.x tag (refdata's esp32-camera names), idf >= 5.1.
+COMPONENTS = {
+    "idf": ">=5.5.0,<5.6.0",
+    "idf_series": "5.5",
+    "esp_tflite_micro": "1.3.8",
+    "esp_nn": "1.1.2",
+    "esp32_camera": "2.1.5",
+}
+
+# Base firmware (ESP-IDF, TFLM with ESP-NN, esp32-camera, app) without model and samples; the
+# app partition is this + model + samples, rounded up to 64 KiB with room to spare.
+FIRMWARE_BASE_BYTES = 1_536 * 1024
+PARTITION_ALIGN = 64 * 1024
+MIN_APP_PARTITION = 1024 * 1024
+
+OPTION_KEYS = {
+    "samples",  # list of image paths for the built-in samples (default: firmware/samples)
+    "arena_bytes",  # tensor arena override
+    "inference_period_ms",
+    "selftest_tolerance",
+    "autostart",
+    "selftest_on_boot",
+    "model_in_psram",
+    "arena_placement",  # "auto" | "internal" | "psram"
+}
+
+
+@dataclass
+class RenderResult:
+    out_dir: Path
+    written: list[Path] = field(default_factory=list)
+    unchanged: list[Path] = field(default_factory=list)
+
+    @property
+    def files(self) -> list[Path]:
+        return sorted(self.written + self.unchanged)
+
+
+# ---------------------------------------------------------------------------------------------
+# C literals
+
+
+def c_string(text: str) -> str:
+    """A C/C++ string literal for ``text``: UTF-8 bytes, non-printable and non-ASCII bytes as
+    3-digit octal escapes (octal takes at most 3 digits, so a following digit never joins
+    the escape, unlike ``\\x``), ``?`` escaped against trigraphs."""
+    out = ['"']
+    for b in text.encode("utf-8"):
+        ch = chr(b)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "?":
+            out.append("\\?")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\t":
+            out.append("\\t")
+        elif 0x20 <= b < 0x7F:
+            out.append(ch)
+        else:
+            out.append(f"\\{b:03o}")
+    out.append('"')
+    return "".join(out)
+
+
+def _int_rows(values, per_line: int = 16, indent: str = "        ") -> str:
+    """Comma-separated ints, ``per_line`` a row, each row indented and newline-terminated."""
+    vals = [str(int(v)) for v in values]
+    return "".join(indent + ", ".join(vals[i : i + per_line]) + ",\n" for i in range(0, len(vals), per_line))
+
+
+def c_identifier(text: str) -> str:
+    ident = "".join(c if c.isascii() and c.isalnum() else "_" for c in text)
+    return ident if ident and not ident[0].isdigit() else "_" + ident
+
+
+def _float_hex(value: float) -> str:
+    """Exact C++17 hexadecimal floating literal (same double on host and device)."""
+    return float(value).hex()
+
+
+# ---------------------------------------------------------------------------------------------
+# Jinja
+
+
+def make_environment(templates_dir: Path | None = None) -> "jinja2.Environment":
+    """The Jinja environment every gendertool template renders in (StrictUndefined)."""
+    import jinja2
+
+    from gendertool.resources import resource_path
+
+    root = templates_dir or resource_path("templates")
+    env = jinja2.Environment(
+        loader=jinja2.FileSystemLoader(str(root)),
+        undefined=jinja2.StrictUndefined,
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        autoescape=False,
+    )
+    env.filters["c_string"] = c_string
+    env.filters["c_ident"] = c_identifier
+    env.filters["float_hex"] = _float_hex
+    env.filters["hex8"] = lambda v: f"0x{int(v):x}"
+    env.globals["banner"] = _banner
+    return env
+
+
+def _banner(lines: list[str], prefix: str) -> str:
+    """The generated-file banner as comment lines (``prefix`` = "//", "#", ";")."""
+    return "".join(f"{prefix} {line}".rstrip() + "\n" for line in lines)
+
+
+def _banner_lines(model: "ModelInfo") -> list[str]:
+    from gendertool.carray import model_banner
+
+    return model_banner(model.name, model.sha256, model.size).splitlines()
+
+
+def _load_samples(paths: list[Path]) -> list[tuple[str, Any]]:
+    from gendertool.preprocess import load_rgb
+
+    if not paths:
+        raise BuildError("no sample images: the firmware needs at least one for its self-test")
+    return [(p.stem, load_rgb(p)) for p in paths]
+
+
+def _default_sample_paths() -> list[Path]:
+    from gendertool.resources import resource_path
+
+    folder = resource_path("firmware") / "samples"
+    return sorted(p for p in folder.glob("*.png"))
+
+
+def _samples_context(model: "ModelInfo", images: list[tuple[str, Any]], arena: int | None) -> list[dict]:
+    import numpy as np
+
+    from gendertool.carray import hex_lines
+    from gendertool.preprocess import preprocess
+    from gendertool.runtime import TflmRunner
+
+    _, height, width, _ = model.input.shape
+    runner = TflmRunner(model.data, arena_size=arena)
+    out = []
+    for name, rgb in images:
+        q = preprocess(rgb, model.preprocessing, height, width, model.input.scale, model.input.zero_point)
+        scores = np.asarray(runner.invoke(q), dtype=np.int8).reshape(-1)
+        out.append(
+            {
+                "name": name,
+                "name_c": c_string(name),
+                "ident": c_identifier(name),
+                "width": int(rgb.shape[1]),
+                "height": int(rgb.shape[0]),
+                "rgb_hex": hex_lines(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()),
+                "expected": [int(v) for v in scores],
+                "expected_class": int(np.argmax(scores)),
+            }
+        )
+    return out
+
+
+def _check_options(options: dict | None) -> dict:
+    options = dict(options or {})
+    unknown = sorted(set(options) - OPTION_KEYS)
+    if unknown:
+        raise GendertoolError(f"unknown render option(s): {', '.join(unknown)}; valid: {', '.join(sorted(OPTION_KEYS))}")
+    return options
+
+
+def app_partition_size(model: "ModelInfo", board: "Board", sample_bytes: int = 0) -> int:
+    """App partition for this model on this board (64 KiB aligned, BuildError if it cannot fit)."""
+    need = FIRMWARE_BASE_BYTES + model.size + sample_bytes
+    size = max(MIN_APP_PARTITION, -(-need * 5 // 4 // PARTITION_ALIGN) * PARTITION_ALIGN)
+    if size > board.app_partition_bytes:
+        if need <= board.app_partition_bytes:
+            return board.app_partition_bytes // PARTITION_ALIGN * PARTITION_ALIGN
+        raise BuildError(
+            f"model {model.name} ({model.size:,} bytes) + firmware (~{FIRMWARE_BASE_BYTES:,} bytes) do not fit the "
+            f"{board.name} app partition ({board.app_partition_bytes:,} bytes of {board.flash_size_mb} MB flash)"
+        )
+    return size
+
+
+def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sample", options: dict | None = None) -> dict:
+    """Everything the templates see (documented in the module docstring)."""
+    from gendertool import __version__
+    from gendertool.carray import c_array_source, model_banner
+    from gendertool.preprocess import quant_lut
+
+    options = _check_options(options)
+    if input_source not in INPUT_SOURCES:
+        raise GendertoolError(f"unknown input source {input_source!r}; valid: {', '.join(INPUT_SOURCES)}")
+    if input_source == "camera" and not board.has_camera:
+        cams = ", ".join(sorted(b for b, v in _boards().items() if v.has_camera))
+        raise GendertoolError(f"board {board.name} has no camera; use --input sample or upload, or a camera board ({cams})")
+    inp, out = model.input, model.output
+    if inp.dtype != "int8" or out.dtype != "int8" or len(inp.shape) != 4 or inp.shape[-1] != 3:
+        raise GendertoolError(f"model {model.name}: the firmware needs an int8 [1,H,W,3] input and int8 output")
+    missing = [op.name for op in model.operators if not op.resolver_method]
+    if missing:
+        raise GendertoolError(f"model {model.name}: TFLM cannot register operator(s) {', '.join(missing)}")
+
+    arena = options.get("arena_bytes", model.arena_bytes)
+    if not arena:
+        raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
+    arena = -(-int(arena) // 16) * 16
+
+    sample_paths = [Path(p) for p in options.get("samples") or _default_sample_paths()]
+    images = _load_samples(sample_paths)
+    samples = _samples_context(model, images, model.arena_host_bytes)
+    sample_bytes = sum(s["width"] * s["height"] * 3 for s in samples)
+
+    lut = quant_lut(model.preprocessing, inp.scale, inp.zero_point)
+    header, source = c_array_source(model.data, "g_model_data", model_banner(model.name, model.sha256, model.size))
+    placement = options.get("arena_placement", "auto")
+    if placement not in ("auto", "internal", "psram"):
+        raise GendertoolError(f"arena_placement must be auto, internal or psram, not {placement!r}")
+
+    return {
+        "gendertool_version": __version__,
+        "project_name": PROJECT_NAME,
+        "banner_text": _banner_lines(model),
+        "model": {
+            "name": model.name,
+            "name_c": c_string(model.name),
+            "sha256": model.sha256,
+            "size": model.size,
+            "input_shape": list(inp.shape),
+            "input_scale": inp.scale,
+            "input_zero_point": inp.zero_point,
+            "output_shape": list(out.shape),
+            "output_scale": out.scale,
+            "output_zero_point": out.zero_point,
+            "num_classes": int(out.shape[-1]),
+            "labels": list(model.labels),
+            "labels_c": [c_string(label) for label in model.labels],
+            "operators": [{"name": op.name, "method": op.resolver_method, "count": op.count} for op in model.operators],
+            "resolver_methods": list(dict.fromkeys(op.resolver_method for op in model.operators)),
+            "lut": [[int(v) for v in row] for row in lut],
+            "lut_rows": [_int_rows(row) for row in lut],
+            "crop_fraction": model.preprocessing.crop_fraction,
+            "crop_fraction_hex": _float_hex(model.preprocessing.crop_fraction),
+            "arena_host_bytes": model.arena_host_bytes,
+        },
+        "board": board,
+        "camera": board.camera,
+        "input_source": input_source,
+        "components": dict(COMPONENTS),
+        "app": {
+            "arena_bytes": arena,
+            "inference_period_ms": int(options.get("inference_period_ms", 1000)),
+            "selftest_tolerance": int(options.get("selftest_tolerance", 1)),
+            "autostart": bool(options.get("autostart", True)),
+            "selftest_on_boot": bool(options.get("selftest_on_boot", True)),
+            "model_in_psram": bool(options.get("model_in_psram", False)),
+            "arena_placement": placement,
+            "app_partition_bytes": app_partition_size(model, board, sample_bytes),
+        },
+        "samples": samples,
+        "model_array": {"header": header, "source": source},
+        "sdkconfig_board": [f"{k}={v}" for k, v in sorted(board.sdkconfig.items())],
+    }
+
+
+def _boards():
+    from gendertool.boards import BOARDS
+
+    return BOARDS
+
+
+# ---------------------------------------------------------------------------------------------
+# writing
+
+
+def _write(path: Path, data: bytes, result: RenderResult) -> None:
+    try:
+        if path.is_file() and path.read_bytes() == data:
+            result.unchanged.append(path)
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    except OSError as exc:
+        raise BuildError(f"cannot write {path}: {exc.strerror or exc}") from None
+    result.written.append(path)
+
+
+def render_files(context: dict, env: "jinja2.Environment | None" = None) -> dict[str, bytes]:
+    """Relative output path -> bytes for every template (without writing anything)."""
+    env = env or make_environment()
+    files: dict[str, bytes] = {}
+    for name in sorted(env.list_templates(filter_func=lambda n: n.endswith(".j2"))):
+        text = env.get_template(name).render(**context)
+        files[name[: -len(".j2")]] = text.encode("utf-8")
+    return files
+
+
+def firmware_files() -> dict[str, bytes]:
+    """Relative path -> bytes of the static firmware sources (firmware/main/**)."""
+    from gendertool.resources import resource_path
+
+    root = resource_path("firmware")
+    files: dict[str, bytes] = {}
+    for path in sorted((root / "main").rglob("*")):
+        if path.is_file() and not path.name.startswith(".") and "__pycache__" not in path.parts:
+            files[path.relative_to(root).as_posix()] = path.read_bytes()
+    return files
+
+
+def render_project(
+    model: "ModelInfo",
+    board: "Board",
+    out_dir: Path,
+    *,
+    input_source: str = "sample",
+    options: dict | None = None,
+) -> RenderResult:
+    """Render the complete firmware project for ``model`` on ``board`` into ``out_dir``."""
+    out_dir = Path(out_dir)
+    context = build_context(model, board, input_source=input_source, options=options)
+    files = firmware_files()
+    rendered = render_files(context)
+    clash = sorted(set(files) & set(rendered))
+    if clash:
+        raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
+    files.update(rendered)
+    result = RenderResult(out_dir=out_dir)
+    for rel in sorted(files):
+        _write(out_dir / rel, files[rel], result)
+    return result
