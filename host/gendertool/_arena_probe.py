@@ -6,9 +6,11 @@ model on stdin and reads the figure back; results are cached by sha256 (and TFLM
 TFLITE_CHECK, SIGSEGV) only ends the child and becomes a ModelError.
 
 Child side (:func:`main`): builds ``tflite_micro.runtime.Interpreter`` once with a generous
-arena (never a search over arena sizes: too-small arenas in one process corrupt TFLM's temp
-allocator and crash later), runs one inference on a zero input, calls ``print_allocations()``
-and reports "Arena allocation total N bytes", which TFLM prints on the C-level streams.
+arena, runs one inference on a zero input, calls ``print_allocations()`` and reads "Arena
+allocation total N bytes" from its own C-level stdout/stderr (fd redirection). That total
+misses temporaries kernels allocate while preparing, so the child then searches the smallest
+arena that works, each trial in a forked grandchild: too-small arenas in one process corrupt
+TFLM's temp allocator ("All temp buffers must be freed ...") and crash it later.
 """
 
 from __future__ import annotations
@@ -24,9 +26,10 @@ from pathlib import Path
 
 from gendertool.errors import ModelError
 
-PROBE_SCHEMA = 1
+PROBE_SCHEMA = 2
 DEFAULT_PROBE_ARENA = 32 * 1024 * 1024  # generous: the figure comes from the recording allocator
 TIMEOUT_S = 180.0
+ALIGN_SLACK = 16
 _TOTAL_RE = re.compile(rb"Arena allocation total (\d+) bytes")
 _MARK = "@GTPROBE "
 
@@ -47,9 +50,17 @@ def tflm_version() -> str:
         return "unknown"
 
 
-def run_probe(data: bytes, arena_size: int = DEFAULT_PROBE_ARENA, timeout: float = TIMEOUT_S) -> dict:
-    """Run the child once; returns its report dict or raises ModelError on crash/failure."""
+def run_probe(
+    data: bytes, arena_size: int = DEFAULT_PROBE_ARENA, timeout: float = TIMEOUT_S, search: bool = True
+) -> dict:
+    """Run the child once; returns its report dict or raises ModelError on crash/failure.
+
+    Report keys: ``arena_total`` (print_allocations), ``arena_min`` (smallest working arena,
+    when ``search``), ``output`` (int8 scores for a zero input).
+    """
     cmd = [sys.executable, "-m", "gendertool._arena_probe", "--arena", str(arena_size)]
+    if not search:
+        cmd.append("--no-search")
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, env=env)
@@ -79,10 +90,8 @@ def run_probe(data: bytes, arena_size: int = DEFAULT_PROBE_ARENA, timeout: float
         raise ModelError(f"the TFLM arena probe failed (exit code {proc.returncode}){detail}")
     if report.get("error"):
         raise ModelError(f"the TFLM host runtime rejected the model while {report.get('stage')}: {report['error']}{detail}")
-    total = _TOTAL_RE.findall(proc.stdout + proc.stderr)
-    if not total:
+    if "arena_total" not in report:
         raise ModelError("the TFLM host runtime did not report its arena allocation")
-    report["arena_total"] = int(total[-1])
     return report
 
 
@@ -92,7 +101,11 @@ def _last_stage(log: str) -> str | None:
 
 
 def measure_arena_host(data: bytes, sha256: str, where: str = "model") -> int:
-    """Arena bytes the TFLM host runtime (64-bit) needs for this model; cached by sha256."""
+    """Arena bytes the TFLM host runtime (64-bit) needs for this model; cached by sha256.
+
+    The smallest arena (16-byte steps) with which the host runtime allocates and invokes the
+    model; never below print_allocations()' "Arena allocation total".
+    """
     cache = _cache_file(sha256, tflm_version())
     try:
         cached = json.loads(cache.read_text())
@@ -104,7 +117,9 @@ def measure_arena_host(data: bytes, sha256: str, where: str = "model") -> int:
         report = run_probe(data)
     except ModelError as exc:
         raise ModelError(f"{where}: {exc}") from None
-    total = report["arena_total"]
+    # +16: one arena-start alignment unit; fresh processes needed up to 16 bytes more than
+    # the forked search found (heap placement of the host's arena buffer)
+    total = max(int(report.get("arena_min", 0)) + ALIGN_SLACK, int(report["arena_total"]))
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".arena.", suffix=".tmp")
@@ -125,12 +140,82 @@ def _stage(name: str) -> None:
     os.write(2, f"@GTSTAGE {name}\n".encode())
 
 
+def _capture_c_output(fn) -> bytes:
+    """Run ``fn`` with the C-level stdout and stderr sent to a file; return (and echo) it."""
+    import ctypes
+
+    libc = ctypes.CDLL(None)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    libc.fflush(None)
+    saved = os.dup(1), os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 1)
+        os.dup2(tmp.fileno(), 2)
+        try:
+            fn()
+            libc.fflush(None)  # TFLM prints through C stdio; its buffers hold the report
+        finally:
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+        tmp.seek(0)
+        out = tmp.read()
+    os.write(2, out)  # the parent sees the same log
+    return out
+
+
+def _fits(runtime, data: bytes, x, size: int) -> bool:
+    """Does ``size`` bytes of arena work? Tried in a forked grandchild: a too-small arena
+    corrupts TFLM's allocator state, so every trial gets a fresh process."""
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the grandchild
+        code = 1
+        try:
+            null = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(null, 1)
+            os.dup2(null, 2)
+            interp = runtime.Interpreter.from_bytes(data, arena_size=size)
+            interp.set_input(x, 0)
+            interp.invoke()
+            code = 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(pid, 0)
+    return os.WIFEXITED(status) and os.WEXITSTATUS(status) == 0
+
+
+def _smallest_arena(runtime, data: bytes, x, recorded: int, ceiling: int) -> int:
+    """Smallest working arena (16-byte steps) at or above the recorded total.
+
+    The recorded total misses temporaries that kernels allocate while preparing (a few
+    hundred bytes on tiny models) and the arena's start alignment.
+    """
+    step = 16
+    lo = recorded - step  # assumed too small: the recording allocator counts what was placed
+    hi = recorded
+    grow = max(1024, recorded // 8)
+    while not _fits(runtime, data, x, hi):
+        lo, hi = hi, min(hi + grow, ceiling)
+        grow *= 2
+        if lo >= ceiling:
+            return ceiling
+    while hi - lo > step:
+        mid = lo + (hi - lo) // 2 // step * step
+        if _fits(runtime, data, x, mid):
+            hi = mid
+        else:
+            lo = mid
+    return hi
+
+
 def main(argv: list[str] | None = None) -> int:
     import argparse
-    import ctypes
 
     parser = argparse.ArgumentParser(prog="python -m gendertool._arena_probe")
     parser.add_argument("--arena", type=int, default=DEFAULT_PROBE_ARENA)
+    parser.add_argument("--no-search", action="store_true", help="skip the smallest-arena search")
     args = parser.parse_args(argv)
     data = sys.stdin.buffer.read()
     report: dict = {"stage": "importing the TFLM runtime"}
@@ -156,13 +241,19 @@ def main(argv: list[str] | None = None) -> int:
         interp.invoke()
         report["stage"] = "reporting allocations"
         _stage(report["stage"])
-        interp.print_allocations()
-        ctypes.CDLL(None).fflush(None)  # the C-level stdio buffers hold the report
+        totals = _TOTAL_RE.findall(_capture_c_output(interp.print_allocations))
         report["output"] = np.asarray(interp.get_output(0)).tolist()
+        if totals:
+            report["arena_total"] = int(totals[-1])
+            if not args.no_search and hasattr(os, "fork"):
+                report["stage"] = "searching the smallest working arena"
+                _stage(report["stage"])
+                report["arena_min"] = _smallest_arena(runtime, data, x, report["arena_total"], args.arena)
     except Exception as exc:  # noqa: BLE001 - everything goes back to the parent as text
         report["error"] = f"{type(exc).__name__}: {exc}".strip()
         emit()
         return 3
+    report["stage"] = "done"
     emit()
     return 0
 

@@ -40,9 +40,15 @@ class _Table:
 
 
 class Verifier:
-    def __init__(self, buf: bytes):
+    def __init__(self, buf: bytes, record: bool = False):
         self.buf = buf
         self.n = len(buf)
+        # (start, size) of every structural field read, for corruption tests and tools
+        self.spans: list[tuple[int, int]] | None = [] if record else None
+
+    def _mark(self, pos: int, size: int) -> None:
+        if self.spans is not None:
+            self.spans.append((pos, size))
 
     # -- primitives ---------------------------------------------------------------------------
 
@@ -76,6 +82,8 @@ class Verifier:
             raise FlatbufferError(f"{what} has an invalid size {size}")
         self._need(vt, vtsize, f"the vtable of {what}")
         self._need(pos, size, what)
+        self._mark(pos, 4)
+        self._mark(vt, vtsize)
         return _Table(pos, vt, vtsize, size, what)
 
     def field(self, t: _Table, index: int, size: int) -> int | None:
@@ -88,6 +96,7 @@ class Verifier:
             return None
         if off < 4 or off + size > t.size:
             raise FlatbufferError(f"field {index} of {t.what} lies outside the table")
+        self._mark(t.pos + off, size)
         return t.pos + off
 
     def _ref(self, t: _Table, index: int) -> int | None:
@@ -110,6 +119,7 @@ class Verifier:
         self._need(pos, 4, what)
         self._align(pos, 4, what)
         length = _U32.unpack_from(self.buf, pos)[0]
+        self._mark(pos, 4)
         self._need(pos + 4, length * elem, f"{what} ({length} elements)")
         if elem > 1:
             self._align(pos + 4, min(elem, 4), what)
@@ -137,6 +147,7 @@ class Verifier:
         out = []
         for i in range(length):
             elem = start + 4 * i
+            self._mark(elem, 4)
             out.append(self.table(elem + _U32.unpack_from(self.buf, elem)[0], f"{what} {i}"))
         return out
 
@@ -234,6 +245,17 @@ class Verifier:
 def verify_tflite(buf: bytes) -> None:
     """Raise :class:`FlatbufferError` unless ``buf`` is a structurally sound TFLite flatbuffer."""
     Verifier(buf).model()
+
+
+def structural_spans(buf: bytes) -> list[tuple[int, int]]:
+    """``(start, size)`` of every root offset, table header, vtable, field, vector length and
+    table reference the verifier reads: the bytes where a flipped bit breaks structure rather
+    than values. Assumes ``buf`` passes :func:`verify_tflite`.
+    """
+    v = Verifier(buf, record=True)
+    v._mark(0, 4)
+    v.model()
+    return sorted(set(v.spans or []))
 
 
 def buffer_payload_ranges(buf: bytes) -> list[tuple[int, int]]:

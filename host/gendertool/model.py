@@ -484,6 +484,15 @@ def _check_quantisation(model, where: str) -> None:
     sg = model.subgraphs[0]
     for k, t in enumerate(sg.tensors):
         scales = _scales(t)
+        dtype = dtype_name(t.type)
+        if dtype in ("int8", "int16") and not scales:
+            # TFLM's quantised kernels read params.scale unconditionally (a trial crash: SIGABRT)
+            raise ModelError(f"{where}: {dtype} tensor {k} ({_decode(t.name)!r}) has no quantisation scale")
+        if scales and len(_zero_points(t)) != len(scales):
+            raise ModelError(
+                f"{where}: tensor {k} ({_decode(t.name)!r}) has {len(scales)} quantisation scales but "
+                f"{len(_zero_points(t))} zero points"
+            )
         bad = [s for s in scales if not (math.isfinite(s) and s > 0)]
         if bad:
             raise ModelError(
