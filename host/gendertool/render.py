@@ -257,7 +257,7 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16
 
-    sample_paths = [Path(p) for p in options.get("samples") or _default_sample_paths()]
+    sample_paths = [Path(p) for p in (options["samples"] if "samples" in options else _default_sample_paths())]
     images = _load_samples(sample_paths)
     samples = _samples_context(model, images, model.arena_host_bytes)
     sample_bytes = sum(s["width"] * s["height"] * 3 for s in samples)
