@@ -1,0 +1,367 @@
+"""DeviceClient: commands out, records in (docs/protocol.md), over a Transport.
+
+One client per port. Records and log lines that arrive while a command waits for its reply
+are kept (bounded) and handed out by :meth:`DeviceClient.records` afterwards, so a monitor
+loses nothing. When the port drops (the XIAO's USB port vanishes on every reset) the client
+reopens it, up to ``reconnect_timeout`` seconds, and says so through :class:`LinkEvent`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Iterator
+
+from gendertool import protocol as p
+from gendertool.errors import DeviceError
+from gendertool.transport import PortVanished, Transport, open_port
+
+if TYPE_CHECKING:
+    import numpy as np
+
+ACK_TIMEOUT = 2.0
+INFO_TIMEOUT = 2.0
+INFER_TIMEOUT = 10.0
+STEP_TIMEOUT = 10.0  # between bench / profile records
+SELFTEST_TIMEOUT = 30.0
+RESET_TIMEOUT = 10.0
+BACKLOG = 20000
+
+
+@dataclass(frozen=True)
+class LinkEvent:
+    """Something about the link itself: ``kind`` is "disconnected" or "reconnected"."""
+
+    kind: str
+    message: str
+
+
+
+
+class DeviceCommandError(DeviceError):
+    """The device refused a command with an ``error`` record."""
+
+    def __init__(self, record: p.ErrorRecord) -> None:
+        super().__init__(f"device refused `{record.cmd}`: {record.code}: {record.message}")
+        self.record = record
+        self.code = record.code
+
+
+class LinkLost(DeviceError):
+    """The port dropped during an operation; ``received`` says how much had arrived."""
+
+    def __init__(self, message: str, received: int = 0) -> None:
+        super().__init__(message)
+        self.received = received
+
+
+@dataclass
+class BenchRun:
+    """What a benchmark produced. ``error`` is set when it ended early (samples kept)."""
+
+    n: int
+    warmup: int
+    invoke_us: list[int] = field(default_factory=list)
+    summary: p.BenchSummary | None = None
+    error: str | None = None
+    simulated: bool = False
+
+    @property
+    def complete(self) -> bool:
+        return self.summary is not None and len(self.invoke_us) == self.summary.n == self.n
+
+
+class DeviceClient:
+    """Talk to a gendertool firmware (or the virtual device) over ``transport``."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        *,
+        reconnect_timeout: float = RESET_TIMEOUT,
+        max_line: int = p.MAX_LINE,
+        on_event: Callable[[LinkEvent], None] | None = None,
+        log_lines: int = 500,
+    ) -> None:
+        self.transport = transport
+        self.parser = p.StreamParser(max_line=max_line)
+        self.reconnect_timeout = reconnect_timeout
+        self.on_event = on_event
+        self.logs: deque[p.LogLine] = deque(maxlen=log_lines)
+        self.hello: p.Hello | None = None
+        self.backlog_dropped = 0
+        self._backlog: deque = deque()
+        self._events: deque[LinkEvent] = deque()
+
+    @classmethod
+    def open(cls, port: str, *, baudrate: int = 115200, sim_options: dict | None = None, **kwargs) -> "DeviceClient":
+        return cls(open_port(port, baudrate=baudrate, sim_options=sim_options), **kwargs)
+
+    @property
+    def port(self) -> str:
+        return self.transport.port
+
+    @property
+    def stats(self) -> p.StreamStats:
+        return self.parser.stats
+
+    def close(self) -> None:
+        self.transport.close()
+
+    def __enter__(self) -> "DeviceClient":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ----------------------------------------------------------------------------------
+    # receiving
+
+    def _reconnect(self, why: str) -> None:
+        self.parser.reset()
+        ev = LinkEvent("disconnected", f"{why}; reconnecting")
+        self._emit(ev)
+        self.transport.reconnect(self.reconnect_timeout)
+        self._emit(LinkEvent("reconnected", f"{self.port} is back"))
+
+    def _emit(self, ev: LinkEvent) -> None:
+        self._events.append(ev)
+        if self.on_event is not None:
+            self.on_event(ev)
+
+    def _read(self, timeout: float | None, reconnect: bool) -> list:
+        """One read: parsed items (possibly empty). Handles a dropped port."""
+        try:
+            data = self.transport.read(timeout)
+        except PortVanished as exc:
+            if not reconnect:
+                self.parser.reset()
+                raise
+            self._reconnect(str(exc))
+            return []
+        items = self.parser.feed(data) if data else []
+        for it in items:
+            if isinstance(it, p.LogLine):
+                self.logs.append(it)
+            elif isinstance(it, p.Hello):
+                self.hello = it
+        return items
+
+    def _stash(self, items) -> None:
+        for it in items:
+            if len(self._backlog) >= BACKLOG:
+                self._backlog.popleft()
+                self.backlog_dropped += 1
+            self._backlog.append(it)
+
+    def poll(self, timeout: float | None = 0.1, *, reconnect: bool = True) -> list:
+        """Everything that arrived (backlog first), waiting up to ``timeout`` s for new bytes."""
+        out = list(self._backlog)
+        self._backlog.clear()
+        out.extend(self._drain_events())
+        if out:
+            timeout = 0
+        out.extend(self._read(timeout, reconnect))
+        out.extend(self._drain_events())
+        return out
+
+    def _drain_events(self) -> list[LinkEvent]:
+        evs = list(self._events)
+        self._events.clear()
+        return evs
+
+    def records(self, timeout: float | None = None, *, reconnect: bool = True) -> Iterator:
+        """Yield records, log lines and LinkEvents as they arrive, for ``timeout`` s (None: forever).
+
+        A dropped port is reopened (LinkEvents say so); DeviceError if it does not come back
+        within ``reconnect_timeout``.
+        """
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                return
+            for it in self.poll(0.5 if left is None else min(left, 0.5), reconnect=reconnect):
+                yield it
+
+    # ----------------------------------------------------------------------------------
+    # commands
+
+    def _send(self, line: bytes) -> None:
+        try:
+            self.transport.write(line)
+        except PortVanished as exc:
+            raise LinkLost(f"{self.port}: {exc}") from None
+
+    def _wait(self, want: Callable[[object], bool], timeout: float, what: str, *, received: int = 0):
+        """The first item matching ``want``; everything else goes to the backlog."""
+        deadline = time.monotonic() + timeout
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceError(f"no {what} from {self.port} within {timeout:g} s (is the gendertool firmware running?)")
+            try:
+                items = self._read(min(left, 0.5), reconnect=False)
+            except PortVanished as exc:
+                raise LinkLost(f"{self.port} disconnected while waiting for {what} ({exc})", received) from None
+            for i, it in enumerate(items):
+                if want(it):
+                    self._stash(items[i + 1 :])
+                    return it
+                self._stash([it])
+
+    def command(self, name: str, *args: int | str, timeout: float = ACK_TIMEOUT) -> p.Ack:
+        """Send one command and wait for its ``ack``; DeviceCommandError on an ``error`` reply."""
+        self._send(p.encode_command(name, *args))
+        return self._expect_ack(name, timeout)
+
+    def _expect_ack(self, name: str, timeout: float) -> p.Ack:
+        rec = self._wait(
+            lambda r: isinstance(r, (p.Ack, p.ErrorRecord)) and r.cmd == name, timeout, f"reply to `{name}`"
+        )
+        if isinstance(rec, p.ErrorRecord):
+            raise DeviceCommandError(rec)
+        return rec
+
+    def ping(self, timeout: float = ACK_TIMEOUT) -> None:
+        self.command("ping", timeout=timeout)
+
+    def info(self, timeout: float = INFO_TIMEOUT) -> p.Hello:
+        """Ask for the ``hello`` record; refuses a device that speaks another protocol version."""
+        self.command("info", timeout=timeout)
+        hello = self._wait(lambda r: isinstance(r, p.Hello), timeout, "hello record")
+        if hello.proto != p.PROTO_VERSION:
+            raise DeviceError(
+                f"{self.port} speaks protocol v{hello.proto}, this gendertool speaks v{p.PROTO_VERSION}: "
+                f"rebuild and flash the firmware with this gendertool"
+            )
+        return hello
+
+    def start(self) -> None:
+        self.command("start")
+
+    def stop(self) -> None:
+        self.command("stop")
+
+    def set_source(self, name: str) -> None:
+        if name not in p.SOURCES:
+            raise DeviceError(f"unknown input source {name!r} (choose from {', '.join(p.SOURCES)})")
+        self.command("source", name)
+
+    def infer_rgb(self, rgb: "np.ndarray", timeout: float = INFER_TIMEOUT) -> p.Result:
+        """Upload an ``HxWx3`` uint8 image (each side <= 640) and return the device's result."""
+        import numpy as np
+
+        arr = np.ascontiguousarray(rgb)
+        if arr.ndim != 3 or arr.shape[2] != 3 or arr.dtype != np.uint8:
+            raise DeviceError(f"infer_rgb needs an HxWx3 uint8 image, got {arr.shape} {arr.dtype}")
+        h, w = arr.shape[:2]
+        if not (1 <= w <= p.MAX_UPLOAD_SIDE and 1 <= h <= p.MAX_UPLOAD_SIDE):
+            raise DeviceError(f"image {w}x{h} is larger than the device accepts ({p.MAX_UPLOAD_SIDE}x{p.MAX_UPLOAD_SIDE})")
+        payload = arr.tobytes()
+        self._send(p.encode_infer(w, h, payload))
+        self._expect_ack("infer", ACK_TIMEOUT)
+        self._send(payload)
+        rec = self._wait(
+            lambda r: (isinstance(r, p.Result) and r.source == "upload")
+            or (isinstance(r, p.ErrorRecord) and r.cmd == "infer"),
+            timeout,
+            "result for the uploaded image",
+        )
+        if isinstance(rec, p.ErrorRecord):
+            raise DeviceCommandError(rec)
+        return rec
+
+    def bench(self, n: int, warmup: int = 10, *, timeout: float = STEP_TIMEOUT) -> Iterator[p.BenchSample | p.BenchSummary]:
+        """Run ``bench n warmup``; yield each ``bsample`` and finally the ``bsummary``.
+
+        A dropped port raises LinkLost whose ``received`` counts the samples that arrived
+        (all of them were yielded before).
+        """
+        self.command("bench", n, warmup)
+        got = 0
+        while True:
+            rec = self._wait(
+                lambda r: isinstance(r, (p.BenchSample, p.BenchSummary)) or (isinstance(r, p.ErrorRecord) and r.cmd == "bench"),
+                timeout,
+                f"benchmark sample {got + 1}/{n}",
+                received=got,
+            )
+            if isinstance(rec, p.ErrorRecord):
+                raise DeviceCommandError(rec)
+            yield rec
+            if isinstance(rec, p.BenchSummary):
+                return
+            got += len(rec.invoke_us)
+
+    def bench_collect(self, n: int, warmup: int = 10, *, timeout: float = STEP_TIMEOUT) -> BenchRun:
+        """Run a benchmark and collect every sample; ends early (``error`` set) instead of raising."""
+        run = BenchRun(n, warmup)
+        slots: dict[int, int] = {}
+        try:
+            for rec in self.bench(n, warmup, timeout=timeout):
+                run.simulated = run.simulated or rec.simulated
+                if isinstance(rec, p.BenchSample):
+                    for i, us in enumerate(rec.invoke_us):
+                        slots[rec.first + i] = us
+                else:
+                    run.summary = rec
+        except DeviceError as exc:
+            run.error = f"{exc} (kept {len(slots)} of {n} samples)"
+        run.invoke_us = [slots[i] for i in sorted(slots)]
+        if run.error is None and run.summary is not None and len(run.invoke_us) != run.summary.n:
+            run.error = f"lost {run.summary.n - len(run.invoke_us)} of {run.summary.n} samples on the link"
+        return run
+
+    def profile(self, timeout: float = STEP_TIMEOUT) -> tuple[list[p.ProfileOp], p.ProfileSummary]:
+        """One profiled invoke: the per-node records and the summary."""
+        self.command("profile")
+        ops: list[p.ProfileOp] = []
+        while True:
+            rec = self._wait(
+                lambda r: isinstance(r, (p.ProfileOp, p.ProfileSummary)) or (isinstance(r, p.ErrorRecord) and r.cmd == "profile"),
+                timeout,
+                "profile record",
+                received=len(ops),
+            )
+            if isinstance(rec, p.ErrorRecord):
+                raise DeviceCommandError(rec)
+            if isinstance(rec, p.ProfileSummary):
+                if rec.nodes != len(ops):
+                    raise DeviceError(f"profile: device sent {rec.nodes} operators, {len(ops)} arrived")
+                return ops, rec
+            ops.append(rec)
+
+    def selftest(self, timeout: float = SELFTEST_TIMEOUT) -> p.SelfTest:
+        self.command("selftest")
+        rec = self._wait(
+            lambda r: isinstance(r, p.SelfTest) or (isinstance(r, p.ErrorRecord) and r.cmd == "selftest"),
+            timeout,
+            "self-test result",
+        )
+        if isinstance(rec, p.ErrorRecord):
+            raise DeviceCommandError(rec)
+        return rec
+
+    def reset(self, timeout: float = RESET_TIMEOUT) -> p.Hello:
+        """Restart the device and wait for its ``hello`` (through the port vanishing and returning)."""
+        self.command("reset")
+        deadline = time.monotonic() + timeout
+        self.hello = None
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise DeviceError(f"{self.port}: no hello within {timeout:g} s after reset")
+            try:
+                items = self._read(min(left, 0.5), reconnect=False)
+            except PortVanished as exc:
+                self._emit(LinkEvent("disconnected", f"{exc}; waiting for the device to restart"))
+                self.transport.reconnect(max(left, 0.5))
+                self._emit(LinkEvent("reconnected", f"{self.port} is back"))
+                continue
+            for i, it in enumerate(items):
+                if isinstance(it, p.Hello):
+                    self._stash(items[i + 1 :])
+                    return it
+                self._stash([it])
