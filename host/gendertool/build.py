@@ -501,14 +501,15 @@ def parse_partition_table(data: bytes) -> list[dict]:
 
 
 def boot_app_partition(table: list[dict]) -> dict:
-    """The partition the bootloader starts by default: factory, else the first OTA slot."""
+    """The partition the bootloader starts by default (parttool's --partition-boot-default):
+    factory, else ota_0, else the first app partition."""
     apps = [p for p in table if p["type"] == 0]
-    for p in apps:
-        if p["subtype"] == 0x00:
-            return p
-    for p in apps:
-        if 0x10 <= p["subtype"] <= 0x1F:
-            return p
+    for subtype in (0x00, 0x10):
+        for p in apps:
+            if p["subtype"] == subtype:
+                return p
+    if apps:
+        return apps[0]
     raise BuildError("the partition table has no app partition")
 
 
