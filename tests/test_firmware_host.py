@@ -120,3 +120,156 @@ def test_preprocess_rejects_empty_image(preprocess_exe):
     job = struct.pack("<IIIdII", 0, 0, 0, 1.0, 64, 64) + bytes(768)
     proc = subprocess.run([str(preprocess_exe)], input=job, capture_output=True)
     assert proc.returncode == 5
+
+
+# ---------------------------------------------------------------------------------------------
+# generated sources (model data, settings, samples) compiled with the portable firmware parts
+
+WEIRD_LABELS = ['say "hi"', "back\\slash", "new\nline\ttab", "Zoë ☃ é1 ??=", "\x01ctl"]
+
+GEN_DRIVER = r"""
+#include <cstdio>
+#include <cstring>
+#include <vector>
+#include "image_preprocess.h"
+#include "inference_stats.h"
+#include "model_data.h"
+#include "model_settings.h"
+#include "sample_images.h"
+
+static void hex(const void* p, size_t n) {
+  const unsigned char* b = static_cast<const unsigned char*>(p);
+  for (size_t i = 0; i < n; ++i) std::printf("%02x", b[i]);
+  std::printf("\n");
+}
+
+int main(int argc, char** argv) {
+  if (argc < 2) return 2;
+  std::FILE* f = std::fopen(argv[1], "wb");
+  std::fwrite(g_model_data, 1, g_model_data_len, f);
+  std::fclose(f);
+  std::printf("align %d\n", static_cast<int>(reinterpret_cast<uintptr_t>(g_model_data) % 16));
+  std::printf("shape");
+  for (int i = 0; i < gt::kInputDims; ++i) std::printf(" %d", static_cast<int>(gt::kInputShape[i]));
+  std::printf("\nquant %a %d %a %d %a\n", gt::kInputScale, gt::kInputZeroPoint, gt::kOutputScale,
+              gt::kOutputZeroPoint, gt::kCropFraction);
+  std::printf("meta %s %s %s %u %u\n", gt::kModelName, gt::kModelSha256, gt::kBoardName, gt::kModelBytes,
+              gt::kDefaultArenaBytes);
+  for (int c = 0; c < gt::kNumClasses; ++c) {
+    std::printf("label ");
+    hex(gt::kLabels[c], std::strlen(gt::kLabels[c]));
+  }
+  std::printf("lut ");
+  hex(gt::kInputLut, sizeof gt::kInputLut);
+  std::vector<int8_t> tensor(gt::kInputBytes);
+  for (int i = 0; i < gt::kNumSampleImages; ++i) {
+    const gt::SampleImage& s = gt::kSampleImages[i];
+    const gt::ImageView view{s.rgb, s.width, s.height, gt::PixelFormat::kRgb888};
+    if (!gt::Preprocess(view, gt::kCropFraction, gt::kInputHeight, gt::kInputWidth, gt::kInputLut, tensor.data()))
+      return 3;
+    std::printf("sample %s %d %d %d ", s.name, s.width, s.height, s.expected_class);
+    hex(tensor.data(), tensor.size());
+    std::printf("rgb ");
+    hex(s.rgb, static_cast<size_t>(s.width) * s.height * 3);
+    std::printf("expected ");
+    hex(s.expected, sizeof s.expected);
+    float probs[gt::kNumClasses];
+    gt::Probabilities(s.expected, gt::kNumClasses, static_cast<float>(gt::kOutputScale), gt::kOutputZeroPoint, probs);
+    std::printf("stats %d %d", gt::ArgMax(s.expected, gt::kNumClasses), gt::MaxAbsDiff(s.expected, s.expected, gt::kNumClasses));
+    for (int c = 0; c < gt::kNumClasses; ++c) std::printf(" %.6f", probs[c]);
+    std::printf("\n");
+  }
+  return 0;
+}
+"""
+
+
+def _compile_generated(project: Path, work: Path) -> Path:
+    main = project / "main"
+    (work / "gen_driver.cc").write_text(GEN_DRIVER)
+    exe = work / "gen"
+    srcs = [main / n for n in ("model_data.cc", "model_settings.cc", "sample_images.cc", "image_preprocess.cc")]
+    for src in srcs:  # none of these may need an ESP-IDF or TFLM header
+        text = src.read_text(encoding="utf-8")
+        assert "tensorflow/" not in text and "esp_" not in text.split("namespace", 1)[0].replace("esp_nn", "")
+    cmd = ["g++", *CXXFLAGS, f"-I{main}", *map(str, srcs), str(work / "gen_driver.cc"), "-o", str(exe)]
+    proc = subprocess.run(cmd, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+def _parse(stdout: str) -> dict:
+    out: dict = {"label": [], "sample": []}
+    lines = stdout.splitlines()
+    i = 0
+    while i < len(lines):
+        key, _, rest = lines[i].partition(" ")
+        if key == "label":
+            out["label"].append(bytes.fromhex(rest).decode("utf-8"))
+        elif key == "sample":
+            name, w, h, cls, tensor = rest.split(" ")
+            rgb = bytes.fromhex(lines[i + 1].split(" ", 1)[1])
+            expected = np.frombuffer(bytes.fromhex(lines[i + 2].split(" ", 1)[1]), dtype=np.int8)
+            stats = lines[i + 3].split(" ")[1:]
+            out["sample"].append((name, int(w), int(h), int(cls), bytes.fromhex(tensor), rgb, expected, stats))
+            i += 3
+        else:
+            out[key] = rest
+        i += 1
+    return out
+
+
+def _render(model, board: str, out: Path) -> None:
+    from gendertool.boards import get_board
+    from gendertool.render import render_project
+
+    render_project(model, get_board(board), out)
+
+
+@pytest.mark.parametrize("which", ["default", "weird_labels"])
+def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
+    from gendertool.model import load_model, load_model_bytes
+    from gendertool.preprocess import load_rgb, preprocess
+    from gendertool.render import _default_sample_paths
+    from gendertool.runtime import TflmRunner, softmax_probs
+
+    from tflite_fab import tiny_model
+
+    if which == "default":
+        model = load_model(None)
+    else:
+        model = load_model_bytes(tiny_model(height=24, width=20, classes=len(WEIRD_LABELS)), name="weird", labels=WEIRD_LABELS)
+    _render(model, "xiao_esp32s3", tmp_path / "proj")
+    exe = _compile_generated(tmp_path / "proj", tmp_path)
+    proc = subprocess.run([str(exe), str(tmp_path / "model.bin")], capture_output=True, text=True, encoding="utf-8")
+    assert proc.returncode == 0, proc.stderr
+    got = _parse(proc.stdout)
+
+    assert (tmp_path / "model.bin").read_bytes() == model.data
+    assert got["align"] == "0"
+    assert [int(v) for v in got["shape"].split()] == list(model.input.shape)
+    in_scale, in_zp, out_scale, out_zp, crop = got["quant"].split()
+    assert (float.fromhex(in_scale), int(in_zp), float.fromhex(out_scale), int(out_zp), float.fromhex(crop)) == (
+        model.input.scale, model.input.zero_point, model.output.scale, model.output.zero_point,
+        model.preprocessing.crop_fraction)
+    assert got["meta"].split() == [model.name, model.sha256, "xiao_esp32s3", str(model.size), str(model.arena_bytes)]
+    assert got["label"] == list(model.labels)  # quotes, backslashes, newlines, UTF-8 survive
+    from gendertool.preprocess import quant_lut
+
+    lut = quant_lut(model.preprocessing, model.input.scale, model.input.zero_point)
+    assert bytes.fromhex(got["lut"]) == lut.tobytes()
+
+    paths = _default_sample_paths()
+    assert [s[0] for s in got["sample"]] == [p.stem for p in paths]
+    runner = TflmRunner(model.data)
+    _, height, width, _ = model.input.shape
+    for (name, w, h, cls, tensor, rgb, expected, stats), path in zip(got["sample"], paths):
+        img = load_rgb(path)
+        assert (h, w) == img.shape[:2] and rgb == img.tobytes()
+        q = preprocess(img, model.preprocessing, height, width, model.input.scale, model.input.zero_point)
+        assert tensor == q.tobytes(), f"{name}: device preprocessing differs from the Python reference"
+        ref = np.asarray(runner.invoke(q), dtype=np.int8).reshape(-1)
+        np.testing.assert_array_equal(expected, ref)
+        assert cls == int(np.argmax(ref)) == int(stats[0])
+        assert stats[1] == "0"
+        np.testing.assert_allclose([float(v) for v in stats[2:]], softmax_probs(ref[None, :], model.output).reshape(-1), atol=2e-6)

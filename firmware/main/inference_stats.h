@@ -17,7 +17,10 @@ inline int ArgMax(const int8_t* scores, size_t n) {
   return best;
 }
 
-// Softmax of the dequantised int8 scores (docs/protocol.md: result.probs).
+// Class probabilities (docs/protocol.md: result.probs), the rule of the host's
+// runtime.softmax_probs: an output quantised like TFLM's int8 softmax (scale 1/256, zero
+// point -128) already holds probabilities and is only dequantised; anything else is treated
+// as logits and put through a softmax.
 inline void Probabilities(const int8_t* scores, size_t n, float scale, int zero_point, float* probs) {
   if (n == 0) return;
   float max_v = -INFINITY;
@@ -25,6 +28,7 @@ inline void Probabilities(const int8_t* scores, size_t n, float scale, int zero_
     probs[i] = scale * static_cast<float>(scores[i] - zero_point);
     if (probs[i] > max_v) max_v = probs[i];
   }
+  if (std::fabs(scale - 1.0f / 256) < 1e-9f && zero_point == -128) return;
   float sum = 0.0f;
   for (size_t i = 0; i < n; ++i) {
     probs[i] = std::exp(probs[i] - max_v);
