@@ -53,7 +53,7 @@ def tiny_model(
     channels: int = 3,
     classes: int = 2,
     filters: int = 4,
-    softmax_input_scale: float = 0.05,
+    softmax_input_scale: float = 1 / 16,
     seed: int = 0,
 ) -> bytes:
     """A small valid INT8 classifier: [1,H,W,C] int8 -> [1,classes] int8 probabilities."""
@@ -87,13 +87,15 @@ def tiny_model(
         tensors.append(t)
         return len(tensors) - 1
 
+    # Power-of-two scales: every multiplier product is exact in float and double, so TFLM
+    # and LiteRT's reference kernels (which differ in that precision) agree bit for bit.
     in_scale = 1.0 / 128
     oh, ow = (height + 1) // 2, (width + 1) // 2
-    w_scale = rng.uniform(0.002, 0.01, filters)
+    w_scale = 2.0 ** -rng.integers(7, 10, filters)
     conv_w = rng.integers(-127, 128, (filters, 3, 3, channels), dtype=np.int8)
     conv_b = rng.integers(-500, 500, filters, dtype=np.int32)
-    conv_out_scale = 0.05
-    fc_w_scale = 0.01
+    conv_out_scale = 1.0 / 16
+    fc_w_scale = 1.0 / 128
     fc_w = rng.integers(-127, 128, (classes, filters), dtype=np.int8)
     fc_b = rng.integers(-200, 200, classes, dtype=np.int32)
 
