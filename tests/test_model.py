@@ -412,3 +412,7 @@ def test_ops_methods_exist_in_tflm_api(refdata):
 
     symbols = set((refdata / "tflm_api_symbols.txt").read_text().split())
     assert set(BUILTIN_METHODS.values()) <= symbols
+
+
+def test_unknown_board(cli, write, tiny):
+    rejected(cli, write(tiny), "nope", "xiao_esp32s3", args=("--board", "nope", "--no-arena"))
