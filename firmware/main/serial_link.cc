@@ -34,7 +34,7 @@ void WriteLocked(const char* data, size_t len) {
 }
 
 int LogVprintf(const char* fmt, va_list args) {
-  char chunk[kLogLineMax];
+  char chunk[320];  // on the calling task's stack: keep it modest
   const int n = vsnprintf(chunk, sizeof chunk, fmt, args);
   if (n <= 0) return n;
   size_t len = static_cast<size_t>(n) < sizeof chunk ? static_cast<size_t>(n) : sizeof chunk - 1;
