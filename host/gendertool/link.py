@@ -92,6 +92,7 @@ class DeviceClient:
         self.hello: p.Hello | None = None
         self.backlog_dropped = 0
         self._backlog: deque = deque()
+        self._fresh: deque = deque()  # read after the current command's reply, not yet examined
         self._events: deque[LinkEvent] = deque()
 
     @classmethod
@@ -157,6 +158,8 @@ class DeviceClient:
 
     def poll(self, timeout: float | None = 0.1, *, reconnect: bool = True) -> list:
         """Everything that arrived (backlog first), waiting up to ``timeout`` s for new bytes."""
+        self._stash(self._fresh)
+        self._fresh.clear()
         out = list(self._backlog)
         self._backlog.clear()
         out.extend(self._drain_events())
@@ -189,6 +192,8 @@ class DeviceClient:
     # commands
 
     def _send(self, line: bytes) -> None:
+        self._stash(self._fresh)
+        self._fresh.clear()
         try:
             self.transport.write(line)
         except PortVanished as exc:
@@ -196,6 +201,11 @@ class DeviceClient:
 
     def _wait(self, want: Callable[[object], bool], timeout: float, what: str, *, received: int = 0):
         """The first item matching ``want``; everything else goes to the backlog."""
+        while self._fresh:
+            it = self._fresh.popleft()
+            if want(it):
+                return it
+            self._stash([it])
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
@@ -207,7 +217,7 @@ class DeviceClient:
                 raise LinkLost(f"{self.port} disconnected while waiting for {what} ({exc})", received) from None
             for i, it in enumerate(items):
                 if want(it):
-                    self._stash(items[i + 1 :])
+                    self._fresh.extend(items[i + 1 :])
                     return it
                 self._stash([it])
 
@@ -349,6 +359,12 @@ class DeviceClient:
         self.command("reset")
         deadline = time.monotonic() + timeout
         self.hello = None
+        while self._fresh:  # a UART console keeps the connection: the hello may be here already
+            it = self._fresh.popleft()
+            if isinstance(it, p.Hello):
+                self.hello = it
+                return it
+            self._stash([it])
         while True:
             left = deadline - time.monotonic()
             if left <= 0:

@@ -1,2 +1,66 @@
-"""Commands: sim (filled in by its issue)."""
-from ._app import app  # noqa: F401
+"""Command: sim (the virtual device, serving the firmware's protocol over TCP)."""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import typer
+
+from gendertool.errors import GendertoolError
+
+from ._app import app, err_console
+
+
+def _parse_listen(listen: str) -> tuple[str, int]:
+    host, sep, port = listen.rpartition(":")
+    if not sep or not host or not port.isdigit() or int(port) > 65535:
+        raise GendertoolError(f"--listen wants HOST:PORT (e.g. 127.0.0.1:7420), got {listen!r}")
+    return host, int(port)
+
+
+@app.command()
+def sim(
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: a .tflite file or a pulled profile name (default: the shipped default model)."),
+    listen: str = typer.Option("127.0.0.1:7420", "--listen", help="HOST:PORT to serve on (port 0 picks a free one)."),
+    period_ms: int = typer.Option(200, "--period-ms", min=0, max=60000, help="Time between continuous results."),
+    no_autostart: bool = typer.Option(False, "--no-autostart", help="Boot without streaming results (like APP_AUTOSTART off)."),
+    # fault injection and test helpers (hidden)
+    replay: bool = typer.Option(False, "--replay", hidden=True, help="Re-send each sample's first result instead of invoking again."),
+    garbage_every: int = typer.Option(0, "--garbage-every", hidden=True, min=0),
+    reset_every: int = typer.Option(0, "--reset-every", hidden=True, min=0),
+    bad_crc_every: int = typer.Option(0, "--bad-crc-every", hidden=True, min=0),
+    disconnect_after: int = typer.Option(0, "--disconnect-after", hidden=True, min=0),
+    reply_delay_ms: int = typer.Option(0, "--reply-delay-ms", hidden=True, min=0),
+    seed: int = typer.Option(0, "--seed", hidden=True),
+    max_clients: Optional[int] = typer.Option(None, "--max-clients", hidden=True, min=1, help="Exit after serving N connections."),
+) -> None:
+    """Run the virtual device: the firmware's serial protocol over TCP, inference on this computer.
+
+    Connect with `--port socket://HOST:PORT` (or use `--port sim` to run one in-process).
+    Every record says simulated=true: latencies are this computer's, not a board's.
+    """
+    from gendertool.simdevice import SimDevice, SimFaults, SimServer
+
+    host, port = _parse_listen(listen)
+    faults = SimFaults(
+        garbage_every=garbage_every,
+        reset_every=reset_every,
+        bad_crc_every=bad_crc_every,
+        disconnect_after=disconnect_after,
+        reply_delay_ms=reply_delay_ms,
+        seed=seed,
+    )
+    device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults)
+    server = SimServer(device, host, port, max_clients=max_clients)
+    m = device.model
+    err_console.print(
+        f"virtual device serving {m.name} ({m.sha256[:12]}) on {server.url}\n"
+        f"connect with: gendertool monitor --port {server.url}\n"
+        "simulated: latency figures are this computer's, not a board's (Ctrl-C to stop)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    try:
+        server.serve_forever()
+    finally:
+        server.close()

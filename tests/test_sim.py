@@ -1,0 +1,341 @@
+"""The virtual device end to end over real loopback TCP (pyserial socket://) with DeviceClient."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+import zlib
+
+import numpy as np
+import pytest
+
+from gendertool import protocol as p
+from gendertool.errors import DeviceError
+from gendertool.link import DeviceClient, DeviceCommandError, LinkEvent
+from gendertool.simdevice import SimDevice, SimFaults, SimServer
+from gendertool.transport import open_port
+
+
+@pytest.fixture(scope="module")
+def model(default_model):
+    from gendertool.model import load_model
+
+    return load_model(default_model, measure_arena=False)
+
+
+@pytest.fixture
+def serve(model):
+    """serve(**SimDevice kwargs) -> connected DeviceClient over socket://127.0.0.1:PORT."""
+    opened = []
+
+    def make(*, client_kw: dict | None = None, **kw):
+        kw.setdefault("period_ms", 20)
+        dev = SimDevice(model, **kw)
+        server = SimServer(dev, "127.0.0.1", 0).start()
+        client = DeviceClient(open_port(server.url), **(client_kw or {"reconnect_timeout": 5}))
+        opened.append((client, server))
+        return client, dev
+
+    yield make
+    for client, server in opened:
+        client.close()
+        server.close()
+
+
+def wait_for(client, pred, timeout=10.0):
+    for it in client.records(timeout=timeout):
+        if pred(it):
+            return it
+    raise AssertionError("timed out")
+
+
+def results(client, n, timeout=30.0):
+    out = []
+    for it in client.records(timeout=timeout):
+        if isinstance(it, p.Result):
+            out.append(it)
+            if len(out) == n:
+                return out
+    raise AssertionError(f"only {len(out)} of {n} results")
+
+
+def test_sim_help(cli):
+    r = cli("sim", "--help")
+    assert r.exit_code == 0
+    assert "--listen" in r.stdout and "--period-ms" in r.stdout and "--model" in r.stdout
+    assert "--garbage-every" not in r.stdout  # fault injection stays hidden
+
+
+def test_sim_rejects_a_bad_listen_address(cli):
+    r = cli("sim", "--listen", "localhost")
+    assert r.exit_code == 2
+    assert "--listen wants HOST:PORT" in r.stderr
+
+
+def test_sim_reports_a_port_in_use(cli, default_model):
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(1)
+    try:
+        r = cli("sim", "--model", str(default_model), "--listen", f"127.0.0.1:{s.getsockname()[1]}")
+    finally:
+        s.close()
+    assert r.exit_code == 2
+    assert "cannot listen on 127.0.0.1:" in r.stderr
+
+
+def test_cli_sim_process_end_to_end(default_model):
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gendertool", "sim", "--model", str(default_model), "--listen", "127.0.0.1:0",
+         "--period-ms", "10", "--max-clients", "1"],
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        url = None
+        for _ in range(20):
+            line = proc.stderr.readline()
+            if "socket://" in line:
+                url = line.split(" on ")[1].split()[0]
+                break
+        assert url and url.startswith("socket://127.0.0.1:")
+        with DeviceClient(open_port(url)) as client:
+            got = results(client, 20)
+            hello = client.info()
+        assert [r.seq for r in got] == list(range(got[0].seq, got[0].seq + 20))
+        assert all(r.simulated and r.source == "sample" for r in got)
+        assert hello.simulated and hello.proto == p.PROTO_VERSION and hello.model == default_model.stem
+        assert proc.wait(timeout=10) == 0  # --max-clients 1: exits after the client left
+    finally:
+        proc.kill()
+        proc.stderr.close()
+
+
+def test_hello_selftest_then_results_on_connect(serve, model):
+    client, dev = serve()
+    items = []
+    for it in client.records(timeout=10):
+        items.append(it)
+        if sum(isinstance(x, p.Result) for x in items) >= 3:
+            break
+    recs = [x for x in items if not isinstance(x, (p.LogLine, LinkEvent))]
+    assert isinstance(recs[0], p.Hello) and isinstance(recs[1], p.SelfTest)
+    assert recs[0].labels == model.labels and recs[0].model_sha256 == model.sha256
+    assert recs[0].input == model.input.shape and recs[0].samples == 4
+    assert recs[1].passed and recs[1].n == recs[0].samples
+    assert [r.seq for r in recs[2:5]] == [0, 1, 2]
+    assert any(isinstance(x, p.LogLine) and x.text.startswith("ESP-ROM") for x in items)
+
+
+def test_upload_is_inferred_with_the_reference_pipeline(serve, model):
+    from gendertool.preprocess import preprocess
+    from gendertool.runtime import TflmRunner
+
+    client, _ = serve(autostart=False)
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, size=(120, 90, 3), dtype=np.uint8)
+    res = client.infer_rgb(rgb)
+    q = preprocess(rgb, model.preprocessing, 64, 64, model.input.scale, model.input.zero_point)
+    expect = TflmRunner(model).invoke(q).reshape(-1)
+    assert res.source == "upload" and res.sample == -1 and res.simulated
+    assert list(res.scores) == expect.tolist()
+    assert res.class_index == int(np.argmax(expect)) and res.label == model.labels[res.class_index]
+    assert abs(sum(res.probs) - 1) < 0.01
+
+
+def test_corrupted_upload_is_refused_not_inferred(serve):
+    client, _ = serve(autostart=False)
+    payload = bytes(range(48))
+    client.transport.write(b"infer 4 4 48 %08x\n" % (zlib.crc32(payload) ^ 1))
+    assert wait_for(client, lambda r: isinstance(r, p.Ack)).cmd == "infer"
+    client.transport.write(payload)
+    err = wait_for(client, lambda r: isinstance(r, (p.ErrorRecord, p.Result)))
+    assert isinstance(err, p.ErrorRecord) and err.code == "upload_crc" and err.cmd == "infer"
+    client.ping()  # back in command mode
+
+
+def test_stalled_upload_times_out(serve):
+    client, _ = serve(autostart=False)
+    client.transport.write(b"infer 4 4 48 00000000\n")
+    wait_for(client, lambda r: isinstance(r, p.Ack))
+    client.transport.write(b"\x01" * 10)
+    t0 = time.monotonic()
+    err = wait_for(client, lambda r: isinstance(r, p.ErrorRecord), timeout=10)
+    assert err.code == "upload_timeout" and "10 bytes" in err.message
+    assert time.monotonic() - t0 >= p.UPLOAD_IDLE_MS / 1000 - 0.3
+    client.ping()
+
+
+@pytest.mark.parametrize(
+    "line,code,cmd",
+    [
+        (b"fly\n", "unknown_cmd", "fly"),
+        (b"bench 0 1\n", "bad_args", "bench"),
+        (b"infer 641 1 1923 00000000\n", "too_large", "infer"),
+        (b"infer 2 2 11 00000000\n", "bad_args", "infer"),
+        (b"ping " + b"x" * 300 + b"\n", "line_too_long", ""),
+        (b"source camera\n", "unsupported", "source"),
+    ],
+)
+def test_bad_commands_get_error_records(serve, line, code, cmd):
+    client, _ = serve(autostart=False)
+    client.transport.write(line)
+    err = wait_for(client, lambda r: isinstance(r, p.ErrorRecord))
+    assert (err.code, err.cmd, err.simulated) == (code, cmd, True)
+    assert err.message
+    client.ping()
+
+
+def test_client_raises_command_errors_and_checks_inputs(serve):
+    client, _ = serve(autostart=False)
+    with pytest.raises(DeviceCommandError, match="unsupported: the virtual device has no camera"):
+        client.set_source("camera")
+    with pytest.raises(DeviceError, match="unknown input source 'usb'"):
+        client.set_source("usb")
+    with pytest.raises(DeviceError, match="larger than the device accepts"):
+        client.infer_rgb(np.zeros((641, 10, 3), np.uint8))
+    with pytest.raises(DeviceError, match="HxWx3 uint8"):
+        client.infer_rgb(np.zeros((10, 10), np.uint8))
+
+
+def test_bench_collects_every_sample(serve):
+    client, _ = serve(autostart=False)
+    run = client.bench_collect(70, 3)
+    assert run.complete and run.error is None and run.simulated
+    assert len(run.invoke_us) == 70 == run.summary.n and run.summary.warmup == 3
+    assert run.summary.total_us == sum(run.invoke_us)
+    assert min(run.invoke_us) == run.summary.min_us and max(run.invoke_us) == run.summary.max_us
+
+
+def test_bench_interrupted_keeps_what_arrived(serve):
+    # the connection drops after 6 records: hello, selftest, ack, 3 bsamples (96 samples)
+    client, _ = serve(autostart=False, faults=SimFaults(disconnect_after=6))
+    run = client.bench_collect(200, 0)
+    assert not run.complete and run.summary is None
+    assert len(run.invoke_us) == 96
+    assert "kept 96 of 200 samples" in run.error and "disconnected" in run.error
+
+
+def test_profile_is_per_node_and_marked_estimated(serve, model):
+    client, _ = serve(autostart=False)
+    ops, summary = client.profile()
+    assert len(ops) == sum(o.count for o in model.operators) == summary.nodes
+    assert [o.node for o in ops] == list(range(len(ops)))
+    assert all(o.estimated and o.simulated for o in ops) and summary.estimated
+    assert {o.op for o in ops} == {o.name for o in model.operators}
+    assert summary.total_us == sum(o.us for o in ops)
+    assert abs(summary.total_us - summary.invoke_us) <= len(ops)
+
+
+def test_selftest_and_info(serve, model):
+    client, _ = serve(autostart=False)
+    st = client.selftest()
+    assert st.passed and st.n == 4 and st.failed == 0 and len(st.results) == 4
+    h = client.info()
+    assert h.running is False and h.source == "sample" and h.board == "sim"
+
+
+def test_stop_start_and_source_upload(serve):
+    client, _ = serve(period_ms=5)
+    results(client, 2)
+    client.stop()
+    assert not [x for x in client.records(timeout=0.3) if isinstance(x, p.Result)]
+    client.set_source("upload")
+    client.start()
+    assert not [x for x in client.records(timeout=0.3) if isinstance(x, p.Result)]
+    client.set_source("sample")
+    assert len(results(client, 3)) == 3
+
+
+def test_ten_thousand_results_with_garbage_between_lose_none(serve):
+    client, dev = serve(period_ms=0, replay=True, faults=SimFaults(garbage_every=1, garbage_max=48, seed=7))
+    got = results(client, 10000, timeout=120)
+    seqs = [r.seq for r in got]
+    assert seqs == list(range(seqs[0], seqs[0] + 10000))
+    st = client.stats
+    assert st.bad_crc == st.bad_frame == st.overlong == st.partial == st.bad_record == 0
+    assert st.log_lines >= 9000  # the garbage surfaced as log text, not as lost records
+    assert st.max_buffered <= p.MAX_LINE
+
+
+def test_resets_mid_record_are_counted_and_the_stream_recovers(serve):
+    client, dev = serve(period_ms=2, replay=True, faults=SimFaults(reset_every=25))
+    hellos = 0
+    res = []
+    for it in client.records(timeout=30):
+        if isinstance(it, p.Hello):
+            hellos += 1
+        elif isinstance(it, p.Result):
+            res.append(it)
+        if hellos >= 5:
+            break
+    st = client.stats
+    # each cut record merged with the ROM banner line (one more may sit in the last read)
+    assert hellos - 1 <= st.bad_frame <= hellos
+    assert res[0].seq == 0 and any(b.seq < a.seq for a, b in zip(res, res[1:]))  # seq restarts after a reset
+
+
+def test_bad_checksums_are_dropped_and_counted(serve):
+    client, _ = serve(period_ms=0, replay=True, faults=SimFaults(bad_crc_every=10))
+    got = results(client, 200)
+    st = client.stats
+    assert st.bad_crc >= 20
+    steps = [b.seq - a.seq for a, b in zip(got, got[1:])]
+    assert set(steps) == {1, 2}  # every 10th record dropped alone, never more
+    assert 19 <= steps.count(2) <= st.bad_crc
+
+
+def test_disconnect_is_survived_with_link_events(serve):
+    client, _ = serve(period_ms=5, faults=SimFaults(disconnect_after=8))
+    kinds = []
+    n = 0
+    for it in client.records(timeout=20):
+        if isinstance(it, LinkEvent):
+            kinds.append(it.kind)
+        elif isinstance(it, p.Result):
+            n += 1
+            if kinds and n >= 10:
+                break
+    assert kinds == ["disconnected", "reconnected"]
+    assert n >= 10
+
+
+def test_reconnect_gives_up_with_a_clear_message(model):
+    dev = SimDevice(model, period_ms=5)
+    server = SimServer(dev, "127.0.0.1", 0).start()
+    client = DeviceClient(open_port(server.url), reconnect_timeout=0.6)
+    try:
+        wait_for(client, lambda r: isinstance(r, p.Result))
+        server.close()  # the port never comes back
+        with pytest.raises(DeviceError, match=r"did not come back within 1 s"):
+            for _ in client.records(timeout=10):
+                pass
+    finally:
+        client.close()
+        server.close()
+
+
+def test_slow_replies_time_out_then_succeed(serve):
+    client, _ = serve(autostart=False, faults=SimFaults(reply_delay_ms=400))
+    with pytest.raises(DeviceError, match=r"no reply to `ping` from socket://127.0.0.1:\d+ within 0.1 s"):
+        client.ping(timeout=0.1)
+    client.ping(timeout=3)  # a late ack is harmless
+    client.ping(timeout=3)
+
+
+def test_reset_command_reboots_through_a_reconnect(serve):
+    client, _ = serve(period_ms=5)
+    results(client, 5)
+    hello = client.reset(timeout=10)
+    assert hello.running is True
+    first = results(client, 1)[0]
+    assert first.seq == 0
+
+
+def test_port_sim_runs_an_in_process_virtual_device(default_model):
+    with DeviceClient.open("sim", sim_options={"model": default_model, "period_ms": 10}) as client:
+        got = results(client, 3)
+        assert all(r.simulated for r in got)
+        assert client.port == "sim"
