@@ -104,3 +104,234 @@ def _present_flash(result: "FlashResult") -> None:
         f"({format_bytes(result.throughput)}/s); total {format_duration(result.total_seconds)}; "
         f"reset into the app ({result.reset_mode})"
     )
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+@app.command("monitor")
+def monitor_cmd(
+    port: Optional[str] = typer.Option(
+        None,
+        "--port",
+        "-p",
+        envvar="GENDERTOOL_PORT",
+        help="Serial port, 'sim' (in-process virtual device) or socket://HOST:PORT (default: the one ESP32-S3 on USB).",
+    ),
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after N results (default: until Ctrl-C)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per result on stdout, nothing else there."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append results to this CSV file as they arrive."),
+    timeout: float = typer.Option(
+        10.0, "--timeout", "-t", help="Seconds to wait for a vanished port to return, or for a silent device, before giving up."
+    ),
+    elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
+    build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
+    source: Optional[str] = typer.Option(None, "--source", help="Input source to select on the device: sample or camera."),
+) -> None:
+    """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
+    import sys
+
+    from gendertool.errors import DeviceError, GendertoolError
+    from gendertool.flash import resolve_port
+    from gendertool.monitor import CSV_FIELDS, run_monitor
+    from gendertool.present import CsvAppender, JsonLinesWriter
+
+    if as_json and csv_file is not None:
+        raise GendertoolError("choose one of --json and --csv")
+    if source is not None and source not in ("sample", "camera"):
+        raise GendertoolError(f"--source must be sample or camera, not {source!r}")
+    port = resolve_port(port)
+    elf_path = elf if elf is not None else _elf_from_build(build)
+    if elf is not None and not elf.is_file():
+        raise GendertoolError(f"--elf {elf} does not exist")
+
+    writer_csv = None
+    if csv_file is not None:
+        try:
+            writer_csv = CsvAppender(csv_file, CSV_FIELDS)
+        except (ValueError, OSError) as exc:
+            raise GendertoolError(f"cannot write --csv {csv_file}: {exc}") from None
+    json_out = JsonLinesWriter(sys.stdout) if as_json else None
+    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
+    try:
+        with sink.live():
+            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path)
+    finally:
+        if writer_csv is not None:
+            writer_csv.close()
+    _present_summary(summary, err_console if as_json else console, csv_file)
+    if summary.error:
+        raise DeviceError(summary.error)
+
+
+def _elf_from_build(build: Optional[Path]) -> Optional[Path]:
+    """The ELF named by the build manifest, if a build is there (monitoring needs no build)."""
+    from gendertool.errors import BuildError
+    from gendertool.flash import DEFAULT_BUILD_DIR, load_build_manifest
+
+    if build is None and not (DEFAULT_BUILD_DIR / "gendertool-build.json").is_file():
+        return None
+    try:
+        path, data = load_build_manifest(build)
+    except BuildError:
+        if build is not None:
+            raise
+        return None
+    elf = data.get("elf")
+    return path.parent / elf if isinstance(elf, str) and elf else None
+
+
+class _MonitorView:
+    """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
+
+    def __init__(self, *, json_out, csv_out, text_results: bool) -> None:
+        from gendertool.monitor import MonitorSink
+
+        self.json_out = json_out
+        self.csv_out = csv_out
+        self.text_results = text_results
+        self.session = None
+        self._live = None
+        self.live_enabled = err_console.is_terminal
+        view = self
+
+        class _Sink(MonitorSink):
+            def hello(self, h) -> None:
+                sim = " [virtual device: latency is this computer's]" if h.simulated else ""
+                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
+
+            def result(self, r, session) -> None:
+                from gendertool.monitor import result_row
+
+                view.session = session
+                if view.json_out is not None or view.csv_out is not None:
+                    row = result_row(r)
+                    if view.json_out is not None:
+                        view.json_out.write(row)
+                    if view.csv_out is not None:
+                        view.csv_out.write(row)
+                if view.text_results and view._live is None:
+                    console.print(
+                        f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms",
+                        markup=False,
+                        highlight=False,
+                    )
+                view._refresh()
+
+            def log(self, text: str) -> None:
+                if view._live is None:
+                    err_console.print(text, style="dim", markup=False, highlight=False)
+
+            def status(self, text: str) -> None:
+                view._say(text, "yellow")
+
+            def panic(self, report) -> None:
+                view._panic(report)
+
+            def device_error(self, rec) -> None:
+                view._say(f"device error {rec.code} ({rec.cmd or 'spontaneous'}): {rec.message}", "red")
+
+            def tick(self, session) -> None:
+                view.session = session
+                view._refresh()
+
+        self.sink = _Sink()
+
+    def live(self):
+        from contextlib import contextmanager
+
+        from gendertool.present import live_view
+
+        @contextmanager
+        def _cm():
+            with live_view(err_console, enabled=self.live_enabled, refresh_per_second=8) as live:
+                self._live = live if self.live_enabled else None
+                try:
+                    yield
+                finally:
+                    if self._live is not None:
+                        self._live.update(self._render(), refresh=True)
+                    self._live = None
+
+        return _cm()
+
+    def _say(self, text: str, style: str) -> None:
+        err_console.print(text, style=style, markup=False, highlight=False)
+
+    def _panic(self, report) -> None:
+        lines = [report.reason, report.backtrace]
+        if report.decoded:
+            for f in report.frames:
+                where = f"{f.function} at {f.location}" if f.function else "(not in the ELF)"
+                lines.append(f"  {f.pc}: {where}")
+                lines.extend(f"    (inlined by) {x}" for x in f.inlined)
+        if report.corrupted:
+            lines.append("  (backtrace corrupted: the stack was overwritten)")
+        if report.hint:
+            lines.append(f"hint: {report.hint}")
+        err_console.print("\n".join(lines), style="bold red", markup=False, highlight=False)
+
+    def _refresh(self) -> None:
+        if self._live is not None and self.session is not None:
+            self._live.update(self._render())
+
+    def _render(self):
+        from rich.table import Table
+
+        from gendertool.present import format_ms, kv_table, log_panel
+
+        s = self.session
+        if s is None:
+            return log_panel([], height=10)
+        r = s.latest
+        rows = []
+        if r is not None:
+            rows += [
+                ("result", f"#{r.seq}  {r.label}  (class {r.class_index})"),
+                ("confidence", f"{r.confidence:.1%}"),
+                ("invoke", f"{r.invoke_us / 1000:.2f} ms"),
+            ]
+        rows += [
+            ("invoke p50/p90", f"{format_ms(s.invoke.p50, 2)} / {format_ms(s.invoke.p90, 2)} ms"),
+            ("pre p50", f"{format_ms(s.pre.p50, 2)} ms"),
+            ("FPS", f"{s.rate.rate():.1f}"),
+            ("results", f"{s.results}" + (f"  (lost {s.lost})" if s.lost else "")),
+            ("classes", "  ".join(f"{k} {v}" for k, v in s.classes.most_common())),
+        ]
+        if s.reconnects:
+            rows.append(("reconnects", str(s.reconnects)))
+        if r is not None and r.simulated:
+            rows.append(("", "virtual device: host latency"))
+        grid = Table.grid(expand=True, padding=(0, 2))
+        grid.add_column(ratio=2)
+        grid.add_column(ratio=3)
+        grid.add_row(kv_table(rows, title=f"monitor {s.port}"), log_panel(s.logs, height=10))
+        return grid
+
+
+def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
+    from gendertool.present import format_duration, format_ms, kv_table
+
+    inv, pre = summary.invoke_ms, summary.pre_ms
+    rows = [
+        ("port", summary.port + ("  (virtual device: latency is this computer's)" if summary.simulated else "")),
+        ("results", f"{summary.results} in {format_duration(summary.seconds)}, {summary.fps:.1f} FPS"),
+    ]
+    if inv:
+        rows.append(("invoke ms", f"p50 {format_ms(inv['p50'], 2)}  p90 {format_ms(inv['p90'], 2)}  p99 {format_ms(inv['p99'], 2)}  mean {format_ms(inv['mean'], 2)}  min {format_ms(inv['min'], 2)}  max {format_ms(inv['max'], 2)}"))
+    if pre:
+        rows.append(("preprocess ms", f"p50 {format_ms(pre['p50'], 2)}  p90 {format_ms(pre['p90'], 2)}"))
+    if summary.classes:
+        total = sum(summary.classes.values())
+        rows.append(("classes", "  ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(summary.classes.items()))))
+    lost = summary.lost + summary.parser.get("bad_crc", 0) + summary.parser.get("bad_frame", 0) + summary.parser.get("overlong", 0) + summary.parser.get("partial", 0)
+    rows.append(("lost / damaged", f"{summary.lost} missing seq, parser {summary.parser.get('bad_crc', 0)} bad crc, {summary.parser.get('bad_frame', 0)} bad frame, {summary.parser.get('overlong', 0)} overlong, {summary.parser.get('partial', 0)} cut" if lost else "none"))
+    if summary.reconnects:
+        rows.append(("reconnects", str(summary.reconnects)))
+    if summary.panics:
+        rows.append(("panics", str(summary.panics)))
+    if csv_file is not None:
+        rows.append(("csv", str(csv_file)))
+    if summary.interrupted:
+        rows.append(("stopped", "Ctrl-C"))
+    out.print(kv_table(rows, title="Monitor summary"))

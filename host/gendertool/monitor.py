@@ -1,0 +1,468 @@
+"""The monitor operation: follow a running firmware's result stream.
+
+One session reads the port through LINK's transport, splits the bytes with the protocol's
+StreamParser, keeps rolling statistics, reconnects when the XIAO's USB port vanishes (it
+does on every reset) and decodes panic backtraces with esp-idf-panic-decoder when the ELF
+is known. Everything it sees goes to a :class:`MonitorSink`; the CLI decides how to draw.
+"""
+
+from __future__ import annotations
+
+import glob
+import hashlib
+import math
+import os
+import re
+import shutil
+import time
+from collections import Counter, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gendertool.errors import DeviceError, GendertoolError
+from gendertool.present import RateMeter, RollingStats, percentile
+
+DEFAULT_TIMEOUT_S = 10.0  # protocol.md §4: device back after a reset or USB drop
+READ_SLICE_S = 0.05  # read granularity: keeps Ctrl-C and the live view responsive
+TOOLCHAIN_PREFIX = "xtensa-esp32s3-elf-"
+LOG_TAIL = 200
+
+
+# --------------------------------------------------------------------------- panics
+
+# ESP-IDF's panic handler output (esp_system/port/panic_handler.c, panic_print_backtrace)
+_PANIC_START = re.compile(r"Guru Meditation Error|abort\(\) was called at PC|\*\*\*ERROR\*\*\* A stack overflow|assert failed:|Stack smashing protect failure")
+_BACKTRACE = re.compile(r"^\s*Backtrace:\s*((?:0x[0-9a-fA-F]{8}:0x[0-9a-fA-F]{8}\s*)+)(\|<-CORRUPTED)?")
+_ELF_SHA = re.compile(r"ELF file SHA256:\s*([0-9a-fA-F]+)")
+
+
+@dataclass
+class Frame:
+    pc: str
+    sp: str
+    function: str | None = None
+    location: str | None = None  # "path:line"
+    inlined: list[str] = field(default_factory=list)
+
+
+@dataclass
+class PanicReport:
+    reason: str  # the "Guru Meditation Error: ..." line (or the first panic line seen)
+    backtrace: str  # the raw "Backtrace: ..." line
+    frames: list[Frame]
+    decoded: bool
+    hint: str | None = None  # why it is not decoded, or a warning about the ELF
+    corrupted: bool = False
+
+
+def find_addr2line(prefix: str = TOOLCHAIN_PREFIX) -> str | None:
+    """The toolchain's addr2line: on PATH, in ESP-IDF's tools folder, or PlatformIO's package."""
+    exe = prefix + "addr2line"
+    found = shutil.which(exe)
+    if found:
+        return found
+    if not prefix:
+        return None
+    home = Path.home()
+    idf_tools = Path(os.environ.get("IDF_TOOLS_PATH", home / ".espressif"))
+    candidates = [
+        *glob.glob(str(idf_tools / "tools" / "xtensa-esp-elf" / "*" / "xtensa-esp-elf" / "bin" / exe)),
+        *glob.glob(str(idf_tools / "tools" / "xtensa-esp32s3-elf" / "*" / "xtensa-esp32s3-elf" / "bin" / exe)),
+        str(Path(os.environ.get("PLATFORMIO_CORE_DIR", home / ".platformio")) / "packages" / "toolchain-xtensa-esp32s3" / "bin" / exe),
+    ]
+    for cand in sorted(candidates, reverse=True):
+        if os.access(cand, os.X_OK):
+            return cand
+    return None
+
+
+class PanicDecoder:
+    """Decode ``Backtrace:`` lines with esp-idf-panic-decoder's PcAddressDecoder (addr2line).
+
+    Without an ELF, or without the Xtensa toolchain, reports carry the raw addresses and a
+    hint saying what is missing.
+    """
+
+    def __init__(self, elf: str | Path | None, toolchain_prefix: str = TOOLCHAIN_PREFIX) -> None:
+        self.elf = Path(elf) if elf else None
+        self.toolchain_prefix = toolchain_prefix
+        self._decoder = None
+        self.problem: str | None = None
+        if self.elf is None:
+            self.problem = "no ELF known to decode it: pass --elf build/gendertool.elf (or --build DIR of the flashed build)"
+            return
+        if not self.elf.is_file():
+            self.problem = f"ELF {self.elf} does not exist; pass --elf of the flashed build to decode it"
+            return
+        addr2line = find_addr2line(toolchain_prefix)
+        if addr2line is None:
+            self.problem = (
+                f"{toolchain_prefix}addr2line not found (the Xtensa toolchain of ESP-IDF or PlatformIO); "
+                "install it or put it on PATH to decode"
+            )
+            return
+        from esp_idf_panic_decoder import PcAddressDecoder
+
+        # PcAddressDecoder runs "<prefix>addr2line"; give it the directory we found it in.
+        full_prefix = str(Path(addr2line).parent / toolchain_prefix) if not shutil.which(toolchain_prefix + "addr2line") else toolchain_prefix
+        self._decoder = PcAddressDecoder(full_prefix, str(self.elf))
+        self._elf_sha: str | None = None
+
+    @property
+    def elf_sha256(self) -> str | None:
+        if self.elf is None or not self.elf.is_file():
+            return None
+        if getattr(self, "_elf_sha", None) is None:
+            self._elf_sha = hashlib.sha256(self.elf.read_bytes()).hexdigest()
+        return self._elf_sha
+
+    def decode(self, reason: str, backtrace_line: str, device_elf_sha: str | None = None) -> PanicReport:
+        m = _BACKTRACE.match(backtrace_line)
+        pairs = re.findall(r"(0x[0-9a-fA-F]{8}):(0x[0-9a-fA-F]{8})", m.group(1) if m else backtrace_line)
+        frames = [Frame(pc.lower(), sp.lower()) for pc, sp in pairs]
+        corrupted = bool(m and m.group(2))
+        if self._decoder is None:
+            return PanicReport(reason, backtrace_line.strip(), frames, False, self.problem, corrupted)
+        hint = None
+        mine = self.elf_sha256
+        if device_elf_sha and mine and not mine.startswith(device_elf_sha.lower()):
+            hint = (
+                f"the device runs ELF {device_elf_sha.lower()}..., but {self.elf} is {mine[:len(device_elf_sha)]}...: "
+                "decoded lines may be wrong (flash this build or pass its --elf)"
+            )
+        # Only PCs: the SPs are data addresses and the matcher would skip them anyway.
+        translated = dict(self._decoder.translate_addresses(" ".join(f.pc for f in frames)))
+        any_decoded = False
+        for f in frames:
+            locs = translated.get(f.pc)
+            if not locs:
+                continue
+            any_decoded = True
+            first = locs[0]
+            f.function = first.func
+            f.location = f"{first.path}:{first.line}" if first.line else first.path
+            f.inlined = [f"{loc.func} at {loc.path}:{loc.line}" for loc in locs[1:]]
+        if not any_decoded and hint is None:
+            hint = f"no backtrace address is inside {self.elf}'s code: is it the ELF of the running firmware?"
+        return PanicReport(reason, backtrace_line.strip(), frames, any_decoded, hint, corrupted)
+
+
+# --------------------------------------------------------------------------- session
+
+
+class MonitorSink:
+    """What a monitor session reports. The CLI implements these to draw."""
+
+    def hello(self, hello: Any) -> None: ...
+
+    def result(self, result: Any, session: "MonitorSession") -> None: ...
+
+    def log(self, text: str) -> None: ...
+
+    def status(self, text: str) -> None:
+        """Connection events: vanished, waiting, reconnected (one line each, for stderr)."""
+
+    def panic(self, report: PanicReport) -> None: ...
+
+    def device_error(self, record: Any) -> None: ...
+
+    def tick(self, session: "MonitorSession") -> None:
+        """Called a few times per second even when nothing arrives (redraw the live view)."""
+
+
+@dataclass
+class MonitorSummary:
+    port: str
+    results: int = 0
+    lost: int = 0  # gaps in result sequence numbers
+    reconnects: int = 0
+    panics: int = 0
+    seconds: float = 0.0
+    fps: float = 0.0
+    invoke_ms: dict[str, float] = field(default_factory=dict)
+    pre_ms: dict[str, float] = field(default_factory=dict)
+    classes: dict[str, int] = field(default_factory=dict)
+    parser: dict[str, int] = field(default_factory=dict)
+    simulated: bool | None = None
+    device: dict[str, Any] = field(default_factory=dict)
+    interrupted: bool = False
+    error: str | None = None
+
+    def to_dict(self) -> dict:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def _ms_stats(values: list[float]) -> dict[str, float]:
+    if not values:
+        return {}
+    return {
+        "mean": sum(values) / len(values),
+        "p50": percentile(values, 50),
+        "p90": percentile(values, 90),
+        "p99": percentile(values, 99),
+        "min": min(values),
+        "max": max(values),
+    }
+
+
+class MonitorSession:
+    """State of one monitor run (readable by sinks while it runs)."""
+
+    def __init__(self, port: str, window: int = 200) -> None:
+        self.port = port
+        self.invoke = RollingStats(window)
+        self.pre = RollingStats(window)
+        self.rate = RateMeter(window_s=5.0)
+        self.all_invoke_ms: list[float] = []
+        self.all_pre_ms: list[float] = []
+        self.classes: Counter[str] = Counter()
+        self.logs: deque[str] = deque(maxlen=LOG_TAIL)
+        self.latest: Any = None
+        self.hello: Any = None
+        self.results = 0
+        self.lost = 0
+        self.reconnects = 0
+        self.panics = 0
+        self._last_seq: int | None = None
+        self.started = time.monotonic()
+
+    def add_result(self, r: Any) -> None:
+        if self._last_seq is not None and r.seq > self._last_seq + 1:
+            self.lost += r.seq - self._last_seq - 1
+        # seq <= last: the device rebooted and counts from 0 again
+        self._last_seq = r.seq
+        self.latest = r
+        self.results += 1
+        inv, pre = r.invoke_us / 1000.0, r.pre_us / 1000.0
+        self.invoke.add(inv)
+        self.pre.add(pre)
+        self.all_invoke_ms.append(inv)
+        self.all_pre_ms.append(pre)
+        self.rate.tick()
+        self.classes[r.label] += 1
+
+    def device_rebooted(self) -> None:
+        self._last_seq = None
+
+    def summary(self, parser_stats: dict[str, int] | None = None) -> MonitorSummary:
+        hello = self.hello
+        return MonitorSummary(
+            port=self.port,
+            results=self.results,
+            lost=self.lost,
+            reconnects=self.reconnects,
+            panics=self.panics,
+            seconds=time.monotonic() - self.started,
+            fps=self.rate.overall(),
+            invoke_ms=_ms_stats(self.all_invoke_ms),
+            pre_ms=_ms_stats(self.all_pre_ms),
+            classes=dict(self.classes),
+            parser=dict(parser_stats or {}),
+            simulated=(self.latest.simulated if self.latest is not None else getattr(hello, "simulated", None)),
+            device=(
+                {k: getattr(hello, k) for k in ("board", "fw", "model", "model_sha256", "idf", "tflm", "esp_nn", "cpu_mhz", "arena_used", "heap_internal", "heap_psram")}
+                if hello is not None
+                else {}
+            ),
+        )
+
+
+def result_row(r: Any) -> dict[str, Any]:
+    """One result as a flat dict for --json / --csv (protocol key names)."""
+    from gendertool.protocol import record_to_dict
+
+    row = record_to_dict(r)
+    row["confidence"] = round(r.confidence, 4) if not math.isnan(r.confidence) else None
+    row["t"] = round(time.time(), 3)
+    return row
+
+
+CSV_FIELDS = ("t", "seq", "source", "sample", "class", "label", "confidence", "probs", "scores", "pre_us", "invoke_us", "simulated")
+
+
+def _open(port: str):
+    from gendertool.transport import open_port
+
+    return open_port(port)
+
+
+class _PanicTracker:
+    """Collects a panic's lines: reason, backtrace, then the ELF SHA256 printed after it.
+
+    ESP-IDF prints "ELF file SHA256" after the backtrace, so a report waits for that line
+    (or "Rebooting...", the next record, a reconnect) before it is decoded and reported.
+    """
+
+    def __init__(self, decoder: PanicDecoder, sink: MonitorSink, session: MonitorSession) -> None:
+        self.decoder = decoder
+        self.sink = sink
+        self.session = session
+        self.reason: str | None = None
+        self.backtrace: str | None = None
+        self.after = 0
+
+    def line(self, text: str) -> None:
+        if _PANIC_START.search(text):
+            self.flush()
+            self.reason = text.strip()
+            return
+        if _BACKTRACE.match(text):
+            self.flush_backtrace_only()
+            self.backtrace = text
+            self.after = 0
+            return
+        if self.backtrace is None:
+            return
+        m = _ELF_SHA.search(text)
+        if m:
+            self.flush(m.group(1))
+            return
+        self.after += 1
+        if "Rebooting" in text or "CPU halted" in text or self.after >= 4:
+            self.flush()
+
+    def flush_backtrace_only(self) -> None:
+        if self.backtrace is not None:
+            self.flush()
+
+    def flush(self, elf_sha: str | None = None) -> None:
+        if self.backtrace is None:
+            return
+        self.session.panics += 1
+        report = self.decoder.decode(self.reason or "panic", self.backtrace, elf_sha)
+        self.reason = self.backtrace = None
+        self.after = 0
+        self.sink.panic(report)
+
+
+def run_monitor(
+    port: str,
+    sink: MonitorSink,
+    *,
+    count: int | None = None,
+    timeout: float = DEFAULT_TIMEOUT_S,
+    source: str | None = None,
+    elf: str | Path | None = None,
+    opener: Callable[[str], Any] | None = None,
+    toolchain_prefix: str = TOOLCHAIN_PREFIX,
+    clock: Callable[[], float] = time.monotonic,
+) -> MonitorSummary:
+    """Follow ``port`` until ``count`` results, Ctrl-C, or a failure (then ``summary.error``).
+
+    ``timeout``: how long the port may stay away (unplug, reset) and how long the device
+    may stay silent before the monitor gives up.
+    """
+    from gendertool.protocol import Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
+
+    if count is not None and count < 1:
+        raise GendertoolError(f"--count must be at least 1, got {count}")
+    if timeout <= 0:
+        raise GendertoolError(f"--timeout must be positive, got {timeout}")
+    if source is not None and source not in ("sample", "camera", "upload"):
+        raise GendertoolError(f"--source must be sample or camera, not {source!r}")
+
+    link = (opener or _open)(port)  # DeviceError (missing/busy/permission) propagates
+    session = MonitorSession(port)
+    parser = StreamParser()
+    panics = _PanicTracker(PanicDecoder(elf, toolchain_prefix), sink, session)
+    we_started = False
+    last_data = clock()
+    last_tick = 0.0
+
+    def greet() -> None:
+        link.write(encode_command("info"))
+
+    info_reply_due = False
+
+    def on_hello(h: Any) -> None:
+        nonlocal we_started, info_reply_due
+        boot = not info_reply_due  # a hello that does not answer our `info` comes from a (re)boot
+        info_reply_due = False
+        previous = session.hello
+        if boot and previous is not None:
+            session.device_rebooted()
+            sink.status(f"{port}: the device rebooted")
+        session.hello = h
+        if previous is None or (previous.fw, previous.model_sha256, previous.board) != (h.fw, h.model_sha256, h.board):
+            sink.hello(h)
+        if h.proto != 1:
+            raise DeviceError(f"the device speaks protocol version {h.proto}; this gendertool knows version 1: update one of them")
+        if source is not None and h.source != source:
+            link.write(encode_command("source", source))
+        if not h.running:
+            link.write(encode_command("start"))
+            we_started = True
+
+    error: str | None = None
+    interrupted = False
+    try:
+        greet()
+        while count is None or session.results < count:
+            try:
+                data = link.read(READ_SLICE_S)
+            except DeviceError as exc:
+                # The XIAO's USB-Serial-JTAG port disappears on every reset: wait for it
+                # (the transport's reconnect polls until the port opens again or timeout).
+                panics.flush()
+                parser.reset()
+                session.reconnects += 1
+                sink.status(f"{exc}; waiting up to {timeout:g} s for {port} to come back")
+                try:
+                    link.reconnect(timeout)
+                except DeviceError as gone:
+                    raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
+                sink.status(f"{port} is back; reconnected")
+                last_data = clock()
+                greet()
+                continue
+            now = clock()
+            if data:
+                last_data = now
+                for item in parser.feed(data):
+                    if isinstance(item, LogLine):
+                        session.logs.append(item.text)
+                        sink.log(item.text)
+                        panics.line(item.text)
+                        continue
+                    panics.flush()
+                    if isinstance(item, Result):
+                        session.add_result(item)
+                        sink.result(item, session)
+                        if count is not None and session.results >= count:
+                            break
+                    elif isinstance(item, Hello):
+                        on_hello(item)
+                    elif isinstance(item, ErrorRecord):
+                        sink.device_error(item)
+                    elif isinstance(item, Ack):
+                        if item.cmd == "info":
+                            info_reply_due = True
+            elif now - last_data > timeout:
+                raise DeviceError(
+                    f"no data from {port} for {timeout:g} s; is the gendertool firmware running? "
+                    "(`gendertool flash`, or raise --timeout)"
+                )
+            if now - last_tick >= 0.1:
+                last_tick = now
+                sink.tick(session)
+    except KeyboardInterrupt:
+        interrupted = True
+    except DeviceError as exc:
+        error = str(exc)
+    finally:
+        panics.flush()
+        if we_started:
+            try:
+                link.write(encode_command("stop"))
+            except Exception:  # the port may be gone; stopping is a courtesy
+                pass
+        link.close()
+
+    summary = session.summary(parser.stats.as_dict())
+    summary.interrupted = interrupted
+    summary.error = error
+    return summary
