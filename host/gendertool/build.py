@@ -57,7 +57,7 @@ DEFAULT_OUT = Path("build")
 # long one attempt to install the platform may take before we call it unreachable.
 PIO_CMD_ENV = "GENDERTOOL_PIO"
 PIO_INSTALL_TIMEOUT_ENV = "GENDERTOOL_PIO_INSTALL_TIMEOUT"
-PIO_INSTALL_TIMEOUT_S = 180.0
+PIO_INSTALL_TIMEOUT_S = 90.0
 
 TAIL_LINES = 200
 
@@ -343,7 +343,9 @@ def _fetch_failure(lines: Sequence[str]) -> str | None:
         if m:
             installing = m.group(2).strip()
         if _PIO_FETCH_FAILURE.search(line):
-            reason = line.strip() or "download failed"
+            reason = line.strip().rstrip(":")
+            if reason in ("HTTPClientError", "InternetConnectionError"):
+                reason += ", the PlatformIO registry or its download servers are unreachable from here"
             return f"{installing}: {reason}" if installing else reason
     return None
 
