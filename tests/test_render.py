@@ -161,3 +161,15 @@ def test_strict_undefined_catches_a_missing_key(model):
 )
 def test_c_string_escapes(text, literal):
     assert c_string(text) == literal
+
+
+@pytest.mark.parametrize("board", BOARDS)
+def test_main_cmakelists_builds_every_source(model, board, tmp_path):
+    b = get_board(board)
+    render_project(model, b, tmp_path, input_source="camera" if b.has_camera else "sample")
+    text = (tmp_path / "main" / "CMakeLists.txt").read_text()
+    listed = set(re.findall(r'"(\w+\.cc)"', text))
+    present = {p.name for p in (tmp_path / "main").glob("*.cc")}
+    expected = present if b.has_camera else present - {"camera_provider.cc"}
+    assert listed == expected
+    assert "idf_component_register(" in text
