@@ -241,9 +241,11 @@ def test_stop_start_and_source_upload(serve):
     client, _ = serve(period_ms=5)
     results(client, 2)
     client.stop()
+    client.poll(0)  # results that arrived before the stop's ack
     assert not [x for x in client.records(timeout=0.3) if isinstance(x, p.Result)]
     client.set_source("upload")
     client.start()
+    client.poll(0)
     assert not [x for x in client.records(timeout=0.3) if isinstance(x, p.Result)]
     client.set_source("sample")
     assert len(results(client, 3)) == 3
