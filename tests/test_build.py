@@ -576,3 +576,39 @@ def test_build_with_stand_in_pio_writes_manifest_and_reports_sizes(cli, tmp_path
     assert manifest["sizes"] == {"flash_bytes": 1031250, "dram_bytes": 32404, "iram_bytes": None}
     assert "manifest" in r.stdout and str(out / builder.MANIFEST_NAME) in r.stdout.replace("\n", "")
     assert "Processing xiao_esp32s3" in (out / builder.LOG_NAME).read_text()
+
+
+def test_prebuild_script_main_renders_then_delegates(tmp_path, monkeypatch):
+    """main(env) as PlatformIO runs it: options from the env, render, nested `pio run`, exit code."""
+    import types
+
+    script = runpy.run_path(str(REPO / "scripts" / "pio_prebuild.py"), run_name="pio_prebuild")
+    fake_scons = types.ModuleType("SCons.Script")
+    fake_scons.ARGUMENTS = {"PIOVERBOSE": "0"}
+    fake_scons.COMMAND_LINE_TARGETS = ["upload"]
+    monkeypatch.setitem(sys.modules, "SCons.Script", fake_scons)
+    calls = []
+    monkeypatch.setattr(script["subprocess"], "call", lambda cmd: calls.append(cmd) or 7)
+
+    class Env:
+        options = {"custom_gendertool_board": "xiao_esp32s3_sense", "custom_gendertool_input": "camera",
+                   "custom_gendertool_model": "", "custom_gendertool_labels": "f,m"}
+        values = {"$PIOENV": "sense", "$PROJECT_DIR": str(tmp_path), "$PYTHONEXE": "/py", "$UPLOAD_PORT": ""}
+        exited = None
+
+        def subst(self, key):
+            return self.values[key]
+
+        def GetProjectOption(self, name, default=None):
+            return self.options.get(name, default)
+
+        def Exit(self, code):
+            Env.exited = code
+
+    script["main"](Env())
+    out = tmp_path / ".pio" / "gendertool" / "sense"
+    assert Env.exited == 7
+    assert calls == [["/py", "-m", "platformio", "run", "-d", str(out), "-e", "xiao_esp32s3_sense", "-t", "upload"]]
+    assert ini(out / "platformio.ini").envs() == ["xiao_esp32s3_sense"]
+    settings = (out / "main" / "model_settings.cc").read_text()
+    assert '"f"' in settings and '"m"' in settings
