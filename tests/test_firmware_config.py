@@ -115,7 +115,7 @@ API = {
     "data": (TFLM, TFLM_C),
     "int8": (TFLM, TFLM_C),
     # Kconfig symbols read by the sources (besides the app's own CONFIG_APP_*)
-    "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ": (KCONFIG, "esp-idf components/esp_system/Kconfig"),
+    "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ": (KCONFIG, "esp-idf components/esp_system/port/soc/esp32s3/Kconfig.cpu"),
 }
 
 # Names the sources use that look like platform API but are ours (or plain C/C++).

@@ -37,7 +37,11 @@ int LogVprintf(const char* fmt, va_list args) {
   char chunk[320];  // on the calling task's stack: keep it modest
   const int n = vsnprintf(chunk, sizeof chunk, fmt, args);
   if (n <= 0) return n;
-  size_t len = static_cast<size_t>(n) < sizeof chunk ? static_cast<size_t>(n) : sizeof chunk - 1;
+  size_t len = static_cast<size_t>(n);
+  if (len >= sizeof chunk) {  // truncated: end the line here rather than join the next one
+    len = sizeof chunk - 1;
+    chunk[len - 1] = '\n';
+  }
   xSemaphoreTakeRecursive(g_lock, portMAX_DELAY);
   const size_t room = kLogLineMax - g_pending_len;
   const size_t take = len < room ? len : room;
