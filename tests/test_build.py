@@ -497,6 +497,23 @@ def test_manifest_from_pio_build(tmp_path, with_flasher_args):
     _check_merged(out, manifest, ("dio", "80m", "8MB"))
 
 
+def test_newer_esp_idf_flasher_args_spelling(tmp_path):
+    """Newer ESP-IDF registers the table as "partition_table" and writes hyphenated esptool args."""
+    out = tmp_path / "proj"
+    b = fake_idf_build(out)
+    fa = json.loads((b / "flasher_args.json").read_text())
+    fa["partition_table"] = fa.pop("partition-table")
+    fa["write_flash_args"] = ["--flash-mode", "dio", "--flash-size", "8MB", "--flash-freq", "80m"]
+    (b / "flasher_args.json").write_text(json.dumps(fa))
+    names = [(i.name, i.offset) for i in builder.read_idf_build(b).images]
+    assert names == [("bootloader", 0), ("partition-table", 0x8000), ("app", 0x10000)]
+    p = fake_pio_build(tmp_path / "pio", "e", with_flasher_args=True)
+    fa = json.loads((p / "flasher_args.json").read_text())
+    fa["partition_table"] = fa.pop("partition-table")
+    (p / "flasher_args.json").write_text(json.dumps(fa))
+    assert [i.offset for i in builder.read_pio_build(p).images] == [0, 0x8000, 0x20000]
+
+
 def test_incomplete_builds_are_errors(tmp_path):
     b = fake_idf_build(tmp_path / "idf")
     (b / "gendertool.bin").unlink()

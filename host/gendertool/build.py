@@ -446,7 +446,7 @@ def read_pio_build(build_dir: Path, *, firmware_name: str = "firmware") -> Build
         fa = _load_json(flasher)
         settings = _flash_settings(fa, flasher)
         offsets = {role: _role_offset(fa, role, flasher) for role in ("bootloader", "partition-table", "app")}
-        if isinstance(fa.get("otadata"), dict):
+        if "otadata" in _roles(fa):
             offsets["otadata"] = _role_offset(fa, "otadata", flasher)
     else:
         sdk_path = build_dir / "config" / "sdkconfig.json"
@@ -615,9 +615,7 @@ def read_idf_build(build_dir: Path) -> BuildOutput:
     if not isinstance(files, dict) or not files:
         raise BuildError(f"{flasher} lists no flash_files")
     # Name each file by the role entry pointing at it (bootloader, app, partition-table, ...).
-    roles = {
-        str(v["file"]): k for k, v in fa.items() if isinstance(v, dict) and "file" in v and "offset" in v
-    }
+    roles = {str(v["file"]): k for k, v in _roles(fa).items()}
     images = []
     for off, rel in files.items():
         path = build_dir / str(rel)
@@ -706,9 +704,21 @@ def _parse_offset(value: Any, where: Path) -> int:
         raise BuildError(f"{where}: offset {value!r} is not a number") from None
 
 
+# ESP-IDF 5.x names the partition table image "partition-table" in flasher_args.json; newer
+# releases register it as "partition_table". The manifest always uses the first spelling.
+_ROLE_ALIASES = {"partition_table": "partition-table"}
+
+
+def _roles(fa: dict) -> dict[str, dict]:
+    """flasher_args.json's per-image entries ({"offset", "file", ...}) by normalised name."""
+    return {
+        _ROLE_ALIASES.get(k, k): v for k, v in fa.items() if isinstance(v, dict) and "offset" in v and "file" in v
+    }
+
+
 def _role_offset(fa: dict, role: str, where: Path) -> int:
-    entry = fa.get(role)
-    if not isinstance(entry, dict) or "offset" not in entry:
+    entry = _roles(fa).get(role)
+    if entry is None:
         raise BuildError(f"{where} has no {role!r} entry with an offset")
     return _parse_offset(entry["offset"], where)
 

@@ -71,6 +71,7 @@ class _BuildView:
         self.step = "starting"
         self.count = 0
         self.fraction: tuple[int, int] | None = None
+        self.compiled = 0  # PlatformIO prints "Compiling <object>" without a total
         self.started = time.monotonic()
         self._live = None
         self._last_draw = 0.0
@@ -104,6 +105,8 @@ class _BuildView:
         m = _NINJA_STEP.match(text)
         if m:
             self.fraction = (int(m.group(1)), int(m.group(2)))
+        elif text.startswith("Compiling "):
+            self.compiled += 1
         self._draw()
 
     def _draw(self, force: bool = False) -> None:
@@ -119,7 +122,10 @@ class _BuildView:
         from gendertool.present import log_panel
 
         elapsed = int(now - self.started)
-        progress = f" [{self.fraction[0]}/{self.fraction[1]}]" if self.fraction else ""
+        if self.fraction:
+            progress = f" [{self.fraction[0]}/{self.fraction[1]}]"
+        else:
+            progress = f" [{self.compiled} compiled]" if self.compiled else ""
         head = Spinner("dots", text=f"{self.step}{progress}  {elapsed // 60}:{elapsed % 60:02d}  ({self.count} lines)")
         self._live.update(Group(head, log_panel(self.lines, title="toolchain output", height=SHOWN_LINES)))
 
