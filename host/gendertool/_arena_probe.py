@@ -61,7 +61,8 @@ def run_probe(
     cmd = [sys.executable, "-m", "gendertool._arena_probe", "--arena", str(arena_size)]
     if not search:
         cmd.append("--no-search")
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    # one BLAS thread: the child forks trial processes, which must not inherit a thread pool
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OPENBLAS_NUM_THREADS="1", OMP_NUM_THREADS="1")
     try:
         proc = subprocess.run(cmd, input=data, capture_output=True, timeout=timeout, env=env)
     except subprocess.TimeoutExpired:

@@ -6,16 +6,17 @@ body), so the firmware's generated resolver and ``gendertool inspect`` agree on 
 ``AddEthosU`` is left out: its custom name comes from a stub that returns "" without an Arm
 Ethos-U NPU, which no ESP32 has.
 
-Source snapshot: esp-tflite-micro master 99f49e1 (idf_component.yml 1.4.0, newest tag v1.3.8).
-The firmware pins a 1.3.x release; the Add* methods our classifiers need (conv, depthwise
-conv, add, pad, pooling, mean, fully connected, reshape, softmax, (de)quantize) exist there
-with these names. An operator that only a newer release adds would fail at the firmware's
-compile step, not silently.
+Source snapshot: esp-tflite-micro master 99f49e1 = ``git describe`` v1.3.8-11-g99f49e1, 11
+commits after the v1.3.8 tag the firmware pins (its idf_component.yml already says 1.4.0).
+The Add* methods our classifiers need (conv, depthwise conv, add, pad, pooling, mean, fully
+connected, reshape, softmax, (de)quantize) are long-standing. Should one of those 11 commits
+have added an operator, a model using it would fail at the firmware's compile step, not
+silently.
 """
 
 from __future__ import annotations
 
-TFLM_SOURCE = "espressif/esp-tflite-micro master 99f49e1 (1.4.0)"
+TFLM_SOURCE = "esp-tflite-micro v1.3.8-11-g99f49e1"
 
 # BuiltinOperator name -> MicroMutableOpResolver method
 _BUILTIN = """
