@@ -273,3 +273,49 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
         assert cls == int(np.argmax(ref)) == int(stats[0])
         assert stats[1] == "0"
         np.testing.assert_allclose([float(v) for v in stats[2:]], softmax_probs(ref[None, :], model.output).reshape(-1), atol=2e-6)
+
+
+STATS_DRIVER = r"""
+#include <cstdio>
+#include "inference_stats.h"
+
+int main() {
+  // scores as three int8 vectors, then bench times; prints results one per line
+  const int8_t a[4] = {-128, 5, 5, 127};
+  const int8_t b[4] = {-120, 5, 9, 100};
+  const int8_t logits[3] = {-20, 30, 7};
+  const int8_t soft[2] = {-128, 127};
+  std::printf("argmax %d %d\n", gt::ArgMax(a, 4), gt::ArgMax(logits, 3));
+  std::printf("diff %d %d\n", gt::MaxAbsDiff(a, b, 4), gt::MaxAbsDiff(a, a, 4));
+  float p[3];
+  gt::Probabilities(logits, 3, 0.125f, 3, p);
+  std::printf("logits %.7f %.7f %.7f\n", p[0], p[1], p[2]);
+  gt::Probabilities(soft, 2, 1.0f / 256, -128, p);
+  std::printf("soft %.7f %.7f\n", p[0], p[1]);
+  gt::BenchStats s;
+  const uint32_t t[5] = {900, 700, 1200, 700, 1000};
+  for (uint32_t v : t) s.Add(v);
+  std::printf("bench %u %u %u %llu %.1f\n", s.n, s.min_us, s.max_us, static_cast<unsigned long long>(s.total_us), s.mean_us());
+  return 0;
+}
+"""
+
+
+def test_inference_stats_match_the_host_rules(tmp_path):
+    from gendertool.model import TensorInfo
+    from gendertool.runtime import softmax_probs
+
+    (tmp_path / "stats.cc").write_text(STATS_DRIVER)
+    exe = tmp_path / "stats"
+    proc = subprocess.run(["g++", *CXXFLAGS, f"-I{FW_MAIN}", str(tmp_path / "stats.cc"), "-o", str(exe)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    out = dict(line.split(" ", 1) for line in subprocess.run([str(exe)], capture_output=True, text=True, check=True).stdout.splitlines())
+    a = np.array([-128, 5, 5, 127], dtype=np.int8)
+    logits = np.array([-20, 30, 7], dtype=np.int8)
+    assert out["argmax"].split() == [str(int(np.argmax(a))), str(int(np.argmax(logits)))]
+    assert out["diff"] == "27 0"
+    want = softmax_probs(logits[None, :], TensorInfo("o", (1, 3), "int8", 0.125, 3)).reshape(-1)
+    np.testing.assert_allclose([float(v) for v in out["logits"].split()], want, atol=1e-6)
+    want = softmax_probs(np.array([[-128, 127]], dtype=np.int8), TensorInfo("o", (1, 2), "int8", 1 / 256, -128)).reshape(-1)
+    np.testing.assert_allclose([float(v) for v in out["soft"].split()], want, atol=1e-7)
+    assert out["bench"] == "5 700 1200 4500 900.0"
