@@ -310,6 +310,9 @@ def write_json_atomic(path: Path, data: dict) -> None:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=1, allow_nan=False, default=str)
             fh.write("\n")
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -503,13 +506,19 @@ def run_bench(
 
 
 def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, progress: ProgressFn, flush) -> None:
+    """Time ``runs`` full inferences from the continuous stream, then restore its state."""
+    was_running = bool(result.device.get("running", False))
     progress("runs", 0, runs)
+    client.stop()
+    client.poll(0)  # results from before this point may come from another source: drop them
     client.start()
     try:
         deadline = time.monotonic() + timeout_s
         for rec in client.records(timeout=timeout_s):
             if rec_type(rec) == "result":
                 d = rec_dict(rec)
+                if d.get("source") != result.input:
+                    continue
                 result.runs.append(Run(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"])))
                 progress("runs", len(result.runs), runs)
                 flush()
@@ -518,26 +527,26 @@ def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, pr
             if time.monotonic() > deadline:
                 break
     finally:
-        try:
-            client.stop()
-        except GendertoolError:
-            if len(result.runs) >= runs:
-                raise
+        if not was_running:
+            try:
+                client.stop()
+            except GendertoolError:
+                if len(result.runs) >= runs:
+                    raise
     if len(result.runs) < runs:
         raise DeviceError(f"only {len(result.runs)} of {runs} inference results arrived within {timeout_s:.0f} s")
 
 
 def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
-    """Per-node ``profile`` records (or a ready list) -> per-operator table, estimated flag."""
-    if isinstance(records, tuple) and len(records) == 2 and not isinstance(records[0], (str, dict)):
-        records = list(records[0])  # (nodes, psummary) shape
+    """``DeviceClient.profile()``'s (per-node records, psummary) -> per-operator table, estimated flag."""
+    if isinstance(records, tuple) and len(records) == 2 and isinstance(records[0], list):
+        nodes, summary = records
+    else:
+        nodes, summary = list(records or []), None
+    estimated = bool(rec_dict(summary).get("estimated", False)) if summary is not None else False
     rows = []
-    estimated = False
-    for rec in records or []:
+    for rec in nodes:
         d = rec_dict(rec)
-        if "op" not in d:
-            estimated = estimated or bool(d.get("estimated", False))
-            continue
         rows.append((str(d["op"]), 1, int(d["us"])))
         estimated = estimated or bool(d.get("estimated", False))
     return profile_table(rows), estimated
@@ -620,34 +629,11 @@ def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
         raise errors[0]
 
 
-def default_connect(port: str):
-    """Open ``port`` and wrap it in a DeviceClient (context manager closing the port)."""
+def default_connect(port: str) -> Any:
+    """Open ``port`` as a :class:`~gendertool.link.DeviceClient` (a context manager closing it)."""
     from gendertool.link import DeviceClient
-    from gendertool.transport import open_port
 
-    return _Session(lambda: DeviceClient(open_port(port)))
-
-
-class _Session:
-    def __init__(self, factory: Callable[[], Any]) -> None:
-        self._factory = factory
-        self.client = None
-
-    def __enter__(self):
-        self.client = self._factory()
-        enter = getattr(self.client, "__enter__", None)
-        return enter() if enter else self.client
-
-    def __exit__(self, *exc) -> None:
-        if self.client is None:
-            return
-        exit_ = getattr(self.client, "__exit__", None)
-        if exit_:
-            exit_(*exc)
-        else:
-            close = getattr(self.client, "close", None)
-            if close:
-                close()
+    return DeviceClient.open(port)
 
 
 # --------------------------------------------------------------------------- firmware-variant matrix

@@ -21,7 +21,7 @@ def _pyplot():
 
 
 def _title(text: str, simulated: bool) -> str:
-    return f"SIMULATED - {text}" if simulated else text
+    return f"SIMULATED (host timings, not a board's) - {text}" if simulated else text
 
 
 def latency_histogram(result: "BenchResult", path: Path) -> Path:
@@ -53,7 +53,8 @@ def latency_histogram(result: "BenchResult", path: Path) -> Path:
     return path
 
 
-def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", simulated: bool = False) -> Path:
+def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", simulated: bool = False,
+                  estimated: bool = False) -> Path:
     """Horizontal bars: total time per operator, slowest on top, share annotated."""
     plt = _pyplot()
     rows = list(rows)
@@ -66,7 +67,8 @@ def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", si
             ax.text(bar.get_width(), bar.get_y() + bar.get_height() / 2, f" {r.share * 100:.1f}% (x{r.count})",
                     va="center", fontsize=8)
         ax.set_xlabel("time per inference [ms]")
-        ax.set_title(_title(f"Per-operator time{(' on ' + board) if board else ''}", simulated), fontsize=10)
+        ax.set_title(_title(f"Per-operator time{(' on ' + board) if board else ''}{' (estimated)' if estimated else ''}",
+                            simulated), fontsize=10)
         ax.margins(x=0.2)
         ax.grid(axis="x", alpha=0.3)
         fig.tight_layout()
@@ -83,5 +85,6 @@ def write_plots(result: "BenchResult", out_dir: Path) -> list[Path]:
     if result.samples:
         paths.append(latency_histogram(result, out_dir / "latency_hist.png"))
     if result.profile:
-        paths.append(operator_bars(result.profile, out_dir / "operators.png", board=result.board, simulated=result.simulated))
+        paths.append(operator_bars(result.profile, out_dir / "operators.png", board=result.board,
+                                   simulated=result.simulated, estimated=result.profile_estimated))
     return paths

@@ -139,7 +139,10 @@ def _ms(us: float) -> str:
 
 
 def _sim(simulated: bool) -> str:
-    return "SIMULATED (virtual device: host computer timings, not the board's) - " if simulated else ""
+    return "SIMULATED " if simulated else ""
+
+
+SIM_NOTE = "simulated: the virtual device's figures are this computer's timings, not a board's"
 
 
 def present_bench(r: "BenchResult", out: "Console") -> None:
@@ -171,13 +174,15 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
                   f"{REFERENCE_MS:.0f} ms reference (Seeed card, XIAO ESP32S3)")
     else:
         out.print(f"{_sim(r.simulated)}no samples received from {escape(r.port)}")
-    mem = r.memory
+    mem = {k: v for k, v in r.memory.items() if v}
     if mem:
-        parts = [f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()]
-        out.print(f"memory: {', '.join(parts)}")
+        out.print("memory: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()))
+    else:
+        out.print("memory: not reported by the device")
     versions = ", ".join(f"{k} {dev[k]}" for k in ("fw", "idf", "tflm", "esp_nn") if dev.get(k))
     if versions:
-        out.print(f"firmware: {escape(versions)}; {dev.get('cpu_mhz', '?')} MHz")
+        mhz = f"; CPU {dev['cpu_mhz']} MHz" if dev.get("cpu_mhz") else ""
+        out.print(f"firmware: {escape(versions)}{mhz}")
     if r.profile:
         p = Table(title=f"{_sim(r.simulated)}per-operator time of one Invoke(){' (estimated)' if r.profile_estimated else ''}",
                   title_justify="left")
@@ -189,6 +194,8 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
     if r.path:
         state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
         out.print(f"bench.json: {escape(str(r.path))} ({state})")
+    if r.simulated:
+        out.print(SIM_NOTE)
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:
