@@ -416,3 +416,8 @@ def test_ops_methods_exist_in_tflm_api(refdata):
 
 def test_unknown_board(cli, write, tiny):
     rejected(cli, write(tiny), "nope", "xiao_esp32s3", args=("--board", "nope", "--no-arena"))
+
+
+def test_message_text_is_printed_verbatim(cli, write):
+    """File bytes quoted in a message (here ":x:0") must not turn into Rich emoji."""
+    rejected(cli, write(b"root:x:0:0:root:/root:/bin/bash\n" * 4, "passwd"), "b':x:0'")

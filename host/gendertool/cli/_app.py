@@ -15,8 +15,8 @@ app = typer.Typer(
 )
 
 # stdout carries results (tables, JSON); stderr carries progress, logs and errors.
-console = Console(highlight=False)
-err_console = Console(stderr=True, highlight=False)
+console = Console(highlight=False, emoji=False)  # user text like ":x:" stays text
+err_console = Console(stderr=True, highlight=False, emoji=False)
 
 
 def _print_version(value: bool) -> None:
