@@ -629,3 +629,81 @@ def test_prebuild_script_main_renders_then_delegates(tmp_path, monkeypatch):
     assert ini(out / "platformio.ini").envs() == ["xiao_esp32s3_sense"]
     settings = (out / "main" / "model_settings.cc").read_text()
     assert '"f"' in settings and '"m"' in settings
+
+
+FAKE_IDF = r'''
+import json, os, sys
+args = sys.argv[1:]
+with open(os.environ["FAKE_IDF_CALLS"], "a") as fp:
+    fp.write(" ".join(args) + "\n")
+action = args[4]
+if os.environ["FAKE_IDF_MODE"] == "no-env" and action == "set-target":
+    print("ERROR: ESP-IDF Python virtual environment not found. Please run the install script.")
+    sys.exit(1)
+if action == "build":
+    print("[1/2] Building C object esp-idf/main/CMakeFiles/__idf_main.dir/main.cc.obj")
+    print("[2/2] Generating binary image from built executable")
+    print("gendertool.bin binary size 0x10a2b0 bytes. Smallest app partition is 0x2c0000 bytes.")
+    sys.exit(0)
+if action == "size":
+    print("Executing action: size")
+    print(json.dumps({"version": "1.0", "layout": [
+        {"name": "DIRAM", "total": 341760, "used": 60000, "free": 0, "parts": {".dram0.data": {"size": 20000}, ".dram0.bss": {"size": 30000}, ".iram0.text": {"size": 10000}}},
+        {"name": "IRAM", "total": 16384, "used": 16000, "free": 384, "parts": {".text": {"size": 16000}}},
+        {"name": "Flash Code", "total": 1, "used": 800000, "free": 0, "parts": {}},
+        {"name": "Flash Data", "total": 1, "used": 290000, "free": 0, "parts": {}}]}, indent=4))
+    sys.exit(0)
+sys.exit(0)
+'''
+
+
+@pytest.fixture
+def fake_idf(tmp_path, monkeypatch):
+    idf = tmp_path / "esp-idf"
+    (idf / "tools" / "cmake").mkdir(parents=True)
+    (idf / "tools" / "idf.py").write_text(FAKE_IDF)
+    monkeypatch.setenv("IDF_PATH", str(idf))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    calls = tmp_path / "idf_calls.txt"
+    monkeypatch.setenv("FAKE_IDF_CALLS", str(calls))
+
+    def use(mode: str, version: tuple[int, int, int]) -> Path:
+        monkeypatch.setenv("FAKE_IDF_MODE", mode)
+        (idf / "tools" / "cmake" / "version.cmake").write_text(
+            "".join(f"set(IDF_VERSION_{k} {v})\n" for k, v in zip(("MAJOR", "MINOR", "PATCH"), version))
+        )
+        return calls
+
+    return use
+
+
+def test_idf_environment_not_exported_and_version_warning(cli, tmp_path, fake_idf):
+    calls = fake_idf("no-env", (5, 4, 1))
+    out = tmp_path / "out"
+    r = cli("build", "--backend", "idf", "--out", out)
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "warning: ESP-IDF v5.4.1 found" in r.stderr and "v5.5.3" in r.stderr
+    assert "idf.py set-target esp32s3 failed (exit 1)" in r.stderr and "export.sh" in r.stderr
+    assert calls.read_text().splitlines() == [f"-C {out} -B {out / 'build'} set-target esp32s3"]
+
+
+def test_build_with_stand_in_idf_py_writes_manifest(cli, tmp_path, fake_idf):
+    """Wiring only: idf.py build + size, then flasher_args.json -> manifest, json2 -> sizes."""
+    calls = fake_idf("ok", builder.IDF_VERSION)
+    out = tmp_path / "out"
+    fake_idf_build(out)
+    (out / "build" / "CMakeCache.txt").write_text("")  # configured before: no set-target
+    r = cli("build", "--backend", "idf", "--out", out)
+    assert r.exit_code == 0, r.output
+    assert "warning" not in r.stderr
+    assert calls.read_text().splitlines() == [
+        f"-C {out} -B {out / 'build'} build",
+        f"-C {out} -B {out / 'build'} size --format json2",
+    ]
+    manifest = json.loads((out / builder.MANIFEST_NAME).read_text())
+    assert manifest["backend"] == "idf"
+    assert [i["path"] for i in manifest["images"]] == [
+        "build/bootloader/bootloader.bin", "build/partition_table/partition-table.bin", "build/gendertool.bin"
+    ]
+    assert manifest["sizes"] == {"flash_bytes": 1_090_000, "dram_bytes": 50_000, "iram_bytes": 26_000}
+    assert "[2/2]" in (out / builder.LOG_NAME).read_text()

@@ -573,6 +573,7 @@ def _build_idf(
         stage("warning: " + warning)
     if jobs:
         warnings.append("--jobs applies to PlatformIO only; idf.py lets ninja pick the parallelism")
+        stage("warning: " + warnings[-1])
     build_dir = out / IDF_BUILD_DIR
     base = idf + ["-C", str(out), "-B", str(build_dir)]
     try:

@@ -91,12 +91,15 @@ class _BuildView:
         return False
 
     def stage(self, text: str) -> None:
-        self.step = text
-        if self._live is None:
-            err_console.print(f"[dim]- {text}[/]", highlight=False, soft_wrap=True)
+        from rich.markup import escape
+
+        if text.startswith("warning: "):
+            message = f"[yellow]warning:[/] {escape(text[len('warning: '):])}"
         else:
-            # Steps stay in the scrollback; the live area only shows the current one.
-            self._live.console.print(f"[dim]- {text}[/]", highlight=False, soft_wrap=True)
+            self.step = text
+            message = f"[dim]- {escape(text)}[/]"
+        # Steps stay in the scrollback; the live area only shows the current one.
+        (self._live.console if self._live is not None else err_console).print(message, highlight=False, soft_wrap=True)
         self._draw(force=True)
 
     def line(self, text: str) -> None:
@@ -168,5 +171,3 @@ def _present(result) -> None:
     rows.append(("manifest", str(result.manifest_path)))
     rows.append(("log", str(result.log_path)))
     console.print(kv_table(rows, title="built"))
-    for warning in result.warnings:
-        err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True)
