@@ -420,6 +420,18 @@ def rec_type(rec: Any) -> str:
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 
+def check_request(n: int, warmup: int, input_source: str, runs: int | None = None) -> None:
+    """The firmware's limits (docs/protocol.md), checked before any device is touched."""
+    if not 1 <= n <= 10000:
+        raise GendertoolError(f"-n must be within 1..10000 (the firmware's bench limit), got {n}")
+    if not 0 <= warmup <= 1000:
+        raise GendertoolError(f"--warmup must be within 0..1000, got {warmup}")
+    if input_source not in ("sample", "camera"):
+        raise GendertoolError(f"--input must be 'sample' or 'camera', not {input_source!r}")
+    if runs is not None and runs < 0:
+        raise GendertoolError(f"--full-runs must not be negative, got {runs}")
+
+
 def run_bench(
     client: Any,
     *,
@@ -445,12 +457,7 @@ def run_bench(
     sample received. A lost device does not raise: the result carries ``error`` and the
     completed count; the CLI decides the exit code.
     """
-    if not 1 <= n <= 10000:
-        raise GendertoolError("-n must be within 1..10000 (the firmware's bench limit)")
-    if not 0 <= warmup <= 1000:
-        raise GendertoolError("--warmup must be within 0..1000")
-    if input_source not in ("sample", "camera"):
-        raise GendertoolError(f"--input must be 'sample' or 'camera', not {input_source!r}")
+    check_request(n, warmup, input_source, runs)
     runs = min(n, 20) if runs is None else runs
     progress = on_progress or (lambda phase, done, total: None)
     result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, runs_requested=runs, started=_now())
@@ -583,6 +590,7 @@ def bench_boards(
         raise GendertoolError("give at least one --port")
     if len(set(ports)) != len(ports):
         raise GendertoolError("the same --port is given twice")
+    check_request(n, warmup, input_source, runs)
     connect = connect or default_connect
     results: dict[str, BenchResult] = {}
 

@@ -352,3 +352,26 @@ def device_validation_failure(dv: "DeviceValidation"):
         else:
             parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
     return GendertoolError("; ".join(parts))
+
+
+def validate_on_ports(
+    ports: list[str], images: Path, model: Optional[str], labels: Optional[list[str]], *, limit: Optional[int],
+    min_parity: float, as_json: bool, show_images: bool,
+) -> None:
+    """``gendertool validate --port P... --images DIR``: runs on each board, one report per board."""
+    import json
+
+    from gendertool.device_validate import validate_devices
+
+    with _BoardProgress(ports) as progress:
+        dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity, progress=progress)
+    if as_json:
+        console.print_json(json.dumps(dv.to_dict(), default=str))
+    else:
+        present_device_validation(dv, console, show_images=show_images)
+    if dv.skipped:
+        names = ", ".join(s.path for s in dv.skipped[:10]) + (", ..." if len(dv.skipped) > 10 else "")
+        err_console.print(f"warning: skipped {len(dv.skipped)} file(s) that are not readable images: {names}", soft_wrap=True)
+    failure = device_validation_failure(dv)
+    if failure is not None:
+        raise failure

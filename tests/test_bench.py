@@ -1,0 +1,203 @@
+"""`gendertool bench` end to end against the virtual device (socket:// and --port sim)."""
+
+from __future__ import annotations
+
+import json
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from gendertool import bench
+from gendertool.bench import BenchResult, Run, Sample
+
+
+@pytest.fixture(scope="module")
+def model_info():
+    from gendertool.model import load_model
+
+    return load_model(None, measure_arena=False)
+
+
+@pytest.fixture
+def sim_server(model_info):
+    """Start virtual devices on 127.0.0.1 (socket://); ``make(**SimDevice kwargs)`` -> server."""
+    from gendertool.simdevice import SimDevice, SimServer
+
+    servers = []
+
+    def make(**kw):
+        kw.setdefault("period_ms", 10)
+        server = SimServer(SimDevice(model_info, boot_delay_s=0.05, **kw)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def _free_port_url() -> str:
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()  # nothing listens there now: connecting is refused
+    return f"socket://127.0.0.1:{port}"
+
+
+def _png_ok(path: Path) -> None:
+    from PIL import Image
+
+    raw = path.read_bytes()
+    assert raw[:8] == b"\x89PNG\r\n\x1a\n"
+    w, h = struct.unpack(">II", raw[16:24])
+    assert 300 <= w <= 4000 and 150 <= h <= 4000
+    with Image.open(path) as im:
+        im.verify()
+
+
+def test_help(cli):
+    r = cli("bench", "--help")
+    assert r.exit_code == 0
+    for opt in ("--port", "--warmup", "--input", "--profile", "--out", "--compare", "--matrix"):
+        assert opt in r.stdout
+
+
+def test_bench_socket_sim(cli, sim_server, tmp_path):
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "2", "--full-runs", "4", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "SIMULATED latency on sim" in r.stdout
+    for row in ("preprocessing", "Invoke()", "total", "FPS"):
+        assert row in r.stdout
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["simulated"] is True and data["complete"] is True and data["error"] is None
+    assert data["completed"] == 40 and len(data["samples"]) == 40
+    assert [s["seq"] for s in data["samples"]] == list(range(40))
+    assert all(s["invoke_us"] > 0 for s in data["samples"])
+    assert len(data["runs"]) == 4 and all(r_["total_us"] == r_["pre_us"] + r_["invoke_us"] for r_ in data["runs"])
+    assert data["model"]["sha256"] == data["device"]["model_sha256"] and len(data["model"]["sha256"]) == 64
+    assert data["device_summary"]["n"] == 40
+    # the statistics in the file are those of the samples in the file
+    assert data["stats"]["invoke_us"]["max"] == max(s["invoke_us"] for s in data["samples"])
+    _png_ok(tmp_path / "latency_hist.png")
+    assert not (tmp_path / "operators.png").exists()
+
+
+def test_bench_port_sim_with_profile(cli, tmp_path):
+    r = cli("bench", "--port", "sim", "-n", "10", "--warmup", "0", "--full-runs", "2", "--profile", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    assert "per-operator time" in r.stdout and "(estimated)" in r.stdout
+    assert "CONV_2D" in r.stdout
+    data = json.loads((tmp_path / "bench.json").read_text())
+    ops = data["profile"]
+    assert ops and data["profile_estimated"] is True
+    assert [o["total_us"] for o in ops] == sorted((o["total_us"] for o in ops), reverse=True)
+    assert sum(o["share"] for o in ops) == pytest.approx(1.0, abs=1e-6)
+    for name in ("latency_hist.png", "operators.png"):
+        _png_ok(tmp_path / name)
+
+
+def test_disconnect_mid_run_keeps_samples(cli, sim_server, tmp_path):
+    from gendertool.simdevice import SimFaults
+
+    # no autostart: the records on the connection are boot, replies and bench batches only
+    server = sim_server(autostart=False, faults=SimFaults(disconnect_after=8))
+    r = cli("bench", "--port", server.url, "-n", "200", "--warmup", "0", "--out", tmp_path)
+    assert r.exit_code == 2
+    data = json.loads((tmp_path / "bench.json").read_text())
+    done = data["completed"]
+    assert 0 < done < 200 and len(data["samples"]) == done
+    assert data["complete"] is False and "disconnected" in data["error"]
+    assert f"{done} of 200 runs completed" in r.stderr
+    assert str(tmp_path / "bench.json") in r.stderr.replace("\n", "")
+    # the samples kept still make a table and a plot
+    assert "INCOMPLETE" in r.stdout
+    _png_ok(tmp_path / "latency_hist.png")
+
+
+def test_camera_on_sim_is_refused_cleanly(cli, sim_server, tmp_path):
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "5", "--input", "camera", "--out", tmp_path)
+    assert r.exit_code == 2
+    assert "unsupported" in r.stderr and "camera" in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_bad_input_option(cli):
+    r = cli("bench", "--port", "sim", "--input", "webcam")
+    assert r.exit_code == 2 and "sample" in r.output and "camera" in r.output
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [(["-n", "0"], "1..10000"), (["-n", "10001"], "1..10000"), (["--warmup", "1001"], "0..1000"),
+     (["--full-runs", "-1"], "negative")],
+)
+def test_request_out_of_range_fails_before_the_device(cli, tmp_path, args, message):
+    r = cli("bench", "--port", _free_port_url(), *args, "--out", tmp_path)
+    assert r.exit_code == 2 and message in r.stderr
+    assert not (tmp_path / "bench.json").exists()
+
+
+def test_several_ports_in_parallel(cli, sim_server, tmp_path):
+    a, b = sim_server(), sim_server()
+    refused = _free_port_url()
+    r = cli("bench", "--port", a.url, "--port", b.url, "--port", refused, "-n", "12", "--warmup", "0",
+            "--full-runs", "2", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 2  # one board failed; the others are still reported
+    assert "all boards" in r.stdout
+    for url in (a.url, b.url):
+        data = json.loads((tmp_path / bench.port_slug(url) / "bench.json").read_text())
+        assert data["port"] == url and data["completed"] == 12 and data["complete"]
+    failed = json.loads((tmp_path / bench.port_slug(refused) / "bench.json").read_text())
+    assert failed["completed"] == 0 and failed["error"]
+    assert refused in r.stderr and "0 of 12 runs completed" in r.stderr
+
+
+def test_same_port_twice(cli):
+    r = cli("bench", "--port", "sim", "--port", "sim")
+    assert r.exit_code == 2 and "twice" in r.output
+
+
+def _known(path: Path, invoke: list[int], pre: list[int]) -> Path:
+    r = BenchResult(port="old", n=len(invoke), warmup=0, input="sample", simulated=True)
+    r.device = {"board": "xiao_esp32s3", "model_sha256": "0" * 64}
+    r.samples = [Sample(i, v) for i, v in enumerate(invoke)]
+    r.runs = [Run(i, p, v) for i, (p, v) in enumerate(zip(pre, invoke))]
+    bench.write_json_atomic(path, r.to_json())
+    return path
+
+
+def test_compare_with_old_file(cli, sim_server, tmp_path):
+    # an "old" run 1000x slower than anything the host does: every speed-up is > 1
+    old = _known(tmp_path / "old.json", [40_000_000] * 4, [1_000_000] * 4)
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "8", "--warmup", "0", "--full-runs", "2", "--out", tmp_path / "new",
+            "--compare", old, "--no-plots")
+    assert r.exit_code == 0, r.output
+    assert "compare" in r.stdout and "speed-up" in r.stdout
+    new = bench.load_bench(tmp_path / "new" / "bench.json")
+    rows = bench.compare_results(bench.load_bench(old), new)
+    p50 = next(x for x in rows if (x.metric, x.stat) == ("invoke_us", "p50"))
+    assert p50.speedup == pytest.approx(40_000_000 / new.stats()["invoke_us"].p50)
+    assert f"{p50.speedup:.2f}x" in r.stdout
+
+
+def test_compare_bad_file_fails_before_the_device(cli, tmp_path):
+    bad = tmp_path / "old.json"
+    bad.write_text('{"kind": "something else"}')
+    r = cli("bench", "--port", _free_port_url(), "--compare", bad)
+    assert r.exit_code == 2 and "not a bench.json" in r.stderr
+
+
+def test_compare_deltas_from_two_files(tmp_path):
+    old = bench.load_bench(_known(tmp_path / "a.json", [30000, 32000, 34000], [1000, 1000, 1000]))
+    new = bench.load_bench(_known(tmp_path / "b.json", [15000, 16000, 17000], [500, 500, 500]))
+    rows = {(x.metric, x.stat): x for x in bench.compare_results(old, new)}
+    assert rows[("invoke_us", "mean")].delta == -16000
+    assert rows[("invoke_us", "mean")].speedup == pytest.approx(2.0)
+    assert rows[("total_us", "min")].old == 31000 and rows[("total_us", "min")].new == 15500
+    assert rows[("pre_us", "p50")].delta_pct == pytest.approx(-50.0)
+    assert rows[("fps", "")].speedup == pytest.approx(2.0)
