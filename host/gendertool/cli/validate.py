@@ -36,12 +36,22 @@ def validate(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N images, taken in turn from each label."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout, per-image records included."),
     show_images: bool = typer.Option(False, "--show-images", help="Also list every image (default: only mismatches)."),
+    port: list[str] = typer.Option(
+        [], "--port", "-p", help="Validate on the board at PORT instead (sim, socket://HOST:PORT or serial); repeat for several."
+    ),
+    min_parity: float = typer.Option(100.0, "--min-parity", help="With --port: fail below this % of bit-exact images."),
 ) -> None:
     """Run the firmware's preprocessing and the model on TFLM and LiteRT: accuracy, confusion, parity."""
     from gendertool.profiles import parse_labels
     from gendertool.validate import validate_host
 
     label_list = parse_labels(labels) if labels is not None else None
+    if port:  # on-target validation (bench issue): device outputs vs the TFLM reference
+        from .bench import validate_on_ports
+
+        validate_on_ports(port, images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
+                          show_images=show_images)
+        return
     with _progress() as progress:
         report = validate_host(images, model, labels=label_list, kernels=kernels, limit=limit, progress=progress)
     if as_json:
