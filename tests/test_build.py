@@ -558,7 +558,8 @@ def test_pio_size_lines():
     assert builder.parse_pio_sizes(["nothing here"]) == builder.Sizes()
 
 
-def test_idf_size_json2():
+@pytest.mark.parametrize("abbrev", [True, False], ids=["abbreviated", "full-names"])
+def test_idf_size_json2(abbrev):
     report = {
         "version": "1.0",
         "layout": [
@@ -569,6 +570,9 @@ def test_idf_size_json2():
              "parts": {".iram0.text": {"size": 40000}, ".dram0.data": {"size": 20000}, ".dram0.bss": {"size": 30000}}},
         ],
     }
+    if abbrev:  # esp-idf-size's default output: .iram0.text -> .text, .dram0.bss -> .bss, ...
+        diram = report["layout"][3]
+        diram["parts"] = {".text": {"size": 40000}, ".data": {"size": 20000}, ".bss": {"size": 30000}}
     lines = ["Executing action: size", *json.dumps(report, indent=4).splitlines()]
     s = builder.parse_idf_size_json(lines)
     assert (s.flash_bytes, s.dram_bytes, s.iram_bytes, s.dram_total) == (1_000_000, 50_000, 56_383, 341760)
@@ -648,7 +652,7 @@ if action == "build":
 if action == "size":
     print("Executing action: size")
     print(json.dumps({"version": "1.0", "layout": [
-        {"name": "DIRAM", "total": 341760, "used": 60000, "free": 0, "parts": {".dram0.data": {"size": 20000}, ".dram0.bss": {"size": 30000}, ".iram0.text": {"size": 10000}}},
+        {"name": "DIRAM", "total": 341760, "used": 60000, "free": 0, "parts": {".data": {"size": 20000}, ".bss": {"size": 30000}, ".text": {"size": 10000}}},
         {"name": "IRAM", "total": 16384, "used": 16000, "free": 384, "parts": {".text": {"size": 16000}}},
         {"name": "Flash Code", "total": 1, "used": 800000, "free": 0, "parts": {}},
         {"name": "Flash Data", "total": 1, "used": 290000, "free": 0, "parts": {}}]}, indent=4))

@@ -639,8 +639,9 @@ def read_idf_build(build_dir: Path) -> BuildOutput:
 def parse_idf_size_json(lines: Sequence[str]) -> Sizes | None:
     """Sizes from esp-idf-size's ``--format json2`` summary (``layout`` of memory types).
 
-    DRAM counts the data sections (.dram*, .noinit) in DIRAM/DRAM; IRAM counts IRAM plus
-    the .iram* sections that spill into DIRAM; flash counts "Flash Code" + "Flash Data".
+    DRAM counts the data sections in DIRAM/DRAM; IRAM counts IRAM plus the code sections
+    (.iram0.text, abbreviated .text) that spill into DIRAM; flash counts "Flash Code" +
+    "Flash Data". Section names may be full or abbreviated (esp-idf-size's default).
     """
     text = "\n".join(lines)
     start, end = text.find("{"), text.rfind("}")
@@ -669,12 +670,17 @@ def parse_idf_size_json(lines: Sequence[str]) -> Sizes | None:
             iram += used
         elif name in ("DIRAM", "DRAM"):
             dram_total += int(mem.get("total") or 0)
-            part_iram = sum(int(p.get("size") or 0) for k, p in parts.items() if k.startswith(".iram") and isinstance(p, dict))
+            part_iram = sum(int(p.get("size") or 0) for k, p in parts.items() if _is_code_section(k) and isinstance(p, dict))
             iram += part_iram
             dram += used - part_iram
     if not seen:
         return None
     return Sizes(flash_bytes=flash, dram_bytes=dram, iram_bytes=iram, dram_total=dram_total or None)
+
+
+def _is_code_section(name: str) -> bool:
+    # esp-idf-size abbreviates section names by default (.iram0.text -> .text, .dram0.bss -> .bss).
+    return name.startswith(".iram") or name in (".text", ".vectors", ".literal")
 
 
 def _idf_bin_size(lines: Sequence[str]) -> Sizes:
