@@ -1,0 +1,188 @@
+"""`gendertool validate --port`: device outputs against the host TFLM reference, on the virtual device."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import socket
+
+import numpy as np
+import pytest
+
+from gendertool.simdevice import SimDevice, SimFaults, SimServer
+
+
+@pytest.fixture(scope="module")
+def model_info():
+    from gendertool.model import load_model
+
+    return load_model(None, measure_arena=False)
+
+
+@pytest.fixture(scope="module")
+def images(tmp_path_factory):
+    """female/ and male/ with synthetic pictures of several sizes, one too large to upload as is,
+    and one file that is not an image."""
+    from PIL import Image
+
+    root = tmp_path_factory.mktemp("images")
+    rng = np.random.default_rng(7)
+    sizes = [(64, 64), (120, 90), (256, 200), (800, 500), (33, 47), (200, 256)]
+    for i, (w, h) in enumerate(sizes):
+        label = ("female", "male")[i % 2]
+        (root / label).mkdir(exist_ok=True)
+        y, x = np.mgrid[0:h, 0:w]
+        base = np.stack([(x * 255 // max(w - 1, 1)), (y * 255 // max(h - 1, 1)), ((x + y) * 7) % 256], axis=-1)
+        noise = rng.integers(0, 60, size=(h, w, 3))
+        Image.fromarray(np.clip(base + noise, 0, 255).astype(np.uint8)).save(root / label / f"img{i}.png")
+    (root / "male" / "broken.jpg").write_bytes(b"\xff\xd8 this is not a jpeg")
+    return root
+
+
+class AlteredDevice(SimDevice):
+    """A device whose uploaded results differ from the reference on every other image."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.uploads = 0
+
+    def _result(self, rgb, source, sample):
+        rec = super()._result(rgb, source, sample)
+        if source != "upload":
+            return rec
+        self.uploads += 1
+        if self.uploads % 2:
+            return rec
+        s = list(rec.scores)
+        s[0] = s[0] - 3 if s[0] > -100 else s[0] + 3
+        return dataclasses.replace(rec, scores=tuple(s))
+
+
+class OtherModelDevice(SimDevice):
+    def hello(self):
+        return dataclasses.replace(super().hello(), model_sha256="f" * 64, model="other_model")
+
+
+@pytest.fixture
+def sim_server(model_info):
+    servers = []
+
+    def make(cls=SimDevice, **kw):
+        kw.setdefault("period_ms", 50)
+        server = SimServer(cls(model_info, boot_delay_s=0.05, **kw)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def test_help(cli):
+    r = cli("validate", "--help")
+    assert r.exit_code == 0
+    for opt in ("--port", "--images", "--min-parity", "--json"):
+        assert opt in r.stdout
+
+
+def test_validate_on_sim_is_bit_exact(cli, sim_server, images):
+    server = sim_server()
+    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)
+    assert doc["passed"] is True and doc["min_parity"] == 100.0
+    (board,) = doc["boards"]
+    assert board["simulated"] is True and board["port"] == server.url
+    assert board["parity_pct"] == 100.0 and board["uploaded"] == 6
+    assert board["selftest"]["pass"] is True and board["selftest"]["n"] >= 1
+    rep = board["report"]
+    assert {i["path"] for i in rep["images"]} == {f"{'female' if i % 2 == 0 else 'male'}/img{i}.png" for i in range(6)}
+    for im in rep["images"]:
+        assert im["scores"]["device"] == im["scores"]["tflm"] and im["max_diff"] == 0
+        lat = im["device_latency"]
+        assert lat["invoke_us"] > 0 and lat["total_us"] == lat["pre_us"] + lat["invoke_us"]
+    dev = next(x for x in rep["runtimes"] if x["name"] == "device")
+    ref = next(x for x in rep["runtimes"] if x["name"] == "tflm")
+    assert dev["confusion"] == ref["confusion"] and sum(map(sum, dev["confusion"])) == 6
+    assert [s["path"] for s in doc["skipped"]] == ["male/broken.jpg"]
+    assert "skipped 1 file" in r.stderr and "broken.jpg" in r.stderr
+    assert board["latency"]["invoke_us"]["n"] == 6
+
+
+def test_validate_tables_on_port_sim(cli, images):
+    r = cli("validate", "--port", "sim", "--images", images)
+    assert r.exit_code == 0, r.output
+    out = r.stdout
+    assert "SIMULATED" in out and "boot self-test: PASS" in out
+    assert "6/6 images bit-exact (100.0 %)" in out
+    assert "device latency per image" in out and "confusion" in out
+
+
+def test_below_min_parity_fails(cli, sim_server, images):
+    server = sim_server(AlteredDevice)
+    r = cli("validate", "--port", server.url, "--images", images)
+    assert r.exit_code == 2
+    assert "3/6 images bit-exact (50.0 %), largest difference 3" in r.stdout
+    assert "parity 50.0 % is below --min-parity 100 %" in r.stderr
+
+
+def test_min_parity_threshold_is_honoured(cli, sim_server, images):
+    server = sim_server(AlteredDevice)
+    r = cli("validate", "--port", server.url, "--images", images, "--min-parity", "50", "--json")
+    assert r.exit_code == 0, r.output
+    (board,) = json.loads(r.stdout)["boards"]
+    assert board["parity_pct"] == 50.0 and board["passed"] is True
+    differing = [i for i in board["report"]["images"] if not i["identical"]]
+    assert len(differing) == 3 and all(i["max_diff"] == 3 for i in differing)
+
+
+def test_min_parity_out_of_range(cli, images):
+    r = cli("validate", "--port", "sim", "--images", images, "--min-parity", "101")
+    assert r.exit_code == 2 and "0..100" in r.stderr
+
+
+def test_device_running_another_model(cli, sim_server, images):
+    server = sim_server(OtherModelDevice)
+    r = cli("validate", "--port", server.url, "--images", images)
+    assert r.exit_code == 2
+    assert "runs model other_model" in r.stderr and "--model" in r.stderr
+
+
+def test_disconnect_keeps_images_compared(cli, sim_server, images):
+    # boot (hello, selftest) + info (ack, hello) + selftest (ack, selftest) + 2 uploads (ack, result each)
+    server = sim_server(autostart=False, faults=SimFaults(disconnect_after=10))
+    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    assert r.exit_code == 2
+    (board,) = json.loads(r.stdout)["boards"]
+    assert board["error"] and "disconnected" in board["error"]
+    assert 0 < len(board["report"]["images"]) < 6
+    assert board["report"]["notes"] and "stopped after" in board["report"]["notes"][0]
+    assert server.url in r.stderr
+
+
+def test_several_ports_aggregated(cli, sim_server, images):
+    good, bad = sim_server(), sim_server(AlteredDevice)
+    r = cli("validate", "--port", good.url, "--port", bad.url, "--images", images)
+    assert r.exit_code == 2
+    assert "all boards" in r.stdout
+    assert "100.0 %" in r.stdout and "50.0 %" in r.stdout
+    assert bad.url in r.stderr and good.url not in r.stderr
+
+
+def test_unreachable_port(cli, images):
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    url = f"socket://127.0.0.1:{s.getsockname()[1]}"
+    s.close()
+    r = cli("validate", "--port", url, "--images", images)
+    assert r.exit_code == 2 and url in r.stderr
+    assert "Traceback" not in r.output
+
+
+def test_fit_upload_keeps_small_images_and_shrinks_large_ones():
+    from gendertool.device_validate import fit_upload
+
+    small = np.zeros((480, 640, 3), np.uint8)
+    assert fit_upload(small) is small
+    big = np.zeros((1000, 1500, 3), np.uint8)
+    assert fit_upload(big).shape == (427, 640, 3)
