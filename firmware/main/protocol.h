@@ -28,7 +28,7 @@ inline uint32_t crc32(const void* data, size_t len) { return crc32_update(0, dat
 // Builds one record line "@GT <type> <json>*<crc>\n" in a fixed buffer. Keys and values
 // are appended in call order; nested arrays/objects via begin_*/end_*. If the line would
 // exceed kMaxRecord the writer latches overflow and finish() fails: a record is never
-// emitted truncated.
+// emitted truncated. About 2 KiB: keep one static instance per task, not on the stack.
 class RecordWriter {
  public:
   RecordWriter() { begin("none"); }

@@ -49,8 +49,11 @@ def _open_error(port: str, exc: BaseException) -> DeviceError:
 class Transport:
     """An open byte stream to a device, with timeouts and reconnection."""
 
-    def __init__(self, port: str, opener: Callable[[], Any], *, owner: Any = None, reconnectable: bool = True) -> None:
+    def __init__(
+        self, port: str, opener: Callable[[], Any], *, owner: Any = None, reconnectable: bool = True, timeout: float | None = 0.5
+    ) -> None:
         self.port = port
+        self.timeout = timeout  # read()'s default wait
         self._opener = opener
         self._owner = owner  # the in-process virtual device server, for "sim"
         self.reconnectable = reconnectable
@@ -76,10 +79,13 @@ class Transport:
             raise PortVanished(f"{self.port} is closed")
         return self._ser.fileno()
 
-    def read(self, timeout: float | None) -> bytes:
-        """Bytes available within ``timeout`` seconds (b"" if none); PortVanished if the port died."""
+    def read(self, timeout: float | None | object = ...) -> bytes:
+        """Bytes available within ``timeout`` seconds (b"" if none; default: the port's
+        ``timeout``; None waits forever); PortVanished if the port died."""
         import serial
 
+        if timeout is ...:
+            timeout = self.timeout
         if self._ser is None:
             raise PortVanished(f"{self.port} is not open")
         try:
@@ -181,10 +187,13 @@ def open_port(
     port: str,
     *,
     baudrate: int = DEFAULT_BAUDRATE,
+    timeout: float | None = 0.5,
     exclusive: bool = True,
     sim_options: dict | None = None,
 ) -> Transport:
     """Open ``port``: a serial device path, ``socket://host:port``, or ``sim``.
+
+    ``timeout`` is the default wait of :meth:`Transport.read`.
 
     ``sim_options`` are keyword arguments for :class:`gendertool.simdevice.SimDevice`
     (``model``, ``period_ms``, fault injection) when ``port == "sim"``.
@@ -198,13 +207,13 @@ def open_port(
         server.start()
         url = f"socket://127.0.0.1:{server.port}"
         try:
-            return Transport(SIM_PORT, _serial_opener(url, baudrate, False), owner=server)
+            return Transport(SIM_PORT, _serial_opener(url, baudrate, False), owner=server, timeout=timeout)
         except BaseException:
             server.close()
             raise
     if "://" in port and not port.startswith("socket://"):
         raise DeviceError(f"unsupported port URL {port!r}: use a serial device, socket://HOST:PORT or sim")
-    return Transport(port, _serial_opener(port, baudrate, exclusive))
+    return Transport(port, _serial_opener(port, baudrate, exclusive), timeout=timeout)
 
 
 def find_esp32s3_ports() -> list[str]:
