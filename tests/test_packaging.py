@@ -14,7 +14,9 @@ REPO = Path(__file__).resolve().parent.parent
 
 
 def test_console_script_help_runs():
-    exe = shutil.which("gendertool")
+    # the script sits beside the interpreter running the tests (venv not necessarily activated)
+    local = Path(sys.executable).parent / "gendertool"
+    exe = str(local) if local.exists() else shutil.which("gendertool")
     assert exe, "the gendertool console script must be installed by the set-up command"
     proc = subprocess.run([exe, "--help"], capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
