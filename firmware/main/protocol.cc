@@ -512,7 +512,11 @@ bool parse_command(const char* line, size_t len, Command* out) {
   }
   if (nw == 0) return false;
   const size_t wl = words[0].n < 16 ? words[0].n : 16;
-  std::memcpy(out->word, words[0].p, wl);
+  for (size_t i = 0; i < wl; ++i) {
+    // printable ASCII only, so an error record echoing the word is always valid UTF-8
+    const unsigned char c = static_cast<unsigned char>(words[0].p[i]);
+    out->word[i] = (c > 0x20 && c < 0x7f) ? static_cast<char>(c) : '?';
+  }
   out->word[wl] = 0;
   const size_t nargs = nw - 1 + extra;
 

@@ -166,7 +166,7 @@ struct Command {
   Cmd cmd = Cmd::kNone;
   // nullptr when accepted, else an error code from docs/protocol.md §3 ("bad_args", ...)
   const char* error = nullptr;
-  char word[17] = {};  // first word as sent (<= 16 bytes): the error record's "cmd"
+  char word[17] = {};  // first word (<= 16 bytes, non-printable-ASCII -> '?'): the error record's "cmd"
   Source source = Source::kSample;
   uint32_t w = 0, h = 0, len = 0, crc = 0;  // infer
   uint32_t n = 0, warmup = 0;               // bench

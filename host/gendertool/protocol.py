@@ -578,7 +578,8 @@ def parse_command(line: bytes) -> Command | None:
     words = [w for w in line.split(b" ") if w]
     if not words:
         return None
-    word = words[0][:16].decode("utf-8", "replace")
+    # printable ASCII only, so an error record echoing the word is always valid UTF-8
+    word = "".join(chr(b) if 0x20 < b < 0x7F else "?" for b in words[0][:16])
     name, args = words[0], words[1:]
     if name.decode("latin-1") not in _COMMANDS:
         return Command(word, error="unknown_cmd")

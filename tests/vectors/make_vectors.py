@@ -171,6 +171,7 @@ def commands() -> list[dict]:
     add("unknown", "fly away\n", {"error": "unknown_cmd", "word": "fly"})
     add("unknown_truncated_word", "abcdefghijklmnopqrstuvwxyz\n", {"error": "unknown_cmd", "word": "abcdefghijklmnop"})
     add("case_sensitive", "INFO\n", {"error": "unknown_cmd", "word": "INFO"})
+    add("unknown_non_ascii_word", "h\u00e9\x01llo\tx 1\n", {"error": "unknown_cmd", "word": "h???llo?x"})
     add("info_extra_arg", "info now\n", {"error": "bad_args", "word": "info"})
     add("source_bad", "source usb\n", {"error": "bad_args", "word": "source"})
     add("source_missing", "source\n", {"error": "bad_args", "word": "source"})
