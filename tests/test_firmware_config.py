@@ -21,7 +21,7 @@ from gendertool.render import render_project
 from gendertool.resources import resource_path
 
 FW_MAIN = resource_path("firmware") / "main"
-PORTABLE = {"image_preprocess.h", "image_preprocess.cc", "inference_stats.h", "protocol.h", "protocol.cc"}
+PORTABLE = {"image_preprocess.h", "image_preprocess.cc", "inference_stats.h", "protocol.h", "protocol.cc", "app_controller.h", "app_controller.cc"}
 
 # name -> (refdata list, upstream file it is declared in, checked there)
 IDF = "idf-v5.5.5/idf_api_symbols.txt"

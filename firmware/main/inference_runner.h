@@ -4,13 +4,9 @@
 #include <cstddef>
 #include <cstdint>
 
-namespace gt {
+#include "app_controller.h"  // OpTiming
 
-// One operator's time in a profiled Invoke() (tag = TFLM's profiler tag, e.g. "CONV_2D").
-struct OpTiming {
-  const char* tag;
-  int64_t us;
-};
+namespace gt {
 
 class InferenceRunner {
  public:

@@ -1,0 +1,397 @@
+"""The firmware's AppController (docs/protocol.md behaviour) compiled with host g++ and driven
+by the real host client (gendertool.link.DeviceClient) over TCP.
+
+The controller, LINK's protocol.cc, the preprocessing and the generated model settings and
+samples are the firmware's own code. Only the device underneath is the test's: a Platform
+whose "model" returns each built-in sample's expected scores when it sees that sample's
+preprocessed tensor, and otherwise a checksum of the input tensor, so the test can tell
+that uploads went through the device's preprocessing.
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from gendertool import protocol as p
+from gendertool.resources import resource_path
+
+pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="host g++ not installed")
+
+FW_MAIN = resource_path("firmware") / "main"
+CXXFLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1"]
+INVOKE_US = 1234
+
+HOST_DEVICE = r"""
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <new>
+#include <vector>
+
+#include "app_controller.h"
+#include "board_config.h"
+#include "image_preprocess.h"
+#include "model_settings.h"
+#include "sample_images.h"
+
+namespace {
+
+int g_client = -1;
+bool g_restart = false;
+
+class HostPlatform : public gt::Platform {
+ public:
+  HostPlatform() : input_(gt::kInputBytes), upload_w_(0), upload_h_(0) {
+    for (int i = 0; i < gt::kNumSampleImages; ++i) {
+      std::vector<int8_t> t(gt::kInputBytes);
+      Pre(gt::kSampleImages[i].rgb, gt::kSampleImages[i].width, gt::kSampleImages[i].height, t.data());
+      sample_tensors_.push_back(t);
+    }
+  }
+  int64_t NowUs() override {
+    using namespace std::chrono;
+    return duration_cast<microseconds>(steady_clock::now().time_since_epoch()).count();
+  }
+  void Write(const char* data, size_t len) override {
+    while (len > 0) {
+      const ssize_t n = send(g_client, data, len, MSG_NOSIGNAL);
+      if (n <= 0) return;
+      data += n;
+      len -= static_cast<size_t>(n);
+    }
+  }
+  void Log(const char* text) override { std::fprintf(stderr, "I (host) app: %s\n", text); }
+  bool ModelReady() override { return true; }
+  bool HasCamera() override { return GT_BOARD_HAS_CAMERA != 0; }
+  bool FillInput(gt::Source source, int* sample, int64_t* pre_us, const char** error) override {
+    *sample = -1;
+    *pre_us = 7;
+    if (source == gt::Source::kSample) {
+      *sample = next_sample_;
+      next_sample_ = (next_sample_ + 1) % gt::kNumSampleImages;
+      return FillSample(*sample);
+    }
+    if (source == gt::Source::kUpload && upload_w_ > 0) {
+      return Pre(upload_.data(), upload_w_, upload_h_, input_.data());
+    }
+    *error = source == gt::Source::kUpload ? "bad_args" : "camera_failed";
+    return false;
+  }
+  bool FillSample(int index) override {
+    const gt::SampleImage& s = gt::kSampleImages[index];
+    return Pre(s.rgb, s.width, s.height, input_.data());
+  }
+  uint8_t* UploadBuffer(size_t bytes) override {
+    if (bytes > upload_.size()) upload_.resize(bytes);
+    return upload_.data();
+  }
+  bool FillUpload(const uint8_t* rgb, int width, int height, int64_t* pre_us) override {
+    upload_w_ = width;
+    upload_h_ = height;
+    *pre_us = 7;
+    return Pre(rgb, width, height, input_.data());
+  }
+  bool Invoke(int64_t* invoke_us) override {
+    *invoke_us = 1234;
+    for (int i = 0; i < gt::kNumSampleImages; ++i) {
+      if (std::memcmp(sample_tensors_[i].data(), input_.data(), input_.size()) == 0) {
+        std::memcpy(output_, gt::kSampleImages[i].expected, sizeof output_);
+        return true;
+      }
+    }
+    long long sum = 0;
+    for (int8_t v : input_) sum += v;
+    for (int c = 0; c < gt::kNumClasses; ++c) {
+      long long m = (sum * (c + 1)) % 256;
+      if (m < 0) m += 256;
+      output_[c] = static_cast<int8_t>(m - 128);
+    }
+    return true;
+  }
+  int Profile(gt::OpTiming* ops, int max_ops, int64_t* invoke_us) override {
+    static const gt::OpTiming kOps[] = {{"CONV_2D", 100}, {"DEPTHWISE_CONV_2D", 50}, {"SOFTMAX", 5}};
+    int n = 0;
+    for (const auto& op : kOps) {
+      if (n < max_ops) ops[n++] = op;
+    }
+    int64_t ignored = 0;
+    Invoke(&ignored);
+    *invoke_us = 160;
+    return n;
+  }
+  const int8_t* Output() override { return output_; }
+  gt::DeviceStatus Status() override { return gt::DeviceStatus{4096, 3000, 200000, 8000000, 240, "host"}; }
+  void Restart() override { g_restart = true; }
+
+ private:
+  bool Pre(const uint8_t* rgb, int w, int h, int8_t* out) {
+    return gt::Preprocess(gt::ImageView{rgb, w, h, gt::PixelFormat::kRgb888}, gt::kCropFraction, gt::kInputHeight,
+                          gt::kInputWidth, gt::kInputLut, out);
+  }
+  std::vector<int8_t> input_;
+  int8_t output_[gt::kNumClasses] = {};
+  std::vector<std::vector<int8_t>> sample_tensors_;
+  std::vector<uint8_t> upload_;
+  int upload_w_, upload_h_;
+  int next_sample_ = 0;
+};
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  if (argc < 3) return 2;
+  const gt::ControllerConfig cfg{gt::Source::kSample, static_cast<uint32_t>(std::atoi(argv[1])), 1, true, false,
+                                 std::atoi(argv[2]) != 0};
+  const int srv = socket(AF_INET, SOCK_STREAM, 0);
+  sockaddr_in addr{};
+  addr.sin_family = AF_INET;
+  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (bind(srv, reinterpret_cast<sockaddr*>(&addr), sizeof addr) != 0 || listen(srv, 1) != 0) return 3;
+  socklen_t alen = sizeof addr;
+  getsockname(srv, reinterpret_cast<sockaddr*>(&addr), &alen);
+  std::printf("%d\n", ntohs(addr.sin_port));
+  std::fflush(stdout);
+  g_client = accept(srv, nullptr, nullptr);
+  if (g_client < 0) return 4;
+  // pyserial's socket:// open() discards what is already waiting: boot a moment after the
+  // host connects, as a real board boots independently of the host opening the port.
+  usleep(300 * 1000);
+  HostPlatform platform;
+  alignas(gt::AppController) unsigned char storage[sizeof(gt::AppController)];
+  gt::AppController* app = new (storage) gt::AppController(platform, cfg);
+  app->Boot();
+  for (;;) {
+    pollfd pfd{g_client, POLLIN, 0};
+    if (poll(&pfd, 1, static_cast<int>(app->IdleWaitMs())) > 0) {
+      uint8_t buf[256];
+      const ssize_t n = recv(g_client, buf, sizeof buf, 0);
+      if (n <= 0) return 0;
+      app->Feed(buf, static_cast<size_t>(n));
+    }
+    app->Tick();
+    if (g_restart) {  // a reboot: fresh controller state, boot sequence again
+      g_restart = false;
+      app->~AppController();
+      app = new (storage) gt::AppController(platform, cfg);
+      app->Boot();
+    }
+  }
+}
+"""
+
+
+@pytest.fixture(scope="module")
+def model():
+    from gendertool.model import load_model
+
+    return load_model(None)
+
+
+@pytest.fixture(scope="module")
+def device_exe(model, tmp_path_factory) -> Path:
+    from gendertool.boards import get_board
+    from gendertool.render import render_project
+
+    work = tmp_path_factory.mktemp("fwlink")
+    render_project(model, get_board("xiao_esp32s3"), work / "proj")
+    main = work / "proj" / "main"
+    (work / "host_device.cc").write_text(HOST_DEVICE)
+    exe = work / "device"
+    srcs = [main / n for n in ("app_controller.cc", "protocol.cc", "image_preprocess.cc", "model_settings.cc", "sample_images.cc")]
+    proc = subprocess.run(["g++", *CXXFLAGS, f"-I{main}", *map(str, srcs), str(work / "host_device.cc"), "-o", str(exe)],
+                          capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-4000:]
+    return exe
+
+
+class Device:
+    def __init__(self, exe: Path, period_ms: int = 50, autostart: bool = False):
+        self.proc = subprocess.Popen([str(exe), str(period_ms), "1" if autostart else "0"], stdout=subprocess.PIPE,
+                                     stderr=subprocess.DEVNULL, text=True)
+        self.port = int(self.proc.stdout.readline())
+        self.url = f"socket://127.0.0.1:{self.port}"
+
+    def close(self):
+        self.proc.kill()
+        self.proc.wait(timeout=5)
+
+
+@pytest.fixture
+def device(device_exe):
+    dev = Device(device_exe)
+    yield dev
+    dev.close()
+
+
+def fake_scores(q: np.ndarray, classes: int) -> list[int]:
+    s = int(q.astype(np.int64).sum())
+    return [((s * (c + 1)) % 256) - 128 for c in range(classes)]
+
+
+def _client(url: str):
+    from gendertool.link import DeviceClient
+
+    return DeviceClient.open(url)
+
+
+def _records_until(client, pred, timeout=5.0):
+    seen = []
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for rec in client.poll(0.1):
+            seen.append(rec)
+            if pred(rec):
+                return seen
+    raise AssertionError(f"timed out; saw {seen}")
+
+
+def test_boot_hello_selftest_and_info(device, model):
+    with _client(device.url) as c:
+        seen = _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        hello = next(r for r in seen if isinstance(r, p.Hello))
+        st = seen[-1]
+        assert st.passed and st.n == 4 and st.failed == 0 and all(e.ok and e.diff == 0 for e in st.results)
+        info = c.info()
+    for h in (hello, info):
+        assert (h.proto, h.board, h.chip, h.model, h.model_sha256) == (1, "xiao_esp32s3", "esp32s3", model.name, model.sha256)
+        assert h.labels == model.labels and h.input == model.input.shape
+        assert (h.in_zp, h.out_zp) == (model.input.zero_point, model.output.zero_point)
+        # "%.9g" on the wire: 9 significant digits round-trip a float32 scale
+        assert np.float32(h.in_scale) == np.float32(model.input.scale)
+        assert np.float32(h.out_scale) == np.float32(model.output.scale)
+        assert (h.tflm, h.esp_nn, h.samples, h.source, h.simulated) == ("1.3.8", "1.1.2", 4, "sample", False)
+        assert (h.arena_used, h.idf, h.cpu_mhz) == (3000, "host", 240)
+
+
+def test_upload_goes_through_device_preprocessing(device, model):
+    from gendertool.preprocess import preprocess
+    from gendertool.runtime import softmax_probs
+
+    rng = np.random.default_rng(3)
+    with _client(device.url) as c:
+        _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        for h, w in [(50, 30), (17, 91), (64, 64)]:
+            rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
+            res = c.infer_rgb(rgb)
+            q = preprocess(rgb, model.preprocessing, 64, 64, model.input.scale, model.input.zero_point)
+            want = fake_scores(q, model.classes)
+            assert list(res.scores) == want
+            assert (res.source, res.sample, res.invoke_us, res.pre_us) == ("upload", -1, INVOKE_US, 7)
+            assert res.class_index == int(np.argmax(want)) and res.label == model.labels[res.class_index]
+            probs = softmax_probs(np.array([want], dtype=np.int8), model.output).reshape(-1)
+            np.testing.assert_allclose(res.probs, probs, atol=6e-5)
+
+
+def test_bench_profile_selftest_commands(device):
+    with _client(device.url) as c:
+        _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        run = c.bench_collect(40, 3)
+        assert run.complete and run.invoke_us == [INVOKE_US] * 40
+        assert (run.summary.n, run.summary.warmup, run.summary.min_us, run.summary.max_us, run.summary.total_us) == (
+            40, 3, INVOKE_US, INVOKE_US, 40 * INVOKE_US)
+        ops, summary = c.profile()
+        assert [(o.node, o.op, o.us) for o in ops] == [(0, "CONV_2D", 100), (1, "DEPTHWISE_CONV_2D", 50), (2, "SOFTMAX", 5)]
+        assert (summary.nodes, summary.total_us, summary.invoke_us, summary.estimated) == (3, 155, 160, False)
+        st = c.selftest()
+        assert st.passed and [e.sample for e in st.results] == [0, 1, 2, 3]
+
+
+def test_continuous_results_cycle_the_samples(device, model):
+    from gendertool.render import build_context
+    from gendertool.boards import get_board
+
+    expected = [s["expected"] for s in build_context(model, get_board("xiao_esp32s3"))["samples"]]
+    with _client(device.url) as c:
+        _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        c.start()
+        results = []
+        seen = _records_until(c, lambda r: isinstance(r, p.Result) and (results.append(r) or len(results) >= 6))
+        assert seen
+        c.stop()
+        assert [r.seq for r in results] == list(range(results[0].seq, results[0].seq + 6))
+        assert [r.sample for r in results[:4]] == sorted(r.sample for r in results[:4])  # 0,1,2,3 in turn
+        for r in results:
+            assert r.source == "sample" and list(r.scores) == expected[r.sample]
+        time.sleep(0.2)
+        c.poll(0.05)
+        assert not [r for r in c.poll(0.3) if isinstance(r, p.Result)], "results after stop"
+
+
+def _raw(url: str):
+    host, port = url.split("://")[1].split(":")
+    s = socket.create_connection((host, int(port)), timeout=5)
+    parser = p.StreamParser()
+
+    def read_until(pred, timeout=4.0):
+        out = []
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            s.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data = s.recv(4096)
+            except socket.timeout:
+                break
+            for rec in parser.feed(data):
+                out.append(rec)
+                if pred(rec):
+                    return out
+        raise AssertionError(f"timed out; saw {out}")
+
+    return s, read_until
+
+
+def test_refusals_and_upload_errors(device):
+    s, read_until = _raw(device.url)
+    read_until(lambda r: isinstance(r, p.SelfTest))
+    is_err = lambda r: isinstance(r, (p.ErrorRecord, p.Ack))  # noqa: E731
+
+    def ask(line: bytes, payload: bytes = b""):
+        s.sendall(line)
+        first = read_until(is_err)[-1]
+        if payload:
+            s.sendall(payload)
+        return first
+
+    assert ask(b"frobnicate\n").code == "unknown_cmd"
+    assert ask(b"source camera\n").code == "unsupported"  # the XIAO ESP32S3 has no camera
+    assert ask(b"infer 2 2 11 00000000\n").code == "bad_args"
+    assert ask(b"infer 641 1 1923 00000000\n").code == "too_large"
+    assert isinstance(ask(b"source upload\n"), p.Ack)
+    # continuous inference on `upload` before any upload: nothing runs; a bench has no input
+    s.sendall(b"bench 5 0\n")
+    recs = read_until(lambda r: isinstance(r, p.ErrorRecord))
+    assert isinstance(recs[0], p.Ack) and (recs[-1].code, recs[-1].cmd) == ("bad_args", "bench")
+    payload = bytes(range(12))
+    good = p.crc32(payload)
+    assert isinstance(ask(f"infer 2 2 12 {good ^ 1:08x}\n".encode(), payload), p.Ack)
+    err = read_until(lambda r: isinstance(r, p.ErrorRecord))[-1]
+    assert (err.code, err.cmd) == ("upload_crc", "infer")
+    # a stalled upload is dropped after the idle timeout and commands work again
+    assert isinstance(ask(f"infer 2 2 12 {good:08x}\n".encode(), payload[:5]), p.Ack)
+    err = read_until(lambda r: isinstance(r, p.ErrorRecord), timeout=p.UPLOAD_IDLE_MS / 1000 + 2 if hasattr(p, "UPLOAD_IDLE_MS") else 4.5)[-1]
+    assert err.code == "upload_timeout"
+    assert isinstance(ask(b"ping\n"), p.Ack)
+    s.close()
+
+
+def test_reset_reboots_with_a_new_hello(device):
+    with _client(device.url) as c:
+        _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        c.start()
+        _records_until(c, lambda r: isinstance(r, p.Result))
+        hello = c.reset()
+        assert hello.running is False and hello.source == "sample"
