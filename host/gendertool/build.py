@@ -318,6 +318,16 @@ def pio_command() -> list[str]:
     return [sys.executable, "-m", "platformio"]
 
 
+def _tool_env(**extra: str) -> dict[str, str]:
+    # Line-buffered output so progress streams live through the pipe.
+    return {**os.environ, "PYTHONUNBUFFERED": "1", **extra}
+
+
+def _pio_env() -> dict[str, str]:
+    # Download progress bars would fill build.log with redraws.
+    return _tool_env(PLATFORMIO_DISABLE_PROGRESSBAR="true")
+
+
 def _no_toolchain(what: str, out: Path, hint: str) -> ToolchainMissing:
     return ToolchainMissing(f"{what}; the rendered project is in {out} ({hint})")
 
@@ -325,7 +335,7 @@ def _no_toolchain(what: str, out: Path, hint: str) -> ToolchainMissing:
 def _pio_platform_installed(pio: list[str], log: Any) -> bool:
     try:
         code, lines = run_streaming(
-            pio + ["pkg", "list", "-g", "--only-platforms", "-p", PIO_PLATFORM_SPEC], log=log, timeout=120
+            pio + ["pkg", "list", "-g", "--only-platforms", "-p", PIO_PLATFORM_SPEC], env=_pio_env(), log=log, timeout=120
         )
     except FileNotFoundError:
         raise
@@ -369,7 +379,8 @@ def _build_pio(
             timeout = float(os.environ.get(PIO_INSTALL_TIMEOUT_ENV, PIO_INSTALL_TIMEOUT_S))
             stage(f"installing PlatformIO platform {PIO_PLATFORM} @ {PIO_PLATFORM_VERSION}")
             code, lines = run_streaming(
-                pio + ["pkg", "install", "-g", "-p", PIO_PLATFORM_SPEC], log=log, on_line=on_line, timeout=timeout
+                pio + ["pkg", "install", "-g", "-p", PIO_PLATFORM_SPEC], env=_pio_env(), log=log, on_line=on_line,
+                timeout=timeout,
             )
             if code != 0:
                 why = "timed out" if code == -9 else (_fetch_failure(lines) or (lines[-1].strip() if lines else f"exit {code}"))
@@ -383,7 +394,7 @@ def _build_pio(
         cmd = pio + ["run", "-d", str(out), "-e", board.name]
         if jobs:
             cmd += ["-j", str(jobs)]
-        code, lines = run_streaming(cmd, log=log, on_line=on_line)
+        code, lines = run_streaming(cmd, env=_pio_env(), log=log, on_line=on_line)
     except FileNotFoundError as exc:
         raise _no_toolchain(f"PlatformIO not found ({exc.filename or exc})", out, f"install it: `pip install platformio`") from None
     if code != 0:
@@ -579,7 +590,7 @@ def _build_idf(
     try:
         if not (build_dir / "CMakeCache.txt").is_file():
             stage(f"configuring for {board.idf_target} (idf.py set-target)")
-            code, lines = run_streaming(base + ["set-target", board.idf_target], log=log, on_line=on_line)
+            code, lines = run_streaming(base + ["set-target", board.idf_target], env=_tool_env(), log=log, on_line=on_line)
             if code != 0:
                 raise BuildError(
                     f"idf.py set-target {board.idf_target} failed (exit {code}): "
@@ -587,14 +598,14 @@ def _build_idf(
                     f"exported (`. $IDF_PATH/export.sh`)? full log: {out / LOG_NAME}"
                 )
         stage("compiling with ESP-IDF (idf.py build)")
-        code, lines = run_streaming(base + ["build"], log=log, on_line=on_line)
+        code, lines = run_streaming(base + ["build"], env=_tool_env(), log=log, on_line=on_line)
         if code != 0:
             raise BuildError(
                 f"idf.py build failed (exit {code}): {_first_error(lines) or (lines[-1] if lines else 'no output')}; "
                 f"full log: {out / LOG_NAME}"
             )
         stage("measuring sizes (idf.py size)")
-        size_code, size_lines = run_streaming(base + ["size", "--format", "json2"], log=log)
+        size_code, size_lines = run_streaming(base + ["size", "--format", "json2"], env=_tool_env(), log=log)
     except FileNotFoundError as exc:
         raise _no_toolchain(f"cannot run idf.py ({exc.filename or exc})", out, hint) from None
     output = read_idf_build(build_dir)
