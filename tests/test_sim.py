@@ -341,3 +341,10 @@ def test_port_sim_runs_an_in_process_virtual_device(default_model):
         got = results(client, 3)
         assert all(r.simulated for r in got)
         assert client.port == "sim"
+
+
+def test_largest_upload_goes_through(serve):
+    client, _ = serve(autostart=False)
+    rgb = np.tile(np.arange(640, dtype=np.uint8)[None, :, None], (640, 1, 3))
+    res = client.infer_rgb(rgb)
+    assert res.source == "upload" and len(res.scores) == len(res.probs)

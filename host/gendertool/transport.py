@@ -20,6 +20,7 @@ ESP32S3_USB_VID_PID = (0x303A, 0x1001)
 SIM_PORT = "sim"
 DEFAULT_BAUDRATE = 115200
 READ_CHUNK = 65536
+WRITE_CHUNK = 16384  # ~1.4 s at 115200 baud, well inside the 5 s write timeout
 
 
 class PortVanished(DeviceError):
@@ -110,10 +111,13 @@ class Transport:
         if self._ser is None:
             raise PortVanished(f"{self.port} is not open")
         try:
-            self._ser.write(data)
+            # in pieces, so write_timeout bounds a stall, not a large upload at UART speed
+            view = memoryview(data)
+            for k in range(0, len(view), WRITE_CHUNK):
+                self._ser.write(view[k : k + WRITE_CHUNK])
             self._ser.flush()
         except serial.SerialTimeoutException:
-            raise DeviceError(f"writing to {self.port} timed out (the device is not reading)") from None
+            raise DeviceError(f"writing to {self.port} timed out (the device stopped reading)") from None
         except (serial.SerialException, OSError) as exc:
             self._drop()
             raise PortVanished(f"{self.port} disconnected while writing ({exc})") from None
