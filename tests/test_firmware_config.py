@@ -290,6 +290,12 @@ def test_idf_component_manifest_is_valid(projects, board):
     assert deps["espressif/esp-nn"] == "1.1.2"
     assert deps["espressif/esp-tflite-micro"] == "1.3.8"
     assert ("espressif/esp32-camera" in deps) == get_board(board).has_camera
+    from idf_component_tools.semver import SimpleSpec, Version
+
+    # exact pins; the IDF range takes PlatformIO espressif32 6.13.0's 5.5.3 and refdata's 5.5.5
+    assert [v for v in ("1.1.1", "1.1.2", "1.2.3") if SimpleSpec(deps["espressif/esp-nn"]).match(Version(v))] == ["1.1.2"]
+    idf = SimpleSpec(deps["idf"])
+    assert [v for v in ("5.4.2", "5.5.0", "5.5.3", "5.5.5", "6.0.0") if idf.match(Version(v))] == ["5.5.0", "5.5.3", "5.5.5"]
 
 
 def test_manifest_validation_can_fail(tmp_path):
