@@ -161,3 +161,32 @@ def test_transport_not_reconnectable_says_so():
     t = Transport("x", Once, reconnectable=False)
     with pytest.raises(DeviceError, match="^x disconnected$"):
         t.reconnect(1)
+
+
+def test_ports_without_fileno_are_read_through_pyserial_timeouts():
+    class NoFd:  # like pyserial's Win32 Serial
+        def __init__(self):
+            self.timeout = self.write_timeout = None
+            self.buf = bytearray(b"abc")
+            self.timeouts = []
+
+        def fileno(self):
+            raise AttributeError("fileno")
+
+        @property
+        def in_waiting(self):
+            return len(self.buf)
+
+        def read(self, n):
+            self.timeouts.append(self.timeout)
+            out, self.buf[:] = bytes(self.buf[:n]), self.buf[n:]
+            return out
+
+        def close(self):
+            pass
+
+    fake = NoFd()
+    t = Transport("COM3", lambda: fake)
+    assert t.read(0.25) == b"abc"
+    assert fake.timeouts[0] == 0.25 and fake.timeout == 0
+    assert t.read(0.01) == b""

@@ -10,6 +10,7 @@ port disappears on every reset), and :meth:`Transport.reconnect` waits for it to
 from __future__ import annotations
 
 import errno
+import io
 import select
 import time
 from typing import Any, Callable
@@ -90,7 +91,10 @@ class Transport:
         if self._ser is None:
             raise PortVanished(f"{self.port} is not open")
         try:
-            ready, _, _ = select.select([self._ser.fileno()], [], [], timeout)
+            fd = self._fileno()
+            if fd is None:  # Windows serial ports: no select(), let pyserial wait
+                return self._read_blocking(timeout)
+            ready, _, _ = select.select([fd], [], [], timeout)
             if not ready:
                 return b""
             data = self._ser.read(READ_CHUNK)
@@ -104,6 +108,21 @@ class Transport:
         return data
 
     read_some = read
+
+    def _fileno(self) -> int | None:
+        try:
+            return self._ser.fileno()
+        except (AttributeError, OSError, io.UnsupportedOperation):
+            return None
+
+    def _read_blocking(self, timeout: float | None) -> bytes:
+        ser = self._ser
+        ser.timeout = timeout
+        try:
+            first = ser.read(1)
+            return first + ser.read(ser.in_waiting) if first and ser.in_waiting else first
+        finally:
+            ser.timeout = 0
 
     def write(self, data: bytes) -> None:
         import serial
