@@ -360,9 +360,6 @@ def test_find_ports_filters_vid_pid(monkeypatch):
         SimpleNamespace(device="/dev/ttyS0", vid=None, pid=None),
     ]
     monkeypatch.setattr(list_ports, "comports", lambda *a, **k: fake)
-    import sys
-
-    monkeypatch.setitem(sys.modules, "gendertool.transport", None)  # force the pyserial path
     assert gflash.find_esp32s3_ports() == ["/dev/ttyACM0", "/dev/ttyACM1"]
 
 

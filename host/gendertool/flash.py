@@ -208,16 +208,9 @@ def write_web_manifest(build_manifest_path: str | Path) -> Path:
 
 def find_esp32s3_ports() -> list[str]:
     """Serial ports of ESP32-S3 native USB (USB-Serial-JTAG, VID:PID 303a:1001)."""
-    try:
-        from gendertool.transport import find_esp32s3_ports as _find  # LINK's single place for this
-    except ImportError:
-        _find = None
-    if _find is not None:
-        return list(_find())
-    from serial.tools import list_ports
+    from gendertool.transport import find_esp32s3_ports as find  # LINK's one place for this
 
-    vid, pid = ESP_USB_JTAG_VID_PID
-    return sorted(p.device for p in list_ports.comports() if p.vid == vid and p.pid == pid)
+    return list(find())
 
 
 def resolve_port(port: str | None, finder: Callable[[], Sequence[str]] | None = None) -> str:

@@ -1,0 +1,609 @@
+"""gendertool monitor end to end over real TCP sockets (pyserial socket://) against the
+virtual device, plus scripted devices for faults the simulator does not produce (panics,
+silence, a port that never returns), and the shared presentation helpers.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import pty
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from gendertool import protocol as p
+from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
+from gendertool.present import CsvAppender, JsonLinesWriter, RateMeter, RollingStats, percentile
+from gendertool.simdevice import SimDevice, SimFaults, SimServer
+
+PY = sys.executable
+
+
+# --------------------------------------------------------------------------- fixtures
+
+
+@pytest.fixture(scope="module")
+def fast_device():
+    """One virtual device for the module (loading the model costs ~1 s): no period, replayed results."""
+    return SimDevice(period_ms=0, replay=True)
+
+
+@pytest.fixture
+def sim_url(fast_device):
+    with SimServer(fast_device) as server:
+        yield server.url
+
+
+def _result(seq: int, label: str = "male", invoke_us: int = 45000) -> p.Result:
+    cls = 1 if label == "male" else 0
+    probs = (0.1, 0.9) if cls else (0.9, 0.1)
+    return p.Result(seq, "sample", seq % 3, cls, label, (-80, 80) if cls else (80, -80), probs, 800, invoke_us, False)
+
+
+HELLO = p.Hello(
+    1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
+    0.0078125, 0, 0.00390625, -128, 180000, 170000, 250000, 8000000, 240, "v5.5.5", "1.3.4", "1.1.2", 8, "sample", True, False,
+)
+
+
+class ScriptedDevice:
+    """A TCP 'device' running ``script(conn, n)`` for the n-th connection (0-based).
+
+    ``max_conns``: stop listening after that many connections (the port never comes back).
+    Scripts start talking once the host asked ``info`` (:meth:`wait_for`): bytes sent before
+    the host finished opening the port are flushed by pyserial's open, as on a real tty.
+    """
+
+    def __init__(self, script, max_conns: int | None = None) -> None:
+        self.script = script
+        self.max_conns = max_conns
+        self.sock = socket.socket()
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(4)
+        self.url = f"socket://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.received = bytearray()
+        self.conns = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.sock.settimeout(0.2)
+                conn, _ = self.sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            n = self.conns
+            self.conns += 1
+            reader = threading.Thread(target=self._drain, args=(conn,), daemon=True)
+            reader.start()
+            try:
+                self.script(conn, n)
+            except OSError:
+                pass
+            finally:
+                try:
+                    conn.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+                conn.close()
+            if self.max_conns is not None and self.conns >= self.max_conns:
+                self.sock.close()
+                return
+
+    def wait_for(self, needle: bytes, count: int = 1, timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while bytes(self.received).count(needle) < count:
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the host never sent {needle!r}")
+            time.sleep(0.005)
+
+    def _drain(self, conn) -> None:
+        try:
+            while True:
+                data = conn.recv(4096)
+                if not data:
+                    return
+                self.received += data
+        except OSError:
+            return
+
+    def close(self) -> None:
+        self._stop.set()
+        try:
+            self.sock.close()
+        except OSError:
+            pass
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture
+def scripted():
+    devices = []
+
+    def make(script, max_conns=None, greet=True) -> ScriptedDevice:
+        def after_info(conn, n):
+            if greet:
+                dev.wait_for(b"info\n", n + 1)
+            script(conn, n)
+
+        dev = ScriptedDevice(after_info, max_conns)
+        devices.append(dev)
+        return dev
+
+    yield make
+    for dev in devices:
+        dev.close()
+
+
+class Collect(MonitorSink):
+    def __init__(self) -> None:
+        self.results, self.logs, self.statuses, self.panics, self.hellos, self.errors = [], [], [], [], [], []
+
+    def hello(self, h):
+        self.hellos.append(h)
+
+    def result(self, r, session):
+        self.results.append(r)
+
+    def log(self, text):
+        self.logs.append(text)
+
+    def status(self, text):
+        self.statuses.append(text)
+
+    def panic(self, report):
+        self.panics.append(report)
+
+    def device_error(self, rec):
+        self.errors.append(rec)
+
+
+# --------------------------------------------------------------------------- against the virtual device
+
+
+def test_monitor_help(cli):
+    res = cli("monitor", "--help")
+    assert res.exit_code == 0
+    for opt in ("--port", "--count", "--json", "--csv", "--timeout", "--elf", "--source"):
+        assert opt in res.stdout
+
+
+def test_monitor_count_text(cli, sim_url):
+    res = cli("monitor", "--port", sim_url, "--count", "7")
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("#")]
+    assert len(lines) == 7
+    assert all(("male" in ln or "female" in ln) and "invoke" in ln for ln in lines)
+    assert "Monitor summary" in res.stdout and "results" in res.stdout and "p90" in res.stdout
+    assert "virtual device" in res.stdout  # simulated figures are labelled as such
+    assert "connected" in res.stderr and "gender_mbv2_035_64" in res.stderr
+
+
+def test_monitor_json_only_results_on_stdout(cli, sim_url):
+    res = cli("monitor", "--port", sim_url, "--count", "25", "--json")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]  # every stdout line is JSON
+    assert len(rows) == 25
+    seqs = [r["seq"] for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + 25))
+    for r in rows:
+        assert r["label"] in ("female", "male") and r["simulated"] is True
+        assert r["class"] in (0, 1) and len(r["probs"]) == 2 and len(r["scores"]) == 2
+        assert math.isclose(r["confidence"], r["probs"][r["class"]], abs_tol=1e-4)
+        assert r["invoke_us"] > 0
+    assert "Monitor summary" in res.stderr
+
+
+def test_monitor_garbage_and_10000_results_lose_none(cli, tmp_path):
+    """10,000 results with garbage before every record: all arrive, in order, none damaged."""
+    dev = SimDevice(period_ms=0, replay=True, faults=SimFaults(garbage_every=1, seed=7))
+    with SimServer(dev) as server:
+        res = cli("monitor", "--port", server.url, "--count", "10000", "--json")
+    assert res.exit_code == 0, res.stderr
+    seqs = [json.loads(line)["seq"] for line in res.stdout.splitlines()]
+    assert len(seqs) == 10000
+    assert seqs == list(range(seqs[0], seqs[0] + 10000))
+    assert "lost / damaged  none" in res.stderr
+
+
+def test_monitor_csv_appends_with_one_header(cli, sim_url, tmp_path):
+    out = tmp_path / "runs" / "results.csv"
+    assert cli("monitor", "--port", sim_url, "--count", "4", "--csv", out).exit_code == 0
+    res = cli("monitor", "--port", sim_url, "--count", "3", "--csv", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert len(rows) == 7  # appended, header written once
+    assert out.read_text().count("seq,") == 1
+    assert all(r["label"] in ("female", "male") and int(r["invoke_us"]) > 0 for r in rows)
+    assert len(rows[0]["probs"].split()) == 2
+
+
+def test_monitor_csv_header_mismatch_refused(cli, sim_url, tmp_path):
+    out = tmp_path / "other.csv"
+    out.write_text("a,b\n1,2\n")
+    res = cli("monitor", "--port", sim_url, "--count", "1", "--csv", out)
+    assert res.exit_code == 2 and "different columns" in res.stderr
+    assert out.read_text() == "a,b\n1,2\n"
+
+
+def test_monitor_csv_survives_a_kill(tmp_path, fast_device):
+    """A crash (SIGKILL) loses no row already received: every row written is complete."""
+    out = tmp_path / "live.csv"
+    with SimServer(SimDevice(fast_device.model, period_ms=20)) as server:
+        proc = subprocess.Popen(
+            [PY, "-m", "gendertool", "monitor", "--port", server.url, "--csv", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                if out.exists() and out.read_text().count("\n") >= 11:
+                    break
+                time.sleep(0.05)
+            proc.send_signal(signal.SIGKILL)
+            proc.wait(timeout=10)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+    text = out.read_text()
+    assert text.endswith("\n")  # nothing half-written
+    rows = list(csv.DictReader(text.splitlines()))
+    assert len(rows) >= 10
+    seqs = [int(r["seq"]) for r in rows]
+    assert seqs == list(range(seqs[0], seqs[0] + len(seqs)))
+
+
+def test_monitor_reconnects_after_disconnect(cli, fast_device):
+    dev = SimDevice(fast_device.model, period_ms=0, replay=True, faults=SimFaults(disconnect_after=6, disconnects=1))
+    with SimServer(dev) as server:
+        res = cli("monitor", "--port", server.url, "--count", "15", "--json", "--timeout", "5")
+    assert res.exit_code == 0, res.stderr
+    assert len(res.stdout.splitlines()) == 15
+    assert "disconnected" in res.stderr and "reconnected" in res.stderr
+    assert "reconnects      1" in res.stderr
+
+
+def test_monitor_gives_up_when_port_does_not_return(cli, scripted):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO))
+        for i in range(3):
+            conn.sendall(p.encode_record(_result(i)))
+        time.sleep(0.2)
+
+    dev = scripted(script, max_conns=1)
+    t0 = time.monotonic()
+    res = cli("monitor", "--port", dev.url, "--count", "10", "--timeout", "1", "--json")
+    assert res.exit_code == 2
+    assert time.monotonic() - t0 < 15
+    assert "did not come back within 1 s" in res.stderr and "giving up" in res.stderr
+    assert len(res.stdout.splitlines()) == 3  # what arrived is kept
+    assert "Monitor summary" in res.stderr  # summary still shown
+
+
+def test_monitor_silent_device_times_out(cli, scripted):
+    dev = scripted(lambda conn, n: time.sleep(1.5), greet=False)
+    res = cli("monitor", "--port", dev.url, "--timeout", "0.5")
+    assert res.exit_code == 2
+    assert "no data from" in res.stderr and "0.5 s" in res.stderr
+    assert b"info\n" in dev.received  # it asked the device who it is
+
+
+def test_monitor_starts_a_stopped_device_and_selects_source(scripted):
+    stopped = p.Hello(**{**HELLO.__dict__, "running": False})
+
+    def script(conn, n):
+        conn.sendall(p.encode_record(stopped))
+        dev.wait_for(b"start\n")
+        for i in range(3):
+            conn.sendall(p.encode_record(_result(i)))
+        time.sleep(1)
+
+    dev = scripted(script)
+    sink = Collect()
+    summary = run_monitor(dev.url, sink, count=3, timeout=3, source="camera")
+    assert summary.results == 3 and summary.error is None
+    sent = bytes(dev.received)
+    assert b"source camera\n" in sent and b"start\n" in sent
+    time.sleep(0.2)
+    assert bytes(dev.received).endswith(b"stop\n")  # we started it, so we stop it
+
+
+def test_monitor_counts_sequence_gaps_and_reboots(scripted):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO))
+        for seq in (0, 1, 2, 5, 6):  # 3 and 4 lost
+            conn.sendall(p.encode_record(_result(seq)))
+        conn.sendall(b"I (10) boot: rebooting\r\n" + p.encode_record(HELLO))  # a boot hello: seq restarts
+        for seq in (0, 1):
+            conn.sendall(p.encode_record(_result(seq)))
+        time.sleep(1)
+
+    dev = scripted(script)
+    sink = Collect()
+    summary = run_monitor(dev.url, sink, count=7, timeout=3)
+    assert summary.results == 7
+    assert summary.lost == 2
+    assert any("rebooted" in s for s in sink.statuses)
+    assert "I (10) boot: rebooting" in sink.logs
+
+
+def test_monitor_sim_port_for_a_newcomer(cli):
+    """`gendertool monitor --port sim`: the in-process virtual device, nothing to set up."""
+    res = cli("monitor", "--port", "sim", "--count", "2")
+    assert res.exit_code == 0, res.output
+    assert len([ln for ln in res.stdout.splitlines() if ln.startswith("#")]) == 2
+
+
+def test_monitor_device_error_records_shown(scripted):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO))
+        conn.sendall(p.encode_record(p.ErrorRecord("camera_failed", "", "capture timeout", False)))
+        conn.sendall(p.encode_record(_result(0)))
+        time.sleep(1)
+
+    sink = Collect()
+    run_monitor(scripted(script).url, sink, count=1, timeout=3)
+    assert [(e.code, e.message) for e in sink.errors] == [("camera_failed", "capture timeout")]
+
+
+def test_monitor_refuses_other_protocol_versions(cli, scripted):
+    future = p.Hello(**{**HELLO.__dict__, "proto": 2})
+    dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(future)), time.sleep(1)))
+    res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
+    assert res.exit_code == 2 and "protocol version 2" in res.stderr
+
+
+# --------------------------------------------------------------------------- ports
+
+
+def test_monitor_busy_port(cli):
+    """Ports are opened exclusively: a second monitor on the same tty gets a clear error."""
+    from gendertool.transport import open_port
+
+    master, slave = pty.openpty()
+    path = os.ttyname(slave)
+    first = open_port(path)
+    try:
+        res = cli("monitor", "--port", path, "--count", "1", "--timeout", "1")
+        assert res.exit_code == 2
+        assert "busy" in res.stderr and path in res.stderr
+        assert "Traceback" not in res.output
+    finally:
+        first.close()
+        os.close(master)
+        os.close(slave)
+
+
+def test_monitor_missing_port(cli, tmp_path):
+    res = cli("monitor", "--port", str(tmp_path / "ttyACM7"))
+    assert res.exit_code == 2 and "not found" in res.stderr
+
+
+def test_monitor_no_board_found(cli, monkeypatch):
+    import gendertool.transport
+
+    monkeypatch.setattr(gendertool.transport, "find_esp32s3_ports", lambda: [])
+    res = cli("monitor")
+    assert res.exit_code == 2 and "no ESP32-S3 found" in res.stderr and "--port sim" in res.stderr
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--json", "--csv", "x.csv"], "one of --json and --csv"),
+        (["--source", "upload"], "--source must be sample or camera"),
+        (["--count", "0"], "--count must be at least 1"),
+        (["--timeout", "0"], "--timeout must be positive"),
+        (["--elf", "/nonexistent/app.elf"], "does not exist"),
+    ],
+)
+def test_monitor_bad_options(cli, sim_url, args, expected):
+    res = cli("monitor", "--port", sim_url, *args)
+    assert res.exit_code == 2 and expected in res.stderr
+
+
+# --------------------------------------------------------------------------- panics
+
+PANIC = (
+    "Guru Meditation Error: Core  0 panic'ed (LoadProhibited). Exception was unhandled.\r\n"
+    "\r\n"
+    "Core  0 register dump:\r\n"
+    "PC      : 0x42000024  PS      : 0x00060930  A0      : 0x82008e1d  A1      : 0x3fc97a90\r\n"
+    "\r\n"
+    "Backtrace: 0x42000024:0x3fc97a90 0x42000035:0x3fc97ab0 0x40379999:0x3fc97ad0\r\n"
+    "\r\n"
+    "ELF file SHA256: {sha}\r\n"
+    "\r\n"
+    "Rebooting...\r\n"
+)
+
+
+def _panic_script(sha: str = "0123456789abcdef"):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO))
+        conn.sendall(p.encode_record(_result(0)))
+        conn.sendall(PANIC.format(sha=sha).encode())
+        conn.sendall(b"ESP-ROM:esp32s3-20210327\r\n" + p.encode_record(HELLO) + p.encode_record(_result(0)))
+        time.sleep(1)
+
+    return script
+
+
+@pytest.fixture(scope="module")
+def host_elf(tmp_path_factory) -> Path:
+    """A real 32-bit ELF whose code sits at ESP32-S3 flash addresses (0x42000020), built with g++'s
+    sibling gcc, so the real addr2line path of esp-idf-panic-decoder can be exercised here."""
+    if shutil.which("gcc") is None or shutil.which("addr2line") is None:
+        pytest.skip("needs gcc and binutils' addr2line")
+    d = tmp_path_factory.mktemp("elf")
+    src = d / "app.c"
+    src.write_text(
+        "__attribute__((noinline)) int inference_step(int x) { return x * 3 + 1; }\n"
+        "int app_main(void) { return inference_step(2); }\n"
+    )
+    elf = d / "app.elf"
+    proc = subprocess.run(
+        ["gcc", "-m32", "-g", "-O0", "-ffreestanding", "-nostdlib", "-static", "-fno-pie", "-no-pie",
+         "-Wl,-Ttext=0x42000020", "-Wl,-e,app_main", "-o", str(elf), str(src)],
+        capture_output=True,
+    )
+    if proc.returncode != 0:
+        pytest.skip(f"gcc -m32 unavailable: {proc.stderr.decode()[:200]}")
+    return elf
+
+
+def test_panic_decoded_with_a_real_elf_and_addr2line(scripted, host_elf):
+    import hashlib
+
+    sha = hashlib.sha256(host_elf.read_bytes()).hexdigest()[:16]
+    sink = Collect()
+    summary = run_monitor(scripted(_panic_script(sha)).url, sink, count=2, timeout=3, elf=host_elf, toolchain_prefix="")
+    assert summary.panics == 1 and summary.results == 2
+    (report,) = sink.panics
+    assert "LoadProhibited" in report.reason
+    assert report.decoded and report.hint is None  # the device's ELF SHA matches this ELF
+    f0, f1, f2 = report.frames
+    assert (f0.pc, f0.function) == ("0x42000024", "inference_step")
+    assert f0.location.endswith("app.c:1")
+    assert f1.function == "app_main"
+    assert f2.function is None  # outside the ELF's code (ROM)
+
+
+def test_panic_elf_mismatch_is_flagged(scripted, host_elf):
+    sink = Collect()
+    run_monitor(scripted(_panic_script("deadbeefdeadbeef")).url, sink, count=2, timeout=3, elf=host_elf, toolchain_prefix="")
+    (report,) = sink.panics
+    assert report.hint and "deadbeefdeadbeef" in report.hint and "may be wrong" in report.hint
+
+
+def test_panic_decoder_gets_the_elf_and_toolchain(monkeypatch, tmp_path):
+    """Without an Xtensa toolchain here: the decoder is built with the flashed ELF and the
+    esp32s3 toolchain prefix, and asked for exactly the backtrace PCs."""
+    import esp_idf_panic_decoder
+
+    import gendertool.monitor as mon
+
+    elf = tmp_path / "gendertool.elf"
+    elf.write_bytes(b"\x7fELF")
+    calls = {}
+
+    class FakeDecoder:
+        def __init__(self, toolchain_prefix, elf_file, rom_elf_file=None):
+            calls["init"] = (toolchain_prefix, elf_file)
+
+        def translate_addresses(self, line):
+            calls["line"] = line
+            from esp_idf_panic_decoder.pc_address_decoder import PcAddressLocation
+
+            return [("0x42000024", [PcAddressLocation("run_inference", "/p/main/inference.cc", "42"), PcAddressLocation("app_main", "/p/main/main.cc", "7")])]
+
+    tool = tmp_path / "bin" / "xtensa-esp32s3-elf-addr2line"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\n")
+    tool.chmod(0o755)
+    monkeypatch.setattr(esp_idf_panic_decoder, "PcAddressDecoder", FakeDecoder)
+    monkeypatch.setattr(mon, "find_addr2line", lambda prefix: str(tool))
+    report = PanicDecoder(elf).decode("Guru Meditation Error", "Backtrace: 0x42000024:0x3fc97a90 0x40379999:0x3fc97ab0")
+    assert calls["init"] == (str(tool.parent / "xtensa-esp32s3-elf-"), str(elf))
+    assert calls["line"].split() == ["0x42000024", "0x40379999"]
+    assert report.decoded
+    assert report.frames[0].function == "run_inference" and report.frames[0].location == "/p/main/inference.cc:42"
+    assert report.frames[0].inlined == ["app_main at /p/main/main.cc:7"]
+
+
+def test_panic_without_elf_shows_raw_backtrace_and_hint(cli, scripted):
+    res = cli("monitor", "--port", scripted(_panic_script()).url, "--count", "2", "--timeout", "3")
+    assert res.exit_code == 0, res.output
+    assert "Backtrace: 0x42000024:0x3fc97a90 0x42000035:0x3fc97ab0" in res.stderr
+    assert "no ELF known" in res.stderr and "--elf" in res.stderr
+    assert "panics" in res.stdout  # counted in the summary
+
+
+def test_panic_elf_from_build_manifest_without_toolchain(cli, scripted, tmp_path, monkeypatch):
+    """The ELF comes from the build manifest; with no Xtensa addr2line the hint says so."""
+    import gendertool.monitor as mon
+
+    monkeypatch.setattr(mon, "find_addr2line", lambda prefix: None)
+    build = tmp_path / "build"
+    build.mkdir()
+    (build / "gendertool.elf").write_bytes(b"\x7fELF")
+    (build / "gendertool-build.json").write_text(json.dumps({"schema": 1, "chip": "esp32s3", "images": [], "elf": "gendertool.elf"}))
+    monkeypatch.chdir(tmp_path)  # ./build is the default
+    res = cli("monitor", "--port", scripted(_panic_script()).url, "--count", "2", "--timeout", "3")
+    assert res.exit_code == 0, res.output
+    assert "xtensa-esp32s3-elf-addr2line not found" in res.stderr
+
+
+# --------------------------------------------------------------------------- present.py helpers
+
+
+def test_percentile_matches_linear_interpolation():
+    values = [5.0, 1.0, 3.0, 2.0, 4.0]
+    assert percentile(values, 50) == 3.0
+    assert percentile(values, 0) == 1.0 and percentile(values, 100) == 5.0
+    assert percentile(values, 90) == pytest.approx(4.6)
+    assert math.isnan(percentile([], 50))
+    with pytest.raises(ValueError):
+        percentile(values, 101)
+    np = pytest.importorskip("numpy")
+    rng = np.random.default_rng(3)
+    data = list(rng.normal(40, 5, 333))
+    for q in (1, 10, 50, 90, 99):
+        assert percentile(data, q) == pytest.approx(float(np.percentile(data, q)))
+
+
+def test_rolling_stats_window_and_totals():
+    s = RollingStats(window=3)
+    for v in (100.0, 1.0, 2.0, 3.0):
+        s.add(v)
+    assert s.recent == [1.0, 2.0, 3.0] and s.p50 == 2.0  # 100 rolled out of the window
+    assert s.count == 4 and s.max == 100.0 and s.mean == pytest.approx(26.5)
+
+
+def test_rate_meter():
+    r = RateMeter(window_s=1.0, clock=lambda: 0.0)
+    for t in (0.0, 0.1, 0.2, 0.3, 0.4):
+        r.tick(t)
+    assert r.rate(0.4) == pytest.approx(10.0)
+    assert r.rate(5.0) == 0.0  # window empty: nothing recent
+    assert r.overall() == pytest.approx(10.0)
+
+
+def test_jsonl_and_csv_writers_flush_per_record(tmp_path):
+    path = tmp_path / "r.csv"
+    w = CsvAppender(path, ["seq", "probs"])
+    w.write({"seq": 1, "probs": [0.1, 0.9], "ignored": "x"})
+    assert path.read_text().splitlines() == ["seq,probs", "1,0.1 0.9"]  # on disk before close
+    w.close()
+
+    class Stream:
+        def __init__(self):
+            self.parts, self.flushes = [], 0
+
+        def write(self, s):
+            self.parts.append(s)
+
+        def flush(self):
+            self.flushes += 1
+
+    s = Stream()
+    j = JsonLinesWriter(s)
+    j.write({"a": 1})
+    j.write({"a": 2})
+    assert s.flushes == 2 and "".join(s.parts) == '{"a":1}\n{"a":2}\n'
