@@ -158,6 +158,7 @@ def build(
     jobs: int | None = None,
     on_line: LineCallback | None = None,
     on_stage: LineCallback | None = None,
+    options: dict | None = None,
 ) -> BuildResult:
     """Render the firmware for ``model`` and ``board`` into ``out_dir`` and (unless
     ``compile=False``) compile it. ``on_line`` receives every toolchain output line,
@@ -177,7 +178,7 @@ def build(
 
     out = Path(out_dir).expanduser().resolve()
     stage(f"rendering the project into {out}")
-    rendered = render(info, brd, out, input_source=input_source)
+    rendered = render(info, brd, out, input_source=input_source, options=options)
     result = BuildResult(
         out_dir=out,
         board=brd.name,
@@ -221,12 +222,12 @@ def build(
     return result
 
 
-def render(info: Any, board: Any, out: Path, *, input_source: str = "sample") -> Any:
+def render(info: Any, board: Any, out: Path, *, input_source: str = "sample", options: dict | None = None) -> Any:
     """Render the project (FIRMWARE's renderer); turn filesystem trouble into BuildError."""
     from gendertool.render import render_project
 
     try:
-        return render_project(info, board, out, input_source=input_source)
+        return render_project(info, board, out, input_source=input_source, options=options)
     except GendertoolError:
         raise
     except OSError as exc:

@@ -71,6 +71,7 @@ OPTION_KEYS = {
     "selftest_on_boot",
     "model_in_psram",
     "arena_placement",  # "auto" | "internal" | "psram"
+    "esp_nn",  # False: CONFIG_NN_ANSI_C (TFLM reference kernels) instead of CONFIG_NN_OPTIMIZED
 }
 
 
@@ -306,6 +307,7 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
             "selftest_on_boot": bool(options.get("selftest_on_boot", True)),
             "model_in_psram": bool(options.get("model_in_psram", False)),
             "arena_placement": placement,
+            "esp_nn": bool(options.get("esp_nn", True)),
             "app_partition_bytes": app_partition_size(model, board, sample_bytes),
         },
         "samples": samples,
