@@ -607,3 +607,41 @@ def test_jsonl_and_csv_writers_flush_per_record(tmp_path):
     j.write({"a": 1})
     j.write({"a": 2})
     assert s.flushes == 2 and "".join(s.parts) == '{"a":1}\n{"a":2}\n'
+
+
+# --------------------------------------------------------------------------- Ctrl-C, a real board
+
+
+def test_monitor_ctrl_c_prints_summary(fast_device):
+    with SimServer(SimDevice(fast_device.model, period_ms=20)) as server:
+        proc = subprocess.Popen(
+            [PY, "-m", "gendertool", "monitor", "--port", server.url],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        lines: list[str] = []
+        reader = threading.Thread(target=lambda: lines.extend(iter(proc.stdout.readline, "")), daemon=True)
+        reader.start()
+        deadline = time.monotonic() + 60
+        while sum(ln.startswith("#") for ln in lines) < 5 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=20)
+        reader.join(timeout=5)
+        err = proc.stderr.read()
+    assert proc.returncode == 0, err
+    out = "".join(lines)
+    assert "Monitor summary" in out and "Ctrl-C" in out
+    shown = sum(ln.startswith("#") for ln in lines)
+    assert f"results         {shown} in" in out  # the summary counts what was shown
+
+
+@pytest.mark.hardware
+def test_monitor_real_board(board_ports):
+    """A flashed board streams results: protocol 1, not simulated, latencies plausible."""
+    sink = Collect()
+    summary = run_monitor(board_ports[0], sink, count=10, timeout=15)
+    assert summary.error is None and summary.results == 10
+    assert sink.results and not sink.results[-1].simulated
+    assert 0 < summary.invoke_ms["p50"] < 1000

@@ -156,6 +156,12 @@ def monitor_cmd(
     try:
         with sink.live():
             summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path)
+    except BrokenPipeError:
+        # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
     finally:
         if writer_csv is not None:
             writer_csv.close()
@@ -210,7 +216,7 @@ class _MonitorView:
                         view.json_out.write(row)
                     if view.csv_out is not None:
                         view.csv_out.write(row)
-                if view.text_results and view._live is None:
+                if view.text_results and (view._live is None or not console.is_terminal):
                     console.print(
                         f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms",
                         markup=False,
