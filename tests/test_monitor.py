@@ -350,6 +350,12 @@ def test_monitor_sim_port_for_a_newcomer(cli):
     assert len([ln for ln in res.stdout.splitlines() if ln.startswith("#")]) == 2
 
 
+def test_monitor_source_camera_refused_by_sim(cli, sim_url):
+    res = cli("monitor", "--port", sim_url, "--source", "camera", "--count", "3", "--timeout", "3")
+    assert res.exit_code == 2
+    assert "refused --source camera" in res.stderr and "no camera" in res.stderr
+
+
 def test_monitor_device_error_records_shown(scripted):
     def script(conn, n):
         conn.sendall(p.encode_record(HELLO))

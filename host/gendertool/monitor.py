@@ -419,7 +419,10 @@ def run_monitor(
                     raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
                 sink.status(f"{port} is back; reconnected")
                 last_data = clock()
-                greet()
+                try:
+                    greet()
+                except DeviceError:
+                    pass  # gone again already: the next read starts another wait
                 continue
             now = clock()
             if data:
@@ -440,6 +443,8 @@ def run_monitor(
                         on_hello(item)
                     elif isinstance(item, ErrorRecord):
                         sink.device_error(item)
+                        if item.cmd == "source" and source is not None:
+                            raise DeviceError(f"the device refused --source {source}: {item.message} ({item.code})")
                     elif isinstance(item, Ack):
                         if item.cmd == "info":
                             info_reply_due = True
