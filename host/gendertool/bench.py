@@ -462,7 +462,7 @@ def run_bench(
     progress = on_progress or (lambda phase, done, total: None)
     result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, runs_requested=runs, started=_now())
     if variant is not None:
-        result.variant, result.variant_options = variant.name, dict(variant.options)
+        result.variant, result.variant_options = variant.name, {**variant.options, "sdkconfig": variant.sdkconfig}
     last_flush = 0.0
 
     def flush(force: bool = False) -> None:
@@ -649,22 +649,30 @@ def default_connect(port: str) -> Any:
 
 @dataclass(frozen=True)
 class Variant:
-    """A firmware build to compare: sdkconfig options handed to the renderer, nothing else."""
+    """A firmware build to compare: render options (gendertool.render.OPTION_KEYS), nothing else."""
 
     name: str
     description: str
-    options: dict[str, str]
+    options: dict
+
+    @property
+    def sdkconfig(self) -> dict[str, str]:
+        """The Kconfig symbols these options select in the rendered project (for the record)."""
+        o = self.options
+        out = {f"CONFIG_APP_ARENA_{str(o.get('arena_placement', 'auto')).upper()}": "y",
+               "CONFIG_APP_MODEL_IN_PSRAM": "y" if o.get("model_in_psram", False) else "n"}
+        out["CONFIG_NN_OPTIMIZED" if o.get("esp_nn", True) else "CONFIG_NN_ANSI_C"] = "y"
+        return out
 
 
-# Symbols: CONFIG_APP_* from firmware/main/Kconfig.projbuild (the app's own options),
-# CONFIG_NN_OPTIMIZED / CONFIG_NN_ANSI_C from esp-nn's Kconfig.projbuild (choice NN_OPTIMIZATIONS).
-# Add a row here to measure another variant; tests check every key exists in those Kconfigs.
-_BASE = {"CONFIG_APP_ARENA_INTERNAL": "y", "CONFIG_APP_MODEL_IN_PSRAM": "n", "CONFIG_NN_OPTIMIZED": "y"}
+# Add a row to measure another variant. CONFIG_APP_* live in the rendered main/Kconfig.projbuild,
+# CONFIG_NN_* in esp-nn's Kconfig.projbuild (choice NN_OPTIMIZATIONS); tests check both.
+_BASE = {"arena_placement": "internal", "model_in_psram": False, "esp_nn": True}
 MATRIX: tuple[Variant, ...] = (
     Variant("baseline", "arena in internal RAM, model in flash, ESP-NN on", dict(_BASE)),
-    Variant("arena-psram", "tensor arena in PSRAM", {**_BASE, "CONFIG_APP_ARENA_INTERNAL": "n", "CONFIG_APP_ARENA_PSRAM": "y"}),
-    Variant("model-psram", "model copied from flash to PSRAM at boot", {**_BASE, "CONFIG_APP_MODEL_IN_PSRAM": "y"}),
-    Variant("esp-nn-off", "ESP-NN off: TFLM reference kernels (ANSI C)", {**_BASE, "CONFIG_NN_OPTIMIZED": "n", "CONFIG_NN_ANSI_C": "y"}),
+    Variant("arena-psram", "tensor arena in PSRAM", {**_BASE, "arena_placement": "psram"}),
+    Variant("model-psram", "model copied from flash to PSRAM at boot", {**_BASE, "model_in_psram": True}),
+    Variant("esp-nn-off", "ESP-NN off: ANSI C kernels", {**_BASE, "esp_nn": False}),
 )
 
 
@@ -678,7 +686,7 @@ def get_variants(names: Sequence[str] | None = None) -> list[Variant]:
     return [by_name[n] for n in names]
 
 
-StepFn = Callable[[str, str], None]  # (variant, phase)
+StepFn = Callable[[str, str], None]  # (variant, message)
 
 
 def run_matrix(
@@ -686,43 +694,41 @@ def run_matrix(
     variants: Sequence[Variant],
     *,
     model: str | Path | None = None,
-    board: str = "xiao_esp32s3",
+    board: str | None = None,
     n: int = 200,
     warmup: int = 10,
     input_source: str = "sample",
+    runs: int | None = None,
     out_dir: Path = Path("out/bench"),
     on_step: StepFn | None = None,
-    build: Callable[[Path], Path] | None = None,
-    flash: Callable[[Path, str], Any] | None = None,
     connect: Callable[[str], Any] | None = None,
+    boot_timeout_s: float = 20.0,
 ) -> list[BenchResult]:
-    """Render, build, flash and bench each variant on the board at ``port``, in order.
+    """Build, flash and bench each variant on the board at ``port``, in order.
 
     Build and flash problems raise (BuildError / DeviceError): without a toolchain the first
-    build stops the matrix with the toolchain's message, and no figure is invented.
+    build stops the matrix with the toolchain's message, and no figure is invented. Each
+    variant's project, bench.json and plots go to ``out_dir/<variant>/``.
     """
-    from gendertool.boards import get_board
-    from gendertool.model import load_model
-    from gendertool.render import render_project
+    from gendertool.build import build
+    from gendertool.flash import flash, plan_flash
 
-    step = on_step or (lambda variant, phase: None)
-    build = build or _default_build
-    flash = flash or _default_flash
+    check_request(n, warmup, input_source, runs)
+    if port == "sim" or port.startswith("socket://"):
+        raise GendertoolError(f"--matrix flashes firmware: {port} is the virtual device, give a board's serial port")
+    step = on_step or (lambda variant, message: None)
     connect = connect or default_connect
-    info = load_model(model, board=board)
-    brd = get_board(board)
     results = []
     for v in variants:
         vdir = out_dir / v.name
-        step(v.name, "render")
-        render_project(info, brd, vdir / "project", input_source=input_source, options=dict(v.options))
-        step(v.name, "build")
-        build_dir = build(vdir / "project")
-        step(v.name, "flash")
-        flash(build_dir, port)
-        step(v.name, "bench")
-        with connect(port) as client:
-            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
+        built = build(model, board=board, out_dir=vdir / "project", input_source=input_source, options=dict(v.options),
+                      on_stage=lambda msg, _v=v.name: step(_v, msg))
+        step(v.name, f"flashing {port}")
+        flash(plan_flash(built.out_dir), port)
+        step(v.name, "benchmarking")
+        client = _connect_when_booted(port, connect, boot_timeout_s)
+        with client:
+            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source, runs=runs,
                           out_json=vdir / "bench.json", variant=v)
         results.append(r)
         if r.error is not None:
@@ -730,13 +736,13 @@ def run_matrix(
     return results
 
 
-def _default_build(project: Path) -> Path:
-    from gendertool.build import build_project
-
-    return build_project(project)
-
-
-def _default_flash(build_dir: Path, port: str) -> Any:
-    from gendertool.flash import flash, plan_flash
-
-    return flash(plan_flash(build_dir), port)
+def _connect_when_booted(port: str, connect: Callable[[str], Any], timeout_s: float) -> Any:
+    """After flashing, the USB port vanishes while the chip resets: retry until it is back."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            return connect(port)
+        except DeviceError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)

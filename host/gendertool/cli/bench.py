@@ -37,7 +37,8 @@ def bench_cmd(
     compare: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: show deltas and the speed-up."),
     matrix: bool = typer.Option(False, "--matrix", help="Build, flash and bench every firmware variant on the board."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --matrix builds (default: the shipped model)."),
-    board: str = typer.Option("xiao_esp32s3", "--board", help="Board for --matrix builds."),
+    board: Optional[str] = typer.Option(None, "--board", help="Board for --matrix builds (default: xiao_esp32s3)."),
+    variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
 ) -> None:
     """Benchmark the model on the board: latency statistics from every run, FPS, memory, profile."""
@@ -48,7 +49,8 @@ def bench_cmd(
     ports = _ports(port)
     old = load_bench(compare) if compare is not None else None  # fail before touching a device
     if matrix:
-        _matrix(ports, n=n, warmup=warmup, input_source=input_source, out=out, model=model, board=board, plots=plots)
+        _matrix(ports, n=n, warmup=warmup, input_source=input_source, runs=full_runs, out=out, model=model, board=board,
+                variants=variant, plots=plots)
         return
 
     from gendertool.bench import bench_boards
@@ -242,25 +244,26 @@ def present_boards(results: list["BenchResult"], out: "Console") -> None:
 # --------------------------------------------------------------------------- matrix
 
 
-def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Path, model: Optional[str], board: str,
-            plots: bool) -> None:
-    from gendertool.bench import MATRIX, run_matrix
+def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, runs: Optional[int], out: Path,
+            model: Optional[str], board: Optional[str], variants: list[str], plots: bool) -> None:
+    from gendertool.bench import get_variants, run_matrix
 
     if len(ports) != 1:
         raise typer.BadParameter("--matrix flashes the board: give exactly one --port", param_hint="--port")
+    chosen = get_variants(variants)
 
-    def step(variant: str, phase: str) -> None:
-        err_console.print(f"[{variant}] {phase}")
+    def step(variant: str, message: str) -> None:
+        err_console.print(f"[{variant}] {message}", markup=False, highlight=False)
 
-    results = run_matrix(ports[0], MATRIX, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
-                         out_dir=out, on_step=step)
+    results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
+                         runs=runs, out_dir=out, on_step=step)
+    for r in results:
+        present_bench(r, console)
+        if plots and r.samples and r.path:
+            from gendertool.plots import write_plots
+
+            write_plots(r, r.path.parent)
     present_matrix(results, console)
-    if plots:
-        from gendertool.plots import write_plots
-
-        for r in results:
-            if r.samples and r.path:
-                write_plots(r, r.path.parent)
     failed = [r for r in results if r.error is not None]
     if failed:
         raise _failure(failed)
