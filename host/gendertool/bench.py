@@ -58,14 +58,13 @@ class Stats:
         return cls(n=int(d["n"]), **{k: float(d[k]) for k in STAT_KEYS})
 
 
-def percentile(sorted_values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method) of pre-sorted values."""
-    if not sorted_values:
+def percentile(values: Sequence[float], q: float) -> float:
+    """Linear-interpolated percentile (numpy's default method), shared with the monitor."""
+    from gendertool.present import percentile as _percentile
+
+    if not values:
         raise ValueError("no values")
-    pos = (len(sorted_values) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(sorted_values) - 1)
-    return float(sorted_values[lo] + (sorted_values[hi] - sorted_values[lo]) * (pos - lo))
+    return float(_percentile(values, q))
 
 
 def latency_stats(values: Iterable[float]) -> Stats:
