@@ -173,3 +173,29 @@ def test_main_cmakelists_builds_every_source(model, board, tmp_path):
     expected = present if b.has_camera else present - {"camera_provider.cc"}
     assert listed == expected
     assert "idf_component_register(" in text
+
+
+def test_sample_limits(model, tmp_path):
+    from PIL import Image
+
+    big = tmp_path / "big.png"
+    Image.new("RGB", (700, 20)).save(big)
+    with pytest.raises(BuildError, match="big.png: sample image is 700x20; at most 640 px a side"):
+        render_project(model, get_board("xiao_esp32s3"), tmp_path / "a", options={"samples": [big]})
+    small = tmp_path / "s.png"
+    Image.new("RGB", (8, 8)).save(small)
+    with pytest.raises(BuildError, match="17 sample images; the firmware takes at most 16"):
+        render_project(model, get_board("xiao_esp32s3"), tmp_path / "b", options={"samples": [small] * 17})
+
+
+def test_custom_samples_and_esp_nn_option(model, tmp_path):
+    from PIL import Image
+
+    one = tmp_path / "grey square.png"
+    Image.new("RGB", (30, 20), (128, 128, 128)).save(one)
+    render_project(model, get_board("xiao_esp32s3"), tmp_path / "p", options={"samples": [one], "esp_nn": False})
+    samples = (tmp_path / "p" / "main" / "sample_images.cc").read_text()
+    assert '{"grey square", 30, 20, kgrey_square' in samples
+    assert "constexpr int kNumSampleImages = 1;" in (tmp_path / "p" / "main" / "sample_images.h").read_text()
+    sdk = (tmp_path / "p" / "sdkconfig.defaults").read_text().splitlines()
+    assert "CONFIG_NN_ANSI_C=y" in sdk and "CONFIG_NN_OPTIMIZED=y" not in sdk

@@ -71,7 +71,7 @@ OPTION_KEYS = {
     "selftest_on_boot",
     "model_in_psram",
     "arena_placement",  # "auto" | "internal" | "psram"
-    "esp_nn",  # False: CONFIG_NN_ANSI_C (TFLM reference kernels) instead of CONFIG_NN_OPTIMIZED
+    "esp_nn",  # False: CONFIG_NN_ANSI_C (esp-nn's plain C kernels) instead of CONFIG_NN_OPTIMIZED
 }
 
 
@@ -169,12 +169,27 @@ def _banner_lines(model: "ModelInfo") -> list[str]:
     return model_banner(model.name, model.sha256, model.size).splitlines()
 
 
+MAX_SAMPLES = 16  # the selftest record lists at most 16 samples (docs/protocol.md)
+MAX_SAMPLE_SIDE = 640  # same bound as uploads; samples live in flash as raw RGB888
+
+
 def _load_samples(paths: list[Path]) -> list[tuple[str, Any]]:
     from gendertool.preprocess import load_rgb
 
     if not paths:
         raise BuildError("no sample images: the firmware needs at least one for its self-test")
-    return [(p.stem, load_rgb(p)) for p in paths]
+    if len(paths) > MAX_SAMPLES:
+        raise BuildError(f"{len(paths)} sample images; the firmware takes at most {MAX_SAMPLES}")
+    images = []
+    for path in paths:
+        rgb = load_rgb(path)
+        if max(rgb.shape[:2]) > MAX_SAMPLE_SIDE:
+            raise BuildError(
+                f"{path}: sample image is {rgb.shape[1]}x{rgb.shape[0]}; at most {MAX_SAMPLE_SIDE} px a side "
+                "(it is stored uncompressed in flash)"
+            )
+        images.append((path.stem, rgb))
+    return images
 
 
 def _default_sample_paths() -> list[Path]:
