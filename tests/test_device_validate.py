@@ -110,12 +110,15 @@ def test_validate_on_sim_is_bit_exact(cli, sim_server, images):
 
 
 def test_validate_tables_on_port_sim(cli, images):
-    r = cli("validate", "--port", "sim", "--images", images)
+    r = cli("validate", "--port", "sim", "--images", images, "--show-images")
     assert r.exit_code == 0, r.output
     out = r.stdout
     assert "SIMULATED" in out and "boot self-test: PASS" in out
     assert "6/6 images bit-exact (100.0 %)" in out
     assert "device latency per image" in out and "confusion" in out
+    assert "per image on the device" in out
+    rows = [line for line in out.splitlines() if "img3.png" in line and "yes" in line]
+    assert rows, out  # the 800x500 image, shrunk for the upload, is still bit-exact
 
 
 def test_below_min_parity_fails(cli, sim_server, images):

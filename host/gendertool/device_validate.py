@@ -286,7 +286,7 @@ def validate_devices(
     root = Path(images_dir)
     items, skipped = collect_images(root, info.labels, limit)
     refs, unreadable = prepare_references(
-        info, items, root, (lambda d, t: progress("*", "reference", d, t)) if progress else None)
+        info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
     skipped = list(skipped) + unreadable
     if not refs:
         names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")

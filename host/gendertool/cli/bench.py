@@ -320,6 +320,16 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
                 s = lat[key]
                 t.add_row(name, str(s["n"]), *(_ms(s[k]) for k in ("min", "p50", "p90", "max", "mean")))
             out.print(t)
+        if show_images and b.report is not None:
+            t = Table(title=f"{sim}per image on the device", title_justify="left")
+            for col in ("image", "true", "device", "tflm", "bit-exact", "max diff", "pre ms", "invoke ms"):
+                t.add_column(col, justify="right" if col.endswith(("ms", "diff")) else "left")
+            for im in b.report.images:
+                lat = b.latency.get(im.path)
+                t.add_row(escape(im.path), escape(im.label), escape(im.predicted.get("device", "-")),
+                          escape(im.predicted.get("tflm", "-")), "yes" if im.identical else "NO", str(im.max_diff),
+                          _ms(lat.pre_us) if lat else "-", _ms(lat.invoke_us) if lat else "-")
+            out.print(t)
         p = b.parity()
         if p is not None:
             verdict = "ok" if b.passed(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
