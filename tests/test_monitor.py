@@ -351,7 +351,7 @@ def test_monitor_sim_port_for_a_newcomer(cli):
 
 
 def test_monitor_source_camera_refused_by_sim(cli, sim_url):
-    res = cli("monitor", "--port", sim_url, "--source", "camera", "--count", "3", "--timeout", "3")
+    res = cli("monitor", "--port", sim_url, "--source", "camera", "--count", "100000", "--json", "--timeout", "3")
     assert res.exit_code == 2
     assert "refused --source camera" in res.stderr and "no camera" in res.stderr
 
