@@ -477,3 +477,21 @@ def test_flash_real_board(board_ports, tmp_path):
     result = gflash.flash(gflash.plan_flash(manifest.parent), board_ports[0], reporter=rec)
     assert result.chip == "ESP32-S3"
     assert rec.progress_events and result.throughput > 0
+
+
+def test_build_step_writes_the_web_manifest(tmp_path):
+    """build.write_manifest (the build step) leaves manifest.json next to the merged image."""
+    from gendertool import build as builder
+
+    out = tmp_path / "proj"
+    images = []
+    for name, offset, size in (("bootloader", 0, 4096), ("partition-table", 0x8000, 3072), ("app", 0x10000, 65536)):
+        path = out / "build" / f"{name}.bin"
+        _write(path, (b"\xe9\x03\x02\x20" if name == "bootloader" else b"") + os.urandom(size))
+        images.append(builder.Image(name, offset, path))
+    output = builder.BuildOutput(tuple(images), None, "dio", "80m", "8MB")
+    builder.write_manifest(out, output, board="xiao_esp32s3", chip="esp32s3", backend="idf", model={"name": "m", "sha256": "cd" * 32}, sizes=None)
+    web = json.loads((out / "manifest.json").read_text())
+    (part,) = web["builds"][0]["parts"]
+    assert web["builds"][0]["chipFamily"] == "ESP32-S3" and part["offset"] == 0
+    assert (out / part["path"]).stat().st_size >= 0x10000 + 65536  # the merged image spans all

@@ -813,4 +813,8 @@ def write_manifest(
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
     os.replace(tmp, path)
+    if merged:  # ESP Web Tools manifest next to the merged image (browser flashing)
+        from gendertool.flash import write_web_manifest
+
+        write_web_manifest(path)
     return manifest
