@@ -201,3 +201,12 @@ def test_compare_deltas_from_two_files(tmp_path):
     assert rows[("total_us", "min")].old == 31000 and rows[("total_us", "min")].new == 15500
     assert rows[("pre_us", "p50")].delta_pct == pytest.approx(-50.0)
     assert rows[("fps", "")].speedup == pytest.approx(2.0)
+
+
+@pytest.mark.parametrize("found, message", [([], "no ESP32-S3"), (["/dev/ttyACM0", "/dev/ttyACM1"], "several ESP32-S3")])
+def test_without_port_detection(cli, monkeypatch, found, message):
+    import gendertool.transport
+
+    monkeypatch.setattr(gendertool.transport, "find_esp32s3_ports", lambda: list(found))
+    r = cli("bench", "-n", "5")
+    assert r.exit_code == 2 and message in r.stderr and "--port" in r.stderr
