@@ -1,8 +1,9 @@
 """On-device latency benchmark: run, statistics, bench.json, compare, firmware-variant matrix.
 
-The device does the timing (``esp_timer`` around preprocessing and ``Invoke()``) and sends
-every run as a ``bsample`` record; the host only collects and summarises, so USB latency
-never enters the figures. Nothing here prints: progress goes through callbacks and the CLI
+The device does the timing (``esp_timer`` around preprocessing and ``Invoke()``): the
+firmware's ``bench`` command sends every timed ``Invoke()`` (batched ``bsample`` records) and
+full inferences come as ``result`` records with both times. The host only collects and
+summarises, so USB latency never enters the figures. Nothing here prints: progress goes through callbacks and the CLI
 presents the returned objects.
 """
 
