@@ -236,6 +236,7 @@ def test_required_speed_settings_are_present(projects):
         "CONFIG_ESP32S3_DATA_CACHE_LINE_64B=y", "CONFIG_ESP32S3_INSTRUCTION_CACHE_32KB=y",
         "CONFIG_COMPILER_OPTIMIZATION_PERF=y", "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG=y",
         "# CONFIG_ESP_TASK_WDT_CHECK_IDLE_TASK_CPU1 is not set", "CONFIG_PARTITION_TABLE_CUSTOM=y",
+        'CONFIG_IDF_TARGET="esp32s3"',
     ):
         assert line in text.splitlines(), line
 
