@@ -160,3 +160,19 @@ def test_no_profile_no_operator_plot(tmp_path):
 
     r = _result([1000], [30000])
     assert [p.name for p in plots.write_plots(r, tmp_path)] == ["latency_hist.png"]
+
+
+def test_zero_latency_has_no_fps_and_still_writes(tmp_path):
+    r = _result([0, 0], [0, 0])
+    st = r.stats()
+    assert "fps" not in st and st["invoke_us"].mean == 0
+    bench.write_json_atomic(tmp_path / "b.json", r.to_json())  # no inf/NaN in the file
+    assert "fps" not in json.loads((tmp_path / "b.json").read_text())["stats"]
+
+
+def test_compare_without_common_fps_basis(tmp_path):
+    old = _result([1000], [20000])
+    new = _result([1000], [10000])
+    new.runs = []  # the new run timed no full inference: FPS bases differ, no FPS row
+    rows = bench.compare_results(old, new)
+    assert {r.metric for r in rows} == {"invoke_us"}

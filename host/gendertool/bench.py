@@ -133,9 +133,8 @@ def summarize(samples: Sequence[Sample], runs: Sequence[Run] = ()) -> dict[str, 
     if runs:
         out["total_us"] = latency_stats(r.total_us for r in runs)
     basis = "total_us" if "total_us" in out else "invoke_us" if "invoke_us" in out else None
-    if basis:
-        mean = out[basis].mean
-        out["fps"] = 1e6 / mean if mean > 0 else float("inf")
+    if basis and out[basis].mean > 0:  # a 0 µs mean (clock too coarse) has no meaningful FPS
+        out["fps"] = 1e6 / out[basis].mean
         out["fps_basis"] = basis
     return out
 
@@ -379,7 +378,7 @@ def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:
     rows = [CompareRow(m, k, getattr(so[m], k), getattr(sn[m], k)) for m in METRICS if m in so and m in sn for k in STAT_KEYS]
     if not rows:
         raise GendertoolError("the two runs have no latency figure in common to compare")
-    if so.get("fps_basis") == sn.get("fps_basis"):
+    if "fps" in so and "fps" in sn and so["fps_basis"] == sn["fps_basis"]:
         rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
     return rows
 

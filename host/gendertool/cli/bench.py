@@ -169,12 +169,13 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
             t.add_row(METRIC_TITLES[m], str(s.n), *(_ms(getattr(s, k)) for k in STAT_KEYS))
     if st:
         out.print(t)
+    if "fps" in st:
         basis = "preprocessing + Invoke()" if st["fps_basis"] == "total_us" else "Invoke() only"
         mean_ms = st[st["fps_basis"]].mean / 1000
         verdict = "faster than" if mean_ms < REFERENCE_MS else "slower than"
         out.print(f"{_sim(r.simulated)}FPS {st['fps']:.1f} ({basis}); mean {mean_ms:.2f} ms is {verdict} the "
                   f"{REFERENCE_MS:.0f} ms reference (Seeed card, XIAO ESP32S3)")
-    else:
+    if not st:
         out.print(f"{_sim(r.simulated)}no samples received from {escape(r.port)}")
     mem = {k: v for k, v in r.memory.items() if v}
     if mem:
@@ -235,7 +236,7 @@ def present_boards(results: list["BenchResult"], out: "Console") -> None:
             escape(r.port), escape(r.board), f"{r.completed}/{r.n}",
             _ms(st["invoke_us"].p50) if "invoke_us" in st else "-",
             _ms(st["total_us"].p50) if "total_us" in st else "-",
-            f"{st['fps']:.1f}" if st else "-",
+            f"{st['fps']:.1f}" if "fps" in st else "-",
             "ok" if r.error is None else escape(f"failed: {r.error}"),
         )
     out.print(t)
@@ -283,7 +284,7 @@ def present_matrix(results: list["BenchResult"], out: "Console") -> None:
         speed = f"{base['invoke_us'].mean / inv.mean:.2f}x" if inv and "invoke_us" in base else "-"
         t.add_row(escape(r.variant or "?"), f"{r.completed}/{r.n}", _ms(inv.p50) if inv else "-",
                   _ms(inv.mean) if inv else "-", _ms(st["total_us"].p50) if "total_us" in st else "-",
-                  f"{st['fps']:.1f}" if st else "-", speed)
+                  f"{st['fps']:.1f}" if "fps" in st else "-", speed)
     out.print(t)
 
 
