@@ -221,6 +221,20 @@ def test_monitor_garbage_and_10000_results_lose_none(cli, tmp_path):
     assert "lost / damaged  none" in res.stderr
 
 
+def test_monitor_reports_resets_and_bad_checksums(cli, fast_device):
+    """Resets mid-record and corrupted checksums: said on stderr, counted in the summary."""
+    dev = SimDevice(fast_device.model, period_ms=0, replay=True, faults=SimFaults(reset_every=7, bad_crc_every=5, seed=3))
+    with SimServer(dev) as server:
+        res = cli("monitor", "--port", server.url, "--count", "30")
+    assert res.exit_code == 0, res.output
+    assert len([ln for ln in res.stdout.splitlines() if ln.startswith("#")]) == 30
+    assert "the device rebooted" in res.stderr
+    (row,) = [ln for ln in res.stdout.splitlines() if ln.startswith("lost / damaged")]
+    bad_crc = int(row.split(" bad crc")[0].split()[-1])
+    missing = int(row.split("lost / damaged")[1].split()[0])
+    assert bad_crc > 0 and missing > 0
+
+
 def test_monitor_csv_appends_with_one_header(cli, sim_url, tmp_path):
     out = tmp_path / "runs" / "results.csv"
     assert cli("monitor", "--port", sim_url, "--count", "4", "--csv", out).exit_code == 0
