@@ -210,3 +210,19 @@ def test_without_port_detection(cli, monkeypatch, found, message):
     monkeypatch.setattr(gendertool.transport, "find_esp32s3_ports", lambda: list(found))
     r = cli("bench", "-n", "5")
     assert r.exit_code == 2 and message in r.stderr and "--port" in r.stderr
+
+
+def test_silent_result_stream_ends_the_full_runs(model_info, tmp_path, monkeypatch):
+    """A device that benches but never streams results: the bench samples stay, the error says why."""
+    from gendertool import simdevice
+    from gendertool.link import DeviceClient
+
+    monkeypatch.setattr(simdevice._Session, "stream_one", lambda self: None)
+    dev = simdevice.SimDevice(model_info, period_ms=10, autostart=False, boot_delay_s=0.05)
+    with simdevice.SimServer(dev) as server, DeviceClient.open(server.url) as client:
+        r = bench.run_bench(client, port=server.url, n=10, warmup=0, runs=3, run_gap_s=1.0,
+                            out_json=tmp_path / "bench.json")
+    assert r.completed == 10 and r.runs == [] and not r.complete
+    assert "no inference result for 1 s after 0 of 3 full runs" in r.error
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert len(data["samples"]) == 10 and data["error"] == r.error

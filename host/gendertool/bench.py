@@ -443,7 +443,7 @@ def run_bench(
     out_json: Path | None = None,
     on_progress: ProgressFn | None = None,
     flush_every_s: float = 0.5,
-    run_timeout_s: float = 30.0,
+    run_gap_s: float = 15.0,
     variant: "Variant | None" = None,
 ) -> BenchResult:
     """Benchmark a connected :class:`~gendertool.link.DeviceClient`.
@@ -498,7 +498,7 @@ def run_bench(
             raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
         flush(force=True)
         if runs > 0:
-            _full_runs(client, result, runs, run_timeout_s, progress, flush)
+            _full_runs(client, result, runs, run_gap_s, progress, flush)
         if profile:
             progress("profile", 0, 1)
             result.profile, result.profile_estimated = profile_from_records(client.profile())
@@ -511,7 +511,7 @@ def run_bench(
     return result
 
 
-def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, progress: ProgressFn, flush) -> None:
+def _full_runs(client: Any, result: BenchResult, runs: int, gap_s: float, progress: ProgressFn, flush) -> None:
     """Time ``runs`` full inferences from the continuous stream, then restore its state."""
     was_running = bool(result.device.get("running", False))
     progress("runs", 0, runs)
@@ -519,19 +519,23 @@ def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, pr
     client.poll(0)  # results from before this point may come from another source: drop them
     client.start()
     try:
-        deadline = time.monotonic() + timeout_s
-        for rec in client.records(timeout=timeout_s):
-            if rec_type(rec) == "result":
+        last = time.monotonic()
+        while len(result.runs) < runs:
+            for rec in client.poll(0.5, reconnect=False):
+                if rec_type(rec) != "result":
+                    continue
                 d = rec_dict(rec)
-                if d.get("source") != result.input:
+                if d.get("source") != result.input or len(result.runs) >= runs:
                     continue
                 result.runs.append(Run(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"])))
+                last = time.monotonic()
                 progress("runs", len(result.runs), runs)
                 flush()
-                if len(result.runs) >= runs:
-                    break
-            if time.monotonic() > deadline:
-                break
+            if len(result.runs) < runs and time.monotonic() - last > gap_s:
+                raise DeviceError(
+                    f"no inference result for {gap_s:.0f} s after {len(result.runs)} of {runs} full runs (a firmware "
+                    "inference period longer than that? --full-runs 0 skips them)"
+                )
     finally:
         if not was_running:
             try:
@@ -539,8 +543,6 @@ def _full_runs(client: Any, result: BenchResult, runs: int, timeout_s: float, pr
             except GendertoolError:
                 if len(result.runs) >= runs:
                     raise
-    if len(result.runs) < runs:
-        raise DeviceError(f"only {len(result.runs)} of {runs} inference results arrived within {timeout_s:.0f} s")
 
 
 def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
