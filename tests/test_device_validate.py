@@ -95,6 +95,7 @@ def test_validate_on_sim_is_bit_exact(cli, sim_server, images):
     assert board["simulated"] is True and board["port"] == server.url
     assert board["parity_pct"] == 100.0 and board["uploaded"] == 6
     assert board["selftest"]["pass"] is True and board["selftest"]["n"] >= 1
+    assert board["selftest"]["origin"] == "boot"  # a fresh virtual device boots on connect
     rep = board["report"]
     assert {i["path"] for i in rep["images"]} == {f"{'female' if i % 2 == 0 else 'male'}/img{i}.png" for i in range(6)}
     for im in rep["images"]:
@@ -189,3 +190,14 @@ def test_fit_upload_keeps_small_images_and_shrinks_large_ones():
     assert fit_upload(small) is small
     big = np.zeros((1000, 1500, 3), np.uint8)
     assert fit_upload(big).shape == (427, 640, 3)
+
+
+def test_selftest_run_on_request_when_boot_record_missed(cli, sim_server, images):
+    server = sim_server()
+    first = cli("validate", "--port", server.url, "--images", images, "--limit", "2")
+    assert first.exit_code == 0 and "boot self-test: PASS" in first.stdout
+    # the same device again: no reboot, so no boot record; the self-test is run by command
+    again = cli("validate", "--port", server.url, "--images", images, "--limit", "2", "--json")
+    assert again.exit_code == 0, again.output
+    (board,) = json.loads(again.stdout)["boards"]
+    assert board["selftest"]["origin"] == "command" and board["selftest"]["pass"] is True

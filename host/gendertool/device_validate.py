@@ -213,7 +213,7 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
     try:
         out.device = rec_dict(client.info())
         check_device_model(out.device, info, port)
-        out.selftest = rec_dict(client.selftest())
+        out.selftest = read_selftest(client)
         labels = info.labels
         for done, ref in enumerate(refs, start=1):
             rec = rec_dict(client.infer_rgb(ref.rgb))
@@ -249,6 +249,19 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
             notes=notes,
         )
     return out
+
+
+def read_selftest(client: Any) -> dict:
+    """The firmware's boot self-test if its record arrived since we connected, else run it now.
+
+    ``origin`` says which: "boot" or "command" (same samples and check, run on request).
+    """
+    from gendertool.bench import rec_dict, rec_type
+
+    boot = [it for it in client.poll(0) if rec_type(it) == "selftest"]
+    if boot:
+        return {**rec_dict(boot[-1]), "origin": "boot"}
+    return {**rec_dict(client.selftest()), "origin": "command"}
 
 
 ConnectFn = Callable[[str], Any]  # port -> context manager yielding a DeviceClient

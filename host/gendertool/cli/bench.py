@@ -304,7 +304,8 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
         if b.selftest:
             st = b.selftest
             state = "PASS" if st.get("pass") else "FAIL"
-            out.print(f"{sim}boot self-test: {state}, {st.get('n', 0)} sample(s), {st.get('failed', 0)} failed")
+            origin = "boot self-test" if st.get("origin") == "boot" else "self-test (run now; the boot record was not seen)"
+            out.print(f"{sim}{origin}: {state}, {st.get('n', 0)} sample(s), {st.get('failed', 0)} failed")
             for e in st.get("results", []):
                 if not e.get("ok", True):
                     out.print(f"  sample {e.get('sample')}: expected class {e.get('expect')}, got {e.get('got')}, "
