@@ -79,6 +79,7 @@ def test_bench_socket_sim(cli, sim_server, tmp_path):
     assert len(data["runs"]) == 4 and all(r_["total_us"] == r_["pre_us"] + r_["invoke_us"] for r_ in data["runs"])
     assert data["model"]["sha256"] == data["device"]["model_sha256"] and len(data["model"]["sha256"]) == 64
     assert data["device_summary"]["n"] == 40
+    assert data["selftest"]["pass"] is True and data["selftest"]["origin"] == "boot"
     # the statistics in the file are those of the samples in the file
     assert data["stats"]["invoke_us"]["max"] == max(s["invoke_us"] for s in data["samples"])
     _png_ok(tmp_path / "latency_hist.png")

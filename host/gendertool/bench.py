@@ -479,6 +479,9 @@ def run_bench(
         progress("connect", 0, n)
         result.device = rec_dict(client.info())
         result.simulated = bool(result.device.get("simulated", False))
+        boot = [it for it in client.poll(0) if rec_type(it) == "selftest"]
+        if boot:  # recorded when seen (a board that booted before we connected already sent it)
+            result.selftest = {**rec_dict(boot[-1]), "origin": "boot"}
         flush(force=True)
         client.set_source(input_source)
         progress("bench", 0, n)
