@@ -227,3 +227,12 @@ def test_silent_result_stream_ends_the_full_runs(model_info, tmp_path, monkeypat
     assert "no inference result for 1 s after 0 of 3 full runs" in r.error
     data = json.loads((tmp_path / "bench.json").read_text())
     assert len(data["samples"]) == 10 and data["error"] == r.error
+
+
+def test_port_from_environment(cli, sim_server, tmp_path, monkeypatch):
+    server = sim_server()
+    monkeypatch.setenv("GENDERTOOL_PORT", server.url)
+    r = cli("bench", "-n", "4", "--warmup", "0", "--full-runs", "0", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["port"] == server.url and data["completed"] == 4 and data["runs"] == []

@@ -24,11 +24,13 @@ if TYPE_CHECKING:
 @app.command("bench")
 def bench_cmd(
     port: list[str] = typer.Option(
-        [], "--port", "-p", help="Serial port, socket://HOST:PORT or 'sim' (the virtual device). Repeat for several boards."
+        [], "--port", "-p", envvar="GENDERTOOL_PORT",
+        help="Serial port, socket://HOST:PORT or 'sim' (the virtual device). Repeat for several boards "
+        "(default: the one ESP32-S3 on USB).",
     ),
     n: int = typer.Option(200, "-n", "--runs", help="Timed Invoke() runs (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
-    input_source: str = typer.Option("sample", "--input", help="Input of the full runs: sample (built-in image) or camera."),
+    input_source: str = typer.Option("sample", "--input", help="Input to run on: sample (built-in image) or camera (boards with one)."),
     full_runs: Optional[int] = typer.Option(
         None, "--full-runs", help="Full inferences (preprocessing + Invoke()) to time (default: min(n, 20); 0 skips)."
     ),
