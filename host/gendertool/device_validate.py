@@ -163,7 +163,7 @@ def prepare_references(info: Any, items: Sequence[tuple[Path, str]], root: Path,
     """Decode every image and compute its TFLM reference scores (once, for all boards)."""
     from gendertool.preprocess import preprocess
     from gendertool.runtime import TflmRunner
-    from gendertool.validate import SkippedFile, _decode, _reason
+    from gendertool.validate import SkippedFile, decode_image, skip_reason
 
     _, height, width, _ = info.input.shape
     runner = TflmRunner(info.data)
@@ -172,9 +172,9 @@ def prepare_references(info: Any, items: Sequence[tuple[Path, str]], root: Path,
     for done, (path, label) in enumerate(items, start=1):
         rel = path.relative_to(root).as_posix()
         try:
-            rgb = fit_upload(_decode(path))
+            rgb = fit_upload(decode_image(path))
         except ImageError as exc:
-            skipped.append(SkippedFile(rel, _reason(exc, path)))
+            skipped.append(SkippedFile(rel, skip_reason(exc, path)))
         else:
             x = preprocess(rgb, info.preprocessing, height, width, info.input.scale, info.input.zero_point)
             scores = tuple(int(v) for v in np.asarray(runner.invoke(x)).ravel())
