@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import pty
+import threading
 from pathlib import Path
 
 import pytest
@@ -92,50 +93,61 @@ class FakeEsp:
 def esptool_api(monkeypatch):
     """Record every esptool.cmds call gendertool makes; drive esptool's real progress logger."""
     calls: list[tuple] = []
-    state = {"chip": "ESP32-S3", "fail": {}}
+    # "fail": stage -> exception for every port; "fail_on": port -> {stage: exception};
+    # "barrier": a threading.Barrier every board must reach inside write_flash (parallel runs)
+    state = {"chip": "ESP32-S3", "fail": {}, "fail_on": {}, "barrier": None, "esps": {}, "by_port": {}}
 
-    def maybe_fail(name):
-        exc = state["fail"].get(name)
+    def record(port, call):
+        calls.append(call)
+        state["by_port"].setdefault(port, []).append(call[0])
+
+    def maybe_fail(name, port):
+        exc = state["fail_on"].get(port, {}).get(name) or state["fail"].get(name)
         if exc is not None:
             raise exc
 
     def detect_chip(port, baud=115200, connect_mode="default-reset", trace_enabled=False, connect_attempts=7):
-        calls.append(("detect_chip", port, connect_mode))
-        maybe_fail("detect_chip")
+        record(port, ("detect_chip", port, connect_mode))
+        maybe_fail("detect_chip", port)
         esp = FakeEsp(state["chip"], port)
-        state["esp"] = esp
+        state["esp"] = state["esps"][port] = esp
         return esp
 
     def run_stub(esp, plugins=None):
-        calls.append(("run_stub",))
-        maybe_fail("run_stub")
+        record(esp._port.port, ("run_stub",))
+        maybe_fail("run_stub", esp._port.port)
         esp.IS_STUB = True
         return esp
 
     def attach_flash(esp, spi_connection=None, flash_type="nor"):
-        calls.append(("attach_flash", spi_connection))
-        maybe_fail("attach_flash")
+        record(esp._port.port, ("attach_flash", spi_connection))
+        maybe_fail("attach_flash", esp._port.port)
 
     def write_flash(esp, addr_data, flash_freq="keep", flash_mode="keep", flash_size="keep", flash_type="nor", **kw):
-        calls.append(("write_flash", list(addr_data), flash_freq, flash_mode, flash_size, kw))
+        port = esp._port.port
+        record(port, ("write_flash", list(addr_data), flash_freq, flash_mode, flash_size, kw))
         from esptool.logger import log
 
+        if state["barrier"] is not None:
+            state["barrier"].wait(timeout=10)  # every board is writing at the same time
         for addr, path in addr_data:
             size = Path(path).stat().st_size
-            log.print(f"Writing '{path}' at {addr:#010x}...")
+            log.print(f"Writing '{path}' at {addr:#010x} on {port}...")
             with log.progress(total=size, unit="B") as progress:
                 for _ in range(0, size, 16384):
                     progress.update(advance=16384)
-                    maybe_fail("write_flash")
-            log.print("Hash of data verified.")
+                    maybe_fail("write_flash", port)
+                    if state.get("lockstep") is not None:
+                        state["lockstep"].wait(timeout=10)  # boards advance chunk by chunk together
+            log.print(f"Hash of data verified on {port}.")
 
     def verify_flash(esp, addr_data, flash_freq="keep", flash_mode="keep", flash_size="keep", diff=False, flash_type="nor"):
-        calls.append(("verify_flash", list(addr_data), flash_freq, flash_mode, flash_size))
-        maybe_fail("verify_flash")
+        record(esp._port.port, ("verify_flash", list(addr_data), flash_freq, flash_mode, flash_size))
+        maybe_fail("verify_flash", esp._port.port)
 
     def reset_chip(esp, reset_mode="hard-reset"):
-        calls.append(("reset_chip", reset_mode))
-        maybe_fail("reset_chip")
+        record(esp._port.port, ("reset_chip", reset_mode))
+        maybe_fail("reset_chip", esp._port.port)
 
     for fn in (detect_chip, run_stub, attach_flash, write_flash, verify_flash, reset_chip):
         monkeypatch.setattr(esptool_cmds, fn.__name__, fn)
@@ -145,10 +157,16 @@ def esptool_api(monkeypatch):
 
 
 class Recorder(gflash.FlashReporter):
-    def __init__(self) -> None:
+    def __init__(self, timeline: list | None = None, port: str = "") -> None:
         self.progress_events: list[tuple[str, int, int]] = []
         self.messages: list[str] = []
         self.warnings: list[str] = []
+        self.stages: list[str] = []
+        self.threads: set[int] = set()
+        self.timeline, self.port = timeline, port
+
+    def stage(self, text):
+        self.stages.append(text)
 
     def message(self, text):
         self.messages.append(text)
@@ -158,6 +176,9 @@ class Recorder(gflash.FlashReporter):
 
     def progress(self, image, done, total):
         self.progress_events.append((image.name, done, total))
+        self.threads.add(threading.get_ident())
+        if self.timeline is not None:
+            self.timeline.append(self.port)
 
 
 # --------------------------------------------------------------------------- manifest -> esptool
@@ -370,6 +391,152 @@ def test_virtual_ports_cannot_be_flashed(build_dir, esptool_api):
     assert esptool_api["calls"] == []
 
 
+# --------------------------------------------------------------------------- several boards
+
+PORTS3 = ["/dev/ttyACM0", "/dev/ttyACM1", "/dev/ttyUSB0"]
+STAGES = ["connecting", "loading the flasher stub", "changing the baud rate", "attaching the flash", "writing", "verifying", "resetting"]
+
+
+def _image_order(events):
+    order = []
+    for name, _, _ in events:
+        if not order or order[-1] != name:
+            order.append(name)
+    return order
+
+
+def test_boards_flash_in_parallel_each_with_its_own_progress(build_dir, esptool_api):
+    from esp_pylib.logger import EspLog
+
+    before = EspLog.instance
+    ports = PORTS3[:2]
+    esptool_api["barrier"] = threading.Barrier(2)
+    esptool_api["lockstep"] = threading.Barrier(2)  # chunks of both boards strictly interleave
+    timeline: list[str] = []
+    recs = {p: Recorder(timeline, p) for p in ports}
+    plan = gflash.plan_flash(build_dir)
+    boards = gflash.flash_boards(plan, ports, baud=921600, reporter_for=recs.__getitem__)
+
+    assert [b.port for b in boards] == ports and all(b.ok for b in boards)
+    esptool_api["barrier"] = esptool_api["lockstep"] = None
+    single = Recorder()  # what one board alone receives
+    gflash.flash(plan, "/dev/ttyACM5", reporter=single)
+    switches = sum(1 for a, b in zip(timeline, timeline[1:]) if a != b)
+    assert switches > 10  # the progress of the two boards really was interleaved
+    for port, rec in recs.items():
+        other = next(p for p in ports if p != port)
+        assert rec.progress_events == single.progress_events  # all of its own, none of the other's
+        assert _image_order(rec.progress_events) == ["bootloader", "partition-table", "app"]
+        assert any(port in m for m in rec.messages) and not any(other in m for m in rec.messages)
+        assert rec.stages == STAGES
+        assert len(rec.threads) == 1 and threading.get_ident() not in rec.threads
+        assert esptool_api["by_port"][port] == ["detect_chip", "run_stub", "attach_flash", "write_flash", "verify_flash", "reset_chip"]
+        assert esptool_api["esps"][port].baud_changes == [921600] and esptool_api["esps"][port]._port.closed
+    for b in boards:
+        assert b.result.port == b.port and b.result.bytes_written == 21_000 + 3072 + 300_000
+        assert b.result.throughput > 0 and b.seconds >= b.result.total_seconds
+    assert EspLog.instance is before  # esptool's own logger back once every board is done
+
+
+def test_one_failing_board_does_not_stop_the_others(build_dir, esptool_api):
+    from esp_pylib.logger import EspLog
+
+    before = EspLog.instance
+    esptool_api["barrier"] = threading.Barrier(3)
+    esptool_api["fail_on"]["/dev/ttyACM1"] = {"write_flash": serial.SerialException("device disconnected")}
+    recs = {p: Recorder() for p in PORTS3}
+    boards = gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3, reporter_for=recs.__getitem__)
+
+    ok = {b.port: b.ok for b in boards}
+    assert ok == {"/dev/ttyACM0": True, "/dev/ttyACM1": False, "/dev/ttyUSB0": True}
+    failed = boards[1]
+    assert failed.result is None and "/dev/ttyACM1 vanished while writing" in failed.error
+    assert esptool_api["esps"]["/dev/ttyACM1"]._port.closed
+    assert "reset_chip" not in esptool_api["by_port"]["/dev/ttyACM1"]
+    assert recs["/dev/ttyACM1"].stages[-1] == "writing" and recs["/dev/ttyUSB0"].stages == STAGES
+    for port in ("/dev/ttyACM0", "/dev/ttyUSB0"):
+        assert esptool_api["by_port"][port][-1] == "reset_chip"
+        assert recs[port].progress_events[-1] == ("app", 300_000, 300_000)
+    # the UART bridge board connects with the classic reset, the native USB ones through USB
+    modes = {c[1]: c[2] for c in esptool_api["calls"] if c[0] == "detect_chip"}
+    assert modes == {"/dev/ttyACM0": "usb-reset", "/dev/ttyACM1": "usb-reset", "/dev/ttyUSB0": "default-reset"}
+    assert EspLog.instance is before
+
+
+def test_board_failing_to_connect_and_wrong_chip(build_dir, esptool_api, monkeypatch):
+    esptool_api["fail_on"]["/dev/ttyACM0"] = {"detect_chip": FatalError("Failed to connect to ESP32-S3: No serial data received.")}
+    boards = gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3[:2])
+    assert "no ESP chip answered on /dev/ttyACM0" in boards[0].error and boards[1].ok
+
+
+def test_unexpected_exception_in_a_board_is_raised(build_dir, esptool_api):
+    esptool_api["fail_on"]["/dev/ttyACM1"] = {"attach_flash": ValueError("a bug")}
+    with pytest.raises(ValueError, match="a bug"):
+        gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3)
+    # the other boards were still finished before the bug surfaced
+    assert esptool_api["by_port"]["/dev/ttyACM0"][-1] == "reset_chip"
+    assert esptool_api["by_port"]["/dev/ttyUSB0"][-1] == "reset_chip"
+
+
+@pytest.mark.parametrize(
+    "ports, expected",
+    [
+        (["/dev/ttyACM0", "sim"], "cannot flash sim"),
+        (["/dev/ttyACM0", "socket://127.0.0.1:7420"], "cannot flash socket://"),
+        (["/dev/ttyACM0", "/dev/ttyACM1", "/dev/ttyACM0"], "the same port is given twice"),
+        ([], "at least one --port"),
+    ],
+)
+def test_boards_refused_before_any_is_touched(build_dir, esptool_api, ports, expected):
+    with pytest.raises(DeviceError, match=expected):
+        gflash.flash_boards(gflash.plan_flash(build_dir), ports)
+    assert esptool_api["calls"] == []
+
+
+def test_boards_same_device_through_a_symlink(build_dir, esptool_api, tmp_path):
+    link = tmp_path / "xiao"
+    link.symlink_to("/dev/ttyACM0")
+    with pytest.raises(DeviceError, match="given twice"):
+        gflash.flash_boards(gflash.plan_flash(build_dir), ["/dev/ttyACM0", str(link)])
+
+
+def test_flash_cli_two_boards(cli, build_dir, esptool_api):
+    esptool_api["barrier"] = threading.Barrier(2)
+    res = cli("flash", "-p", "/dev/ttyACM0", "--port", "/dev/ttyACM1", "--build", build_dir)
+    assert res.exit_code == 0, res.output
+    for port in ("/dev/ttyACM0", "/dev/ttyACM1"):
+        row = next(line for line in res.stdout.splitlines() if port in line)
+        assert "OK" in row and "34:85:18:01:02:03" in row and "/s" in row
+    assert "2 of 2 boards written, verified and reset" in res.stdout
+    assert "/dev/ttyACM0" in res.stderr and "/dev/ttyACM1" in res.stderr and "done" in res.stderr  # progress lines
+
+
+def test_flash_cli_three_boards_one_failing(cli, build_dir, esptool_api):
+    esptool_api["fail_on"]["/dev/ttyUSB0"] = {"verify_flash": FatalError("Verification failed.")}
+    res = cli("flash", *[a for p in PORTS3 for a in ("--port", p)], "--build", build_dir)
+    assert res.exit_code == 2
+    assert "flashing failed on 1 of 3 boards: /dev/ttyUSB0: verification failed on /dev/ttyUSB0" in " ".join(res.stderr.split())
+    assert "/dev/ttyACM0:" not in res.stderr and "/dev/ttyACM1:" not in res.stderr
+    assert "Traceback" not in res.output
+    rows = {p: next(line for line in res.stdout.splitlines() if line.strip("│ ").startswith(p)) for p in PORTS3}
+    assert "OK" in rows["/dev/ttyACM0"] and "OK" in rows["/dev/ttyACM1"] and "error" in rows["/dev/ttyUSB0"]
+    assert "2 of 3 boards" in res.stdout
+    assert "FAILED" in res.stderr
+
+
+def test_flash_cli_same_port_twice(cli, build_dir, esptool_api):
+    res = cli("flash", "--port", "/dev/ttyACM0", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 2 and "given twice" in res.output
+    assert esptool_api["calls"] == []
+
+
+def test_flash_cli_port_from_environment(cli, build_dir, esptool_api, monkeypatch):
+    monkeypatch.setenv("GENDERTOOL_PORT", "/dev/ttyACM4")
+    res = cli("flash", "--build", build_dir)
+    assert res.exit_code == 0, res.output
+    assert esptool_api["calls"][0] == ("detect_chip", "/dev/ttyACM4", "usb-reset")
+
+
 # --------------------------------------------------------------------------- build problems
 
 
@@ -462,6 +629,7 @@ def test_flash_help(cli):
     assert res.exit_code == 0
     for opt in ("--port", "--build", "--baud"):
         assert opt in res.stdout
+    assert "repeat for several boards" in res.stdout
 
 
 # --------------------------------------------------------------------------- a real board

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import threading
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -18,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
-from gendertool.errors import BuildError, DeviceError
+from gendertool.errors import BuildError, DeviceError, GendertoolError
 
 MANIFEST_NAME = "gendertool-build.json"
 WEB_MANIFEST_NAME = "manifest.json"
@@ -213,8 +214,11 @@ def find_esp32s3_ports() -> list[str]:
     return list(find())
 
 
-def resolve_port(port: str | None, finder: Callable[[], Sequence[str]] | None = None) -> str:
-    """``port`` itself, or the one attached ESP32-S3 (none / several: a clear error)."""
+def resolve_port(port: str | None, finder: Callable[[], Sequence[str]] | None = None, *, repeatable: bool = False) -> str:
+    """``port`` itself, or the one attached ESP32-S3 (none / several: a clear error).
+
+    ``repeatable``: the command takes --port several times (the message says so).
+    """
     if port:
         return port
     ports = list((finder or find_esp32s3_ports)())
@@ -224,7 +228,8 @@ def resolve_port(port: str | None, finder: Callable[[], Sequence[str]] | None = 
             "with a data cable, or pass --port (try --port sim for the virtual device)"
         )
     if len(ports) > 1:
-        raise DeviceError(f"several ESP32-S3 boards found ({', '.join(ports)}); choose one with --port")
+        how = "choose with --port (repeat it for several)" if repeatable else "choose one with --port"
+        raise DeviceError(f"several ESP32-S3 boards found ({', '.join(ports)}); {how}")
     return ports[0]
 
 
@@ -255,6 +260,9 @@ class FlashReporter:
 
     def progress(self, image: FlashImage, done: int, total: int) -> None:
         """``done``/``total`` in bytes on the wire (compressed when esptool compresses)."""
+
+    def stage(self, text: str) -> None:
+        """What the flash is doing now ("connecting", "writing", "verifying", ...)."""
 
 
 def _make_logger_class():
@@ -324,21 +332,98 @@ def _make_logger_class():
     return _EsptoolBridge
 
 
+def _make_router_class():
+    from esp_pylib.logger import EspLogBase
+
+    class _ThreadRoutedLog(EspLogBase):
+        """esptool's logger is one global (``EspLog.instance``); while boards flash in parallel
+        threads, this stands in for it and hands every call to the bridge of the calling thread.
+
+        Progress works too: ``log.progress()`` (inherited) makes a ProgressTask bound to this
+        router, whose updates come back through :meth:`progress_bar` on the writing thread.
+        Threads without a bridge (none flashing) reach the logger that was installed before.
+        """
+
+        def __init__(self, fallback) -> None:
+            self.fallback = fallback
+            self.bridges: dict[int, Any] = {}
+
+        def _target(self):
+            return self.bridges.get(threading.get_ident(), self.fallback)
+
+        def _call(self, name: str, *args, **kwargs):
+            target = self._target()
+            if target is not None:
+                return getattr(target, name)(*args, **kwargs)
+            return None
+
+        def print(self, *args, **kwargs) -> None:
+            self._call("print", *args, **kwargs)
+
+        def note(self, *args) -> None:
+            self._call("note", *args)
+
+        def hint(self, *args) -> None:
+            self._call("hint", *args)
+
+        def debug(self, *args) -> None:
+            self._call("debug", *args)
+
+        def warn(self, *args, suggestion: str | None = None) -> None:
+            self._call("warn", *args, suggestion=suggestion)
+
+        def err(self, *args, suggestion: str | None = None) -> None:
+            self._call("err", *args, suggestion=suggestion)
+
+        warning = warn
+        error = err
+
+        def stage(self, finish: bool = False) -> None:
+            self._call("stage", finish)
+
+        def set_verbosity(self, mode) -> None:
+            self._call("set_verbosity", mode)
+
+        def progress_bar(self, cur_iter, total_iters, prefix="", suffix="", bar_length=30) -> None:
+            self._call("progress_bar", cur_iter, total_iters, prefix=prefix, suffix=suffix, bar_length=bar_length)
+
+    return _ThreadRoutedLog
+
+
+_route_lock = threading.Lock()
+_router: Any = None  # the installed _ThreadRoutedLog while any flash runs
+_router_previous: Any = None
+
+
 @contextmanager
 def _esptool_logger(reporter: FlashReporter, images: Sequence[FlashImage]) -> Iterator[Any]:
-    """Route esptool's log through ``reporter`` for the duration of one flash."""
+    """Route esptool's log from this thread through ``reporter`` for the duration of one flash.
+
+    The first flash to start installs the thread router as esptool's logger, the last one
+    to finish puts the previous logger back, so one flash and several in parallel share a path.
+    """
+    global _router, _router_previous
     from esp_pylib.logger import EspLog
 
-    previous = EspLog.instance
     bridge = _make_logger_class()(reporter, images)
-    EspLog.set_logger(bridge)
+    ident = threading.get_ident()
+    with _route_lock:
+        if _router is None:
+            _router_previous = EspLog.instance
+            _router = _make_router_class()(_router_previous)
+            EspLog.set_logger(_router)
+        _router.bridges[ident] = bridge
     try:
         yield bridge
     finally:
-        if previous is not None:
-            EspLog.set_logger(previous)
-        else:  # pragma: no cover - esptool installs its logger on import
-            EspLog.instance = None
+        with _route_lock:
+            _router.bridges.pop(ident, None)
+            if not _router.bridges:
+                if _router_previous is not None:
+                    EspLog.set_logger(_router_previous)
+                else:  # pragma: no cover - esptool installs its logger on import
+                    EspLog.instance = None
+                _router = _router_previous = None
 
 
 # --------------------------------------------------------------------------- error mapping
@@ -424,6 +509,14 @@ class FlashResult:
         return self.bytes_written / self.write_seconds if self.write_seconds > 0 else 0.0
 
 
+def check_flashable(port: str, baud: int) -> None:
+    """Refuse what cannot be flashed before touching any port."""
+    if port == "sim" or port.startswith("socket://"):
+        raise DeviceError(f"cannot flash {port}: the virtual device has no flash; flash a real board's serial port")
+    if baud <= 0:
+        raise DeviceError(f"--baud must be positive, got {baud}")
+
+
 def flash(
     plan: FlashPlan,
     port: str | None = None,
@@ -439,14 +532,12 @@ def flash(
 
     reporter = reporter or FlashReporter()
     port = resolve_port(port, port_finder)
-    if port == "sim" or port.startswith("socket://"):
-        raise DeviceError(f"cannot flash {port}: the virtual device has no flash; flash a real board's serial port")
-    if baud <= 0:
-        raise DeviceError(f"--baud must be positive, got {baud}")
+    check_flashable(port, baud)
 
     connect_mode = CONNECT_MODE_USB if _is_usb_jtag(port) else CONNECT_MODE_UART
     t0 = time.monotonic()
     stage = "connecting"
+    reporter.stage(stage)
     with _esptool_logger(reporter, plan.images) as bridge:
         try:
             esp = cmds.detect_chip(port, connect_mode=connect_mode)
@@ -467,9 +558,11 @@ def flash(
             mac = ":".join(f"{b:02x}" for b in esp.read_mac())
 
             stage = "loading the flasher stub"
+            reporter.stage(stage)
             esp = cmds.run_stub(esp)
             if baud > esp.ESP_ROM_BAUD:
                 stage = "changing the baud rate"
+                reporter.stage(stage)
                 try:
                     esp.change_baud(baud)
                 except Exception as exc:  # ROM without baud change: keep going at the ROM rate
@@ -477,8 +570,10 @@ def flash(
                         raise
                     reporter.warning(f"keeping {esp.ESP_ROM_BAUD} baud: {exc}")
             stage = "attaching the flash"
+            reporter.stage(stage)
             cmds.attach_flash(esp)
             stage = "writing"
+            reporter.stage(stage)
             t_write = time.monotonic()
             cmds.write_flash(
                 esp,
@@ -491,6 +586,7 @@ def flash(
             # esptool checks an MD5 per image after writing; verify_flash re-reads the digest
             # of every region so a silently skipped check cannot pass as verified.
             stage = "verifying"
+            reporter.stage(stage)
             addr_data = [(img.offset, str(img.path)) for img in plan.images]
             cmds.verify_flash(
                 esp,
@@ -501,6 +597,7 @@ def flash(
             )
             write_seconds = time.monotonic() - t_write
             stage = "resetting"
+            reporter.stage(stage)
             cmds.reset_chip(esp, AFTER_MODE)
         except DeviceError:
             raise
@@ -528,3 +625,70 @@ def flash(
         log=messages,
     )
 
+
+
+# --------------------------------------------------------------------------- several boards
+
+
+@dataclass
+class BoardFlash:
+    """One board's outcome in a parallel flash: the result, or the error that stopped it."""
+
+    port: str
+    result: FlashResult | None = None
+    error: str | None = None
+    seconds: float = 0.0
+
+    @property
+    def ok(self) -> bool:
+        return self.result is not None and self.error is None
+
+
+def flash_boards(
+    plan: FlashPlan,
+    ports: Sequence[str],
+    *,
+    baud: int = DEFAULT_BAUD,
+    reporter_for: Callable[[str], FlashReporter] | None = None,
+) -> list[BoardFlash]:
+    """Flash ``plan`` onto every board in ``ports`` at once (one thread each), in the order given.
+
+    A board that fails does not stop the others: its :class:`BoardFlash` carries the message.
+    Ports that can never be flashed (virtual devices, a port twice) are refused before any
+    board is touched. An unexpected exception (a bug) is re-raised once every board is done.
+    """
+    ports = list(ports)
+    if not ports:
+        raise DeviceError("give at least one --port")
+    seen: dict[str, str] = {}
+    for port in ports:
+        real = os.path.realpath(port)
+        if real in seen:
+            raise DeviceError(f"the same port is given twice ({seen[real]} and {port})")
+        seen[real] = port
+        check_flashable(port, baud)
+
+    outcomes = [BoardFlash(port) for port in ports]
+    bugs: list[BaseException] = []
+
+    def run(outcome: BoardFlash) -> None:
+        reporter = reporter_for(outcome.port) if reporter_for is not None else FlashReporter()
+        t0 = time.monotonic()
+        try:
+            outcome.result = flash(plan, outcome.port, baud=baud, reporter=reporter)
+        except GendertoolError as exc:
+            outcome.error = str(exc)
+        except BaseException as exc:  # noqa: BLE001 - a bug: keep it for the caller's traceback
+            outcome.error = f"{type(exc).__name__}: {exc}"
+            bugs.append(exc)
+        finally:
+            outcome.seconds = time.monotonic() - t0
+
+    threads = [threading.Thread(target=run, args=(o,), name=f"flash {o.port}", daemon=True) for o in outcomes]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if bugs:
+        raise bugs[0]
+    return outcomes

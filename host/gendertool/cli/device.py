@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ._app import app, console, err_console
+from ._options import port_option, resolve_ports
 
 if TYPE_CHECKING:
     from gendertool.flash import FlashResult
@@ -15,8 +16,8 @@ if TYPE_CHECKING:
 
 @app.command("flash")
 def flash_cmd(
-    port: Optional[str] = typer.Option(
-        None, "--port", "-p", envvar="GENDERTOOL_PORT", help="Serial port of the board (default: the one ESP32-S3 on USB)."
+    port: list[str] = port_option(
+        several=True, kinds="Serial port of the board (flashed in parallel with the others)"
     ),
     build: Optional[Path] = typer.Option(
         None, "--build", "-b", help="Build folder holding gendertool-build.json (default: ./build)."
@@ -26,12 +27,25 @@ def flash_cmd(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
 ) -> None:
     """Write a build (bootloader, partition table, app) to an ESP32-S3, verify it and reset into the app."""
-    from gendertool.flash import flash, plan_flash
+    from gendertool.flash import flash, flash_boards, plan_flash
 
     plan = plan_flash(build, merged=merged)
-    with _RichFlashReporter(verbose) as reporter:
-        result = flash(plan, port, baud=baud, reporter=reporter)
-    _present_flash(result)
+    ports = resolve_ports(port)
+    if len(ports) == 1:
+        with _RichFlashReporter(verbose) as reporter:
+            result = flash(plan, ports[0], baud=baud, reporter=reporter)
+        _present_flash(result)
+        return
+    with _BoardsFlashProgress(ports, plan, verbose) as progress:
+        boards = flash_boards(plan, ports, baud=baud, reporter_for=progress.reporter_for)
+        progress.finish(boards)
+    _present_boards(boards, plan)
+    failed = [b for b in boards if not b.ok]
+    if failed:
+        from gendertool.errors import DeviceError
+
+        names = "; ".join(f"{b.port}: {b.error}" for b in failed)
+        raise DeviceError(f"flashing failed on {len(failed)} of {len(boards)} boards: {names}")
 
 
 class _RichFlashReporter:
@@ -104,6 +118,81 @@ def _present_flash(result: "FlashResult") -> None:
         f"({format_bytes(result.throughput)}/s); total {format_duration(result.total_seconds)}; "
         f"reset into the app ({result.reset_mode})"
     )
+
+
+class _BoardsFlashProgress:
+    """Parallel flashes: one Rich progress line per board on stderr (all images of it in bytes)."""
+
+    def __init__(self, ports: list[str], plan, verbose: bool) -> None:
+        from gendertool.present import byte_progress
+
+        self.verbose = verbose
+        self.progress = byte_progress(err_console)
+        width = max(len(p) for p in ports)
+        self.label = {p: p.ljust(width) for p in ports}
+        self.tasks = {p: self.progress.add_task(f"{self.label[p]}  connecting", total=plan.total_bytes) for p in ports}
+        # bytes of the images before each one: a board's line spans all of its images
+        self.before: dict[str, int] = {}
+        offset = 0
+        for img in plan.images:
+            self.before[img.name] = offset
+            offset += img.size
+
+    def reporter_for(self, port: str):
+        from gendertool.flash import FlashReporter
+
+        outer, task, label = self, self.tasks[port], self.label[port]
+
+        class _Reporter(FlashReporter):
+            def message(self, text: str) -> None:
+                if outer.verbose:
+                    outer.progress.console.print(f"{port}: {text}", style="dim", markup=False, highlight=False)
+
+            def warning(self, text: str) -> None:
+                outer.progress.console.print(f"{port}: esptool: {text}", style="yellow", markup=False, highlight=False)
+
+            def stage(self, text: str) -> None:
+                outer.progress.update(task, description=f"{label}  {text}")
+
+            def progress(self, image, done: int, total: int) -> None:
+                share = image.size * done // total if total > 0 else image.size
+                outer.progress.update(
+                    task, description=f"{label}  writing {image.name}", completed=outer.before.get(image.name, 0) + share
+                )
+
+        return _Reporter()
+
+    def finish(self, boards) -> None:
+        for b in boards:
+            self.progress.update(self.tasks[b.port], description=f"{self.label[b.port]}  {'done' if b.ok else 'FAILED'}")
+
+    def __enter__(self):
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.progress.stop()
+
+
+def _present_boards(boards, plan) -> None:
+    from rich.markup import escape
+    from rich.table import Table
+
+    from gendertool.present import format_bytes, format_duration
+
+    table = Table(title=f"Flashed {format_bytes(plan.total_bytes)} ({len(plan.images)} images) onto {len(boards)} boards")
+    for col in ("port", "chip", "MAC", "time", "throughput", "status"):
+        table.add_column(col, justify="right" if col in ("time", "throughput") else "left")
+    for b in boards:
+        r = b.result
+        if b.ok:
+            table.add_row(escape(b.port), escape(r.description), r.mac, format_duration(b.seconds),
+                          f"{format_bytes(r.throughput)}/s", "[green]OK[/]")
+        else:  # the message itself is in the error that ends the command
+            table.add_row(escape(b.port), "-", "-", format_duration(b.seconds), "-", "[red]error[/]")
+    console.print(table)
+    ok = sum(b.ok for b in boards)
+    console.print(f"{ok} of {len(boards)} boards written, verified and reset into the app")
 
 
 # --------------------------------------------------------------------------- monitor

@@ -1,0 +1,37 @@
+"""The ``--port`` option the device commands share: one definition, one way to resolve it."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import typer
+
+PORT_ENVVAR = "GENDERTOOL_PORT"
+PORT_KINDS = "Serial port, socket://HOST:PORT or 'sim' (the virtual device)"
+PORT_DEFAULT = "(default: the one ESP32-S3 on USB)"
+
+
+def port_option(
+    *, several: bool = False, kinds: str = PORT_KINDS, default: str = PORT_DEFAULT, envvar: bool = True
+) -> Any:
+    """``--port/-p`` (from $GENDERTOOL_PORT unless ``envvar=False``); ``several``: repeatable."""
+    repeat = "; repeat for several boards" if several else ""
+    return typer.Option(
+        [] if several else None,
+        "--port",
+        "-p",
+        envvar=PORT_ENVVAR if envvar else None,
+        help=f"{kinds}{repeat} {default}.",
+    )
+
+
+def resolve_ports(ports: Sequence[str], finder: Callable[[], Sequence[str]] | None = None) -> list[str]:
+    """The ports given (each once), or the one ESP32-S3 on USB (none / several: a clear error)."""
+    if ports:
+        if len(set(ports)) != len(ports):
+            raise typer.BadParameter("the same port is given twice", param_hint="--port")
+        return list(ports)
+    from gendertool.flash import resolve_port
+
+    return [resolve_port(None, finder, repeatable=True)]
