@@ -13,6 +13,7 @@ import errno
 import io
 import select
 import time
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from gendertool.errors import DeviceError
@@ -44,7 +45,7 @@ def _open_error(port: str, exc: BaseException) -> DeviceError:
     if code in (errno.EBUSY, errno.EAGAIN, errno.EWOULDBLOCK) or "exclusively lock" in text or "busy" in text.lower():
         return DeviceError(f"port {port} is busy (another program has it open, e.g. another monitor)")
     if code in (errno.ENOENT, errno.ENODEV, errno.ENXIO) or "No such file" in text:
-        return DeviceError(f"port {port} not found (is the board plugged in? try `gendertool device list`)")
+        return DeviceError(f"port {port} not found (is the board plugged in? `gendertool ports` lists the serial ports)")
     return DeviceError(f"cannot open {port}: {text}")
 
 
@@ -245,3 +246,51 @@ def find_esp32s3_ports() -> list[str]:
 
     vid, pid = ESP32S3_USB_VID_PID
     return sorted(p.device for p in list_ports.comports() if p.vid == vid and p.pid == pid)
+
+
+@dataclass(frozen=True)
+class SerialPortInfo:
+    """One serial port as the OS lists it."""
+
+    device: str
+    vid: int | None
+    pid: int | None
+    description: str
+    serial_number: str | None = None
+
+    @property
+    def vid_pid(self) -> str:
+        return f"{self.vid:04x}:{self.pid:04x}" if self.vid is not None and self.pid is not None else ""
+
+    @property
+    def esp32s3(self) -> bool:
+        """ESP32-S3 native USB (USB-Serial-JTAG): the XIAO ESP32S3's own port."""
+        return (self.vid, self.pid) == ESP32S3_USB_VID_PID
+
+    def to_dict(self) -> dict:
+        return {
+            "device": self.device,
+            "vid_pid": self.vid_pid or None,
+            "description": self.description,
+            "serial_number": self.serial_number,
+            "esp32s3": self.esp32s3,
+        }
+
+
+def list_serial_ports() -> list[SerialPortInfo]:
+    """Every serial port pyserial sees, sorted by device name."""
+    from serial.tools import list_ports
+
+    ports = []
+    for p in list_ports.comports():
+        description = getattr(p, "description", None)
+        ports.append(
+            SerialPortInfo(
+                device=p.device,
+                vid=p.vid,
+                pid=p.pid,
+                description="" if description in (None, "n/a") else str(description),
+                serial_number=getattr(p, "serial_number", None),
+            )
+        )
+    return sorted(ports, key=lambda i: i.device)
