@@ -8,7 +8,7 @@ from typing import Any
 import typer
 
 PORT_ENVVAR = "GENDERTOOL_PORT"
-PORT_KINDS = "Serial port, socket://HOST:PORT or 'sim' (the virtual device)"
+PORT_KINDS = "Serial port, socket://HOST:PORT, or sim for the virtual device"
 PORT_DEFAULT = "(default: the one ESP32-S3 on USB)"
 
 
@@ -26,12 +26,18 @@ def port_option(
     )
 
 
-def resolve_ports(ports: Sequence[str], finder: Callable[[], Sequence[str]] | None = None) -> list[str]:
-    """The ports given (each once), or the one ESP32-S3 on USB (none / several: a clear error)."""
+def resolve_ports(
+    ports: Sequence[str], finder: Callable[[], Sequence[str]] | None = None, *, several: bool = True
+) -> list[str]:
+    """The ports given (each once), or the one ESP32-S3 on USB (none / several: a clear error).
+
+    ``several=False`` for a command whose --port is given once (the message says so).
+    """
+    ports = [p for p in ports if p]
     if ports:
         if len(set(ports)) != len(ports):
             raise typer.BadParameter("the same port is given twice", param_hint="--port")
-        return list(ports)
+        return ports
     from gendertool.flash import resolve_port
 
-    return [resolve_port(None, finder, repeatable=True)]
+    return [resolve_port(None, finder, repeatable=several)]

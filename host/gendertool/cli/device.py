@@ -235,13 +235,7 @@ def ports_cmd(
 
 @app.command("monitor")
 def monitor_cmd(
-    port: Optional[str] = typer.Option(
-        None,
-        "--port",
-        "-p",
-        envvar="GENDERTOOL_PORT",
-        help="Serial port, 'sim' (in-process virtual device) or socket://HOST:PORT (default: the one ESP32-S3 on USB).",
-    ),
+    port: Optional[str] = port_option(),
     count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after N results (default: until Ctrl-C)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON object per result on stdout, nothing else there."),
     csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append results to this CSV file as they arrive."),
@@ -256,7 +250,6 @@ def monitor_cmd(
     import sys
 
     from gendertool.errors import DeviceError, GendertoolError
-    from gendertool.flash import resolve_port
     from gendertool.monitor import CSV_FIELDS, run_monitor
     from gendertool.present import CsvAppender, JsonLinesWriter
 
@@ -264,7 +257,7 @@ def monitor_cmd(
         raise GendertoolError("choose one of --json and --csv")
     if source is not None and source not in ("sample", "camera"):
         raise GendertoolError(f"--source must be sample or camera, not {source!r}")
-    port = resolve_port(port)
+    (port,) = resolve_ports([port] if port else [], several=False)
     elf_path = elf if elf is not None else _elf_from_build(build)
     if elf is not None and not elf.is_file():
         raise GendertoolError(f"--elf {elf} does not exist")

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ._app import app, console, err_console
+from ._options import port_option, resolve_ports
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -36,9 +37,8 @@ def validate(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N images, taken in turn from each label."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout, per-image records included."),
     show_images: bool = typer.Option(False, "--show-images", help="Also list every image (default: only mismatches)."),
-    port: list[str] = typer.Option(
-        [], "--port", "-p", help="Validate on the board at PORT instead (sim, socket://HOST:PORT or serial); repeat for several."
-    ),
+    # no $GENDERTOOL_PORT here: giving --port switches validate from this computer to the board
+    port: list[str] = port_option(several=True, envvar=False, default="(default: validate on this computer only)"),
     min_parity: float = typer.Option(100.0, "--min-parity", help="With --port: fail below this % of bit-exact images."),
 ) -> None:
     """Run the firmware's preprocessing and the model on TFLM and LiteRT: accuracy, confusion, parity."""
@@ -49,7 +49,7 @@ def validate(
     if port:  # on-target validation (bench issue): device outputs vs the TFLM reference
         from .bench import validate_on_ports
 
-        validate_on_ports(port, images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
+        validate_on_ports(resolve_ports(port), images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
                           show_images=show_images)
         return
     with _progress() as progress:
