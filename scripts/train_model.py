@@ -87,7 +87,7 @@ def square_region(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndar
     return rgb[y0 : y0 + side, x0 : x0 + side]
 
 
-def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float) -> np.ndarray:
+def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0) -> np.ndarray:
     """One random 64x64 training view. Geometry happens on the full image, before
     ``crop_resize``, so the pixels come out of the firmware's resize; colour jitter is
     per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
@@ -124,6 +124,11 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float) -> n
     mean = out.mean()
     out = mean + (out - mean) * rng.uniform(0.7, 1.3)
     out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
+    if rng.random() < p_erase:
+        # random erasing: an occluded rectangle filled with noise
+        eh, ew = rng.integers(10, 33, size=2)
+        y0, x0 = rng.integers(0, SIZE - eh + 1), rng.integers(0, SIZE - ew + 1)
+        out[y0 : y0 + eh, x0 : x0 + ew] = rng.uniform(0, 255, size=(eh, ew, 3))
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
@@ -270,8 +275,13 @@ def main(argv=None) -> int:
     ap.add_argument("--dropout", type=float, default=0.2)
     ap.add_argument("--bn-momentum", type=float, default=0.9)
     ap.add_argument("--p-face", type=float, default=0.4, help="share of training views cropped around a Haar face")
+    ap.add_argument("--erase", type=float, default=0.0, help="random-erasing probability")
+    ap.add_argument("--opt", choices=("adam", "sgd"), default="adam")
     ap.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     ap.add_argument("--final", action="store_true", help="train on train + inner-val (recipe fixed beforehand)")
+    ap.add_argument("--bn-recal", action="store_true", help="re-estimate BN statistics on plain training views")
+    ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
+    ap.add_argument("--load-weights", type=Path, help="skip training: load Keras weights (.weights.h5)")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="evaluate only, write nothing into --out-dir")
@@ -319,14 +329,17 @@ def main(argv=None) -> int:
         0.0, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm
     )
     model.compile(
-        optimizer=tf.keras.optimizers.Adam(sched),
+        optimizer=(tf.keras.optimizers.Adam(sched) if args.opt == "adam"
+                   else tf.keras.optimizers.SGD(sched, momentum=0.9, nesterov=True)),
         loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy"],
     )
     rng = np.random.default_rng(args.seed)
     t1 = time.time()
-    for epoch in range(args.epochs):
-        imgs = [augment(rgb, f, rng, args.p_face) for (_, rgb, _), f in zip(train, faces)]
+    if args.load_weights:
+        model.load_weights(args.load_weights)
+    for epoch in range(0 if args.load_weights else args.epochs):
+        imgs = [augment(rgb, f, rng, args.p_face, args.erase) for (_, rgb, _), f in zip(train, faces)]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
         order = rng.permutation(len(x))
@@ -344,6 +357,26 @@ def main(argv=None) -> int:
                 msg += f" inner-val {np.mean(vp == val_y):.3f}"
             print(msg + f" [{time.time() - t1:.0f}s]", flush=True)
     train_time = time.time() - t1
+    if args.save_weights:
+        model.save_weights(args.save_weights)
+
+    def accuracy(imgs, labels):
+        return float(np.mean(model.predict(batch_float(imgs), verbose=0, batch_size=128).argmax(1) == labels))
+
+    val_plain = [plain(rgb) for _, rgb, _ in val]
+    if args.bn_recal:
+        # Moving BN statistics drift with the augmented views; re-estimate them on the plain
+        # (deployed-pipeline) training views: one training-mode pass over the whole set with
+        # momentum 0 makes every moving mean/variance the population figure.
+        before = accuracy(val_plain, val_y) if val else None
+        bns = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+        for l in bns:
+            l.momentum = 0.0
+        model(batch_float(train_plain), training=True)
+        for l in bns:
+            l.momentum = args.bn_momentum
+        after = accuracy(val_plain, val_y) if val else None
+        print(f"BN recalibration on plain training views: inner-val {before} -> {after}", flush=True)
 
     # eval-mode accuracies with the plain firmware pipeline
     test_plain = [plain(rgb) for _, rgb, _ in test]
@@ -351,7 +384,7 @@ def main(argv=None) -> int:
     train_acc = float(np.mean(model.predict(batch_float(train_plain), verbose=0, batch_size=128).argmax(1) == y_train))
     float_pred = model.predict(batch_float(test_plain), verbose=0, batch_size=128).argmax(1)
     float_acc = float(np.mean(float_pred == y_test))
-    val_acc = float(np.mean(model.predict(val_x, verbose=0).argmax(1) == val_y)) if val_x is not None else None
+    val_acc = accuracy(val_plain, val_y) if val else None
     print(f"float: train {train_acc:.4f} inner-val {val_acc} held-out {float_acc:.4f}", flush=True)
 
     # representative set: plain views of training images (every other one, fixed order)
@@ -390,7 +423,8 @@ def main(argv=None) -> int:
         "input_scale": in_scale, "input_zero_point": int(in_zp),
         "output_scale": float(outd["quantization"][0]), "output_zero_point": int(outd["quantization"][1]),
         "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
-        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k not in ("data", "out_dir")},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
+                 if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write")},
     }
     print(json.dumps(metrics, indent=2), flush=True)
     if args.no_write:
