@@ -668,27 +668,20 @@ def flash_boards(
         seen[real] = port
         check_flashable(port, baud)
 
-    outcomes = [BoardFlash(port) for port in ports]
-    bugs: list[BaseException] = []
+    from gendertool.bench import run_parallel  # the one thread-per-board runner (bench, validate)
 
-    def run(outcome: BoardFlash) -> None:
-        reporter = reporter_for(outcome.port) if reporter_for is not None else FlashReporter()
+    outcomes = {port: BoardFlash(port) for port in ports}
+
+    def run(port: str) -> None:
+        outcome = outcomes[port]
+        reporter = reporter_for(port) if reporter_for is not None else FlashReporter()
         t0 = time.monotonic()
         try:
-            outcome.result = flash(plan, outcome.port, baud=baud, reporter=reporter)
+            outcome.result = flash(plan, port, baud=baud, reporter=reporter)
         except GendertoolError as exc:
             outcome.error = str(exc)
-        except BaseException as exc:  # noqa: BLE001 - a bug: keep it for the caller's traceback
-            outcome.error = f"{type(exc).__name__}: {exc}"
-            bugs.append(exc)
         finally:
             outcome.seconds = time.monotonic() - t0
 
-    threads = [threading.Thread(target=run, args=(o,), name=f"flash {o.port}", daemon=True) for o in outcomes]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if bugs:
-        raise bugs[0]
-    return outcomes
+    run_parallel(ports, run)
+    return [outcomes[p] for p in ports]
