@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from gendertool import bench
-from gendertool.bench import BenchResult, Run, Sample
+from gendertool.bench import BenchResult, Sample
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +66,7 @@ def test_help(cli):
 
 def test_bench_socket_sim(cli, sim_server, tmp_path):
     server = sim_server()
-    r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "2", "--full-runs", "4", "--out", tmp_path)
+    r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "2", "--out", tmp_path)
     assert r.exit_code == 0, r.output
     assert "SIMULATED latency on sim" in r.stdout
     for row in ("preprocessing", "Invoke()", "total", "FPS"):
@@ -75,19 +75,25 @@ def test_bench_socket_sim(cli, sim_server, tmp_path):
     assert data["simulated"] is True and data["complete"] is True and data["error"] is None
     assert data["completed"] == 40 and len(data["samples"]) == 40
     assert [s["seq"] for s in data["samples"]] == list(range(40))
-    assert all(s["invoke_us"] > 0 for s in data["samples"])
-    assert len(data["runs"]) == 4 and all(r_["total_us"] == r_["pre_us"] + r_["invoke_us"] for r_ in data["runs"])
+    assert all(s["invoke_us"] > 0 and s["pre_us"] > 0 for s in data["samples"])
+    assert all(s["total_us"] == s["pre_us"] + s["invoke_us"] for s in data["samples"])
+    assert "runs" not in data and data["schema"] == 2
     assert data["model"]["sha256"] == data["device"]["model_sha256"] and len(data["model"]["sha256"]) == 64
     assert data["device_summary"]["n"] == 40
     assert data["selftest"]["pass"] is True and data["selftest"]["origin"] == "boot"
-    # the statistics in the file are those of the samples in the file
-    assert data["stats"]["invoke_us"]["max"] == max(s["invoke_us"] for s in data["samples"])
+    # the statistics in the file are those of the samples in the file, every metric over all 40
+    for m in ("pre_us", "invoke_us", "total_us"):
+        st = data["stats"][m]
+        vals = [s[m] for s in data["samples"]]
+        assert st["n"] == 40 and (st["min"], st["max"]) == (min(vals), max(vals))
+        assert st["mean"] == pytest.approx(sum(vals) / 40)
+    assert data["stats"]["fps"] == pytest.approx(1e6 / data["stats"]["total_us"]["mean"])
     _png_ok(tmp_path / "latency_hist.png")
     assert not (tmp_path / "operators.png").exists()
 
 
 def test_bench_port_sim_with_profile(cli, tmp_path):
-    r = cli("bench", "--port", "sim", "-n", "10", "--warmup", "0", "--full-runs", "2", "--profile", "--out", tmp_path)
+    r = cli("bench", "--port", "sim", "-n", "10", "--warmup", "0", "--profile", "--out", tmp_path)
     assert r.exit_code == 0, r.output
     assert "per-operator time" in r.stdout and "(estimated)" in r.stdout
     assert "CONV_2D" in r.stdout
@@ -134,7 +140,7 @@ def test_bad_input_option(cli):
 @pytest.mark.parametrize(
     "args, message",
     [(["-n", "0"], "1..10000"), (["-n", "10001"], "1..10000"), (["--warmup", "1001"], "0..1000"),
-     (["--full-runs", "-1"], "negative")],
+     (["--warmup", "-1"], "0..1000")],
 )
 def test_request_out_of_range_fails_before_the_device(cli, tmp_path, args, message):
     r = cli("bench", "--port", _free_port_url(), *args, "--out", tmp_path)
@@ -146,7 +152,7 @@ def test_several_ports_in_parallel(cli, sim_server, tmp_path):
     a, b = sim_server(), sim_server()
     refused = _free_port_url()
     r = cli("bench", "--port", a.url, "--port", b.url, "--port", refused, "-n", "12", "--warmup", "0",
-            "--full-runs", "2", "--no-plots", "--out", tmp_path)
+            "--no-plots", "--out", tmp_path)
     assert r.exit_code == 2  # one board failed; the others are still reported
     assert "all boards" in r.stdout
     for url in (a.url, b.url):
@@ -165,8 +171,7 @@ def test_same_port_twice(cli):
 def _known(path: Path, invoke: list[int], pre: list[int]) -> Path:
     r = BenchResult(port="old", n=len(invoke), warmup=0, input="sample", simulated=True)
     r.device = {"board": "xiao_esp32s3", "model_sha256": "0" * 64}
-    r.samples = [Sample(i, v) for i, v in enumerate(invoke)]
-    r.runs = [Run(i, p, v) for i, (p, v) in enumerate(zip(pre, invoke))]
+    r.samples = [Sample(i, p, v) for i, (p, v) in enumerate(zip(pre, invoke))]
     bench.write_json_atomic(path, r.to_json())
     return path
 
@@ -175,7 +180,7 @@ def test_compare_with_old_file(cli, sim_server, tmp_path):
     # an "old" run 1000x slower than anything the host does: every speed-up is > 1
     old = _known(tmp_path / "old.json", [40_000_000] * 4, [1_000_000] * 4)
     server = sim_server()
-    r = cli("bench", "--port", server.url, "-n", "8", "--warmup", "0", "--full-runs", "2", "--out", tmp_path / "new",
+    r = cli("bench", "--port", server.url, "-n", "8", "--warmup", "0", "--out", tmp_path / "new",
             "--compare", old, "--no-plots")
     assert r.exit_code == 0, r.output
     assert "compare" in r.stdout and "speed-up" in r.stdout
@@ -213,26 +218,31 @@ def test_without_port_detection(cli, monkeypatch, found, message):
     assert r.exit_code == 2 and message in r.stderr and "--port" in r.stderr
 
 
-def test_silent_result_stream_ends_the_full_runs(model_info, tmp_path, monkeypatch):
-    """A device that benches but never streams results: the bench samples stay, the error says why."""
+def test_no_result_stream_needed(model_info, tmp_path, monkeypatch):
+    """Every figure comes from the bench command: a device that never streams results (or
+    streams them once a second) benches at full speed."""
     from gendertool import simdevice
     from gendertool.link import DeviceClient
 
     monkeypatch.setattr(simdevice._Session, "stream_one", lambda self: None)
-    dev = simdevice.SimDevice(model_info, period_ms=10, autostart=False, boot_delay_s=0.05)
+    dev = simdevice.SimDevice(model_info, period_ms=1000, boot_delay_s=0.05)
     with simdevice.SimServer(dev) as server, DeviceClient.open(server.url) as client:
-        r = bench.run_bench(client, port=server.url, n=10, warmup=0, runs=3, run_gap_s=1.0,
-                            out_json=tmp_path / "bench.json")
-    assert r.completed == 10 and r.runs == [] and not r.complete
-    assert "no inference result for 1 s after 0 of 3 full runs" in r.error
-    data = json.loads((tmp_path / "bench.json").read_text())
-    assert len(data["samples"]) == 10 and data["error"] == r.error
+        r = bench.run_bench(client, port=server.url, n=10, warmup=0, out_json=tmp_path / "bench.json")
+    assert r.complete and r.error is None and r.completed == 10
+    assert set(r.stats()) == {"pre_us", "invoke_us", "total_us", "fps"}
+
+
+def test_old_schema_file_is_refused_with_a_reason(tmp_path):
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps({"kind": "gendertool-bench", "schema": 1, "samples": [{"seq": 0, "invoke_us": 5}]}))
+    with pytest.raises(bench.GendertoolError, match="schema 1 is not supported.*Invoke\\(\\) times only"):
+        bench.load_bench(old)
 
 
 def test_port_from_environment(cli, sim_server, tmp_path, monkeypatch):
     server = sim_server()
     monkeypatch.setenv("GENDERTOOL_PORT", server.url)
-    r = cli("bench", "-n", "4", "--warmup", "0", "--full-runs", "0", "--no-plots", "--out", tmp_path)
+    r = cli("bench", "-n", "4", "--warmup", "0", "--no-plots", "--out", tmp_path)
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "bench.json").read_text())
-    assert data["port"] == server.url and data["completed"] == 4 and data["runs"] == []
+    assert data["port"] == server.url and data["completed"] == 4

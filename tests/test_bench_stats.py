@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from gendertool import bench
-from gendertool.bench import BenchResult, OpTiming, Run, Sample
+from gendertool.bench import BenchResult, OpTiming, Sample
 from gendertool.errors import GendertoolError
 
 
@@ -18,8 +18,7 @@ def _result(pre: list[int], inv: list[int], **kw) -> BenchResult:
     r = BenchResult(port=kw.pop("port", "socket://x"), n=kw.pop("n", len(pre)), warmup=2, input="sample", **kw)
     r.device = {"board": "xiao_esp32s3", "model_sha256": "ab" * 32, "labels": ["female", "male"], "fw": "0.1.0",
                 "idf": "v5.5.5", "tflm": "1.3.4", "esp_nn": "1.1.2", "proto": 1, "arena_used": 81234, "heap_psram": 8000000}
-    r.samples = [Sample(i, v) for i, v in enumerate(inv)]
-    r.runs = [Run(100 + i, p, v) for i, (p, v) in enumerate(zip(pre, inv))]
+    r.samples = [Sample(i, p, v) for i, (p, v) in enumerate(zip(pre, inv))]
     return r
 
 
@@ -48,12 +47,17 @@ def test_summarize_fps_from_mean_total():
     st = r.stats()
     assert st["total_us"].mean == 30000
     assert st["fps"] == pytest.approx(1e6 / 30000)
-    assert st["pre_us"].std == 0
-    assert st["fps_basis"] == "total_us"
-    r.runs = []
-    st = r.stats()
-    assert "total_us" not in st and "pre_us" not in st
-    assert st["fps_basis"] == "invoke_us" and st["fps"] == pytest.approx(1e6 / 29000)
+    assert st["pre_us"].std == 0 and st["pre_us"].n == st["invoke_us"].n == st["total_us"].n == 2
+    assert (st["total_us"].min, st["total_us"].max) == (20000, 40000)
+    r.samples = []
+    assert r.stats() == {}
+
+
+def test_total_is_summed_per_run_not_from_separate_series():
+    # the slowest preprocessing and the slowest Invoke() fall on different runs
+    st = _result([5000, 1000, 1000], [10000, 30000, 10000]).stats()
+    assert st["total_us"].max == 31000 and st["total_us"].min == 11000
+    assert st["total_us"].p50 == 15000
 
 
 def test_profile_table_aggregates_and_sorts_slowest_first():
@@ -76,10 +80,11 @@ def test_bench_json_round_trip(tmp_path):
     assert data["versions"]["idf"] == "v5.5.5"
     assert data["memory"] == {"arena_used": 81234, "heap_psram": 8000000}
     assert [s["invoke_us"] for s in data["samples"]] == [30000, 31000, 29000]
-    assert data["runs"][1] == {"seq": 101, "pre_us": 1300, "invoke_us": 31000, "total_us": 32300}
+    assert data["samples"][1] == {"seq": 1, "pre_us": 1300, "invoke_us": 31000, "total_us": 32300}
+    assert data["schema"] == 2 and "runs" not in data
     assert data["stats"]["invoke_us"]["p50"] == 30000
     back = bench.load_bench(p)
-    assert back.samples == r.samples and back.runs == r.runs and back.profile == r.profile and back.simulated
+    assert back.samples == r.samples and back.profile == r.profile and back.simulated
 
 
 def test_incomplete_result_is_marked():
@@ -94,8 +99,9 @@ def test_incomplete_result_is_marked():
         ("{not json", "invalid JSON"),
         ('{"kind": "other"}', "not a bench.json"),
         ('{"kind": "gendertool-bench", "schema": 99}', "schema 99"),
-        ('{"kind": "gendertool-bench", "schema": 1, "samples": []}', "no samples"),
-        ('{"kind": "gendertool-bench", "schema": 1, "samples": [{"seq": 0}]}', "malformed"),
+        ('{"kind": "gendertool-bench", "schema": 2, "samples": []}', "no samples"),
+        ('{"kind": "gendertool-bench", "schema": 2, "samples": [{"seq": 0}]}', "malformed"),
+        ('{"kind": "gendertool-bench", "schema": 2, "samples": [{"seq": 0, "invoke_us": 30000}]}', "malformed"),
     ],
 )
 def test_load_bench_rejects_bad_files(tmp_path, content, message):
@@ -168,11 +174,3 @@ def test_zero_latency_has_no_fps_and_still_writes(tmp_path):
     assert "fps" not in st and st["invoke_us"].mean == 0
     bench.write_json_atomic(tmp_path / "b.json", r.to_json())  # no inf/NaN in the file
     assert "fps" not in json.loads((tmp_path / "b.json").read_text())["stats"]
-
-
-def test_compare_without_common_fps_basis(tmp_path):
-    old = _result([1000], [20000])
-    new = _result([1000], [10000])
-    new.runs = []  # the new run timed no full inference: FPS bases differ, no FPS row
-    rows = bench.compare_results(old, new)
-    assert {r.metric for r in rows} == {"invoke_us"}

@@ -77,22 +77,25 @@ class HostPlatform : public gt::Platform {
   void Log(const char* text) override { std::fprintf(stderr, "I (host) app: %s\n", text); }
   bool ModelReady() override { return true; }
   bool HasCamera() override { return GT_BOARD_HAS_CAMERA != 0; }
+  // pre_us of sample and upload-source preprocessing = how many such preprocessings ran so
+  // far, so the test sees one per benchmark run; an upload's own result keeps 7.
   bool FillInput(gt::Source source, int* sample, int64_t* pre_us, const char** error) override {
     *sample = -1;
-    *pre_us = 7;
     if (source == gt::Source::kSample) {
       *sample = next_sample_;
       next_sample_ = (next_sample_ + 1) % gt::kNumSampleImages;
-      return FillSample(*sample);
+      return FillSample(*sample, pre_us);
     }
     if (source == gt::Source::kUpload && upload_w_ > 0) {
+      *pre_us = ++preprocessed_;
       return Pre(upload_.data(), upload_w_, upload_h_, input_.data());
     }
     *error = source == gt::Source::kUpload ? "bad_args" : "camera_failed";
     return false;
   }
-  bool FillSample(int index) override {
+  bool FillSample(int index, int64_t* pre_us) override {
     const gt::SampleImage& s = gt::kSampleImages[index];
+    if (pre_us != nullptr) *pre_us = ++preprocessed_;
     return Pre(s.rgb, s.width, s.height, input_.data());
   }
   uint8_t* UploadBuffer(size_t bytes) override {
@@ -148,6 +151,7 @@ class HostPlatform : public gt::Platform {
   std::vector<uint8_t> upload_;
   int upload_w_, upload_h_;
   int next_sample_ = 0;
+  int64_t preprocessed_ = 0;
 };
 
 }  // namespace
@@ -301,6 +305,8 @@ def test_bench_profile_selftest_commands(device):
         _records_until(c, lambda r: isinstance(r, p.SelfTest))
         run = c.bench_collect(40, 3)
         assert run.complete and run.invoke_us == [INVOKE_US] * 40
+        # one preprocessing per run, warm-ups included: the device's counter steps by one
+        assert len(run.pre_us) == 40 and run.pre_us == list(range(run.pre_us[0], run.pre_us[0] + 40))
         assert (run.summary.n, run.summary.warmup, run.summary.min_us, run.summary.max_us, run.summary.total_us) == (
             40, 3, INVOKE_US, INVOKE_US, 40 * INVOKE_US)
         ops, summary = c.profile()
@@ -308,6 +314,17 @@ def test_bench_profile_selftest_commands(device):
         assert (summary.nodes, summary.total_us, summary.invoke_us, summary.estimated) == (3, 155, 160, False)
         st = c.selftest()
         assert st.passed and [e.sample for e in st.results] == [0, 1, 2, 3]
+
+
+def test_bench_on_the_uploaded_image_preprocesses_it_every_run(device):
+    rgb = np.random.default_rng(5).integers(0, 256, size=(40, 30, 3), dtype=np.uint8)
+    with _client(device.url) as c:
+        _records_until(c, lambda r: isinstance(r, p.SelfTest))
+        c.infer_rgb(rgb)
+        c.set_source("upload")
+        run = c.bench_collect(37, 2)  # two bsample batches: 32 + 5
+        assert run.complete and run.invoke_us == [INVOKE_US] * 37
+        assert run.pre_us == list(range(run.pre_us[0], run.pre_us[0] + 37))
 
 
 def test_continuous_results_cycle_the_samples(device, model):

@@ -76,10 +76,12 @@ def _record_code(i: int, vec: dict) -> str:
         r.pre_us = {f['pre_us']}u; r.invoke_us = {f['invoke_us']}u; r.simulated = {sim};
         ok = gt::write_result(w, r);"""
     if t == "bsample":
+        pre = ", ".join(f"{x}u" for x in f["pre_us"])
         us = ", ".join(f"{x}u" for x in f["invoke_us"])
         return f"""
+        static const uint32_t pre{i}[] = {{{pre}}};
         static const uint32_t us{i}[] = {{{us}}};
-        ok = gt::write_bsample(w, {f['first']}u, us{i}, {len(f['invoke_us'])}, {sim});"""
+        ok = gt::write_bsample(w, {f['first']}u, pre{i}, us{i}, {len(f['invoke_us'])}, {sim});"""
     if t == "bsummary":
         return f"""
         gt::BenchSummaryInfo s{{{f['n']}u, {f['warmup']}u, {f['min_us']}u, {f['max_us']}u,

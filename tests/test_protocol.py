@@ -160,3 +160,16 @@ def test_reset_counts_a_pending_partial_record_once():
     parser.reset()
     assert parser.stats.partial == 1
     assert parser.feed(b"I (1) boot\n") == [p.LogLine("I (1) boot")]
+
+
+def test_bsample_arrays_must_have_one_length():
+    with pytest.raises(ValueError, match="2 pre_us but 1 invoke_us"):
+        p.BenchSample(0, (800, 801), (45000,), False)
+    with pytest.raises(ValueError, match="bsample"):
+        p.record_from_dict("bsample", {"first": 0, "pre_us": [1], "invoke_us": [], "simulated": False})
+    with pytest.raises(p.FrameError, match="bad_record"):
+        p.decode_line(b"@GT " + _frame_body(b'bsample {"first":0,"pre_us":[],"invoke_us":[5],"simulated":true}'))
+
+
+def _frame_body(body: bytes) -> bytes:
+    return body + b"*%08x\n" % zlib.crc32(body)

@@ -23,7 +23,11 @@ records = st.one_of(
         st.lists(st.floats(0, 1, width=32), min_size=1, max_size=4).map(tuple),
         u32, u32, st.booleans(),
     ),  # fmt: skip
-    st.builds(p.BenchSample, u32, st.lists(u32, min_size=1, max_size=8).map(tuple), st.booleans()),
+    # parallel arrays of one length: (pre_us, invoke_us) pairs split in two
+    st.lists(st.tuples(u32, u32), min_size=1, max_size=8).flatmap(
+        lambda runs: st.builds(p.BenchSample, u32, st.just(tuple(a for a, _ in runs)), st.just(tuple(b for _, b in runs)),
+                               st.booleans())
+    ),
     st.builds(p.ProfileOp, u32, texts, u32, st.booleans(), st.booleans()),
 )
 garbage = st.binary(max_size=40).filter(lambda b: b"\n" not in b)

@@ -201,12 +201,64 @@ def test_client_raises_command_errors_and_checks_inputs(serve):
 
 
 def test_bench_collects_every_sample(serve):
-    client, _ = serve(autostart=False)
+    client, dev = serve(autostart=False)
+    seen = []
+    real = dev._preprocess
+    dev._preprocess = lambda rgb: seen.append(rgb.shape) or real(rgb)
     run = client.bench_collect(70, 3)
     assert run.complete and run.error is None and run.simulated
-    assert len(run.invoke_us) == 70 == run.summary.n and run.summary.warmup == 3
-    assert run.summary.total_us == sum(run.invoke_us)
+    assert len(run.invoke_us) == 70 == run.summary.n == len(run.pre_us) and run.summary.warmup == 3
+    assert all(us > 0 for us in run.pre_us)
+    assert run.summary.total_us == sum(run.invoke_us)  # bsummary describes the Invoke() times
     assert min(run.invoke_us) == run.summary.min_us and max(run.invoke_us) == run.summary.max_us
+    # one preprocessing per run, warm-ups included, all of one built-in sample
+    assert len(seen) == 73 and len(set(seen)) == 1 and seen[0] == dev._samples[0].rgb.shape
+
+
+def test_bench_on_the_uploaded_image(serve):
+    client, dev = serve(autostart=False)
+    client.set_source("upload")
+    with pytest.raises(DeviceCommandError, match="bad_args: no image uploaded yet"):
+        list(client.bench(5, 0))
+    rgb = np.random.default_rng(2).integers(0, 256, size=(120, 90, 3), dtype=np.uint8)
+    client.infer_rgb(rgb)
+    seen = []
+    real = dev._preprocess
+    dev._preprocess = lambda img: seen.append(img.shape) or real(img)
+    run = client.bench_collect(40, 1)
+    assert run.complete and len(run.pre_us) == 40
+    assert seen == [(120, 90, 3)] * 41
+
+
+def test_preprocessing_constants_are_computed_once(serve, monkeypatch):
+    import gendertool.preprocess as pre
+
+    client, dev = serve(autostart=False)
+    ref = pre.preprocess(dev._samples[1].rgb, dev.model.preprocessing, dev.height, dev.width, dev.model.input.scale,
+                         dev.model.input.zero_point)
+
+    def no_lut(*a, **kw):
+        raise AssertionError("quantisation table rebuilt per result")
+
+    monkeypatch.setattr(pre, "quant_lut", no_lut)
+    np.testing.assert_array_equal(dev._preprocess(dev._samples[1].rgb), ref)  # same bytes as the reference
+    assert client.bench_collect(3, 0).complete
+    client.start()
+    assert len(results(client, 2)) == 2
+
+
+def test_bench_from_an_older_firmware_says_so(serve, monkeypatch):
+    from gendertool import simdevice
+
+    def old_bench(self, n, warmup):  # a bsample without pre_us, as before the field existed
+        body = b'bsample {"first":0,"invoke_us":[45000],"simulated":true}'
+        self.raw(b"@GT " + body + b"*%08x\n" % zlib.crc32(body))
+
+    monkeypatch.setattr(simdevice._Session, "bench", old_bench)
+    client, _ = serve(autostart=False)
+    run = client.bench_collect(1, 0, timeout=0.5)
+    assert not run.complete and run.invoke_us == []
+    assert "1 malformed record(s)" in run.error and "rebuild and flash" in run.error
 
 
 def test_bench_interrupted_keeps_what_arrived(serve):

@@ -109,7 +109,7 @@ void AppController::RunSelftest() {
   for (int i = 0; i < kNumSampleImages; ++i) {
     const SampleImage& s = kSampleImages[i];
     int64_t invoke_us = 0;
-    const bool ran = platform_.FillSample(i) && platform_.Invoke(&invoke_us);
+    const bool ran = platform_.FillSample(i, nullptr) && platform_.Invoke(&invoke_us);
     const int got = ran ? ArgMax(platform_.Output(), kNumClasses) : -1;
     const int diff = ran ? MaxAbsDiff(platform_.Output(), s.expected, kNumClasses) : 255;
     const bool ok = ran && got == s.expected_class && diff <= config_.selftest_tolerance;
@@ -150,28 +150,49 @@ void AppController::RunProfile() {
   Send(write_psummary(writer_, static_cast<uint32_t>(n), total, static_cast<uint32_t>(invoke_us), false, false));
 }
 
+// One benchmark run's input, preprocessed again every run (docs/protocol.md §2 `bench`): the
+// same built-in sample each run so runs stay comparable, the last upload, or a fresh camera
+// frame (its capture is not in pre_us: that waits on the sensor, not on the CPU).
+bool AppController::BenchInput(Source source, int sample, int64_t* pre_us, const char** error) {
+  if (source == Source::kSample) {
+    *error = "internal";
+    return platform_.FillSample(sample, pre_us);
+  }
+  int ignored = -1;
+  return platform_.FillInput(source, &ignored, pre_us, error);
+}
+
 void AppController::RunBench(uint32_t n, uint32_t warmup) {
   int sample = -1;
   int64_t pre_us = 0;
   const char* error = "internal";
+  // Picks the input (the next sample, as continuous inference would) and checks there is one.
   if (!platform_.ModelReady() || !platform_.FillInput(source_, &sample, &pre_us, &error)) {
     Error(platform_.ModelReady() ? error : "internal", "bench", "no input for the benchmark");
     return;
   }
-  int64_t us = 0;
-  for (uint32_t i = 0; i < warmup; ++i) platform_.Invoke(&us);
+  int64_t invoke_us = 0;
   BenchStats stats;
-  uint32_t batch[kBenchBatch];
+  uint32_t pre_batch[kBenchBatch];
+  uint32_t invoke_batch[kBenchBatch];
   size_t in_batch = 0;
-  for (uint32_t i = 0; i < n; ++i) {
-    if (!platform_.Invoke(&us)) {
+  // Warm-up runs do the same work as timed ones (preprocessing + Invoke()), unreported.
+  for (uint32_t i = 0; i < warmup + n; ++i) {
+    if (!BenchInput(source_, sample, &pre_us, &error)) {
+      Error(error, "bench", "input failed during the benchmark");
+      return;
+    }
+    if (!platform_.Invoke(&invoke_us)) {
       Error("invoke_failed", "bench", "Invoke() failed");
       return;
     }
-    batch[in_batch++] = static_cast<uint32_t>(us);
-    stats.Add(static_cast<uint32_t>(us));
-    if (in_batch == kBenchBatch || i + 1 == n) {
-      Send(write_bsample(writer_, static_cast<uint32_t>(i + 1 - in_batch), batch, in_batch, false));
+    if (i < warmup) continue;
+    pre_batch[in_batch] = static_cast<uint32_t>(pre_us);
+    invoke_batch[in_batch++] = static_cast<uint32_t>(invoke_us);
+    stats.Add(static_cast<uint32_t>(invoke_us));
+    const uint32_t done = i + 1 - warmup;
+    if (in_batch == kBenchBatch || done == n) {
+      Send(write_bsample(writer_, static_cast<uint32_t>(done - in_batch), pre_batch, invoke_batch, in_batch, false));
       in_batch = 0;
     }
   }

@@ -38,7 +38,8 @@ class Platform {
   // Preprocesses the next image of `source` into the input tensor; on failure *error is a
   // protocol error code.
   virtual bool FillInput(Source source, int* sample, int64_t* pre_us, const char** error) = 0;
-  virtual bool FillSample(int index) = 0;
+  // Built-in sample `index` into the input tensor; pre_us (may be nullptr) its preprocessing time.
+  virtual bool FillSample(int index, int64_t* pre_us) = 0;
   virtual uint8_t* UploadBuffer(size_t bytes) = 0;
   virtual bool FillUpload(const uint8_t* rgb, int width, int height, int64_t* pre_us) = 0;
   virtual bool Invoke(int64_t* invoke_us) = 0;
@@ -86,6 +87,7 @@ class AppController {
   void RunSelftest();
   void RunProfile();
   void RunBench(uint32_t n, uint32_t warmup);
+  bool BenchInput(Source source, int sample, int64_t* pre_us, const char** error);
   void FinishUpload();
 
   Platform& platform_;

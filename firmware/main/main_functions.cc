@@ -37,7 +37,9 @@ class EspPlatform : public gt::Platform {
   bool FillInput(gt::Source source, int* sample, int64_t* pre_us, const char** error) override {
     return gt::input::Fill(source, g_runner.input(), sample, pre_us, error);
   }
-  bool FillSample(int index) override { return gt::input::FillSample(index, g_runner.input(), nullptr); }
+  bool FillSample(int index, int64_t* pre_us) override {
+    return gt::input::FillSample(index, g_runner.input(), pre_us);
+  }
   uint8_t* UploadBuffer(size_t bytes) override { return gt::input::UploadBuffer(bytes); }
   bool FillUpload(const uint8_t* rgb, int width, int height, int64_t* pre_us) override {
     return gt::input::FillUpload(rgb, width, height, g_runner.input(), pre_us);

@@ -338,9 +338,11 @@ bool write_result(RecordWriter& w, const ResultInfo& r) {
   return w.finish();
 }
 
-bool write_bsample(RecordWriter& w, uint32_t first, const uint32_t* invoke_us, size_t n, bool simulated) {
+bool write_bsample(RecordWriter& w, uint32_t first, const uint32_t* pre_us, const uint32_t* invoke_us, size_t n,
+                   bool simulated) {
   w.begin("bsample");
   w.field_uint("first", first);
+  w.field_uint32_array("pre_us", pre_us, n);
   w.field_uint32_array("invoke_us", invoke_us, n);
   w.field_bool("simulated", simulated);
   return w.finish();

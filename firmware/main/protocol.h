@@ -17,7 +17,7 @@ constexpr size_t kMaxCommand = 128;    // command line bytes before "\r\n"
 constexpr uint32_t kMaxUploadSide = 640;
 constexpr uint32_t kBenchMaxN = 10000;
 constexpr uint32_t kBenchMaxWarmup = 1000;
-constexpr size_t kBenchBatch = 32;     // invoke times per bsample record
+constexpr size_t kBenchBatch = 32;     // runs per bsample record
 constexpr size_t kSelftestMaxResults = 16;
 constexpr uint32_t kUploadIdleMs = 2000;
 
@@ -143,7 +143,9 @@ struct SelftestEntry {
 // Each returns RecordWriter::finish(); on success the line is w.data()/w.size().
 bool write_hello(RecordWriter& w, const HelloInfo& h);
 bool write_result(RecordWriter& w, const ResultInfo& r);
-bool write_bsample(RecordWriter& w, uint32_t first, const uint32_t* invoke_us, size_t n, bool simulated);
+// Run k of the batch is (pre_us[k], invoke_us[k]); both arrays hold n entries.
+bool write_bsample(RecordWriter& w, uint32_t first, const uint32_t* pre_us, const uint32_t* invoke_us, size_t n,
+                   bool simulated);
 bool write_bsummary(RecordWriter& w, const BenchSummaryInfo& s);
 bool write_profile(RecordWriter& w, uint32_t node, const char* op, uint32_t us, bool estimated, bool simulated);
 bool write_psummary(RecordWriter& w, uint32_t nodes, uint64_t total_us, uint32_t invoke_us, bool estimated,

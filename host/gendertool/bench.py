@@ -1,10 +1,11 @@
 """On-device latency benchmark: run, statistics, bench.json, compare, firmware-variant matrix.
 
-The device does the timing (``esp_timer`` around preprocessing and ``Invoke()``): the
-firmware's ``bench`` command sends every timed ``Invoke()`` (batched ``bsample`` records) and
-full inferences come as ``result`` records with both times. The host only collects and
-summarises, so USB latency never enters the figures. Nothing here prints: progress goes through callbacks and the CLI
-presents the returned objects.
+The device does the timing (``esp_timer`` around preprocessing and around ``Invoke()``): the
+firmware's ``bench`` command preprocesses its input and invokes the model once per run and
+sends both times of every run (batched ``bsample`` records, parallel ``pre_us`` and
+``invoke_us`` arrays). The host only collects and summarises, so USB latency never enters the
+figures. Nothing here prints: progress goes through callbacks and the CLI presents the
+returned objects.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
 
-SCHEMA = 1
+SCHEMA = 2  # 2: every sample holds pre_us + invoke_us (1 had Invoke()-only samples plus a few "runs")
 KIND = "gendertool-bench"
 # Seeed's model card for the gender classifier quotes about 40 ms per inference on a
 # XIAO ESP32S3; every histogram draws it so a run can be judged at a glance.
@@ -89,22 +90,7 @@ def latency_stats(values: Iterable[float]) -> Stats:
 
 @dataclass(frozen=True)
 class Sample:
-    """One timed ``Invoke()`` of the device's bench command (``bsample``)."""
-
-    seq: int
-    invoke_us: int
-
-    def to_dict(self) -> dict:
-        return {"seq": self.seq, "invoke_us": self.invoke_us}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Sample":
-        return cls(int(d["seq"]), int(d["invoke_us"]))
-
-
-@dataclass(frozen=True)
-class Run:
-    """One full inference on the chosen input (a ``result`` record): preprocessing + Invoke()."""
+    """One timed run of the device's bench command: preprocessing, then ``Invoke()``."""
 
     seq: int
     pre_us: int
@@ -118,24 +104,18 @@ class Run:
         return {"seq": self.seq, "pre_us": self.pre_us, "invoke_us": self.invoke_us, "total_us": self.total_us}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Run":
+    def from_dict(cls, d: dict) -> "Sample":
         return cls(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"]))
 
 
-def summarize(samples: Sequence[Sample], runs: Sequence[Run] = ()) -> dict[str, Any]:
-    """Statistics per metric: ``invoke_us`` from the bench samples, ``pre_us`` and ``total_us``
-    from full runs; ``fps`` from the mean total (or the mean Invoke() when no full run was timed)."""
-    out: dict[str, Any] = {}
-    if runs:
-        out["pre_us"] = latency_stats(r.pre_us for r in runs)
-    if samples:
-        out["invoke_us"] = latency_stats(s.invoke_us for s in samples)
-    if runs:
-        out["total_us"] = latency_stats(r.total_us for r in runs)
-    basis = "total_us" if "total_us" in out else "invoke_us" if "invoke_us" in out else None
-    if basis and out[basis].mean > 0:  # a 0 µs mean (clock too coarse) has no meaningful FPS
-        out["fps"] = 1e6 / out[basis].mean
-        out["fps_basis"] = basis
+def summarize(samples: Sequence[Sample]) -> dict[str, Any]:
+    """Statistics of ``pre_us``, ``invoke_us`` and ``total_us`` (their sum per run) over every
+    sample; ``fps`` = 1 / mean total (none for a 0 µs mean: a clock too coarse has no FPS)."""
+    if not samples:
+        return {}
+    out: dict[str, Any] = {m: latency_stats(getattr(s, m) for s in samples) for m in METRICS}
+    if out["total_us"].mean > 0:
+        out["fps"] = 1e6 / out["total_us"].mean
     return out
 
 
@@ -183,8 +163,6 @@ class BenchResult:
     simulated: bool = False
     device: dict = field(default_factory=dict)  # the device's hello record, verbatim
     samples: list[Sample] = field(default_factory=list)
-    runs: list[Run] = field(default_factory=list)
-    runs_requested: int = 0
     profile: list[OpTiming] = field(default_factory=list)
     profile_estimated: bool = False
     device_summary: dict = field(default_factory=dict)  # the device's own bsummary record
@@ -217,7 +195,7 @@ class BenchResult:
         return memory_report(self.device)
 
     def stats(self) -> dict[str, Any]:
-        return summarize(self.samples, self.runs)
+        return summarize(self.samples)
 
     def to_json(self) -> dict:
         from gendertool import __version__
@@ -254,7 +232,7 @@ class BenchResult:
             "device": dev,
             "memory": self.memory,
             "selftest": self.selftest,
-            "request": {"n": self.n, "warmup": self.warmup, "input": self.input, "runs": self.runs_requested},
+            "request": {"n": self.n, "warmup": self.warmup, "input": self.input},
             "started": self.started,
             "finished": self.finished,
             "completed": self.completed,
@@ -265,7 +243,6 @@ class BenchResult:
             "profile": [r.to_dict() for r in self.profile],
             "profile_estimated": self.profile_estimated,
             "samples": [s.to_dict() for s in self.samples],
-            "runs": [r.to_dict() for r in self.runs],
         }
 
     @classmethod
@@ -280,8 +257,6 @@ class BenchResult:
             simulated=bool(data.get("simulated", False)),
             device=dict(data.get("device", {})),
             samples=[Sample.from_dict(s) for s in data.get("samples", [])],
-            runs=[Run.from_dict(r) for r in data.get("runs", [])],
-            runs_requested=int(req.get("runs", 0)),
             profile=[OpTiming.from_dict(r) for r in data.get("profile", [])],
             profile_estimated=bool(data.get("profile_estimated", False)),
             device_summary=dict(data.get("device_summary", {})),
@@ -332,7 +307,8 @@ def load_bench(path: str | Path) -> BenchResult:
     if not isinstance(data, dict) or data.get("kind") != KIND:
         raise GendertoolError(f"{p}: not a bench.json file (missing \"kind\": \"{KIND}\")")
     if data.get("schema") != SCHEMA:
-        raise GendertoolError(f"{p}: bench.json schema {data.get('schema')!r} is not supported (expected {SCHEMA})")
+        why = " (its samples hold Invoke() times only; run the benchmark again)" if data.get("schema") == 1 else ""
+        raise GendertoolError(f"{p}: bench.json schema {data.get('schema')!r} is not supported (expected {SCHEMA}){why}")
     try:
         result = BenchResult.from_json(data, p)
     except (KeyError, TypeError, ValueError, AttributeError) as exc:
@@ -378,7 +354,7 @@ def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:
     rows = [CompareRow(m, k, getattr(so[m], k), getattr(sn[m], k)) for m in METRICS if m in so and m in sn for k in STAT_KEYS]
     if not rows:
         raise GendertoolError("the two runs have no latency figure in common to compare")
-    if "fps" in so and "fps" in sn and so["fps_basis"] == sn["fps_basis"]:
+    if "fps" in so and "fps" in sn:
         rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
     return rows
 
@@ -419,7 +395,7 @@ def rec_type(rec: Any) -> str:
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 
-def check_request(n: int, warmup: int, input_source: str, runs: int | None = None) -> None:
+def check_request(n: int, warmup: int, input_source: str) -> None:
     """The firmware's limits (docs/protocol.md), checked before any device is touched."""
     if not 1 <= n <= 10000:
         raise GendertoolError(f"-n must be within 1..10000 (the firmware's bench limit), got {n}")
@@ -427,8 +403,6 @@ def check_request(n: int, warmup: int, input_source: str, runs: int | None = Non
         raise GendertoolError(f"--warmup must be within 0..1000, got {warmup}")
     if input_source not in ("sample", "camera"):
         raise GendertoolError(f"--input must be 'sample' or 'camera', not {input_source!r}")
-    if runs is not None and runs < 0:
-        raise GendertoolError(f"--full-runs must not be negative, got {runs}")
 
 
 def run_bench(
@@ -438,28 +412,24 @@ def run_bench(
     n: int = 200,
     warmup: int = 10,
     input_source: str = "sample",
-    runs: int | None = None,
     profile: bool = False,
     out_json: Path | None = None,
     on_progress: ProgressFn | None = None,
     flush_every_s: float = 0.5,
-    run_gap_s: float = 15.0,
     variant: "Variant | None" = None,
 ) -> BenchResult:
     """Benchmark a connected :class:`~gendertool.link.DeviceClient`.
 
-    Phase 1, the device's ``bench n warmup``: ``n`` timed ``Invoke()`` samples. Phase 2, full
-    runs: continuous inference on ``input_source`` for ``runs`` results (default min(n, 20)),
-    each with preprocessing and ``Invoke()`` time. Phase 3 with ``profile``: one profiled
-    ``Invoke()``. bench.json is rewritten while samples arrive (at most every
+    The device's ``bench n warmup`` on ``input_source``: ``n`` timed runs, each preprocessing
+    the input and invoking the model, both times reported per run. Then, with ``profile``,
+    one profiled ``Invoke()``. bench.json is rewritten while samples arrive (at most every
     ``flush_every_s``) and once at the end, so a run that loses the device keeps every
     sample received. A lost device does not raise: the result carries ``error`` and the
     completed count; the CLI decides the exit code.
     """
-    check_request(n, warmup, input_source, runs)
-    runs = min(n, 20) if runs is None else runs
+    check_request(n, warmup, input_source)
     progress = on_progress or (lambda phase, done, total: None)
-    result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, runs_requested=runs, started=_now())
+    result = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now())
     if variant is not None:
         result.variant, result.variant_options = variant.name, {**variant.options, "sdkconfig": variant.sdkconfig}
     last_flush = 0.0
@@ -490,7 +460,8 @@ def run_bench(
             d = rec_dict(rec)
             if kind == "bsample":
                 first = int(d["first"])
-                result.samples.extend(Sample(first + i, int(us)) for i, us in enumerate(d["invoke_us"]))
+                result.samples.extend(Sample(first + i, int(pre), int(inv))
+                                      for i, (pre, inv) in enumerate(zip(d["pre_us"], d["invoke_us"])))
                 result.simulated = result.simulated or bool(d.get("simulated", False))
                 progress("bench", result.completed, n)
                 flush()
@@ -500,8 +471,6 @@ def run_bench(
         if result.completed < n or lost > 0:
             raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
         flush(force=True)
-        if runs > 0:
-            _full_runs(client, result, runs, run_gap_s, progress, flush)
         if profile:
             progress("profile", 0, 1)
             result.profile, result.profile_estimated = profile_from_records(client.profile())
@@ -512,40 +481,6 @@ def run_bench(
         result.finished = _now()
         flush(force=True)
     return result
-
-
-def _full_runs(client: Any, result: BenchResult, runs: int, gap_s: float, progress: ProgressFn, flush) -> None:
-    """Time ``runs`` full inferences from the continuous stream, then restore its state."""
-    was_running = bool(result.device.get("running", False))
-    progress("runs", 0, runs)
-    client.stop()
-    client.poll(0)  # results from before this point may come from another source: drop them
-    client.start()
-    try:
-        last = time.monotonic()
-        while len(result.runs) < runs:
-            for rec in client.poll(0.5, reconnect=False):
-                if rec_type(rec) != "result":
-                    continue
-                d = rec_dict(rec)
-                if d.get("source") != result.input or len(result.runs) >= runs:
-                    continue
-                result.runs.append(Run(int(d["seq"]), int(d["pre_us"]), int(d["invoke_us"])))
-                last = time.monotonic()
-                progress("runs", len(result.runs), runs)
-                flush()
-            if len(result.runs) < runs and time.monotonic() - last > gap_s:
-                raise DeviceError(
-                    f"no inference result for {gap_s:.0f} s after {len(result.runs)} of {runs} full runs (a firmware "
-                    "inference period longer than that? --full-runs 0 skips them)"
-                )
-    finally:
-        if not was_running:
-            try:
-                client.stop()
-            except GendertoolError:
-                if len(result.runs) >= runs:
-                    raise
 
 
 def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
@@ -580,7 +515,6 @@ def bench_boards(
     n: int = 200,
     warmup: int = 10,
     input_source: str = "sample",
-    runs: int | None = None,
     profile: bool = False,
     out_dir: Path | None = None,
     progress: BoardProgress | None = None,
@@ -594,7 +528,7 @@ def bench_boards(
         raise GendertoolError("give at least one --port")
     if len(set(ports)) != len(ports):
         raise GendertoolError("the same --port is given twice")
-    check_request(n, warmup, input_source, runs)
+    check_request(n, warmup, input_source)
     connect = connect or default_connect
     results: dict[str, BenchResult] = {}
 
@@ -605,7 +539,7 @@ def bench_boards(
         on_progress = (lambda phase, done, total: progress(port, phase, done, total)) if progress else None
         try:
             with connect(port) as client:
-                results[port] = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source, runs=runs,
+                results[port] = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
                                           profile=profile, out_json=out_json, on_progress=on_progress)
         except GendertoolError as exc:  # could not connect at all: still a per-board result
             failed = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now(), finished=_now(),
@@ -702,7 +636,6 @@ def run_matrix(
     n: int = 200,
     warmup: int = 10,
     input_source: str = "sample",
-    runs: int | None = None,
     out_dir: Path = Path("out/bench"),
     on_step: StepFn | None = None,
     connect: Callable[[str], Any] | None = None,
@@ -717,7 +650,7 @@ def run_matrix(
     from gendertool.build import build
     from gendertool.flash import flash, plan_flash
 
-    check_request(n, warmup, input_source, runs)
+    check_request(n, warmup, input_source)
     if port == "sim" or port.startswith("socket://"):
         raise GendertoolError(f"--matrix flashes firmware: {port} is the virtual device, give a board's serial port")
     step = on_step or (lambda variant, message: None)
@@ -732,7 +665,7 @@ def run_matrix(
         step(v.name, "benchmarking")
         client = _connect_when_booted(port, connect, boot_timeout_s)
         with client:
-            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source, runs=runs,
+            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
                           out_json=vdir / "bench.json", variant=v)
         results.append(r)
         if r.error is not None:

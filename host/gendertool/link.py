@@ -58,10 +58,12 @@ class LinkLost(DeviceError):
 
 @dataclass
 class BenchRun:
-    """What a benchmark produced. ``error`` is set when it ended early (samples kept)."""
+    """What a benchmark produced: per run, ``pre_us[k]`` and ``invoke_us[k]`` (same length).
+    ``error`` is set when it ended early (samples kept)."""
 
     n: int
     warmup: int
+    pre_us: list[int] = field(default_factory=list)
     invoke_us: list[int] = field(default_factory=list)
     summary: p.BenchSummary | None = None
     error: str | None = None
@@ -289,15 +291,25 @@ class DeviceClient:
         A dropped port raises LinkLost whose ``received`` counts the samples that arrived
         (all of them were yielded before).
         """
+        bad_before = self.parser.stats.bad_record
         self.command("bench", n, warmup)
         got = 0
         while True:
-            rec = self._wait(
-                lambda r: isinstance(r, (p.BenchSample, p.BenchSummary)) or (isinstance(r, p.ErrorRecord) and r.cmd == "bench"),
-                timeout,
-                f"benchmark sample {got + 1}/{n}",
-                received=got,
-            )
+            try:
+                rec = self._wait(
+                    lambda r: isinstance(r, (p.BenchSample, p.BenchSummary)) or (isinstance(r, p.ErrorRecord) and r.cmd == "bench"),
+                    timeout,
+                    f"benchmark sample {got + 1}/{n}",
+                    received=got,
+                )
+            except LinkLost:
+                raise
+            except DeviceError as exc:
+                bad = self.parser.stats.bad_record - bad_before
+                if bad:  # e.g. bsample records without pre_us from a firmware older than this host
+                    raise DeviceError(f"{exc}; {bad} malformed record(s) arrived meanwhile: rebuild and flash the "
+                                      "firmware with this gendertool") from None
+                raise
             if isinstance(rec, p.ErrorRecord):
                 raise DeviceCommandError(rec)
             yield rec
@@ -308,18 +320,20 @@ class DeviceClient:
     def bench_collect(self, n: int, warmup: int = 10, *, timeout: float = STEP_TIMEOUT) -> BenchRun:
         """Run a benchmark and collect every sample; ends early (``error`` set) instead of raising."""
         run = BenchRun(n, warmup)
-        slots: dict[int, int] = {}
+        slots: dict[int, tuple[int, int]] = {}
         try:
             for rec in self.bench(n, warmup, timeout=timeout):
                 run.simulated = run.simulated or rec.simulated
                 if isinstance(rec, p.BenchSample):
-                    for i, us in enumerate(rec.invoke_us):
-                        slots[rec.first + i] = us
+                    for i, times in enumerate(zip(rec.pre_us, rec.invoke_us)):
+                        slots[rec.first + i] = times
                 else:
                     run.summary = rec
         except DeviceError as exc:
             run.error = f"{exc} (kept {len(slots)} of {n} samples)"
-        run.invoke_us = [slots[i] for i in sorted(slots)]
+        ordered = [slots[i] for i in sorted(slots)]
+        run.pre_us = [pre for pre, _ in ordered]
+        run.invoke_us = [inv for _, inv in ordered]
         if run.error is None and run.summary is not None and len(run.invoke_us) != run.summary.n:
             run.error = f"lost {run.summary.n - len(run.invoke_us)} of {run.summary.n} samples on the link"
         return run

@@ -152,7 +152,10 @@ def _dec_object(cls: type, data: Any) -> Any:
         if key not in data:
             raise _FieldError(key)
         kwargs[attr] = _dec_value(data[key], kind)
-    return cls(**kwargs)
+    try:
+        return cls(**kwargs)
+    except ValueError as exc:  # a record-level rule (e.g. bsample's parallel arrays)
+        raise _FieldError(str(exc)) from None
 
 
 # ---------------------------------------------------------------------------------------
@@ -231,13 +234,21 @@ class Result:
 
 @dataclass(frozen=True)
 class BenchSample:
-    """A batch of benchmark invoke times."""
+    """A batch of benchmark runs: per run, the preprocessing and the ``Invoke()`` time."""
 
     TYPE: ClassVar[str] = "bsample"
-    SPEC: ClassVar[tuple] = (("first", "first", "i"), ("invoke_us", "invoke_us", "[i]"), ("simulated", "simulated", "b"))
+    SPEC: ClassVar[tuple] = (
+        ("first", "first", "i"), ("pre_us", "pre_us", "[i]"), ("invoke_us", "invoke_us", "[i]"),
+        ("simulated", "simulated", "b"),
+    )
     first: int
+    pre_us: tuple[int, ...]
     invoke_us: tuple[int, ...]
     simulated: bool
+
+    def __post_init__(self) -> None:
+        if len(self.pre_us) != len(self.invoke_us):  # parallel arrays: run k is (pre_us[k], invoke_us[k])
+            raise ValueError(f"bsample: {len(self.pre_us)} pre_us but {len(self.invoke_us)} invoke_us")
 
 
 @dataclass(frozen=True)

@@ -82,6 +82,7 @@ class SimDevice:
         if len(self.model.input.shape) != 4 or self.model.input.shape[-1] != 3:
             raise DeviceError(f"the virtual device needs a [1,H,W,3] image model, got {self.model.input.shape}")
         self.runner = TflmRunner(self.model)
+        self._prep_constants()
         self.period_ms = max(0, int(period_ms))
         self.autostart = autostart
         self.replay = replay  # re-send each sample's first result instead of invoking again
@@ -95,6 +96,7 @@ class SimDevice:
         self.source = "sample"
         self.running = autostart
         self._next_sample = 0
+        self._last_upload: "np.ndarray | None" = None  # the `upload` source's image, like the firmware's buffer
         self._disconnects_left = self.faults.disconnects
         self._reboot_pending = True
         self.records_sent = 0
@@ -109,11 +111,25 @@ class SimDevice:
     def width(self) -> int:
         return int(self.model.input.shape[2])
 
-    def _preprocess(self, rgb: "np.ndarray") -> "np.ndarray":
-        from gendertool.preprocess import preprocess
+    def _prep_constants(self) -> None:
+        """What depends only on the model, computed once (the firmware has it in flash): the
+        3x256 quantisation table and the output's softmax parameters."""
+        from gendertool.preprocess import crop_resize, quant_lut, quantize
+        from gendertool.runtime import softmax_probs
 
         m = self.model
-        return preprocess(rgb, m.preprocessing, self.height, self.width, m.input.scale, m.input.zero_point)
+        self._lut = quant_lut(m.preprocessing, m.input.scale, m.input.zero_point)
+        self._crop = m.preprocessing.crop_fraction
+        self._crop_resize, self._quantize, self._softmax = crop_resize, quantize, softmax_probs
+
+    def _preprocess(self, rgb: "np.ndarray") -> "np.ndarray":
+        """The reference preprocessing (gendertool.preprocess.preprocess) with the cached table."""
+        return self._quantize(self._crop_resize(rgb, self.height, self.width, self._crop), self._lut)[None, ...]
+
+    def _timed_preprocess(self, rgb: "np.ndarray") -> tuple["np.ndarray", int]:
+        t0 = time.perf_counter()
+        q = self._preprocess(rgb)
+        return q, int((time.perf_counter() - t0) * 1e6)
 
     def _load_samples(self, paths: list[Path] | None) -> list[_Sample]:
         import numpy as np
@@ -136,28 +152,23 @@ class SimDevice:
             out.append(_Sample(name, rgb, q, self.runner.invoke(q).reshape(-1).copy()))
         return out
 
-    def _infer_q(self, q: "np.ndarray") -> tuple[list[int], list[float], int]:
-        import numpy as np
-
-        from gendertool.runtime import softmax_probs
-
+    def _invoke(self, q: "np.ndarray") -> tuple["np.ndarray", int]:
         t0 = time.perf_counter()
         out = self.runner.invoke(q)
-        invoke_us = int((time.perf_counter() - t0) * 1e6)
-        scores = out.reshape(-1).astype(int).tolist()
-        probs = [float(x) for x in np.asarray(softmax_probs(out, self.model.output), dtype=np.float32).reshape(-1)]
+        return out, int((time.perf_counter() - t0) * 1e6)
+
+    def _infer_q(self, q: "np.ndarray") -> tuple[list[int], list[float], int]:
+        out, invoke_us = self._invoke(q)
+        scores = out.reshape(-1).tolist()
+        # float32 like the firmware's probabilities; the record rounds them to 4 decimals
+        probs = self._softmax(out, self.model.output).reshape(-1).astype("float32").tolist()
         return scores, probs, invoke_us
 
     def _result(self, rgb: "np.ndarray | None", source: str, sample: int) -> p.Result:
         cached = self._cache.get(sample) if (self.replay and sample >= 0) else None
         if cached is None:
-            t0 = time.perf_counter()
-            q = self._samples[sample].input_q if rgb is None else self._preprocess(rgb)
-            pre_us = int((time.perf_counter() - t0) * 1e6) if rgb is not None else 0
-            if rgb is None:  # sample: time the preprocessing of its pixels like the firmware does
-                t0 = time.perf_counter()
-                self._preprocess(self._samples[sample].rgb)
-                pre_us = int((time.perf_counter() - t0) * 1e6)
+            # a sample is preprocessed from its pixels every time, as the firmware does
+            q, pre_us = self._timed_preprocess(self._samples[sample].rgb if rgb is None else rgb)
             scores, probs, invoke_us = self._infer_q(q)
             cached = (scores, probs, pre_us, invoke_us)
             if self.replay and sample >= 0:
@@ -252,6 +263,7 @@ class _Session:
         dev.seq = 0
         dev.running = dev.autostart
         dev.source = "sample"
+        dev._last_upload = None
         for line in BOOT_LOG:
             self.raw(line)
         self.send(dev.hello())
@@ -369,38 +381,48 @@ class _Session:
             return
         w, h = self.upload_dims
         rgb = np.frombuffer(bytes(up.data), dtype=np.uint8).reshape(h, w, 3)
+        self.dev._last_upload = rgb
         self.send(self.dev._result(rgb, "upload", -1))
 
-    def _current_input(self):
+    def _take_input(self, cmd: str) -> "np.ndarray | None":
+        """The current source's image, as the firmware's input provider picks it (the next
+        sample, or the last upload); None after sending the firmware's error."""
         dev = self.dev
-        return dev._samples[max(0, dev._next_sample - 1) % len(dev._samples)].input_q
+        if dev.source == "upload":
+            if dev._last_upload is None:
+                self.error("bad_args", cmd, "no image uploaded yet")
+            return dev._last_upload
+        i = dev._next_sample % len(dev._samples)
+        dev._next_sample = i + 1
+        return dev._samples[i].rgb
 
     def bench(self, n: int, warmup: int) -> None:
-        q = self._current_input()
-        runner = self.dev.runner
+        """Every run, warm-ups included, preprocesses the same image again and invokes."""
+        rgb = self._take_input("bench")
+        if rgb is None:
+            return
+        dev = self.dev
         for _ in range(warmup):
-            runner.invoke(q)
-        batch: list[int] = []
+            dev.runner.invoke(dev._preprocess(rgb))
+        pre: list[int] = []
+        inv: list[int] = []
         first = 0
-        times: list[int] = []
         for i in range(n):
-            t0 = time.perf_counter()
-            runner.invoke(q)
-            us = int((time.perf_counter() - t0) * 1e6)
-            times.append(us)
-            batch.append(us)
-            if len(batch) == p.BSAMPLE_BATCH or i == n - 1:
-                self.send(p.BenchSample(first, tuple(batch), True))
-                first += len(batch)
-                batch = []
-        total = sum(times)
-        self.send(p.BenchSummary(n, warmup, min(times), max(times), total / n, total, True))
+            q, pre_us = dev._timed_preprocess(rgb)
+            _, invoke_us = dev._invoke(q)
+            pre.append(pre_us)
+            inv.append(invoke_us)
+            if len(inv) - first == p.BSAMPLE_BATCH or i == n - 1:
+                self.send(p.BenchSample(first, tuple(pre[first:]), tuple(inv[first:]), True))
+                first = len(inv)
+        total = sum(inv)
+        self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True))
 
     def profile(self) -> None:
-        q = self._current_input()
-        t0 = time.perf_counter()
-        self.dev.runner.invoke(q)
-        invoke_us = int((time.perf_counter() - t0) * 1e6)
+        rgb = self._take_input("profile")
+        if rgb is None:
+            return
+        _, invoke_us = self.dev._invoke(self.dev._preprocess(rgb))
         costs = self.dev._node_costs
         total_cost = sum(c for _, c in costs) or 1
         spent = 0

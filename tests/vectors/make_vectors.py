@@ -51,8 +51,11 @@ RECORDS = [
         p.Result(4294967295, "upload", -1, 0, "female", (25, -25), f32(0.6225, 0.3775), 0, 123, True),
     ),
     ("result_rounding", p.Result(0, "camera", -1, 1, "male", (-1, 0), f32(0.49995, 0.50005), 1, 2, False)),
-    ("bsample_one", p.BenchSample(0, (45678,), False)),
-    ("bsample_batch", p.BenchSample(32, tuple(45000 + 37 * i for i in range(32)), False)),
+    ("bsample_one", p.BenchSample(0, (812,), (45678,), False)),
+    ("bsample_batch", p.BenchSample(32, tuple(800 + 3 * i for i in range(32)), tuple(45000 + 37 * i for i in range(32)),
+                                    False)),
+    # the longest bsample a device can send: a full batch of the largest uint32 times
+    ("bsample_max", p.BenchSample(4294967295, (4294967295,) * 32, (4294967295,) * 32, True)),
     ("bsummary", p.BenchSummary(100, 10, 45001, 46999, 45678.5, 4567850, False)),
     ("bsummary_round", p.BenchSummary(3, 0, 1, 2, 1.25, 4, True)),
     ("profile_op", p.ProfileOp(0, "CONV_2D", 1234, False, False)),
@@ -140,6 +143,10 @@ def streams() -> list[dict]:
     add("missing_field", [X(frame(b'ack {"cmd":"start"}'))], [], {"bad_record": 1})
     add("wrong_field_kind", [X(frame(b'ack {"cmd":1,"simulated":false}')), X(frame(b'ack {"cmd":"x","simulated":0}'))],
         [], {"bad_record": 2})
+    add("bsample_arrays_differ",
+        [X(frame(b'bsample {"first":0,"pre_us":[800,801],"invoke_us":[45000],"simulated":false}'))], [], {"bad_record": 1})
+    add("bsample_without_pre_us", [X(frame(b'bsample {"first":0,"invoke_us":[45000],"simulated":false}'))], [],
+        {"bad_record": 1})
     add("key_order_free", [X(frame(b'ack {"simulated":false, "cmd":"start"}'))], [rec("ack_start")], {"records": 1})
     add("overlong_line_dropped", [T("x" * 5000 + "\n"), T(ack)], [rec("ack_start")], {"records": 1, "overlong": 1})
     add("overlong_split", [T("y" * 1500), T("y" * 1500), T("y" * 1500 + ack), T(ack)], [rec("ack_start")],
