@@ -89,3 +89,56 @@ def test_ports_help(cli):
     assert r.exit_code == 0 and "--json" in r.stdout and "303a:1001" in r.stdout
     root = cli("--help")
     assert "ports" in root.stdout
+
+
+# --------------------------------------------------------------------------- --port across commands
+
+
+def _port_param(command: str):
+    import typer.main
+
+    from gendertool.cli import app
+
+    cmd = typer.main.get_command(app).commands[command]
+    return next(p for p in cmd.params if "--port" in p.opts)
+
+
+@pytest.mark.parametrize(
+    "command, several, envvar",
+    [("flash", True, "GENDERTOOL_PORT"), ("monitor", False, "GENDERTOOL_PORT"), ("bench", True, "GENDERTOOL_PORT"),
+     ("validate", True, None)],  # validate: --port switches to the board, so never implicitly from the environment
+)
+def test_port_option_is_the_same_everywhere(command, several, envvar):
+    from gendertool.cli._options import PORT_DEFAULT, PORT_KINDS
+
+    p = _port_param(command)
+    assert p.opts == ["--port", "-p"] or sorted(p.opts) == ["--port", "-p"]
+    assert p.multiple is several and p.envvar == envvar
+    assert ("repeat for several boards" in p.help) is several
+    if command != "flash":  # flash names serial ports only: a virtual device has no flash
+        assert PORT_KINDS in p.help
+    if command != "validate":
+        assert PORT_DEFAULT in p.help
+
+
+@pytest.mark.parametrize("command", ["monitor", "flash", "bench"])
+def test_several_boards_found_without_port(cli, monkeypatch, command, tmp_path):
+    monkeypatch.setattr(transport, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
+    monkeypatch.chdir(tmp_path)
+    if command == "flash":  # a build to flash, so discovery is what fails
+        from gendertool import flash as gflash
+
+        (tmp_path / "build").mkdir()
+        (tmp_path / "build" / "a.bin").write_bytes(b"\x01" * 16)
+        (tmp_path / "build" / gflash.MANIFEST_NAME).write_text(json.dumps(
+            {"schema": 1, "chip": "esp32s3", "images": [{"name": "app", "offset": 0x10000, "path": "a.bin"}]}))
+    r = cli(command)
+    assert r.exit_code == 2, r.output
+    text = " ".join(r.stderr.split())
+    assert "several ESP32-S3 boards found (/dev/ttyACM0, /dev/ttyACM1)" in text
+    assert ("repeat it for several" in text) is (command != "monitor")
+
+
+def test_validate_same_port_twice(cli, tmp_path):
+    r = cli("validate", "--images", tmp_path, "--port", "sim", "--port", "sim")
+    assert r.exit_code == 2 and "given twice" in r.output

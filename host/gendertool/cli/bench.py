@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from ._app import app, console, err_console
+from ._options import port_option, resolve_ports
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -23,11 +24,7 @@ if TYPE_CHECKING:
 
 @app.command("bench")
 def bench_cmd(
-    port: list[str] = typer.Option(
-        [], "--port", "-p", envvar="GENDERTOOL_PORT",
-        help="Serial port, socket://HOST:PORT or 'sim' (the virtual device). Repeat for several boards "
-        "(default: the one ESP32-S3 on USB).",
-    ),
+    port: list[str] = port_option(several=True),
     n: int = typer.Option(200, "-n", "--runs", help="Timed runs, each preprocessing + Invoke() (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
     input_source: str = typer.Option(
@@ -47,7 +44,7 @@ def bench_cmd(
 
     if input_source not in ("sample", "camera"):
         raise typer.BadParameter("must be 'sample' or 'camera'", param_hint="--input")
-    ports = _ports(port)
+    ports = resolve_ports(port)
     old = load_bench(compare) if compare is not None else None  # fail before touching a device
     if matrix:
         _matrix(ports, n=n, warmup=warmup, input_source=input_source, out=out, model=model, board=board,
@@ -75,23 +72,6 @@ def bench_cmd(
     failed = [r for r in results if r.error is not None]
     if failed:
         raise _failure(failed)
-
-
-def _ports(ports: list[str]) -> list[str]:
-    if ports:
-        if len(set(ports)) != len(ports):
-            raise typer.BadParameter("the same port is given twice", param_hint="--port")
-        return ports
-    from gendertool.transport import find_esp32s3_ports
-
-    found = find_esp32s3_ports()
-    if len(found) == 1:
-        return found
-    from gendertool.errors import DeviceError
-
-    if not found:
-        raise DeviceError("no ESP32-S3 (USB 303a:1001) found; give --port PORT, or --port sim for the virtual device")
-    raise DeviceError(f"several ESP32-S3 boards found ({', '.join(found)}); choose with --port (repeatable)")
 
 
 def _failure(failed: list["BenchResult"]):
