@@ -112,8 +112,8 @@ class SimDevice:
         return int(self.model.input.shape[2])
 
     def _prep_constants(self) -> None:
-        """What depends only on the model, computed once (the firmware has it in flash): the
-        3x256 quantisation table and the output's softmax parameters."""
+        """What depends only on the model, computed once (the firmware keeps it in flash): the
+        3x256 quantisation table and the crop; the helpers are imported here, not per result."""
         from gendertool.preprocess import crop_resize, quant_lut, quantize
         from gendertool.runtime import softmax_probs
 
