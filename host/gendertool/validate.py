@@ -263,10 +263,6 @@ def skip_reason(exc: ImageError, path: Path) -> str:
     return text[len(prefix) :] if text.startswith(prefix) else text
 
 
-_decode = decode_image  # older names, used by device_validate
-_reason = skip_reason
-
-
 # ---------------------------------------------------------------------------------------------
 # building the report (shared with the device path)
 
