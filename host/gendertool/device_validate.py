@@ -161,9 +161,9 @@ def fit_upload(rgb: np.ndarray, max_side: int = MAX_UPLOAD_SIDE) -> np.ndarray:
 def prepare_references(info: Any, items: Sequence[tuple[Path, str]], root: Path,
                        progress: Callable[[int, int], None] | None = None) -> tuple[list[Reference], list[Any]]:
     """Decode every image and compute its TFLM reference scores (once, for all boards)."""
-    from gendertool.preprocess import preprocess
+    from gendertool.preprocess import load_rgb, preprocess
     from gendertool.runtime import TflmRunner
-    from gendertool.validate import SkippedFile, decode_image, skip_reason
+    from gendertool.validate import SkippedFile, skip_reason
 
     _, height, width, _ = info.input.shape
     runner = TflmRunner(info.data)
@@ -172,7 +172,7 @@ def prepare_references(info: Any, items: Sequence[tuple[Path, str]], root: Path,
     for done, (path, label) in enumerate(items, start=1):
         rel = path.relative_to(root).as_posix()
         try:
-            rgb = fit_upload(decode_image(path))
+            rgb = fit_upload(load_rgb(path))
         except ImageError as exc:
             skipped.append(SkippedFile(rel, skip_reason(exc, path)))
         else:

@@ -60,13 +60,15 @@ class Preprocessing:
 
 def load_rgb(path: str | Path) -> np.ndarray:
     """Decode an image file to an ``HxWx3`` uint8 RGB array (EXIF orientation applied)."""
-    from PIL import Image, ImageOps, UnidentifiedImageError
+    from PIL import Image, ImageOps
 
     try:
         with Image.open(path) as im:
             im = ImageOps.exif_transpose(im)
             return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
+    # what Pillow's decoders raise for damaged or hostile files; anything else is a bug
+    except (OSError, ValueError, SyntaxError, EOFError, NotImplementedError, OverflowError,
+            Image.DecompressionBombError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
