@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from gendertool.errors import DeviceError, GendertoolError, ImageError, ModelError
+from gendertool.errors import DeviceError, GendertoolError, ImageError
 
 DEVICE = "device"
 DEVICE_KERNELS = "the board's firmware: its preprocessing + TFLM Invoke() (ESP-NN kernels when built in)"
@@ -281,7 +281,7 @@ def validate_devices(
 ) -> DeviceValidation:
     """Validate the model on every board in ``ports`` (one thread per board)."""
     from gendertool.model import load_model
-    from gendertool.validate import collect_images, model_summary
+    from gendertool.validate import collect_images, model_summary, no_readable_images
 
     if not ports:
         raise GendertoolError("give at least one --port")
@@ -292,18 +292,14 @@ def validate_devices(
     from gendertool.bench import default_connect, run_parallel
 
     connect = connect or default_connect
-    info = load_model(model, labels=labels, measure_arena=False)
-    n_classes = int(np.prod(info.output.shape))
-    if len(info.labels) != n_classes:
-        raise ModelError(f"{info.name}: {len(info.labels)} labels for {n_classes} output classes")
+    info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
     items, skipped = collect_images(root, info.labels, limit)
     refs, unreadable = prepare_references(
         info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
     skipped = list(skipped) + unreadable
     if not refs:
-        names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        raise ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+        raise no_readable_images(root, skipped)
 
     results: dict[str, BoardValidation] = {}
 

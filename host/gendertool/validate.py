@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gendertool.errors import GendertoolError, ImageError, ModelError
+from gendertool.errors import GendertoolError, ImageError
 from gendertool.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
 
 REFERENCE = "tflm"
@@ -244,6 +244,12 @@ def collect_images(
     return items, skipped
 
 
+def no_readable_images(root: Path, skipped: Sequence[SkippedFile]) -> ImageError:
+    """The error for a folder in which no image could be decoded."""
+    names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
+    return ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+
+
 def skip_reason(exc: ImageError, path: Path) -> str:
     """The reason part of an ImageError message (without the path)."""
     text = str(exc)
@@ -364,10 +370,7 @@ def validate_host(
             raise GendertoolError(f"unknown kernel set {k!r}; choose from: {', '.join(KERNELS)}")
 
     t_start = time.perf_counter()
-    info = load_model(model, labels=labels, measure_arena=False)
-    n_classes = int(np.prod(info.output.shape))
-    if len(info.labels) != n_classes:
-        raise ModelError(f"{info.name}: {len(info.labels)} labels ({', '.join(info.labels)}) for {n_classes} output classes")
+    info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     _, height, width, _ = info.input.shape
     items, skipped = collect_images(images_dir, info.labels, limit)
 
@@ -410,8 +413,7 @@ def validate_host(
             progress(done, len(items))
 
     if not results:
-        names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-        raise ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+        raise no_readable_images(root, skipped)
 
     return build_report(
         model=model_summary(info),
