@@ -24,7 +24,6 @@ from gendertool.errors import BuildError, DeviceError, GendertoolError
 MANIFEST_NAME = "gendertool-build.json"
 WEB_MANIFEST_NAME = "manifest.json"
 REQUIRED_CHIP = "ESP32-S3"
-ESP_USB_JTAG_VID_PID = (0x303A, 0x1001)
 DEFAULT_BAUD = 460800
 DEFAULT_BUILD_DIR = Path("build")
 
@@ -234,16 +233,10 @@ def resolve_port(port: str | None, finder: Callable[[], Sequence[str]] | None = 
 
 
 def _is_usb_jtag(port: str) -> bool:
-    try:
-        from serial.tools import list_ports
-    except ImportError:  # pragma: no cover - pyserial is a dependency
-        return False
+    from gendertool.transport import list_serial_ports
+
     real = os.path.realpath(port)
-    vid, pid = ESP_USB_JTAG_VID_PID
-    return any(
-        (p.device == port or os.path.realpath(p.device) == real) and p.vid == vid and p.pid == pid
-        for p in list_ports.comports()
-    )
+    return any(p.esp32s3 and (p.device == port or os.path.realpath(p.device) == real) for p in list_serial_ports())
 
 
 # --------------------------------------------------------------------------- esptool logging bridge
@@ -657,15 +650,10 @@ def flash_boards(
     Ports that can never be flashed (virtual devices, a port twice) are refused before any
     board is touched. An unexpected exception (a bug) is re-raised once every board is done.
     """
-    ports = list(ports)
-    if not ports:
-        raise DeviceError("give at least one --port")
-    seen: dict[str, str] = {}
+    from gendertool.transport import check_port_list
+
+    ports = check_port_list(ports)
     for port in ports:
-        real = os.path.realpath(port)
-        if real in seen:
-            raise DeviceError(f"the same port is given twice ({seen[real]} and {port})")
-        seen[real] = port
         check_flashable(port, baud)
 
     from gendertool.bench import run_parallel  # the one thread-per-board runner (bench, validate)
