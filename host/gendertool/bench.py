@@ -524,10 +524,9 @@ def bench_boards(
 
     One port writes ``out_dir/bench.json``; several write ``out_dir/<port>/bench.json``.
     """
-    if not ports:
-        raise GendertoolError("give at least one --port")
-    if len(set(ports)) != len(ports):
-        raise GendertoolError("the same --port is given twice")
+    from gendertool.transport import check_port_list
+
+    ports = check_port_list(ports)
     check_request(n, warmup, input_source)
     connect = connect or default_connect
     results: dict[str, BenchResult] = {}

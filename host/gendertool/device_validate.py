@@ -283,10 +283,9 @@ def validate_devices(
     from gendertool.model import load_model
     from gendertool.validate import collect_images, model_summary, no_readable_images
 
-    if not ports:
-        raise GendertoolError("give at least one --port")
-    if len(set(ports)) != len(ports):
-        raise GendertoolError("the same --port is given twice")
+    from gendertool.transport import check_port_list
+
+    ports = check_port_list(ports)
     if not 0.0 <= min_parity <= 100.0:
         raise GendertoolError(f"--min-parity must be within 0..100, got {min_parity}")
     from gendertool.bench import default_connect, run_parallel

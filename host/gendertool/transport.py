@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import errno
 import io
+import os
 import select
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from gendertool.errors import DeviceError
 
@@ -238,6 +239,20 @@ def open_port(
     if "://" in port and not port.startswith("socket://"):
         raise DeviceError(f"unsupported port URL {port!r}: use a serial device, socket://HOST:PORT or sim")
     return Transport(port, _serial_opener(port, baudrate, exclusive), timeout=timeout)
+
+
+def check_port_list(ports: Sequence[str]) -> list[str]:
+    """The ports of a run on several boards: at least one, none twice (a link counts as its target)."""
+    ports = list(ports)
+    if not ports:
+        raise DeviceError("give at least one --port")
+    seen: dict[str, str] = {}
+    for port in ports:
+        real = os.path.realpath(port)
+        if real in seen:
+            raise DeviceError(f"the same port is given twice ({seen[real]} and {port})")
+        seen[real] = port
+    return ports
 
 
 def find_esp32s3_ports() -> list[str]:
