@@ -19,11 +19,6 @@ from typing import Any
 from gendertool.errors import ModelError
 from gendertool.preprocess import Preprocessing
 
-DEFAULT_BOARD = "xiao_esp32s3"
-# Used only while gendertool.boards is unavailable: ESP-IDF's "single factory app (large)"
-# partition, the smallest app partition a XIAO ESP32S3 project would use.
-FALLBACK_APP_PARTITION_BYTES = 0x180000
-
 TFLITE_SCHEMA_VERSION = 3
 
 # Firmware arena = host figure + margin. The host figure comes from the 64-bit TFLM host
@@ -138,15 +133,11 @@ def firmware_arena_bytes(host_bytes: int) -> int:
 
 
 def app_partition_bytes(board: str | None = None) -> tuple[str, int]:
-    """(board name, size of its app partition in bytes)."""
-    name = board or DEFAULT_BOARD
-    try:
-        from gendertool.boards import get_board
-    except ImportError:  # boards registry not installed yet: only the default board is known
-        if name != DEFAULT_BOARD:
-            raise ModelError(f"unknown board {name!r}; known: {DEFAULT_BOARD}") from None
-        return name, FALLBACK_APP_PARTITION_BYTES
-    return name, int(get_board(name).app_partition_bytes)
+    """(board name, size of its app partition in bytes); None: the default board."""
+    from gendertool.boards import get_board
+
+    brd = get_board(board or None)
+    return brd.name, brd.app_partition_bytes
 
 
 # ---------------------------------------------------------------------------------------------
