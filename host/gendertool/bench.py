@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
+from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
 
 SCHEMA = 2  # 2: every sample holds pre_us + invoke_us (1 had Invoke()-only samples plus a few "runs")
 KIND = "gendertool-bench"
@@ -366,32 +367,6 @@ def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def rec_dict(rec: Any) -> dict:
-    """Record -> plain dict, whatever shape the link layer gives (dataclass or mapping)."""
-    if rec is None:
-        return {}
-    if isinstance(rec, dict):
-        return dict(rec)
-    import dataclasses
-
-    if dataclasses.is_dataclass(rec) and hasattr(rec, "SPEC"):
-        from gendertool.protocol import record_to_dict  # wire names ("class", "pass")
-
-        return record_to_dict(rec)
-
-    if dataclasses.is_dataclass(rec):
-        return {f.name: getattr(rec, f.name) for f in dataclasses.fields(rec)}
-    return dict(vars(rec))
-
-
-def rec_type(rec: Any) -> str:
-    for attr in ("TYPE", "type", "rtype", "kind"):
-        v = getattr(rec, attr, None)
-        if isinstance(v, str):
-            return v
-    return type(rec).__name__.lower()
-
-
 ProgressFn = Callable[[str, int, int], None]  # (phase, done, total)
 
 
@@ -447,26 +422,23 @@ def run_bench(
 
     try:
         progress("connect", 0, n)
-        result.device = rec_dict(client.info())
+        result.device = record_to_dict(client.info())
         result.simulated = bool(result.device.get("simulated", False))
-        boot = [it for it in client.poll(0) if rec_type(it) == "selftest"]
-        if boot:  # recorded when seen (a board that booted before we connected already sent it)
-            result.selftest = {**rec_dict(boot[-1]), "origin": "boot"}
+        boot = client.boot_selftest()
+        if boot is not None:  # recorded when seen (a board that booted before we connected already sent it)
+            result.selftest = {**record_to_dict(boot), "origin": "boot"}
         flush(force=True)
         client.set_source(input_source)
         progress("bench", 0, n)
         for rec in client.bench(n, warmup):
-            kind = rec_type(rec)
-            d = rec_dict(rec)
-            if kind == "bsample":
-                first = int(d["first"])
-                result.samples.extend(Sample(first + i, int(pre), int(inv))
-                                      for i, (pre, inv) in enumerate(zip(d["pre_us"], d["invoke_us"])))
-                result.simulated = result.simulated or bool(d.get("simulated", False))
+            if isinstance(rec, BenchSample):
+                result.samples.extend(Sample(rec.first + i, pre, inv)
+                                      for i, (pre, inv) in enumerate(zip(rec.pre_us, rec.invoke_us)))
+                result.simulated = result.simulated or rec.simulated
                 progress("bench", result.completed, n)
                 flush()
-            elif kind == "bsummary":
-                result.device_summary = d
+            else:  # the closing bsummary
+                result.device_summary = record_to_dict(rec)
         lost = int(result.device_summary.get("n", n)) - result.completed
         if result.completed < n or lost > 0:
             raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
@@ -483,19 +455,11 @@ def run_bench(
     return result
 
 
-def profile_from_records(records: Any) -> tuple[list[OpTiming], bool]:
+def profile_from_records(records: tuple[list[ProfileOp], ProfileSummary]) -> tuple[list[OpTiming], bool]:
     """``DeviceClient.profile()``'s (per-node records, psummary) -> per-operator table, estimated flag."""
-    if isinstance(records, tuple) and len(records) == 2 and isinstance(records[0], list):
-        nodes, summary = records
-    else:
-        nodes, summary = list(records or []), None
-    estimated = bool(rec_dict(summary).get("estimated", False)) if summary is not None else False
-    rows = []
-    for rec in nodes:
-        d = rec_dict(rec)
-        rows.append((str(d["op"]), 1, int(d["us"])))
-        estimated = estimated or bool(d.get("estimated", False))
-    return profile_table(rows), estimated
+    nodes, summary = records
+    estimated = summary.estimated or any(op.estimated for op in nodes)
+    return profile_table((op.op, 1, op.us) for op in nodes), estimated
 
 
 # --------------------------------------------------------------------------- several boards

@@ -204,24 +204,24 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
 
     A device lost part way keeps the images already compared in the report and sets ``error``.
     """
-    from gendertool.bench import rec_dict
+    from gendertool.protocol import record_to_dict
     from gendertool.validate import REFERENCE, TFLM_KERNELS, ImageResult, RuntimeInfo, build_report, compare_outputs, model_summary
 
     out = BoardValidation(port=port)
     results: list[ImageResult] = []
     t0 = time.perf_counter()
     try:
-        out.device = rec_dict(client.info())
+        out.device = record_to_dict(client.info())
         check_device_model(out.device, info, port)
         out.selftest = read_selftest(client)
         labels = info.labels
         for done, ref in enumerate(refs, start=1):
-            rec = rec_dict(client.infer_rgb(ref.rgb))
+            rec = client.infer_rgb(ref.rgb)
             out.uploaded += 1
-            scores = tuple(int(v) for v in rec["scores"])
+            scores = tuple(rec.scores)
             if len(scores) != len(ref.scores):
                 raise DeviceError(f"{port}: the device sent {len(scores)} scores, the model has {len(ref.scores)}")
-            out.latency[ref.path] = Latency(int(rec["pre_us"]), int(rec["invoke_us"]))
+            out.latency[ref.path] = Latency(rec.pre_us, rec.invoke_us)
             results.append(ImageResult(
                 path=ref.path,
                 label=ref.label,
@@ -256,12 +256,12 @@ def read_selftest(client: Any) -> dict:
 
     ``origin`` says which: "boot" or "command" (same samples and check, run on request).
     """
-    from gendertool.bench import rec_dict, rec_type
+    from gendertool.protocol import record_to_dict
 
-    boot = [it for it in client.poll(0) if rec_type(it) == "selftest"]
-    if boot:
-        return {**rec_dict(boot[-1]), "origin": "boot"}
-    return {**rec_dict(client.selftest()), "origin": "command"}
+    boot = client.boot_selftest()
+    if boot is not None:
+        return {**record_to_dict(boot), "origin": "boot"}
+    return {**record_to_dict(client.selftest()), "origin": "command"}
 
 
 ConnectFn = Callable[[str], Any]  # port -> context manager yielding a DeviceClient

@@ -171,6 +171,11 @@ class DeviceClient:
         out.extend(self._drain_events())
         return out
 
+    def boot_selftest(self) -> p.SelfTest | None:
+        """The firmware's boot self-test record if it arrived since connecting (drains what is pending)."""
+        found = [it for it in self.poll(0) if isinstance(it, p.SelfTest)]
+        return found[-1] if found else None
+
     def _drain_events(self) -> list[LinkEvent]:
         evs = list(self._events)
         self._events.clear()
