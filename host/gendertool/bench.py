@@ -14,7 +14,6 @@ import json
 import math
 import os
 import re
-import threading
 import tempfile
 import time
 from dataclasses import dataclass, field
@@ -24,6 +23,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
+from gendertool.transport import check_port_list, run_parallel
 
 SCHEMA = 2  # 2: every sample holds pre_us + invoke_us (1 had Invoke()-only samples plus a few "runs")
 KIND = "gendertool-bench"
@@ -488,11 +488,9 @@ def bench_boards(
 
     One port writes ``out_dir/bench.json``; several write ``out_dir/<port>/bench.json``.
     """
-    from gendertool.transport import check_port_list
-
     ports = check_port_list(ports)
     check_request(n, warmup, input_source)
-    connect = connect or default_connect
+    connect = connect or _open_client
     results: dict[str, BenchResult] = {}
 
     def work(port: str) -> None:
@@ -514,35 +512,6 @@ def bench_boards(
 
     run_parallel(ports, work)
     return [results[p] for p in ports]
-
-
-def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
-    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
-    if len(ports) == 1:
-        work(ports[0])
-        return
-    errors: list[BaseException] = []
-
-    def guarded(port: str) -> None:
-        try:
-            work(port)
-        except BaseException as exc:  # a bug: surfaced in the caller's thread below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    if errors:
-        raise errors[0]
-
-
-def default_connect(port: str) -> Any:
-    """Open ``port`` as a :class:`~gendertool.link.DeviceClient` (a context manager closing it)."""
-    from gendertool.link import DeviceClient
-
-    return DeviceClient.open(port)
 
 
 # --------------------------------------------------------------------------- firmware-variant matrix
@@ -617,7 +586,7 @@ def run_matrix(
     if port == "sim" or port.startswith("socket://"):
         raise GendertoolError(f"--matrix flashes firmware: {port} is the virtual device, give a board's serial port")
     step = on_step or (lambda variant, message: None)
-    connect = connect or default_connect
+    connect = connect or _open_client
     results = []
     for v in variants:
         vdir = out_dir / v.name
@@ -634,6 +603,12 @@ def run_matrix(
         if r.error is not None:
             break
     return results
+
+
+def _open_client(port: str) -> Any:
+    from gendertool.link import DeviceClient
+
+    return DeviceClient.open(port)
 
 
 def _connect_when_booted(port: str, connect: Callable[[str], Any], timeout_s: float) -> Any:

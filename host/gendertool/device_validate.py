@@ -283,14 +283,13 @@ def validate_devices(
     from gendertool.model import load_model
     from gendertool.validate import collect_images, model_summary, no_readable_images
 
-    from gendertool.transport import check_port_list
+    from gendertool.link import DeviceClient
+    from gendertool.transport import check_port_list, run_parallel
 
     ports = check_port_list(ports)
     if not 0.0 <= min_parity <= 100.0:
         raise GendertoolError(f"--min-parity must be within 0..100, got {min_parity}")
-    from gendertool.bench import default_connect, run_parallel
-
-    connect = connect or default_connect
+    connect = connect or DeviceClient.open
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
     items, skipped = collect_images(root, info.labels, limit)

@@ -650,13 +650,11 @@ def flash_boards(
     Ports that can never be flashed (virtual devices, a port twice) are refused before any
     board is touched. An unexpected exception (a bug) is re-raised once every board is done.
     """
-    from gendertool.transport import check_port_list
+    from gendertool.transport import check_port_list, run_parallel
 
     ports = check_port_list(ports)
     for port in ports:
         check_flashable(port, baud)
-
-    from gendertool.bench import run_parallel  # the one thread-per-board runner (bench, validate)
 
     outcomes = {port: BoardFlash(port) for port in ports}
 

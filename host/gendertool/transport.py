@@ -13,6 +13,7 @@ import errno
 import io
 import os
 import select
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
@@ -253,6 +254,28 @@ def check_port_list(ports: Sequence[str]) -> list[str]:
             raise DeviceError(f"the same port is given twice ({seen[real]} and {port})")
         seen[real] = port
     return ports
+
+
+def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
+    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
+    if len(ports) == 1:
+        work(ports[0])
+        return
+    errors: list[BaseException] = []
+
+    def guarded(port: str) -> None:
+        try:
+            work(port)
+        except BaseException as exc:  # a bug: surfaced in the caller's thread below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    if errors:
+        raise errors[0]
 
 
 def find_esp32s3_ports() -> list[str]:
