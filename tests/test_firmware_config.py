@@ -116,6 +116,9 @@ API = {
     "int8": (TFLM, TFLM_C),
     # Kconfig symbols read by the sources (besides the app's own CONFIG_APP_*)
     "CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ": (KCONFIG, "esp-idf components/esp_system/port/soc/esp32s3/Kconfig.cpu"),
+    # gate usb_serial_jtag_vfs_use_driver: esp_driver_usb_serial_jtag/CMakeLists.txt builds its VFS part only then
+    "CONFIG_VFS_SUPPORT_IO": (KCONFIG, "esp-idf components/vfs/Kconfig"),
+    "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG_ENABLED": (KCONFIG, "esp-idf components/esp_system/Kconfig"),
 }
 
 # Names the sources use that look like platform API but are ours (or plain C/C++).

@@ -91,9 +91,11 @@ void setup() {
 }
 
 void loop() {
-  uint8_t buf[256];
+  // The driver's ISR drops received bytes once its RX ring buffer is full, so while bytes
+  // arrive (an upload) they are drained without a pause; only an idle pass yields a tick.
+  uint8_t buf[1024];
   const int n = gt::serial::Read(buf, sizeof buf, g_app.IdleWaitMs());
   if (n > 0) g_app.Feed(buf, static_cast<size_t>(n));
   g_app.Tick();
-  vTaskDelay(1);  // let lower-priority tasks on this core run between inferences
+  if (n <= 0) vTaskDelay(1);  // let lower-priority tasks on this core run between inferences
 }

@@ -6,11 +6,19 @@
 #include <cstring>
 
 #include "driver/usb_serial_jtag.h"
-#include "driver/usb_serial_jtag_vfs.h"
 #include "esp_log.h"
 #include "freertos/FreeRTOS.h"
 #include "freertos/semphr.h"
 #include "freertos/task.h"
+#include "sdkconfig.h"
+
+// esp_driver_usb_serial_jtag builds its VFS part (and links the vfs component that its
+// header needs) only when the console is on USB-Serial-JTAG; sdkconfig.defaults puts it
+// there, but a console moved to UART in menuconfig must still build.
+#define GT_USJ_VFS (CONFIG_VFS_SUPPORT_IO && CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG_ENABLED)
+#if GT_USJ_VFS
+#include "driver/usb_serial_jtag_vfs.h"
+#endif
 
 namespace gt::serial {
 namespace {
@@ -24,12 +32,25 @@ constexpr size_t kLogLineMax = 512;
 char g_pending[kLogLineMax];
 size_t g_pending_len = 0;
 
+// The driver's TX ring buffer is a byte buffer: one write larger than the whole buffer
+// fails at once (after up to 64 bytes went straight to the FIFO), so records are written in
+// pieces no larger than the smallest APP_SERIAL_TX_BUFFER (256).
+constexpr size_t kWritePiece = 256;
+// Set after a write timed out (host not reading): later writes do not wait until one fits
+// again, so a closed port costs one 100 ms stall, not one per line.
+bool g_tx_stalled = false;
+
 void WriteLocked(const char* data, size_t len) {
   while (len > 0) {
-    const int n = usb_serial_jtag_write_bytes(data, len, pdMS_TO_TICKS(100));
-    if (n <= 0) return;  // host not reading: drop rather than stall inference
-    data += n;
-    len -= static_cast<size_t>(n);
+    const size_t piece = len < kWritePiece ? len : kWritePiece;
+    const int n = usb_serial_jtag_write_bytes(data, piece, g_tx_stalled ? 0 : pdMS_TO_TICKS(100));
+    if (n <= 0) {  // host not reading: drop rather than stall inference
+      g_tx_stalled = true;
+      return;
+    }
+    g_tx_stalled = false;
+    data += piece;
+    len -= piece;
   }
 }
 
@@ -66,8 +87,10 @@ bool Init(uint32_t rx_buffer_bytes, uint32_t tx_buffer_bytes) {
   cfg.rx_buffer_size = rx_buffer_bytes;
   cfg.tx_buffer_size = tx_buffer_bytes;
   if (usb_serial_jtag_driver_install(&cfg) != ESP_OK) return false;
+#if GT_USJ_VFS
   // stdio (TFLM's MicroPrintf ends up in printf) also through the interrupt-driven driver.
   usb_serial_jtag_vfs_use_driver();
+#endif
   esp_log_set_vprintf(&LogVprintf);
   g_ready = true;
   return true;
