@@ -11,7 +11,6 @@ returned objects.
 from __future__ import annotations
 
 import json
-import math
 import os
 import re
 import tempfile
@@ -22,6 +21,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
+from gendertool.present import STAT_KEYS, Stats, latency_stats, percentile  # noqa: F401 - bench's API too
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
 from gendertool.transport import check_port_list, run_parallel
 
@@ -34,59 +34,9 @@ REFERENCE_LABEL = "Seeed card: 40 ms (XIAO ESP32S3)"
 
 METRICS = ("pre_us", "invoke_us", "total_us")
 METRIC_TITLES = {"pre_us": "preprocessing", "invoke_us": "Invoke()", "total_us": "total"}
-STAT_KEYS = ("min", "p50", "p90", "p99", "max", "mean", "std")
 
 
 # --------------------------------------------------------------------------- statistics
-
-
-@dataclass(frozen=True)
-class Stats:
-    """Summary of one latency series in microseconds."""
-
-    n: int
-    min: float
-    p50: float
-    p90: float
-    p99: float
-    max: float
-    mean: float
-    std: float  # population standard deviation (the runs are the whole population measured)
-
-    def to_dict(self) -> dict:
-        return {k: getattr(self, k) for k in ("n",) + STAT_KEYS}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Stats":
-        return cls(n=int(d["n"]), **{k: float(d[k]) for k in STAT_KEYS})
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default method), shared with the monitor."""
-    from gendertool.present import percentile as _percentile
-
-    if not values:
-        raise ValueError("no values")
-    return float(_percentile(values, q))
-
-
-def latency_stats(values: Iterable[float]) -> Stats:
-    vals = sorted(float(v) for v in values)
-    if not vals:
-        raise ValueError("no samples")
-    n = len(vals)
-    mean = sum(vals) / n
-    var = sum((v - mean) ** 2 for v in vals) / n
-    return Stats(
-        n=n,
-        min=vals[0],
-        p50=percentile(vals, 50),
-        p90=percentile(vals, 90),
-        p99=percentile(vals, 99),
-        max=vals[-1],
-        mean=mean,
-        std=math.sqrt(var),
-    )
 
 
 @dataclass(frozen=True)

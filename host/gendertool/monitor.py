@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from gendertool.errors import DeviceError, GendertoolError
-from gendertool.present import RateMeter, RollingStats, percentile
+from gendertool.present import RateMeter, RollingStats, latency_stats
 
 DEFAULT_TIMEOUT_S = 10.0  # protocol.md §4: device back after a reset or USB drop
 READ_SLICE_S = 0.05  # read granularity: keeps Ctrl-C and the live view responsive
@@ -200,14 +200,8 @@ class MonitorSummary:
 def _ms_stats(values) -> dict[str, float]:
     if not values:
         return {}
-    return {
-        "mean": sum(values) / len(values),
-        "p50": percentile(values, 50),
-        "p90": percentile(values, 90),
-        "p99": percentile(values, 99),
-        "min": min(values),
-        "max": max(values),
-    }
+    s = latency_stats(values)
+    return {k: getattr(s, k) for k in ("mean", "p50", "p90", "p99", "min", "max")}
 
 
 class MonitorSession:

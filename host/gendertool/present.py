@@ -16,6 +16,7 @@ import time
 from collections import deque
 from collections.abc import Iterable, Mapping, Sequence
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator
 
@@ -39,6 +40,50 @@ def percentile(values: Sequence[float], q: float) -> float:
     hi = min(lo + 1, n - 1)
     frac = pos - lo
     return ordered[lo] + (ordered[hi] - ordered[lo]) * frac
+
+
+STAT_KEYS = ("min", "p50", "p90", "p99", "max", "mean", "std")
+
+
+@dataclass(frozen=True)
+class Stats:
+    """Summary of one latency series (bench: microseconds, monitor: milliseconds)."""
+
+    n: int
+    min: float
+    p50: float
+    p90: float
+    p99: float
+    max: float
+    mean: float
+    std: float  # population standard deviation (the runs are the whole population measured)
+
+    def to_dict(self) -> dict:
+        return {k: getattr(self, k) for k in ("n",) + STAT_KEYS}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Stats":
+        return cls(n=int(d["n"]), **{k: float(d[k]) for k in STAT_KEYS})
+
+
+def latency_stats(values: Iterable[float]) -> Stats:
+    """Every statistic of a whole series (ValueError when it is empty)."""
+    vals = sorted(float(v) for v in values)
+    if not vals:
+        raise ValueError("no samples")
+    n = len(vals)
+    mean = sum(vals) / n
+    var = sum((v - mean) ** 2 for v in vals) / n
+    return Stats(
+        n=n,
+        min=vals[0],
+        p50=percentile(vals, 50),
+        p90=percentile(vals, 90),
+        p99=percentile(vals, 99),
+        max=vals[-1],
+        mean=mean,
+        std=math.sqrt(var),
+    )
 
 
 class RollingStats:
