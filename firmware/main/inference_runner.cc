@@ -20,6 +20,7 @@ namespace gt {
 namespace {
 
 constexpr const char* kTag = "runner";
+constexpr int kArenaRetries = 2;  // x1.5 each: up to 2.25x the configured arena
 
 // Records TFLM's per-operator events (the MicroProfilerInterface the interpreter calls
 // around each node) in microseconds, only while armed, so normal Invoke()s cost nothing.
@@ -116,15 +117,35 @@ bool InferenceRunner::Setup() {
     ESP_LOGE(kTag, "op resolver: registering the model's %u operators failed", kNumOps);
     return false;
   }
+  // The generated size is the host runtime's figure plus a margin; ESP-NN's kernels also take
+  // scratch buffers from the arena (padded inputs for depthwise/conv on the S3) that the host
+  // reference kernels do not, so a too-small arena is retried larger before giving up.
   arena_bytes_ = config::kArenaBytes;
-  arena_ = AllocArena(arena_bytes_, &arena_in_psram_);
-  if (arena_ == nullptr) return false;
-  g_interpreter = new (g_interpreter_storage)
-      tflite::MicroInterpreter(model, g_resolver, arena_, arena_bytes_, nullptr, &g_profiler);
-  if (g_interpreter->AllocateTensors() != kTfLiteOk) {
-    ESP_LOGE(kTag, "AllocateTensors failed: arena of %u bytes too small? (raise APP_ARENA_SIZE)",
+  bool allocated = false;
+  for (int attempt = 0; attempt <= kArenaRetries && !allocated; ++attempt) {
+    if (attempt > 0) {
+      heap_caps_free(arena_);
+      const size_t grown = (arena_bytes_ + arena_bytes_ / 2 + 15) & ~static_cast<size_t>(15);
+      ESP_LOGW(kTag, "AllocateTensors failed with a %u-byte arena; retrying with %u bytes",
+               static_cast<unsigned>(arena_bytes_), static_cast<unsigned>(grown));
+      arena_bytes_ = grown;
+    }
+    arena_ = AllocArena(arena_bytes_, &arena_in_psram_);
+    if (arena_ == nullptr) return false;
+    // A failed interpreter holds nothing outside its arena: its storage is simply reused.
+    g_interpreter = new (g_interpreter_storage)
+        tflite::MicroInterpreter(model, g_resolver, arena_, arena_bytes_, nullptr, &g_profiler);
+    allocated = g_interpreter->AllocateTensors() == kTfLiteOk;
+  }
+  if (!allocated) {
+    ESP_LOGE(kTag, "AllocateTensors failed even with a %u-byte arena (see the TFLM message above)",
              static_cast<unsigned>(arena_bytes_));
     return false;
+  }
+  if (arena_bytes_ != config::kArenaBytes) {
+    ESP_LOGW(kTag, "arena grown to %u bytes (%u used): set APP_ARENA_SIZE to at least %u",
+             static_cast<unsigned>(arena_bytes_), static_cast<unsigned>(g_interpreter->arena_used_bytes()),
+             static_cast<unsigned>(g_interpreter->arena_used_bytes() + 16));
   }
   TfLiteTensor* in = g_interpreter->input(0);
   TfLiteTensor* out = g_interpreter->output(0);
