@@ -120,7 +120,15 @@ bool InferenceRunner::Setup() {
   // The generated size is the host runtime's figure plus a margin; ESP-NN's kernels also take
   // scratch buffers from the arena (padded inputs for depthwise/conv on the S3) that the host
   // reference kernels do not, so a too-small arena is retried larger before giving up.
+  // An sdkconfig kept from an earlier model keeps its APP_ARENA_SIZE (Kconfig defaults never
+  // override a saved value), so never go below what this model was measured to need.
   arena_bytes_ = config::kArenaBytes;
+  if (arena_bytes_ < kDefaultArenaBytes) {
+    ESP_LOGW(kTag, "APP_ARENA_SIZE %u is below this model's generated %u bytes; using %u",
+             static_cast<unsigned>(arena_bytes_), kDefaultArenaBytes, kDefaultArenaBytes);
+    arena_bytes_ = kDefaultArenaBytes;
+  }
+  const size_t first_size = arena_bytes_;
   bool allocated = false;
   for (int attempt = 0; attempt <= kArenaRetries && !allocated; ++attempt) {
     if (attempt > 0) {
@@ -142,7 +150,7 @@ bool InferenceRunner::Setup() {
              static_cast<unsigned>(arena_bytes_));
     return false;
   }
-  if (arena_bytes_ != config::kArenaBytes) {
+  if (arena_bytes_ != first_size) {
     ESP_LOGW(kTag, "arena grown to %u bytes (%u used): set APP_ARENA_SIZE to at least %u",
              static_cast<unsigned>(arena_bytes_), static_cast<unsigned>(g_interpreter->arena_used_bytes()),
              static_cast<unsigned>(g_interpreter->arena_used_bytes() + 16));
