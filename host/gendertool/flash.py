@@ -521,7 +521,7 @@ def flash(
     """Detect an ESP32-S3 on ``port``, write ``plan``'s images with verification, reset it."""
     import serial
     from esptool import cmds
-    from esptool.util import FatalError
+    from esptool.util import FatalError, NotImplementedInROMError
 
     reporter = reporter or FlashReporter()
     port = resolve_port(port, port_finder)
@@ -540,7 +540,7 @@ def flash(
             chip = str(getattr(esp, "CHIP_NAME", "unknown"))
             try:
                 description = esp.get_chip_description()
-            except Exception:  # chip description is informational only
+            except (FatalError, serial.SerialException, OSError):  # the description is informational only
                 description = chip
             if chip != REQUIRED_CHIP:
                 raise DeviceError(
@@ -558,9 +558,7 @@ def flash(
                 reporter.stage(stage)
                 try:
                     esp.change_baud(baud)
-                except Exception as exc:  # ROM without baud change: keep going at the ROM rate
-                    if exc.__class__.__name__ != "NotImplementedInROMError":
-                        raise
+                except NotImplementedInROMError as exc:  # ROM without baud change: keep going at the ROM rate
                     reporter.warning(f"keeping {esp.ESP_ROM_BAUD} baud: {exc}")
             stage = "attaching the flash"
             reporter.stage(stage)
@@ -599,7 +597,7 @@ def flash(
         finally:
             try:
                 esp._port.close()
-            except Exception:  # the port may already be gone (reset, unplug)
+            except OSError:  # the port may already be gone (reset, unplug); SerialException is one
                 pass
         messages = list(bridge.messages)
 

@@ -459,7 +459,7 @@ def run_monitor(
         if we_started:
             try:
                 link.write(encode_command("stop"))
-            except Exception:  # the port may be gone; stopping is a courtesy
+            except DeviceError:  # the port may be gone; stopping is a courtesy
                 pass
         link.close()
 

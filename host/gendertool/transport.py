@@ -149,7 +149,7 @@ class Transport:
         if ser is not None:
             try:
                 ser.close()
-            except Exception:  # noqa: BLE001 - a vanished port may fail to close; nothing to do
+            except OSError:  # a vanished port may fail to close (SerialException is an OSError)
                 pass
 
     def reconnect(self, timeout: float = 10.0, *, poll: float = 0.2, on_wait: Callable[[str], None] | None = None) -> None:
