@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -300,7 +301,7 @@ def parse_model(data: bytes, where: str = "model"):
     fb = _schema()
     try:
         return fb.ModelT.InitFromObj(fb.Model.GetRootAs(data, 0))
-    except Exception as exc:  # decoding untrusted bytes: any failure is a corrupt file
+    except (struct.error, IndexError, ValueError) as exc:  # the flatbuffers reader's out-of-range reads
         raise ModelError(f"{where}: corrupt TFLite flatbuffer: cannot decode it ({type(exc).__name__}: {exc})") from None
 
 
