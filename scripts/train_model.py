@@ -282,6 +282,8 @@ def main(argv=None) -> int:
     ap.add_argument("--bn-recal", action="store_true", help="re-estimate BN statistics on plain training views")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
     ap.add_argument("--load-weights", type=Path, help="skip training: load Keras weights (.weights.h5)")
+    ap.add_argument("--calib-images", type=int, default=200, help="representative images for INT8 calibration")
+    ap.add_argument("--calib-stride", type=int, default=2, help="take every n-th training image for calibration")
     ap.add_argument("--seed", type=int, default=1234)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--no-write", action="store_true", help="evaluate only, write nothing into --out-dir")
@@ -387,8 +389,8 @@ def main(argv=None) -> int:
     val_acc = accuracy(val_plain, val_y) if val else None
     print(f"float: train {train_acc:.4f} inner-val {val_acc} held-out {float_acc:.4f}", flush=True)
 
-    # representative set: plain views of training images (every other one, fixed order)
-    rep = np.stack(train_plain[::2][:200])
+    # representative set: plain (deployed-pipeline) views of training images, fixed order
+    rep = np.stack(train_plain[:: args.calib_stride][: args.calib_images])
     data = convert_int8(tf, model, rep)
     sm_scale = softmax_input_scale(data)
     if not sm_scale > MIN_SOFTMAX_INPUT_SCALE:
