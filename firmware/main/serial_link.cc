@@ -36,14 +36,14 @@ size_t g_pending_len = 0;
 // fails at once (after up to 64 bytes went straight to the FIFO), so records are written in
 // pieces no larger than the smallest APP_SERIAL_TX_BUFFER (256).
 constexpr size_t kWritePiece = 256;
-// Set after a write timed out (host not reading): later writes do not wait until one fits
-// again, so a closed port costs one 100 ms stall, not one per line.
+// Set after a write timed out (port closed: the host stops polling, the ring buffer stays
+// full): later lines wait only 10 ms until one fits again, not 100 ms each.
 bool g_tx_stalled = false;
 
 void WriteLocked(const char* data, size_t len) {
   while (len > 0) {
     const size_t piece = len < kWritePiece ? len : kWritePiece;
-    const int n = usb_serial_jtag_write_bytes(data, piece, g_tx_stalled ? 0 : pdMS_TO_TICKS(100));
+    const int n = usb_serial_jtag_write_bytes(data, piece, pdMS_TO_TICKS(g_tx_stalled ? 10 : 100));
     if (n <= 0) {  // host not reading: drop rather than stall inference
       g_tx_stalled = true;
       return;
