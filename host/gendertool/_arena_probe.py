@@ -25,6 +25,7 @@ import tempfile
 from pathlib import Path
 
 from gendertool.errors import ModelError
+from gendertool.files import write_json_atomic
 
 PROBE_SCHEMA = 2
 DEFAULT_PROBE_ARENA = 32 * 1024 * 1024  # generous: the figure comes from the recording allocator
@@ -122,11 +123,7 @@ def measure_arena_host(data: bytes, sha256: str, where: str = "model") -> int:
     # the forked search found (heap placement of the host's arena buffer)
     total = max(int(report.get("arena_min", 0)) + ALIGN_SLACK, int(report["arena_total"]))
     try:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=cache.parent, prefix=".arena.", suffix=".tmp")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"sha256": sha256, "arena_host_bytes": total, "tflm": tflm_version()}, f)
-        os.replace(tmp, cache)
+        write_json_atomic(cache, {"sha256": sha256, "arena_host_bytes": total, "tflm": tflm_version()}, indent=None)
     except OSError:
         pass  # a read-only cache only costs speed
     return total

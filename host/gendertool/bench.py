@@ -11,9 +11,7 @@ returned objects.
 from __future__ import annotations
 
 import json
-import os
 import re
-import tempfile
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -21,6 +19,7 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
+from gendertool.files import write_json_atomic
 from gendertool.present import STAT_KEYS, Stats, latency_stats, percentile  # noqa: F401 - bench's API too
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
 from gendertool.transport import check_port_list, run_parallel
@@ -225,23 +224,6 @@ def memory_report(hello: dict) -> dict:
     """The device's memory figures, from its hello record."""
     keys = ("arena_bytes", "arena_used", "heap_internal", "heap_psram")
     return {k: hello[k] for k in keys if k in hello}
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    """Write via a temp file + rename so a crash never leaves a half-written bench.json."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=1, allow_nan=False, default=str)
-            fh.write("\n")
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def load_bench(path: str | Path) -> BenchResult:

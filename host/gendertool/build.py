@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from gendertool.errors import BuildError, GendertoolError
+from gendertool.files import write_json_atomic
 
 PIO_PLATFORM = "espressif32"
 PIO_PLATFORM_VERSION = "6.13.0"
@@ -810,9 +811,7 @@ def write_manifest(
     manifest["elf"] = _rel(output.elf, out) if output.elf else None
     manifest["sizes"] = (sizes or Sizes()).to_manifest()
     path = out / MANIFEST_NAME
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
+    write_json_atomic(path, manifest, indent=2)
     if merged:  # ESP Web Tools manifest next to the merged image (browser flashing)
         from gendertool.flash import write_web_manifest
 

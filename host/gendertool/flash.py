@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from gendertool.errors import BuildError, DeviceError, GendertoolError
+from gendertool.files import write_json_atomic
 
 MANIFEST_NAME = "gendertool-build.json"
 WEB_MANIFEST_NAME = "manifest.json"
@@ -199,7 +200,7 @@ def write_web_manifest(build_manifest_path: str | Path) -> Path:
         "builds": [{"chipFamily": "ESP32-S3", "parts": parts}],
     }
     out = out_dir / WEB_MANIFEST_NAME
-    out.write_text(json.dumps(web, indent=2) + "\n", encoding="utf-8")
+    write_json_atomic(out, web, indent=2)
     return out
 
 
