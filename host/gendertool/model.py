@@ -336,7 +336,7 @@ def _tensor_info(t) -> TensorInfo:
     )
 
 
-def _op_name(model, op) -> tuple[str, bool, int]:
+def op_name(model, op) -> tuple[str, bool, int]:
     """(name, is_custom, version) of an operator."""
     oc = model.operatorCodes[op.opcodeIndex]
     code = max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode))
@@ -350,7 +350,7 @@ def _operators(model) -> tuple[OpInfo, ...]:
 
     counts: dict[tuple[str, bool, int], int] = {}
     for op in model.subgraphs[0].operators or []:
-        key = _op_name(model, op)
+        key = op_name(model, op)
         counts[key] = counts.get(key, 0) + 1
     return tuple(
         OpInfo(name=name, version=version, count=n, resolver_method=resolver_method(name, custom))
@@ -460,7 +460,7 @@ def _check_operators(model, where: str) -> None:
 
     missing: dict[str, int] = {}
     for op in model.subgraphs[0].operators or []:
-        name, custom, _ = _op_name(model, op)
+        name, custom, _ = op_name(model, op)
         if resolver_method(name, custom) is None:
             label = f"custom operator {name!r}" if custom else name
             missing[label] = missing.get(label, 0) + 1
@@ -503,7 +503,7 @@ def _check_softmax(model, where: str) -> None:
     fb = _schema()
     sg = model.subgraphs[0]
     for k, op in enumerate(sg.operators or []):
-        name, custom, _ = _op_name(model, op)
+        name, custom, _ = op_name(model, op)
         if custom or name != "SOFTMAX" or op.inputs is None or not len(op.inputs):
             continue
         t = sg.tensors[int(op.inputs[0])]
@@ -536,35 +536,38 @@ def _parameters(model) -> int:
     return total
 
 
-def _macs(model) -> int:
-    sg = model.subgraphs[0]
-    tensors = sg.tensors
+def op_macs(model, op) -> int | None:
+    """Multiply-accumulates of one node of the first subgraph (conv, depthwise, fully connected,
+    transpose conv); None for other operators and for unknown shapes."""
+    tensors = model.subgraphs[0].tensors
 
     def shape(i: int) -> tuple[int, ...]:
         return _shape(tensors[int(i)]) if int(i) >= 0 else ()
 
-    total = 0
-    for op in sg.operators or []:
-        name, custom, _ = _op_name(model, op)
-        if custom or op.inputs is None or op.outputs is None or not len(op.outputs):
-            continue
-        out = shape(op.outputs[0])
-        if any(d < 0 for d in out):
-            continue
-        if name == "CONV_2D" and len(op.inputs) >= 2:
-            w = shape(op.inputs[1])  # [out_c, kh, kw, in_c / groups]
-            if len(w) == 4:
-                total += math.prod(out) * w[1] * w[2] * w[3]
-        elif name == "DEPTHWISE_CONV_2D" and len(op.inputs) >= 2:
-            w = shape(op.inputs[1])  # [1, kh, kw, out_c]
-            if len(w) == 4:
-                total += math.prod(out) * w[1] * w[2]
-        elif name == "FULLY_CONNECTED" and len(op.inputs) >= 2:
-            w = shape(op.inputs[1])  # [units, in]
-            if len(w) == 2:
-                total += math.prod(out) * w[1]
-        elif name == "TRANSPOSE_CONV" and len(op.inputs) >= 3:
-            w, x = shape(op.inputs[1]), shape(op.inputs[2])  # [out_c, kh, kw, in_c], input
-            if len(w) == 4 and x and all(d > 0 for d in x):
-                total += math.prod(x) * w[0] * w[1] * w[2]
-    return total
+    name, custom, _ = op_name(model, op)
+    if custom or op.inputs is None or op.outputs is None or not len(op.outputs):
+        return None
+    out = shape(op.outputs[0])
+    if any(d < 0 for d in out):
+        return None
+    if name == "CONV_2D" and len(op.inputs) >= 2:
+        w = shape(op.inputs[1])  # [out_c, kh, kw, in_c / groups]
+        if len(w) == 4:
+            return math.prod(out) * w[1] * w[2] * w[3]
+    elif name == "DEPTHWISE_CONV_2D" and len(op.inputs) >= 2:
+        w = shape(op.inputs[1])  # [1, kh, kw, out_c]
+        if len(w) == 4:
+            return math.prod(out) * w[1] * w[2]
+    elif name == "FULLY_CONNECTED" and len(op.inputs) >= 2:
+        w = shape(op.inputs[1])  # [units, in]
+        if len(w) == 2:
+            return math.prod(out) * w[1]
+    elif name == "TRANSPOSE_CONV" and len(op.inputs) >= 3:
+        w, x = shape(op.inputs[1]), shape(op.inputs[2])  # [out_c, kh, kw, in_c], input
+        if len(w) == 4 and x and all(d > 0 for d in x):
+            return math.prod(x) * w[0] * w[1] * w[2]
+    return None
+
+
+def _macs(model) -> int:
+    return sum(op_macs(model, op) or 0 for op in model.subgraphs[0].operators or [])

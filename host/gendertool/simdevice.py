@@ -449,32 +449,24 @@ def _node_costs(data: bytes) -> list[tuple[str, int]]:
     """(operator name, estimated cost) per node: MACs for conv/FC, output size otherwise."""
     import math
 
-    from gendertool.model import builtin_name, parse_model
+    from gendertool.model import op_macs, op_name, parse_model
 
     model = parse_model(data)
     sg = model.subgraphs[0]
 
-    def shape(i: int) -> tuple[int, ...]:
+    def size(i: int) -> int:
         t = sg.tensors[int(i)] if int(i) >= 0 else None
-        return tuple(int(d) for d in t.shape) if t is not None and t.shape is not None else ()
+        return math.prod(int(d) for d in t.shape if d > 0) if t is not None and t.shape is not None else 1
 
     out = []
     for op in sg.operators or []:
-        oc = model.operatorCodes[op.opcodeIndex]
-        name = builtin_name(max(int(oc.builtinCode), int(oc.deprecatedBuiltinCode)))
-        o = shape(op.outputs[0]) if op.outputs is not None and len(op.outputs) else ()
-        w = shape(op.inputs[1]) if op.inputs is not None and len(op.inputs) >= 2 else ()
-        n_out = math.prod(d for d in o if d > 0) if o else 1
-        if name == "CONV_2D" and len(w) == 4:
-            cost = n_out * w[1] * w[2] * w[3]
-        elif name == "DEPTHWISE_CONV_2D" and len(w) == 4:
-            cost = n_out * w[1] * w[2]
-        elif name == "FULLY_CONNECTED" and len(w) == 2:
-            cost = n_out * w[1]
-        elif name == "MEAN" and op.inputs is not None:
-            cost = math.prod(d for d in shape(op.inputs[0]) if d > 0)
-        else:
-            cost = n_out
+        name = op_name(model, op)[0]
+        cost = op_macs(model, op)
+        if cost is None:
+            if name == "MEAN" and op.inputs is not None:
+                cost = size(op.inputs[0])
+            else:
+                cost = size(op.outputs[0]) if op.outputs is not None and len(op.outputs) else 1
         out.append((name, max(1, int(cost))))
     return out
 
