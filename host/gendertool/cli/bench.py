@@ -359,15 +359,15 @@ def validate_on_ports(
 
     from gendertool.device_validate import validate_devices
 
+    from .validate import warn_skipped
+
     with _BoardProgress(ports) as progress:
         dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity, progress=progress)
     if as_json:
         console.print_json(json.dumps(dv.to_dict(), default=str))
     else:
         present_device_validation(dv, console, show_images=show_images)
-    if dv.skipped:
-        names = ", ".join(s.path for s in dv.skipped[:10]) + (", ..." if len(dv.skipped) > 10 else "")
-        err_console.print(f"warning: skipped {len(dv.skipped)} file(s) that are not readable images: {names}", soft_wrap=True)
+    warn_skipped(dv.skipped)
     failure = device_validation_failure(dv)
     if failure is not None:
         raise failure

@@ -12,9 +12,11 @@ from ._app import app, console, err_console
 from ._options import port_option, resolve_ports
 
 if TYPE_CHECKING:
+    from collections.abc import Sequence
+
     from rich.console import Console
 
-    from gendertool.validate import ValidationReport
+    from gendertool.validate import SkippedFile, ValidationReport
 
 # Below this many files the run is quick enough that a progress bar is just noise.
 PROGRESS_MIN_FILES = 20
@@ -58,7 +60,7 @@ def validate(
         console.print_json(json.dumps(report.to_dict()))
     else:
         present(report, console, show_images=show_images)
-    _warn_skipped(report)
+    warn_skipped(report.skipped)
 
 
 class _progress:
@@ -87,13 +89,14 @@ class _progress:
             self._bar.stop()
 
 
-def _warn_skipped(report: "ValidationReport") -> None:
-    if report.skipped:
-        names = ", ".join(s.path for s in report.skipped[:10]) + (", ..." if len(report.skipped) > 10 else "")
+def warn_skipped(skipped: "Sequence[SkippedFile]") -> None:
+    """One warning line on stderr naming the files a validation skipped (host or device run)."""
+    if skipped:
+        names = ", ".join(s.path for s in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
         from rich.markup import escape
 
         err_console.print(
-            f"warning: skipped {len(report.skipped)} file(s) that are not readable images: {escape(names)}", soft_wrap=True
+            f"warning: skipped {len(skipped)} file(s) that are not readable images: {escape(names)}", soft_wrap=True
         )
 
 
