@@ -335,6 +335,16 @@ class _PanicTracker:
         self.sink.panic(report)
 
 
+def check_options(*, count: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, source: str | None = None) -> None:
+    """The monitor's option checks, also made by the CLI before it opens any output file."""
+    if count is not None and count < 1:
+        raise GendertoolError(f"--count must be at least 1, got {count}")
+    if timeout <= 0:
+        raise GendertoolError(f"--timeout must be positive, got {timeout}")
+    if source is not None and source not in ("sample", "camera"):  # upload: nothing would arrive to show
+        raise GendertoolError(f"--source must be sample or camera, not {source!r}")
+
+
 def run_monitor(
     port: str,
     sink: MonitorSink,
@@ -352,15 +362,9 @@ def run_monitor(
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
     may stay silent before the monitor gives up.
     """
-    from gendertool.protocol import Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
+    from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
 
-    if count is not None and count < 1:
-        raise GendertoolError(f"--count must be at least 1, got {count}")
-    if timeout <= 0:
-        raise GendertoolError(f"--timeout must be positive, got {timeout}")
-    if source is not None and source not in ("sample", "camera", "upload"):
-        raise GendertoolError(f"--source must be sample or camera, not {source!r}")
-
+    check_options(count=count, timeout=timeout, source=source)
     link = (opener or _open)(port)  # DeviceError (missing/busy/permission) propagates
     session = MonitorSession(port)
     parser = StreamParser()
@@ -385,8 +389,10 @@ def run_monitor(
         session.hello = h
         if previous is None or (previous.fw, previous.model_sha256, previous.board) != (h.fw, h.model_sha256, h.board):
             sink.hello(h)
-        if h.proto != 1:
-            raise DeviceError(f"the device speaks protocol version {h.proto}; this gendertool knows version 1: update one of them")
+        if h.proto != PROTO_VERSION:
+            raise DeviceError(
+                f"the device speaks protocol version {h.proto}; this gendertool knows version {PROTO_VERSION}: update one of them"
+            )
         if source is not None and h.source != source:
             link.write(encode_command("source", source))
         if not h.running:

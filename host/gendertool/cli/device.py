@@ -250,13 +250,12 @@ def monitor_cmd(
     import sys
 
     from gendertool.errors import DeviceError, GendertoolError
-    from gendertool.monitor import CSV_FIELDS, run_monitor
+    from gendertool.monitor import CSV_FIELDS, check_options, run_monitor
     from gendertool.present import CsvAppender, JsonLinesWriter
 
     if as_json and csv_file is not None:
         raise GendertoolError("choose one of --json and --csv")
-    if source is not None and source not in ("sample", "camera"):
-        raise GendertoolError(f"--source must be sample or camera, not {source!r}")
+    check_options(count=count, timeout=timeout, source=source)
     (port,) = resolve_ports([port] if port else [], several=False)
     elf_path = elf if elf is not None else _elf_from_build(build)
     if elf is not None and not elf.is_file():
