@@ -90,6 +90,7 @@ class PanicDecoder:
         self.elf = Path(elf) if elf else None
         self.toolchain_prefix = toolchain_prefix
         self._decoder = None
+        self._elf_sha: str | None = None
         self.problem: str | None = None
         if self.elf is None:
             self.problem = "no ELF known to decode it: pass --elf build/gendertool.elf (or --build DIR of the flashed build)"
@@ -109,13 +110,12 @@ class PanicDecoder:
         # PcAddressDecoder runs "<prefix>addr2line"; give it the directory we found it in.
         full_prefix = str(Path(addr2line).parent / toolchain_prefix) if not shutil.which(toolchain_prefix + "addr2line") else toolchain_prefix
         self._decoder = PcAddressDecoder(full_prefix, str(self.elf))
-        self._elf_sha: str | None = None
 
     @property
     def elf_sha256(self) -> str | None:
         if self.elf is None or not self.elf.is_file():
             return None
-        if getattr(self, "_elf_sha", None) is None:
+        if self._elf_sha is None:
             self._elf_sha = hashlib.sha256(self.elf.read_bytes()).hexdigest()
         return self._elf_sha
 
