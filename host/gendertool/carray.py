@@ -12,6 +12,7 @@ import hashlib
 from pathlib import Path
 
 from gendertool.errors import GendertoolError
+from gendertool.files import write_if_changed
 
 BYTES_PER_LINE = 16
 ALIGNMENT = 16
@@ -85,18 +86,6 @@ def c_array_source(
     return header, source
 
 
-def write_if_changed(path: Path, text: str) -> bool:
-    """Write ``text`` unless the file already holds it; True when written."""
-    raw = text.encode("ascii")
-    try:
-        if path.read_bytes() == raw:
-            return False
-    except OSError:
-        pass
-    path.write_bytes(raw)
-    return True
-
-
 def write_model_sources(data: bytes, out_dir: Path, name: str, sha256: str | None = None) -> list[Path]:
     """Write ``model_data.h`` and ``model_data.cc`` for ``data`` into ``out_dir``; returns both paths."""
     sha256 = sha256 or hashlib.sha256(data).hexdigest()
@@ -105,7 +94,7 @@ def write_model_sources(data: bytes, out_dir: Path, name: str, sha256: str | Non
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
         for path, text in zip(paths, (header, source)):
-            write_if_changed(path, text)
+            write_if_changed(path, text.encode("ascii"))
     except OSError as exc:
         raise GendertoolError(f"cannot write the C array into {out_dir}: {exc.strerror or exc}") from None
     return paths

@@ -1,4 +1,4 @@
-"""Writing result files so that a crash or a full disk never leaves half a file behind."""
+"""Writing output files so that a crash or a full disk never leaves half a file behind."""
 
 from __future__ import annotations
 
@@ -9,14 +9,13 @@ from pathlib import Path
 from typing import Any
 
 
-def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
-    """Write ``data`` as JSON via a temp file + rename (NaN/inf refused: not JSON)."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` via a temp file in the same folder + rename (parent folders created)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, indent=indent, allow_nan=False, default=str)
-            fh.write("\n")
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 is for secrets, not results
@@ -24,3 +23,20 @@ def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
+    """Write ``data`` as JSON, atomically (NaN/inf refused: not JSON)."""
+    text = json.dumps(data, indent=indent, allow_nan=False, default=str) + "\n"
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_if_changed(path: Path, data: bytes) -> bool:
+    """Write ``data`` atomically unless the file already holds it; True when written."""
+    try:
+        if path.read_bytes() == data:
+            return False
+    except OSError:
+        pass
+    write_bytes_atomic(path, data)
+    return True

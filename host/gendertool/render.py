@@ -23,12 +23,12 @@ app_partition_bytes, autostart, selftest_on_boot, model_in_psram, arena_placemen
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gendertool.errors import BuildError, GendertoolError
+from gendertool.files import write_if_changed
 
 if TYPE_CHECKING:  # pragma: no cover
     import jinja2
@@ -343,16 +343,10 @@ def _boards():
 
 def _write(path: Path, data: bytes, result: RenderResult) -> None:
     try:
-        if path.is_file() and path.read_bytes() == data:
-            result.unchanged.append(path)
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
+        written = write_if_changed(path, data)
     except OSError as exc:
         raise BuildError(f"cannot write {path}: {exc.strerror or exc}") from None
-    result.written.append(path)
+    (result.written if written else result.unchanged).append(path)
 
 
 def render_files(context: dict, env: "jinja2.Environment | None" = None) -> dict[str, bytes]:
