@@ -206,8 +206,13 @@ class DeviceClient:
         except PortVanished as exc:
             raise LinkLost(f"{self.port}: {exc}") from None
 
-    def _wait(self, want: Callable[[object], bool], timeout: float, what: str, *, received: int = 0):
-        """The first item matching ``want``; everything else goes to the backlog."""
+    def _wait(self, want: Callable[[object], bool], timeout: float, what: str, *, received: int = 0,
+              restarting: bool = False):
+        """The first item matching ``want``; everything else goes to the backlog.
+
+        ``restarting``: the device is rebooting, so a vanished port is waited for (within
+        ``timeout``) instead of ending the wait with LinkLost.
+        """
         while self._fresh:
             it = self._fresh.popleft()
             if want(it):
@@ -221,7 +226,12 @@ class DeviceClient:
             try:
                 items = self._read(min(left, 0.5), reconnect=False)
             except PortVanished as exc:
-                raise LinkLost(f"{self.port} disconnected while waiting for {what} ({exc})", received) from None
+                if not restarting:
+                    raise LinkLost(f"{self.port} disconnected while waiting for {what} ({exc})", received) from None
+                self._emit(LinkEvent("disconnected", f"{exc}; waiting for the device to restart"))
+                self.transport.reconnect(max(left, 0.5))
+                self._emit(LinkEvent("reconnected", f"{self.port} is back"))
+                continue
             for i, it in enumerate(items):
                 if want(it):
                     self._fresh.extend(items[i + 1 :])
@@ -376,27 +386,8 @@ class DeviceClient:
     def reset(self, timeout: float = RESET_TIMEOUT) -> p.Hello:
         """Restart the device and wait for its ``hello`` (through the port vanishing and returning)."""
         self.command("reset")
-        deadline = time.monotonic() + timeout
         self.hello = None
-        while self._fresh:  # a UART console keeps the connection: the hello may be here already
-            it = self._fresh.popleft()
-            if isinstance(it, p.Hello):
-                self.hello = it
-                return it
-            self._stash([it])
-        while True:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise DeviceError(f"{self.port}: no hello within {timeout:g} s after reset")
-            try:
-                items = self._read(min(left, 0.5), reconnect=False)
-            except PortVanished as exc:
-                self._emit(LinkEvent("disconnected", f"{exc}; waiting for the device to restart"))
-                self.transport.reconnect(max(left, 0.5))
-                self._emit(LinkEvent("reconnected", f"{self.port} is back"))
-                continue
-            for i, it in enumerate(items):
-                if isinstance(it, p.Hello):
-                    self._stash(items[i + 1 :])
-                    return it
-                self._stash([it])
+        # a UART console keeps the connection, so the hello may be among what arrived already
+        hello = self._wait(lambda r: isinstance(r, p.Hello), timeout, "hello after reset", restarting=True)
+        self.hello = hello
+        return hello
