@@ -6,7 +6,6 @@ device figures the same way.
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Optional
 
@@ -40,10 +39,9 @@ def bench_cmd(
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
 ) -> None:
     """Benchmark the model on the board: latency statistics from every run, FPS, memory, profile."""
-    from gendertool.bench import load_bench
+    from gendertool.bench import check_request, load_bench
 
-    if input_source not in ("sample", "camera"):
-        raise typer.BadParameter("must be 'sample' or 'camera'", param_hint="--input")
+    check_request(n, warmup, input_source)  # before any port or file is touched
     ports = resolve_ports(port)
     old = load_bench(compare) if compare is not None else None  # fail before touching a device
     if matrix:
@@ -117,8 +115,10 @@ class _BoardProgress:
 # --------------------------------------------------------------------------- presentation
 
 
-def _ms(us: float) -> str:
-    return "-" if us is None or (isinstance(us, float) and math.isnan(us)) else f"{us / 1000:.2f}"
+def _ms(us: float | None) -> str:
+    from gendertool.present import format_ms
+
+    return format_ms(None if us is None else us / 1000, 2)
 
 
 def _sim(simulated: bool) -> str:
