@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import struct
 
-_U8 = struct.Struct("<B")
 _U16 = struct.Struct("<H")
 _I32 = struct.Struct("<i")
 _U32 = struct.Struct("<I")
@@ -256,18 +255,3 @@ def structural_spans(buf: bytes) -> list[tuple[int, int]]:
     v._mark(0, 4)
     v.model()
     return sorted(set(v.spans or []))
-
-
-def buffer_payload_ranges(buf: bytes) -> list[tuple[int, int]]:
-    """``(start, end)`` byte ranges of every buffer's data (the weights), for tests and tools.
-
-    Assumes ``buf`` already passed :func:`verify_tflite`.
-    """
-    v = Verifier(buf)
-    m = v.table(v.u32(0, "root"), "model")
-    out = []
-    for b in v.tables(m, 4, "buffer"):
-        vec = v.vector(b, 0, 1, "data")
-        if vec is not None and vec[1]:
-            out.append((vec[0], vec[0] + vec[1]))
-    return out

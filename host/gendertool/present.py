@@ -296,18 +296,6 @@ def kv_table(rows: Iterable[tuple[str, Any]], title: str | None = None):
     return table
 
 
-def stats_row(stats: RollingStats, digits: int = 1) -> dict[str, str]:
-    """count/mean/p50/p90/min/max of a RollingStats as display strings."""
-    return {
-        "n": str(stats.count),
-        "mean": format_ms(stats.mean, digits),
-        "p50": format_ms(stats.p50, digits),
-        "p90": format_ms(stats.p90, digits),
-        "min": format_ms(stats.min if stats.count else math.nan, digits),
-        "max": format_ms(stats.max if stats.count else math.nan, digits),
-    }
-
-
 def log_panel(lines: Iterable[str], title: str = "device log", height: int = 12):
     """The last ``height`` device log lines, dimmed, in a panel."""
     from rich.panel import Panel

@@ -25,9 +25,6 @@ if TYPE_CHECKING:
 # measured separately (see gendertool._arena_probe).
 DEFAULT_HOST_ARENA = 16 * 1024 * 1024
 
-LITERT_KERNELS = ("reference", "default", "builtin")
-
-
 def _model_bytes(model: "bytes | ModelInfo") -> bytes:
     return bytes(model) if isinstance(model, (bytes, bytearray, memoryview)) else model.data
 
