@@ -22,12 +22,14 @@ from gendertool.preprocess import Preprocessing
 
 TFLITE_SCHEMA_VERSION = 3
 
-# Firmware arena = host figure + margin. The host figure comes from the 64-bit TFLM host
-# runtime with reference kernels. On the 32-bit ESP32-S3 the pointer-holding bookkeeping
-# (TfLiteEvalTensor, TfLiteTensor, node/registration structs) is smaller, which the margin
-# does not need; but ESP-NN's optimised conv/depthwise/softmax kernels request scratch
-# buffers the reference kernels do not, and the arena start may need realigning. 25 % (at
-# least 8 KiB) covers both with room; the result is rounded up to 1 KiB (so 16-aligned).
+# Firmware arena = host figure + largest ESP-NN scratch + margin. The host figure comes from
+# the 64-bit TFLM host runtime with reference kernels, which request no scratch; ESP-NN's
+# conv/depthwise/softmax kernels on the S3 do (gendertool.espnn). TFLM's memory planner gives
+# a scratch buffer the lifetime of its one node, and nodes run one at a time, so at any
+# moment at most one scratch is live on top of the tensors the host figure already fits:
+# the peak grows by at most the largest one. On the 32-bit S3 the pointer-holding
+# bookkeeping is smaller than on the host; the margin, 25 % of the host figure (at least
+# 8 KiB), covers the greedy planner's placement and arena realignment. Rounded up to 1 KiB.
 ARENA_MARGIN_FRACTION = 0.25
 ARENA_MARGIN_MIN_BYTES = 8 * 1024
 ARENA_ROUND_BYTES = 1024
@@ -86,7 +88,10 @@ class ModelInfo:
     labels: tuple[str, ...]
     preprocessing: Preprocessing
     arena_host_bytes: int | None  # measured on the TFLM host runtime (64-bit host figure)
-    arena_bytes: int | None  # what the firmware allocates: host figure + margin, 16-aligned
+    arena_bytes: int | None  # what the firmware allocates: host + largest ESP-NN scratch + margin
+    # largest per-node scratch ESP-NN (S3, CONFIG_NN_OPTIMIZED) requests, and its node
+    espnn_scratch_bytes: int | None = None
+    espnn_scratch_node: tuple[int, str] | None = None  # (operator index, operator name)
 
     @property
     def classes(self) -> int:
@@ -121,16 +126,23 @@ class ModelInfo:
                 "host_bytes": self.arena_host_bytes,
                 "host_note": "measured on the TFLM host runtime (64-bit host, reference kernels)",
                 "firmware_bytes": self.arena_bytes,
-                "margin": f"+{ARENA_MARGIN_FRACTION:.0%} (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
+                "espnn_scratch_bytes": self.espnn_scratch_bytes,
+                "espnn_scratch_node": (
+                    {"node": self.espnn_scratch_node[0], "op": self.espnn_scratch_node[1]}
+                    if self.espnn_scratch_node else None
+                ),
+                "firmware_formula": "host + largest ESP-NN scratch + margin",
+                "margin": f"+{ARENA_MARGIN_FRACTION:.0%} of host (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
                 f"rounded up to {ARENA_ROUND_BYTES} bytes",
             },
         }
 
 
-def firmware_arena_bytes(host_bytes: int) -> int:
-    """The firmware's tensor arena for a host-measured figure (see ARENA_MARGIN_*)."""
+def firmware_arena_bytes(host_bytes: int, scratch_bytes: int = 0) -> int:
+    """The firmware's tensor arena: host-measured figure + the largest per-node ESP-NN
+    scratch + margin (see ARENA_MARGIN_*)."""
     margin = max(math.ceil(host_bytes * ARENA_MARGIN_FRACTION), ARENA_MARGIN_MIN_BYTES)
-    return -(-(host_bytes + margin) // ARENA_ROUND_BYTES) * ARENA_ROUND_BYTES
+    return -(-(host_bytes + scratch_bytes + margin) // ARENA_ROUND_BYTES) * ARENA_ROUND_BYTES
 
 
 def app_partition_bytes(board: str | None = None) -> tuple[str, int]:
@@ -223,12 +235,16 @@ def load_model_bytes(
         )
 
     sha = hashlib.sha256(data).hexdigest()
+    from gendertool import espnn
+
+    top = espnn.largest(espnn.model_scratch(model))
+    scratch = top.bytes if top else 0
     host = fw = None
     if measure_arena:
         from gendertool._arena_probe import measure_arena_host
 
         host = measure_arena_host(data, sha, where)
-        fw = firmware_arena_bytes(host)
+        fw = firmware_arena_bytes(host, scratch)
 
     return ModelInfo(
         path=path,
@@ -246,6 +262,8 @@ def load_model_bytes(
         preprocessing=preprocessing or Preprocessing(),
         arena_host_bytes=host,
         arena_bytes=fw,
+        espnn_scratch_bytes=scratch,
+        espnn_scratch_node=(top.node, top.op) if top else None,
     )
 
 

@@ -269,6 +269,14 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
         raise GendertoolError(f"model {model.name}: TFLM cannot register operator(s) {', '.join(missing)}")
 
     arena = options.get("arena_bytes", model.arena_bytes)
+    scratch = model.espnn_scratch_bytes
+    if "arena_bytes" not in options and not options.get("esp_nn", True) and model.arena_host_bytes:
+        # CONFIG_NN_ANSI_C: esp-nn's plain C kernels request (almost) no scratch
+        from gendertool import espnn
+        from gendertool.model import firmware_arena_bytes
+
+        scratch = max((e.bytes for e in espnn.model_scratch(model, optimized=False)), default=0)
+        arena = firmware_arena_bytes(model.arena_host_bytes, scratch)
     if not arena:
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16
@@ -309,6 +317,7 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
             "crop_fraction": model.preprocessing.crop_fraction,
             "crop_fraction_hex": _float_hex(model.preprocessing.crop_fraction),
             "arena_host_bytes": model.arena_host_bytes,
+            "espnn_scratch_bytes": scratch,
         },
         "board": board,
         "camera": board.camera,

@@ -58,10 +58,15 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     summary.add_row("MACs", f"{info.macs:,}")
     if info.arena_host_bytes is not None:
         summary.add_row("arena (host)", f"{info.arena_host_bytes:,} bytes, measured on the TFLM host runtime (64-bit host figure)")
+        if info.espnn_scratch_node:
+            node, op = info.espnn_scratch_node
+            scratch = f"ESP-NN scratch (largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes)"
+        else:
+            scratch = "ESP-NN scratch (none requested)"
         summary.add_row(
             "arena (firmware)",
-            f"{info.arena_bytes:,} bytes = host + {ARENA_MARGIN_FRACTION:.0%} (min {ARENA_MARGIN_MIN_BYTES // 1024} KiB), "
-            "rounded up to 1 KiB",
+            f"{info.arena_bytes:,} bytes = host + {scratch} + margin "
+            f"({ARENA_MARGIN_FRACTION:.0%} of host, min {ARENA_MARGIN_MIN_BYTES // 1024} KiB), rounded up to 1 KiB",
         )
     else:
         summary.add_row("arena", "not measured (--no-arena)")

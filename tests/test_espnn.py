@@ -1,0 +1,173 @@
+"""ESP-NN scratch sizes (gendertool.espnn) against hand-computed upstream figures, and the
+firmware arena built on them. Formulas: esp-nn 1.1.x src/convolution/esp_nn_conv_esp32s3.c
+(esp_nn_get_conv_scratch_size_esp32s3) and esp_nn_depthwise_conv_s8_esp32s3.c
+(esp_nn_get_depthwise_conv_scratch_size_esp32s3), esp-tflite-micro kernels/esp_nn/*.cc."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from gendertool import espnn
+from gendertool import model as gm
+
+SAME, VALID = 0, 1
+
+
+def conv(inp, out, filt, stride=(1, 1), padding=SAME, **kw):
+    return espnn.scratch_bytes("CONV_2D", input_shape=inp, output_shape=out, filter_shape=filt,
+                               stride=stride, padding=padding, **kw)  # fmt: skip
+
+
+def dw(inp, out, filt, stride=(1, 1), padding=SAME, mult=1, **kw):
+    return espnn.scratch_bytes("DEPTHWISE_CONV_2D", input_shape=inp, output_shape=out, filter_shape=filt,
+                               stride=stride, padding=padding, depth_multiplier=mult, **kw)  # fmt: skip
+
+
+def test_tflm_leading_padding():
+    # ComputePadding: total = (out-1)*stride + k - in, leading = total // 2
+    assert espnn.leading_pad(2, 1, 64, 3, 32) == 0  # total 1: all of it bottom/right
+    assert espnn.leading_pad(2, 1, 63, 3, 32) == 1  # total 2
+    assert espnn.leading_pad(1, 1, 32, 3, 32) == 1
+    assert espnn.leading_pad(1, 2, 32, 3, 32) == 2  # dilation 2: effective 5x5
+    assert espnn.out_size(SAME, 64, 3, 2) == 32 and espnn.out_size(VALID, 64, 3, 2) == 31
+
+
+def test_conv_1x1_mult8():
+    # in_ch 16 % 8 == 0, 16 positions >= 8: transpose 2*8*16 = 256, input copy 0,
+    # filter 16*24 = 384, align 32 -> 672
+    assert conv((1, 4, 4, 16), (1, 4, 4, 24), (24, 1, 1, 16)) == 672
+    # 2x2 = 4 positions < 8: no transpose buffer; filter 112*1280 = 143,360 + 32
+    assert conv((1, 2, 2, 112), (1, 2, 2, 1280), (1280, 1, 1, 112), padding=VALID) == 143_392
+
+
+def test_conv_1x1_channels_padded_to_8():
+    # in_ch 3 -> 8: transpose 2*8*8 = 128, input copy 4*4*8 = 128, filter 8*8 = 64, +32 -> 352
+    assert conv((1, 4, 4, 3), (1, 4, 4, 8), (8, 1, 1, 3)) == 352
+
+
+def test_conv_general_branch():
+    # 3x3 s1 SAME: pad 1 -> padded input copy (8+2)*(8+2)*3 = 300; filter 3*3*16(ch 3 -> 16)*16
+    # = 2304; align 32; offsets 16*4 = 64 -> 2700
+    assert conv((1, 8, 8, 3), (1, 8, 8, 16), (16, 3, 3, 3)) == 2700
+    # 3x3 s2 SAME on an even extent: leading pad 0, no input copy -> 2304 + 32 + 64 = 2400
+    assert conv((1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), stride=(2, 2)) == 2400
+    # a 1x1 with stride 2 is not the 1x1 path: filter 16*8 = 128 + 32 + 8*4 -> 192
+    assert conv((1, 8, 8, 16), (1, 4, 4, 8), (8, 1, 1, 16), stride=(2, 2), padding=VALID) == 192
+
+
+def test_depthwise_3x3_s8_padded_input():
+    # ch 16 % 16 == 0, pad 1: filter 3*3*16 = 144 + (32+2)*(32+2)*16 = 18,496 + 16 -> 18,656
+    assert dw((1, 32, 32, 16), (1, 32, 32, 16), (1, 3, 3, 16)) == 18_656
+    # stride 2 SAME, even: pad 0, right/bottom pad 16*2 + 2 - 32 = 2:
+    # 432 + 34*34*48 = 55,488 + 16 -> 55,936
+    assert dw((1, 32, 32, 48), (1, 16, 16, 48), (1, 3, 3, 48), stride=(2, 2)) == 55_936
+
+
+def test_depthwise_3x3_s8_no_padding_needed():
+    # VALID 10 -> 8: extra pad 8 + 2 - 10 = 0: filter only, 144 + 16 -> 160
+    assert dw((1, 10, 10, 16), (1, 8, 8, 16), (1, 3, 3, 16), padding=VALID) == 160
+
+
+def test_depthwise_3x3_s16():
+    # ch 24 % 8 == 0 but not % 16: int16 copies 2*(filter 216 + input 8*8*24 = 1536) + 16 -> 3520
+    assert dw((1, 8, 8, 24), (1, 8, 8, 24), (1, 3, 3, 24)) == 3520
+
+
+def test_depthwise_channel_multiplier_4():
+    # ch_mult 4: filter 3*3*8*4 = 288, input 512: 2*(288 + 512) + 16 -> 1616
+    assert dw((1, 8, 8, 8), (1, 8, 8, 32), (1, 3, 3, 32), mult=4) == 1616
+
+
+def test_depthwise_other_kernels_ask_32():
+    assert dw((1, 8, 8, 16), (1, 8, 8, 16), (1, 5, 5, 16)) == 32  # 5x5
+    assert dw((1, 8, 8, 3), (1, 8, 8, 3), (1, 3, 3, 3)) == 32  # ch 3
+    assert dw((1, 8, 8, 8), (1, 8, 8, 16), (1, 3, 3, 16), mult=2) == 32
+
+
+def test_softmax_fc_and_others():
+    # softmax.cc passes dims->data[1] as the width: width * 4
+    assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2)) == 8
+    assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 1000)) == 4000
+    assert espnn.scratch_bytes("FULLY_CONNECTED", input_shape=(1, 1280), filter_shape=(2, 1280)) == 0
+    assert espnn.scratch_bytes("ADD", input_shape=(1, 4, 4, 8)) == 0
+
+
+def test_ansi_c_requests_no_conv_scratch():
+    assert conv((1, 2, 2, 112), (1, 2, 2, 1280), (1280, 1, 1, 112), optimized=False) == 0
+    assert dw((1, 32, 32, 48), (1, 16, 16, 48), (1, 3, 3, 48), stride=(2, 2), optimized=False) == 0
+
+
+def test_non_int8_and_unknown_target():
+    assert conv((1, 4, 4, 16), (1, 4, 4, 24), (24, 1, 1, 16), input_dtype="float32") == 0
+    with pytest.raises(ValueError, match="esp32s3"):
+        conv((1, 4, 4, 16), (1, 4, 4, 24), (24, 1, 1, 16), target="esp32")
+
+
+# ---------------------------------------------------------------------------------------------
+# the default model
+
+
+def _nodes(data):
+    m = gm.parse_model(data)
+    sg = m.subgraphs[0]
+    return m, sg, [(gm.op_name(m, op)[0], op) for op in sg.operators]
+
+
+def test_default_model_largest_scratch_is_the_widest_1x1(default_model):
+    data = default_model.read_bytes()
+    m, sg, nodes = _nodes(data)
+    entries = espnn.model_scratch(data)
+    assert [e.node for e in entries] == list(range(len(nodes)))
+    top = espnn.largest(entries)
+    # MobileNetV2's last 1x1 conv (before MEAN) has the biggest filter; its input has 2x2 < 8
+    # positions and in_ch % 8 == 0, so the 1x1 path asks filter elements + 32
+    convs = [(i, gm._shape(sg.tensors[int(op.inputs[1])])) for i, (n, op) in enumerate(nodes) if n == "CONV_2D"]
+    widest, fshape = max(convs, key=lambda c: math.prod(c[1]))
+    assert fshape[1:3] == (1, 1) and fshape[3] % 8 == 0
+    assert (top.node, top.op, top.branch) == (widest, "CONV_2D", "1x1 mult8")
+    assert top.bytes == math.prod(fshape) + 32
+    # the first stride-2 depthwise: padded input copy (W+2)*(H+2)*C + 9*C + 16
+    first = next(i for i, (n, op) in enumerate(nodes) if n == "DEPTHWISE_CONV_2D" and op.builtinOptions.strideW == 2)
+    _, h, w, c = gm._shape(sg.tensors[int(nodes[first][1].inputs[0])])
+    assert entries[first].bytes == (w + 2) * (h + 2) * c + 9 * c + 16
+    # same answer from a ModelInfo
+    info = gm.load_model(default_model, measure_arena=False)
+    assert espnn.model_scratch(info) == entries
+    assert info.espnn_scratch_bytes == top.bytes and info.espnn_scratch_node == (top.node, "CONV_2D")
+
+
+def test_firmware_arena_covers_host_plus_largest_scratch(cli, default_model):
+    res = cli("inspect", "--json")
+    assert res.exit_code == 0, res.output
+    arena = json.loads(res.stdout)["arena"]
+    host, scratch, fw = arena["host_bytes"], arena["espnn_scratch_bytes"], arena["firmware_bytes"]
+    assert scratch == espnn.largest(espnn.model_scratch(default_model.read_bytes())).bytes
+    assert fw >= host + scratch + max(host * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES)
+    assert fw == gm.firmware_arena_bytes(host, scratch) and fw % 1024 == 0
+    assert arena["espnn_scratch_node"]["op"] == "CONV_2D"
+
+
+def test_inspect_table_names_the_scratch_node(cli, default_model):
+    res = cli("inspect", str(default_model))
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.stdout.split())
+    info = gm.load_model(default_model, measure_arena=False)
+    node, op = info.espnn_scratch_node
+    assert f"host + ESP-NN scratch (largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes) + margin" in out
+
+
+def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
+    from gendertool.boards import get_board
+    from gendertool.render import build_context
+
+    info = gm.load_model(default_model)
+    board = get_board("xiao_esp32s3")
+    on = build_context(info, board)
+    off = build_context(info, board, options={"esp_nn": False})
+    assert on["app"]["arena_bytes"] == info.arena_bytes
+    # ANSI C: only softmax's width*4 (8 bytes for 2 classes) remains
+    assert off["app"]["arena_bytes"] == gm.firmware_arena_bytes(info.arena_host_bytes, 4 * info.classes)
+    assert off["app"]["arena_bytes"] < on["app"]["arena_bytes"]
