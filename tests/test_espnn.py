@@ -171,3 +171,16 @@ def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
     # ANSI C: only softmax's width*4 (8 bytes for 2 classes) remains
     assert off["app"]["arena_bytes"] == gm.firmware_arena_bytes(info.arena_host_bytes, 4 * info.classes)
     assert off["app"]["arena_bytes"] < on["app"]["arena_bytes"]
+
+
+def test_depthwise_asymmetric_pad_is_flagged():
+    # 33 high (SAME s2: total 2 -> leading pad 1), 32 wide (total 1 -> pad 0): pads (0, 1).
+    # Requested: pad_width 0, pad_height 2 -> 432 + 32*35*48 = 53,760 + 16 = 54,208.
+    # The kernel runs its s16 path instead: 2*(432 + 16 - 0) + 2*32*33*48 = 102,272 written.
+    entry = espnn._scratch("DEPTHWISE_CONV_2D", (1, 33, 32, 48), (1, 17, 16, 48), (1, 3, 3, 48),
+                           (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
+    assert entry[0] == 54_208
+    assert "kernel writes 102272: upstream under-allocation" in entry[1]
+    # symmetric pads carry no such note
+    assert "under-allocation" not in espnn._scratch("DEPTHWISE_CONV_2D", (1, 32, 32, 48), (1, 16, 16, 48),
+                                                    (1, 3, 3, 48), (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True)[1]
