@@ -382,6 +382,10 @@ def test_slow_replies_time_out_then_succeed(serve):
 def test_reset_command_reboots_through_a_reconnect(serve):
     client, _ = serve(period_ms=5)
     results(client, 5)
+    # results sent before the reset are kept and handed out first (the link loses nothing):
+    # stop and take them now, so the next result can only come from the rebooted device
+    client.stop()
+    client.poll(0)
     hello = client.reset(timeout=10)
     assert hello.running is True
     first = results(client, 1)[0]
