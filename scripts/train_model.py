@@ -87,7 +87,8 @@ def square_region(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndar
     return rgb[y0 : y0 + side, x0 : x0 + side]
 
 
-def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0) -> np.ndarray:
+def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0,
+            crop_fraction: float = 1.0) -> np.ndarray:
     """One random 64x64 training view. Geometry happens on the full image, before
     ``crop_resize``, so the pixels come out of the firmware's resize; colour jitter is
     per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
@@ -103,7 +104,8 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
         cx += rng.uniform(-0.12, 0.12) * fs
         cy += rng.uniform(-0.12, 0.12) * fs
     else:
-        side = m * rng.uniform(0.7, 1.0)
+        # scaled with the deployed centre crop (crop_fraction 1.0: the original 70-100 %)
+        side = m * crop_fraction * rng.uniform(0.7, 1.0)
         cx = w / 2 + rng.uniform(-0.5, 0.5) * (w - side if w > side else 0) * 0.5
         cy = h / 2 + rng.uniform(-0.5, 0.5) * (h - side if h > side else 0) * 0.5
     region = square_region(rgb, cx, cy, side)
@@ -132,11 +134,34 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def plain(rgb: np.ndarray) -> np.ndarray:
+def plain(rgb: np.ndarray, crop_fraction: float = 1.0) -> np.ndarray:
     """The deployed pipeline: centre square crop + integer bilinear resize."""
     from gendertool.preprocess import crop_resize
 
-    return crop_resize(rgb, SIZE, SIZE)
+    return crop_resize(rgb, SIZE, SIZE, crop_fraction)
+
+
+def ema_callback(tf, model, decay: float):
+    """Exponential moving average of every model weight (incl. BN moving statistics), updated
+    after each training batch; warm-up decay min(decay, (1 + t) / (10 + t)). Reading the
+    weights does not change training, so the raw run stays bit-identical."""
+
+    class Ema(tf.keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.step = 0
+            self.avg = [tf.Variable(tf.convert_to_tensor(w.value), trainable=False) for w in model.weights]
+
+        def on_train_batch_end(self, batch, logs=None):
+            self.step += 1
+            d = min(decay, (1.0 + self.step) / (10.0 + self.step))
+            for a, w in zip(self.avg, model.weights):
+                a.assign(d * a + (1.0 - d) * tf.convert_to_tensor(w.value))
+
+        def values(self):
+            return [a.numpy() for a in self.avg]
+
+    return Ema()
 
 
 # ---------------------------------------------------------------- model
@@ -163,10 +188,9 @@ def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
 
 
 # ---------------------------------------------------------------- quantisation + runtimes
-def convert_int8(tf, model, rep_images: np.ndarray) -> bytes:
-    from gendertool.preprocess import Preprocessing, normalize
+def convert_int8(tf, model, rep_images: np.ndarray, pre) -> bytes:
+    from gendertool.preprocess import normalize
 
-    pre = Preprocessing()
 
     def rep():
         for img in rep_images:
@@ -280,6 +304,11 @@ def main(argv=None) -> int:
     ap.add_argument("--mixup", type=float, default=0.0, help="mixup alpha (0 = off)")
     ap.add_argument("--final", action="store_true", help="train on train + inner-val (recipe fixed beforehand)")
     ap.add_argument("--bn-recal", action="store_true", help="re-estimate BN statistics on plain training views")
+    ap.add_argument("--ema", type=float, default=0.0,
+                    help="EMA decay of the weights (0 = off); the EMA weights are used, with BN "
+                         "statistics re-estimated on one pass of augmented training views")
+    ap.add_argument("--crop-fraction", type=float, default=1.0,
+                    help="deployed centre crop (Preprocessing.crop_fraction, written to the sidecar)")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
     ap.add_argument("--load-weights", type=Path, help="skip training: load Keras weights (.weights.h5)")
     ap.add_argument("--calib-images", type=int, default=200, help="representative images for INT8 calibration")
@@ -301,7 +330,8 @@ def main(argv=None) -> int:
     cv2.setNumThreads(1)
     from gendertool.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
 
-    pre = Preprocessing()
+    pre = Preprocessing(crop_fraction=args.crop_fraction)
+    cf = pre.crop_fraction
     t0 = time.time()
     items = list_dataset(args.data)
     cascade = cv2.CascadeClassifier(cv2.data.haarcascades + "haarcascade_frontalface_default.xml")
@@ -320,9 +350,9 @@ def main(argv=None) -> int:
         return np.stack([normalize(i, pre) for i in imgs]).astype(np.float32)
 
     y_train = np.array([lab for _, _, lab in train])
-    val_x = batch_float([plain(rgb) for _, rgb, _ in val]) if val else None
+    val_x = batch_float([plain(rgb, cf) for _, rgb, _ in val]) if val else None
     val_y = np.array([lab for _, _, lab in val])
-    train_plain = [plain(rgb) for _, rgb, _ in train]
+    train_plain = [plain(rgb, cf) for _, rgb, _ in train]
 
     model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
     steps = int(np.ceil(len(train) / args.batch)) * args.epochs
@@ -337,11 +367,12 @@ def main(argv=None) -> int:
         metrics=["accuracy"],
     )
     rng = np.random.default_rng(args.seed)
+    callbacks = [ema_callback(tf, model, args.ema)] if args.ema > 0 and not args.load_weights else []
     t1 = time.time()
     if args.load_weights:
         model.load_weights(args.load_weights)
     for epoch in range(0 if args.load_weights else args.epochs):
-        imgs = [augment(rgb, f, rng, args.p_face, args.erase) for (_, rgb, _), f in zip(train, faces)]
+        imgs = [augment(rgb, f, rng, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
         order = rng.permutation(len(x))
@@ -351,7 +382,7 @@ def main(argv=None) -> int:
             perm = rng.permutation(len(x))
             x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[perm]
             y = lam * y + (1 - lam) * y[perm]
-        hist = model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0)
+        hist = model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
         if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
             msg = f"epoch {epoch + 1}/{args.epochs} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {hist.history['accuracy'][0]:.3f}"
             if val_x is not None:
@@ -365,7 +396,23 @@ def main(argv=None) -> int:
     def accuracy(imgs, labels):
         return float(np.mean(model.predict(batch_float(imgs), verbose=0, batch_size=128).argmax(1) == labels))
 
-    val_plain = [plain(rgb) for _, rgb, _ in val]
+    val_plain = [plain(rgb, cf) for _, rgb, _ in val]
+    if callbacks:
+        raw_val = accuracy(val_plain, val_y) if val else None
+        model.set_weights(callbacks[0].values())
+        ema_val = accuracy(val_plain, val_y) if val else None
+        # the averaged weights do not match the averaged BN statistics exactly: re-estimate
+        # them on one pass of fresh augmented views (the distribution they were trained on)
+        rng_bn = np.random.default_rng(args.seed + 1)
+        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
+        bns = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
+        for l in bns:
+            l.momentum = 0.0
+        model(batch_float(aug), training=True)
+        for l in bns:
+            l.momentum = args.bn_momentum
+        recal_val = accuracy(val_plain, val_y) if val else None
+        print(f"inner-val: raw weights {raw_val}, EMA {ema_val}, EMA + BN re-estimation {recal_val} (used)", flush=True)
     if args.bn_recal:
         # Moving BN statistics drift with the augmented views; re-estimate them on the plain
         # (deployed-pipeline) training views: one training-mode pass over the whole set with
@@ -381,7 +428,7 @@ def main(argv=None) -> int:
         print(f"BN recalibration on plain training views: inner-val {before} -> {after}", flush=True)
 
     # eval-mode accuracies with the plain firmware pipeline
-    test_plain = [plain(rgb) for _, rgb, _ in test]
+    test_plain = [plain(rgb, cf) for _, rgb, _ in test]
     y_test = np.array([lab for _, _, lab in test])
     train_acc = float(np.mean(model.predict(batch_float(train_plain), verbose=0, batch_size=128).argmax(1) == y_train))
     float_pred = model.predict(batch_float(test_plain), verbose=0, batch_size=128).argmax(1)
@@ -391,7 +438,7 @@ def main(argv=None) -> int:
 
     # representative set: plain (deployed-pipeline) views of training images, fixed order
     rep = np.stack(train_plain[:: args.calib_stride][: args.calib_images])
-    data = convert_int8(tf, model, rep)
+    data = convert_int8(tf, model, rep, pre)
     sm_scale = softmax_input_scale(data)
     if not sm_scale > MIN_SOFTMAX_INPUT_SCALE:
         raise SystemExit(f"softmax input scale {sm_scale:g} is too small for TFLM; not writing the model")
