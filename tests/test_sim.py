@@ -314,6 +314,19 @@ def test_ten_thousand_results_with_garbage_between_lose_none(serve):
     assert st.max_buffered <= p.MAX_LINE
 
 
+def test_stopping_records_part_way_loses_nothing(serve):
+    client, dev = serve(period_ms=0, replay=True)
+    seqs = []
+    for _ in range(20):  # many short consumers, each breaking out in the middle of a read batch
+        for it in client.records(timeout=10):
+            if isinstance(it, p.Result):
+                seqs.append(it.seq)
+                if len(seqs) % 7 == 0:
+                    break
+    assert len(seqs) == 140
+    assert seqs == list(range(seqs[0], seqs[0] + 140))
+
+
 def test_resets_mid_record_are_counted_and_the_stream_recovers(serve):
     client, dev = serve(period_ms=2, replay=True, faults=SimFaults(reset_every=25))
     hellos = 0

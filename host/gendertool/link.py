@@ -192,8 +192,13 @@ class DeviceClient:
             left = None if deadline is None else deadline - time.monotonic()
             if left is not None and left <= 0:
                 return
-            for it in self.poll(0.5 if left is None else min(left, 0.5), reconnect=reconnect):
-                yield it
+            batch = deque(self.poll(0.5 if left is None else min(left, 0.5), reconnect=reconnect))
+            try:
+                while batch:
+                    yield batch.popleft()
+            finally:
+                # a consumer that stops part way leaves the rest for the next poll()/records()
+                self._backlog.extendleft(reversed(batch))
 
     # ----------------------------------------------------------------------------------
     # commands
