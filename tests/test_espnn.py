@@ -139,14 +139,18 @@ def test_default_model_largest_scratch_is_the_widest_1x1(default_model):
     assert info.espnn_scratch_bytes == top.bytes and info.espnn_scratch_node == (top.node, "CONV_2D")
 
 
-def test_firmware_arena_covers_host_plus_largest_scratch(cli, default_model):
+def test_firmware_arena_is_tail_plus_planned_head(cli, default_model):
     res = cli("inspect", "--json")
     assert res.exit_code == 0, res.output
     arena = json.loads(res.stdout)["arena"]
-    host, scratch, fw = arena["host_bytes"], arena["espnn_scratch_bytes"], arena["firmware_bytes"]
-    assert scratch == espnn.largest(espnn.model_scratch(default_model.read_bytes())).bytes
-    assert fw >= host + scratch + max(host * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES)
-    assert fw == gm.firmware_arena_bytes(host, scratch) and fw % 1024 == 0
+    scratch, fw = arena["espnn_scratch_bytes"], arena["firmware_bytes"]
+    tail, head = arena["tail_bytes"], arena["head_bytes"]
+    entries = espnn.model_scratch(default_model.read_bytes())
+    assert scratch == espnn.largest(entries).bytes and head > scratch
+    assert [e["node"] for e in arena["espnn_scratch"]] == [e.node for e in entries if e.bytes > 0]
+    assert tail + arena["host_head_bytes"] == arena["host_bytes"]
+    assert fw >= tail + head + max((tail + head) * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES)
+    assert fw == gm.firmware_arena_bytes(tail, head) == tail + head + arena["margin_bytes"] and fw % 1024 == 0
     assert arena["espnn_scratch_node"]["op"] == "CONV_2D"
 
 
@@ -156,7 +160,8 @@ def test_inspect_table_names_the_scratch_node(cli, default_model):
     out = " ".join(res.stdout.split())
     info = gm.load_model(default_model, measure_arena=False)
     node, op = info.espnn_scratch_node
-    assert f"host + ESP-NN scratch (largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes) + margin" in out
+    assert f"largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes" in out
+    assert "(TFLM greedy plan with ESP-NN scratch, peak at node" in out
 
 
 def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
@@ -168,8 +173,11 @@ def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
     on = build_context(info, board)
     off = build_context(info, board, options={"esp_nn": False})
     assert on["app"]["arena_bytes"] == info.arena_bytes
-    # ANSI C: only softmax's width*4 (8 bytes for 2 classes) remains
-    assert off["app"]["arena_bytes"] == gm.firmware_arena_bytes(info.arena_host_bytes, 4 * info.classes)
+    # ANSI C: conv/depthwise request nothing; the plan keeps softmax's width*4 and the MEAN
+    from gendertool import arena_plan
+
+    ansi_head = arena_plan.plan_head_bytes(info, arena_plan.firmware_scratch(info, optimized=False))
+    assert off["app"]["arena_bytes"] == gm.firmware_arena_bytes(info.arena.tail_bytes, ansi_head)
     assert off["app"]["arena_bytes"] < on["app"]["arena_bytes"]
 
 

@@ -22,15 +22,17 @@ from gendertool.preprocess import Preprocessing
 
 TFLITE_SCHEMA_VERSION = 3
 
-# Firmware arena = host figure + largest ESP-NN scratch + margin. The host figure comes from
-# the 64-bit TFLM host runtime with reference kernels, which request no scratch; ESP-NN's
-# conv/depthwise/softmax kernels on the S3 do (gendertool.espnn). TFLM's memory planner gives
-# a scratch buffer the lifetime of its one node, and nodes run one at a time, so at any
-# moment at most one scratch is live on top of the tensors the host figure already fits:
-# the peak grows by at most the largest one. On the 32-bit S3 the pointer-holding
-# bookkeeping is smaller than on the host; the margin, 25 % of the host figure (at least
-# 8 KiB), covers the greedy planner's placement and arena realignment. Rounded up to 1 KiB.
-ARENA_MARGIN_FRACTION = 0.25
+# Firmware arena = tail + planned head + margin (arena_budget). Tail: the persistent part
+# measured on the 64-bit host (measured arena minus its planned head), conservative on the
+# 32-bit S3 whose structs are smaller. Head: gendertool.arena_plan's emulation of TFLM's
+# GreedyMemoryPlanner with the scratch the S3 kernels request (ESP-NN for conv, depthwise,
+# softmax); with reference scratch it equals the host runtime's print_allocations head
+# (tests/test_arena_plan.py). The plan is emulated, not bounded, so the margin only covers
+# drift between the pinned esp-tflite-micro/esp-nn and the sources read, and the S3 kernels'
+# own persistent data (one scratch handle per request, esp_nn op data): 10 % of tail + head,
+# at least 8 KiB, rounded up to 1 KiB. (Planning itself borrows the free head temporarily,
+# about 70 bytes per buffer: far below the planned head.)
+ARENA_MARGIN_FRACTION = 0.10
 ARENA_MARGIN_MIN_BYTES = 8 * 1024
 ARENA_ROUND_BYTES = 1024
 
@@ -88,10 +90,12 @@ class ModelInfo:
     labels: tuple[str, ...]
     preprocessing: Preprocessing
     arena_host_bytes: int | None  # measured on the TFLM host runtime (64-bit host figure)
-    arena_bytes: int | None  # what the firmware allocates: host + largest ESP-NN scratch + margin
+    arena_bytes: int | None  # what the firmware allocates: tail + planned head + margin
     # largest per-node scratch ESP-NN (S3, CONFIG_NN_OPTIMIZED) requests, and its node
     espnn_scratch_bytes: int | None = None
     espnn_scratch_node: tuple[int, str] | None = None  # (operator index, operator name)
+    arena: "ArenaBudget | None" = None  # how arena_bytes is made up (None: not measured)
+    espnn_scratch: tuple = ()  # espnn.NodeScratch per node with a request
 
     @property
     def classes(self) -> int:
@@ -126,23 +130,59 @@ class ModelInfo:
                 "host_bytes": self.arena_host_bytes,
                 "host_note": "measured on the TFLM host runtime (64-bit host, reference kernels)",
                 "firmware_bytes": self.arena_bytes,
+                **(self.arena.to_dict() if self.arena else {}),
                 "espnn_scratch_bytes": self.espnn_scratch_bytes,
                 "espnn_scratch_node": (
                     {"node": self.espnn_scratch_node[0], "op": self.espnn_scratch_node[1]}
                     if self.espnn_scratch_node else None
                 ),
-                "firmware_formula": "host + largest ESP-NN scratch + margin",
-                "margin": f"+{ARENA_MARGIN_FRACTION:.0%} of host (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
+                "espnn_scratch": [e.to_dict() for e in self.espnn_scratch],
+                "firmware_formula": "tail + planned head (TFLM greedy plan with the ESP32-S3 kernels' scratch) + margin",
+                "margin": f"+{ARENA_MARGIN_FRACTION:.0%} of tail + head (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
                 f"rounded up to {ARENA_ROUND_BYTES} bytes",
             },
         }
 
 
-def firmware_arena_bytes(host_bytes: int, scratch_bytes: int = 0) -> int:
-    """The firmware's tensor arena: host-measured figure + the largest per-node ESP-NN
-    scratch + margin (see ARENA_MARGIN_*)."""
-    margin = max(math.ceil(host_bytes * ARENA_MARGIN_FRACTION), ARENA_MARGIN_MIN_BYTES)
-    return -(-(host_bytes + scratch_bytes + margin) // ARENA_ROUND_BYTES) * ARENA_ROUND_BYTES
+def firmware_arena_bytes(tail_bytes: int, head_bytes: int = 0) -> int:
+    """The firmware's tensor arena: persistent tail + planned head + margin (ARENA_MARGIN_*)."""
+    used = tail_bytes + head_bytes
+    margin = max(math.ceil(used * ARENA_MARGIN_FRACTION), ARENA_MARGIN_MIN_BYTES)
+    return -(-(used + margin) // ARENA_ROUND_BYTES) * ARENA_ROUND_BYTES
+
+
+@dataclass(frozen=True)
+class ArenaBudget:
+    host_bytes: int  # smallest working arena on the TFLM host runtime (+16, _arena_probe)
+    host_head_bytes: int  # emulated plan with the host's reference-kernel scratch
+    tail_bytes: int  # host_bytes - host_head_bytes: persistent (64-bit structs) + probe slack
+    head_bytes: int  # emulated plan with the ESP32-S3 kernels' scratch
+    peak_node: int | None  # operator index where the planned head peaks
+    margin_bytes: int  # firmware_bytes - tail - head (margin incl. rounding)
+    firmware_bytes: int
+    esp_nn: bool  # True: CONFIG_NN_OPTIMIZED scratch sizes, False: CONFIG_NN_ANSI_C
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "host_head_bytes": self.host_head_bytes,
+            "tail_bytes": self.tail_bytes,
+            "head_bytes": self.head_bytes,
+            "head_peak_node": self.peak_node,
+            "margin_bytes": self.margin_bytes,
+            "esp_nn": self.esp_nn,
+        }
+
+
+def arena_budget(model, host_bytes: int, *, esp_nn: bool = True) -> ArenaBudget:
+    """The firmware arena from the host-measured arena and the emulated TFLM memory plan.
+    ``model``: bytes, ModelInfo or parsed ModelT; ``esp_nn=False``: CONFIG_NN_ANSI_C."""
+    from gendertool import arena_plan
+
+    host_head = arena_plan.plan_head_bytes(model)
+    tail = max(host_bytes - host_head, 0)
+    plan = arena_plan.plan(model, arena_plan.firmware_scratch(model, optimized=esp_nn))
+    fw = firmware_arena_bytes(tail, plan.head)
+    return ArenaBudget(host_bytes, host_head, tail, plan.head, plan.peak_node(), fw - tail - plan.head, fw, esp_nn)
 
 
 def app_partition_bytes(board: str | None = None) -> tuple[str, int]:
@@ -237,14 +277,16 @@ def load_model_bytes(
     sha = hashlib.sha256(data).hexdigest()
     from gendertool import espnn
 
-    top = espnn.largest(espnn.model_scratch(model))
+    entries = espnn.model_scratch(model)
+    top = espnn.largest(entries)
     scratch = top.bytes if top else 0
-    host = fw = None
+    host = fw = budget = None
     if measure_arena:
         from gendertool._arena_probe import measure_arena_host
 
         host = measure_arena_host(data, sha, where)
-        fw = firmware_arena_bytes(host, scratch)
+        budget = arena_budget(model, host)
+        fw = budget.firmware_bytes
 
     return ModelInfo(
         path=path,
@@ -264,6 +306,8 @@ def load_model_bytes(
         arena_bytes=fw,
         espnn_scratch_bytes=scratch,
         espnn_scratch_node=(top.node, top.op) if top else None,
+        arena=budget,
+        espnn_scratch=tuple(e for e in entries if e.bytes > 0),
     )
 
 

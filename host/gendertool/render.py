@@ -271,12 +271,12 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     arena = options.get("arena_bytes", model.arena_bytes)
     scratch = model.espnn_scratch_bytes
     if "arena_bytes" not in options and not options.get("esp_nn", True) and model.arena_host_bytes:
-        # CONFIG_NN_ANSI_C: esp-nn's plain C kernels request (almost) no scratch
+        # CONFIG_NN_ANSI_C: esp-nn's plain C kernels request (almost) no scratch; re-plan
         from gendertool import espnn
-        from gendertool.model import firmware_arena_bytes
+        from gendertool.model import arena_budget
 
         scratch = max((e.bytes for e in espnn.model_scratch(model, optimized=False)), default=0)
-        arena = firmware_arena_bytes(model.arena_host_bytes, scratch)
+        arena = arena_budget(model, model.arena_host_bytes, esp_nn=False).firmware_bytes
     if not arena:
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16

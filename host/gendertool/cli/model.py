@@ -57,17 +57,23 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     summary.add_row("parameters", f"{info.parameters:,}")
     summary.add_row("MACs", f"{info.macs:,}")
     if info.arena_host_bytes is not None:
-        summary.add_row("arena (host)", f"{info.arena_host_bytes:,} bytes, measured on the TFLM host runtime (64-bit host figure)")
+        split = f" = head {info.arena.host_head_bytes:,} (planned) + tail {info.arena.tail_bytes:,}" if info.arena else ""
+        summary.add_row("arena (host)", f"{info.arena_host_bytes:,} bytes{split}, measured on the TFLM host runtime (64-bit host figure)")
         if info.espnn_scratch_node:
             node, op = info.espnn_scratch_node
-            scratch = f"ESP-NN scratch (largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes)"
+            scratch = f"largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes"
         else:
-            scratch = "ESP-NN scratch (none requested)"
-        summary.add_row(
-            "arena (firmware)",
-            f"{info.arena_bytes:,} bytes = host + {scratch} + margin "
-            f"({ARENA_MARGIN_FRACTION:.0%} of host, min {ARENA_MARGIN_MIN_BYTES // 1024} KiB), rounded up to 1 KiB",
-        )
+            scratch = "none requested"
+        summary.add_row("ESP-NN scratch", scratch)
+        b = info.arena
+        if b is not None:
+            peak = f", peak at node {b.peak_node}" if b.peak_node is not None else ""
+            summary.add_row(
+                "arena (firmware)",
+                f"{info.arena_bytes:,} bytes = tail {b.tail_bytes:,} (host persistent) + head {b.head_bytes:,} "
+                f"(TFLM greedy plan with ESP-NN scratch{peak}) + margin {b.margin_bytes:,} "
+                f"({ARENA_MARGIN_FRACTION:.0%} of tail + head, min {ARENA_MARGIN_MIN_BYTES // 1024} KiB, rounded up to 1 KiB)",
+            )
     else:
         summary.add_row("arena", "not measured (--no-arena)")
     console.print(summary)
