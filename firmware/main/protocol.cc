@@ -185,54 +185,35 @@ void RecordWriter::field_general(const char* k, double v) {
   put(tmp, static_cast<size_t>(n));
 }
 
-void RecordWriter::field_int8_array(const char* k, const int8_t* v, size_t n) {
+template <typename T, typename PutElem>
+void RecordWriter::field_array(const char* k, const T* v, size_t n, PutElem put_elem) {
   key(k);
   put('[');
   for (size_t i = 0; i < n; ++i) {
     if (i) put(',');
-    raw_int(v[i]);
+    put_elem(v[i]);
   }
   put(']');
+}
+
+void RecordWriter::field_int8_array(const char* k, const int8_t* v, size_t n) {
+  field_array(k, v, n, [this](int8_t x) { raw_int(x); });
 }
 
 void RecordWriter::field_int32_array(const char* k, const int32_t* v, size_t n) {
-  key(k);
-  put('[');
-  for (size_t i = 0; i < n; ++i) {
-    if (i) put(',');
-    raw_int(v[i]);
-  }
-  put(']');
+  field_array(k, v, n, [this](int32_t x) { raw_int(x); });
 }
 
 void RecordWriter::field_uint32_array(const char* k, const uint32_t* v, size_t n) {
-  key(k);
-  put('[');
-  for (size_t i = 0; i < n; ++i) {
-    if (i) put(',');
-    raw_uint(v[i]);
-  }
-  put(']');
+  field_array(k, v, n, [this](uint32_t x) { raw_uint(x); });
 }
 
 void RecordWriter::field_fixed_array(const char* k, const float* v, size_t n, int decimals) {
-  key(k);
-  put('[');
-  for (size_t i = 0; i < n; ++i) {
-    if (i) put(',');
-    raw_fixed(static_cast<double>(v[i]), decimals);
-  }
-  put(']');
+  field_array(k, v, n, [this, decimals](float x) { raw_fixed(static_cast<double>(x), decimals); });
 }
 
 void RecordWriter::field_str_array(const char* k, const char* const* v, size_t n) {
-  key(k);
-  put('[');
-  for (size_t i = 0; i < n; ++i) {
-    if (i) put(',');
-    put_escaped(v[i]);
-  }
-  put(']');
+  field_array(k, v, n, [this](const char* x) { put_escaped(x); });
 }
 
 void RecordWriter::begin_array(const char* k) {

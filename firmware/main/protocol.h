@@ -68,6 +68,9 @@ class RecordWriter {
   void raw_int(int64_t v);
   void raw_uint(uint64_t v);
   void raw_fixed(double v, int decimals);
+  // "key":[e0,e1,...] with put_elem(v[i]) writing each element; shared by the field_*_array.
+  template <typename T, typename PutElem>
+  void field_array(const char* k, const T* v, size_t n, PutElem put_elem);
 
   char buf_[kMaxRecord + 2];  // + "\n" + NUL
   size_t len_ = 0;
