@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING, Iterator, Sequence
 
 from gendertool.bench import REFERENCE_LABEL, REFERENCE_MS
 
@@ -24,13 +25,25 @@ def _title(text: str, simulated: bool) -> str:
     return f"SIMULATED (host timings, not a board's) - {text}" if simulated else text
 
 
+@contextmanager
+def _png(path: Path, figsize: tuple[float, float]) -> Iterator:
+    """Yields the axes; on a clean exit lays out and writes the PNG. The figure is always closed."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=figsize, dpi=100)
+    try:
+        yield ax
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
+
+
 def latency_histogram(result: "BenchResult", path: Path) -> Path:
     """Histogram of total and Invoke() latency in ms with the 40 ms reference line."""
-    plt = _pyplot()
     invoke = [s.invoke_us / 1000.0 for s in result.samples]
     total = [s.total_us / 1000.0 for s in result.samples]
-    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
-    try:
+    with _png(path, (8, 4.5)) as ax:
         values = invoke + total
         if values:
             lo, hi = min(values), max(values)
@@ -44,21 +57,14 @@ def latency_histogram(result: "BenchResult", path: Path) -> Path:
         ax.set_title(_title(f"Latency on {result.board} ({result.port}){status}", result.simulated), fontsize=10)
         ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
 def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", simulated: bool = False,
                   estimated: bool = False) -> Path:
     """Horizontal bars: total time per operator, slowest on top, share annotated."""
-    plt = _pyplot()
     rows = list(rows)
-    fig, ax = plt.subplots(figsize=(8, max(2.5, 0.4 * len(rows) + 1.2)), dpi=100)
-    try:
+    with _png(path, (8, max(2.5, 0.4 * len(rows) + 1.2))) as ax:
         names = [r.op for r in reversed(rows)]
         ms = [r.total_us / 1000.0 for r in reversed(rows)]
         bars = ax.barh(names, ms, color="tab:blue")
@@ -70,11 +76,6 @@ def operator_bars(rows: "Sequence[OpTiming]", path: Path, *, board: str = "", si
                             simulated), fontsize=10)
         ax.margins(x=0.2)
         ax.grid(axis="x", alpha=0.3)
-        fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
-    finally:
-        plt.close(fig)
     return path
 
 
