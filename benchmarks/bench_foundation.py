@@ -18,13 +18,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from _common import gendertool_cmd
+
 REPO = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL = REPO / "models" / "gender_mbv2_035_64.tflite"
-
-
-def _gendertool() -> list[str]:
-    script = Path(sys.executable).with_name("gendertool")
-    return [str(script)] if script.exists() else [sys.executable, "-m", "gendertool"]
 
 
 def _time(cmd: list[str], runs: int, env: dict | None = None, fresh_cache: bool = False, stdout=None) -> list[float]:
@@ -49,7 +46,7 @@ def main() -> int:
     parser.add_argument("model", nargs="?", type=Path, default=DEFAULT_MODEL)
     parser.add_argument("--runs", type=int, default=7)
     args = parser.parse_args()
-    gt = _gendertool()
+    gt = gendertool_cmd()
     model = args.model.resolve()
     print(f"model: {model} ({model.stat().st_size:,} bytes)")
 

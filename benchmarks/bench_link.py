@@ -16,24 +16,15 @@ from __future__ import annotations
 
 import argparse
 import os
-import shutil
 import statistics
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-
-def _gendertool() -> list[str]:
-    exe = Path(sys.executable).with_name("gendertool")
-    if exe.exists():
-        return [str(exe)]
-    found = shutil.which("gendertool")
-    return [found] if found else [sys.executable, "-m", "gendertool"]
+from _common import gendertool_cmd
 
 
 def time_to_first_result(starts: int) -> None:
-    cmd = _gendertool() + ["monitor", "--port", "sim", "--count", "1", "--json"]
+    cmd = gendertool_cmd() + ["monitor", "--port", "sim", "--count", "1", "--json"]
     env = dict(os.environ, NO_COLOR="1")
     times = []
     for _ in range(starts):
@@ -65,7 +56,7 @@ def _start_sim(*args: str) -> tuple[subprocess.Popen, str]:
     import socket
 
     port = _free_port()
-    proc = subprocess.Popen(_gendertool() + ["sim", "--listen", f"127.0.0.1:{port}", *args],
+    proc = subprocess.Popen(gendertool_cmd() + ["sim", "--listen", f"127.0.0.1:{port}", *args],
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline:
