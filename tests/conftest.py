@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -103,6 +104,41 @@ def portraits(shared_dir) -> Path:
 def default_model() -> Path:
     assert DEFAULT_MODEL.is_file(), "the default model must be committed in models/"
     return DEFAULT_MODEL
+
+
+@pytest.fixture(scope="session")
+def model_info():
+    """The default model, loaded once for the session (no arena probe)."""
+    from gendertool.model import load_model
+
+    return load_model(None, measure_arena=False)
+
+
+@pytest.fixture
+def sim_server(model_info):
+    """Virtual devices on 127.0.0.1 (socket://): ``make(cls=SimDevice, period_ms=10, **SimDevice kwargs)``
+    -> a started SimServer; all are closed after the test."""
+    from gendertool.simdevice import SimDevice, SimServer
+
+    servers = []
+
+    def make(cls=SimDevice, *, period_ms: int = 10, **kw):
+        server = SimServer(cls(model_info, boot_delay_s=0.05, period_ms=period_ms, **kw)).start()
+        servers.append(server)
+        return server
+
+    yield make
+    for s in servers:
+        s.close()
+
+
+def closed_port_url() -> str:
+    """A socket:// URL on 127.0.0.1 where nothing listens any more: connecting is refused."""
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+    s.close()
+    return f"socket://127.0.0.1:{port}"
 
 
 def have_cmd(name: str) -> bool:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import socket
 import struct
 from pathlib import Path
 
@@ -12,38 +11,7 @@ import pytest
 from gendertool import bench
 from gendertool.bench import BenchResult, Sample
 
-
-@pytest.fixture(scope="module")
-def model_info():
-    from gendertool.model import load_model
-
-    return load_model(None, measure_arena=False)
-
-
-@pytest.fixture
-def sim_server(model_info):
-    """Start virtual devices on 127.0.0.1 (socket://); ``make(**SimDevice kwargs)`` -> server."""
-    from gendertool.simdevice import SimDevice, SimServer
-
-    servers = []
-
-    def make(**kw):
-        kw.setdefault("period_ms", 10)
-        server = SimServer(SimDevice(model_info, boot_delay_s=0.05, **kw)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        s.close()
-
-
-def _free_port_url() -> str:
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()  # nothing listens there now: connecting is refused
-    return f"socket://127.0.0.1:{port}"
+from conftest import closed_port_url
 
 
 def _png_ok(path: Path) -> None:
@@ -146,14 +114,14 @@ def test_bad_input_option(cli):
      (["--warmup", "-1"], "0..1000")],
 )
 def test_request_out_of_range_fails_before_the_device(cli, tmp_path, args, message):
-    r = cli("bench", "--port", _free_port_url(), *args, "--out", tmp_path)
+    r = cli("bench", "--port", closed_port_url(), *args, "--out", tmp_path)
     assert r.exit_code == 2 and message in r.stderr
     assert not (tmp_path / "bench.json").exists()
 
 
 def test_several_ports_in_parallel(cli, sim_server, tmp_path):
     a, b = sim_server(), sim_server()
-    refused = _free_port_url()
+    refused = closed_port_url()
     r = cli("bench", "--port", a.url, "--port", b.url, "--port", refused, "-n", "12", "--warmup", "0",
             "--no-plots", "--out", tmp_path)
     assert r.exit_code == 2  # one board failed; the others are still reported
@@ -197,7 +165,7 @@ def test_compare_with_old_file(cli, sim_server, tmp_path):
 def test_compare_bad_file_fails_before_the_device(cli, tmp_path):
     bad = tmp_path / "old.json"
     bad.write_text('{"kind": "something else"}')
-    r = cli("bench", "--port", _free_port_url(), "--compare", bad)
+    r = cli("bench", "--port", closed_port_url(), "--compare", bad)
     assert r.exit_code == 2 and "not a bench.json" in r.stderr
 
 

@@ -3,20 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
-import socket
 
 import numpy as np
 import pytest
 
-from gendertool.simdevice import SimDevice, SimFaults, SimServer
+from gendertool.simdevice import SimDevice, SimFaults
 
-
-@pytest.fixture(scope="module")
-def model_info():
-    from gendertool.model import load_model
-
-    return load_model(None, measure_arena=False)
+from conftest import closed_port_url
 
 
 @pytest.fixture(scope="module")
@@ -64,18 +59,9 @@ class OtherModelDevice(SimDevice):
 
 
 @pytest.fixture
-def sim_server(model_info):
-    servers = []
-
-    def make(cls=SimDevice, **kw):
-        kw.setdefault("period_ms", 50)
-        server = SimServer(cls(model_info, boot_delay_s=0.05, **kw)).start()
-        servers.append(server)
-        return server
-
-    yield make
-    for s in servers:
-        s.close()
+def sim_server(sim_server):
+    """conftest's virtual devices, with a slower result stream for these tests."""
+    return functools.partial(sim_server, period_ms=50)
 
 
 def test_help(cli):
@@ -174,10 +160,7 @@ def test_several_ports_aggregated(cli, sim_server, images):
 
 
 def test_unreachable_port(cli, images):
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    url = f"socket://127.0.0.1:{s.getsockname()[1]}"
-    s.close()
+    url = closed_port_url()
     r = cli("validate", "--port", url, "--images", images)
     assert r.exit_code == 2 and url in r.stderr
     assert "Traceback" not in r.output

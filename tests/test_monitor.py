@@ -33,9 +33,9 @@ PY = sys.executable
 
 
 @pytest.fixture(scope="module")
-def fast_device():
-    """One virtual device for the module (loading the model costs ~1 s): no period, replayed results."""
-    return SimDevice(period_ms=0, replay=True)
+def fast_device(model_info):
+    """One virtual device for the module (the session's model): no period, replayed results."""
+    return SimDevice(model_info, period_ms=0, replay=True)
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import errno
 import os
+import re
 import socket
 import time
 from types import SimpleNamespace
@@ -13,6 +14,8 @@ import serial
 
 from gendertool.errors import DeviceError
 from gendertool.transport import PortVanished, Transport, find_esp32s3_ports, open_port
+
+from conftest import closed_port_url
 
 
 @pytest.fixture
@@ -95,12 +98,9 @@ def test_exclusive_and_no_reset_lines_requested(monkeypatch):
 
 
 def test_socket_refused_is_clear():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    with pytest.raises(DeviceError, match=rf"cannot connect to socket://127.0.0.1:{port}: connection refused"):
-        open_port(f"socket://127.0.0.1:{port}")
+    url = closed_port_url()
+    with pytest.raises(DeviceError, match=rf"cannot connect to {re.escape(url)}: connection refused"):
+        open_port(url)
 
 
 def test_unsupported_url_and_empty_port():
