@@ -57,9 +57,9 @@ def _record_code(i: int, vec: dict) -> str:
         h.input_shape = shape{i}; h.input_dims = {len(f['input'])};
         h.in_scale = static_cast<float>({_c_double(f['in_scale'])}); h.in_zp = {f['in_zp']};
         h.out_scale = static_cast<float>({_c_double(f['out_scale'])}); h.out_zp = {f['out_zp']};
-        h.arena_bytes = {f['arena_bytes']}u; h.arena_used = {f['arena_used']}u;
-        h.heap_internal = {f['heap_internal']}u; h.heap_psram = {f['heap_psram']}u; h.cpu_mhz = {f['cpu_mhz']}u;
-        h.idf = {_c_str(f['idf'])}; h.tflm = {_c_str(f['tflm'])}; h.esp_nn = {_c_str(f['esp_nn'])};
+        h.device = gt::DeviceStatus{{{f['arena_bytes']}u, {f['arena_used']}u, {f['heap_internal']}u, {f['heap_psram']}u,
+                                     {f['cpu_mhz']}u, {_c_str(f['idf'])}}};
+        h.tflm = {_c_str(f['tflm'])}; h.esp_nn = {_c_str(f['esp_nn'])};
         h.samples = {f['samples']}u; h.source = {_c_str(f['source'])};
         h.running = {_c_bool(f['running'])}; h.simulated = {sim};
         ok = gt::write_hello(w, h);"""

@@ -27,7 +27,6 @@ void AppController::Error(const char* code, const char* cmd, const char* message
 }
 
 void AppController::SendHello() {
-  const DeviceStatus st = platform_.Status();
   HelloInfo h{};
   h.fw = kFirmwareVersion;
   h.board = kBoardName;
@@ -42,12 +41,7 @@ void AppController::SendHello() {
   h.in_zp = kInputZeroPoint;
   h.out_scale = kOutputScale;
   h.out_zp = kOutputZeroPoint;
-  h.arena_bytes = st.arena_bytes;
-  h.arena_used = st.arena_used;
-  h.heap_internal = st.heap_internal;
-  h.heap_psram = st.heap_psram;
-  h.cpu_mhz = st.cpu_mhz;
-  h.idf = st.idf;
+  h.device = platform_.Status();
   h.tflm = kTflmVersion;
   h.esp_nn = kEspNnVersion;
   h.samples = kNumSampleImages;

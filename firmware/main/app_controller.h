@@ -17,16 +17,6 @@ struct OpTiming {
   int64_t us;
 };
 
-// Device figures for the hello record.
-struct DeviceStatus {
-  uint32_t arena_bytes;
-  uint32_t arena_used;
-  uint32_t heap_internal;
-  uint32_t heap_psram;
-  uint32_t cpu_mhz;
-  const char* idf;
-};
-
 class Platform {
  public:
   virtual ~Platform() = default;

@@ -289,12 +289,12 @@ bool write_hello(RecordWriter& w, const HelloInfo& h) {
   w.field_int("in_zp", h.in_zp);
   w.field_general("out_scale", h.out_scale);
   w.field_int("out_zp", h.out_zp);
-  w.field_uint("arena_bytes", h.arena_bytes);
-  w.field_uint("arena_used", h.arena_used);
-  w.field_uint("heap_internal", h.heap_internal);
-  w.field_uint("heap_psram", h.heap_psram);
-  w.field_uint("cpu_mhz", h.cpu_mhz);
-  w.field_str("idf", h.idf);
+  w.field_uint("arena_bytes", h.device.arena_bytes);
+  w.field_uint("arena_used", h.device.arena_used);
+  w.field_uint("heap_internal", h.device.heap_internal);
+  w.field_uint("heap_psram", h.device.heap_psram);
+  w.field_uint("cpu_mhz", h.device.cpu_mhz);
+  w.field_str("idf", h.device.idf);
   w.field_str("tflm", h.tflm);
   w.field_str("esp_nn", h.esp_nn);
   w.field_uint("samples", h.samples);

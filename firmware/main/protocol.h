@@ -83,6 +83,16 @@ class RecordWriter {
 
 // ---- typed records (field names and order exactly as docs/protocol.md §1.4) ----------
 
+// The running device's figures in the hello record (the app's Platform::Status() fills it).
+struct DeviceStatus {
+  uint32_t arena_bytes;
+  uint32_t arena_used;
+  uint32_t heap_internal;
+  uint32_t heap_psram;
+  uint32_t cpu_mhz;
+  const char* idf;
+};
+
 struct HelloInfo {
   const char* fw;
   const char* board;
@@ -97,12 +107,7 @@ struct HelloInfo {
   int32_t in_zp;
   double out_scale;
   int32_t out_zp;
-  uint32_t arena_bytes;
-  uint32_t arena_used;
-  uint32_t heap_internal;
-  uint32_t heap_psram;
-  uint32_t cpu_mhz;
-  const char* idf;
+  DeviceStatus device;  // arena_bytes .. idf, in record order
   const char* tflm;
   const char* esp_nn;
   uint32_t samples;
