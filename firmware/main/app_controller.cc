@@ -122,14 +122,20 @@ void AppController::RunSelftest() {
   Send(write_selftest(writer_, failed == 0, kNumSampleImages, failed, entries, shown, false));
 }
 
+// Fills the input from the current source for `cmd`; on failure sends its error record.
+bool AppController::PrepareInput(const char* cmd, const char* message, int* sample, int64_t* pre_us) {
+  const char* error = "internal";
+  if (!platform_.ModelReady() || !platform_.FillInput(source_, sample, pre_us, &error)) {
+    Error(platform_.ModelReady() ? error : "internal", cmd, message);
+    return false;
+  }
+  return true;
+}
+
 void AppController::RunProfile() {
   int sample = -1;
   int64_t pre_us = 0;
-  const char* error = "internal";
-  if (!platform_.ModelReady() || !platform_.FillInput(source_, &sample, &pre_us, &error)) {
-    Error(platform_.ModelReady() ? error : "internal", "profile", "no input for the profiled run");
-    return;
-  }
+  if (!PrepareInput("profile", "no input for the profiled run", &sample, &pre_us)) return;
   int64_t invoke_us = 0;
   const int n = platform_.Profile(ops_, kMaxProfiledOps, &invoke_us);
   if (n < 0) {
@@ -159,12 +165,9 @@ bool AppController::BenchInput(Source source, int sample, int64_t* pre_us, const
 void AppController::RunBench(uint32_t n, uint32_t warmup) {
   int sample = -1;
   int64_t pre_us = 0;
-  const char* error = "internal";
   // Picks the input (the next sample, as continuous inference would) and checks there is one.
-  if (!platform_.ModelReady() || !platform_.FillInput(source_, &sample, &pre_us, &error)) {
-    Error(platform_.ModelReady() ? error : "internal", "bench", "no input for the benchmark");
-    return;
-  }
+  if (!PrepareInput("bench", "no input for the benchmark", &sample, &pre_us)) return;
+  const char* error = "internal";
   int64_t invoke_us = 0;
   BenchStats stats;
   uint32_t pre_batch[kBenchBatch];

@@ -75,6 +75,7 @@ class AppController {
   void SendResult(Source source, int sample, int64_t pre_us, int64_t invoke_us);
   bool RunOnce(Source source, const char* cmd);
   void RunSelftest();
+  bool PrepareInput(const char* cmd, const char* message, int* sample, int64_t* pre_us);
   void RunProfile();
   void RunBench(uint32_t n, uint32_t warmup);
   bool BenchInput(Source source, int sample, int64_t* pre_us, const char** error);
