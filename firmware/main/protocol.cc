@@ -216,9 +216,9 @@ void RecordWriter::field_str_array(const char* k, const char* const* v, size_t n
   field_array(k, v, n, [this](const char* x) { put_escaped(x); });
 }
 
-void RecordWriter::begin_array(const char* k) {
+void RecordWriter::open_nested(const char* k, char bracket) {
   key(k);
-  put('[');
+  put(bracket);
   if (++depth_ >= 8) {
     overflow_ = true;
     return;
@@ -226,25 +226,15 @@ void RecordWriter::begin_array(const char* k) {
   need_comma_[depth_] = false;
 }
 
-void RecordWriter::end_array() {
-  put(']');
+void RecordWriter::close_nested(char bracket) {
+  put(bracket);
   --depth_;
 }
 
-void RecordWriter::begin_object(const char* k) {
-  key(k);
-  put('{');
-  if (++depth_ >= 8) {
-    overflow_ = true;
-    return;
-  }
-  need_comma_[depth_] = false;
-}
-
-void RecordWriter::end_object() {
-  put('}');
-  --depth_;
-}
+void RecordWriter::begin_array(const char* k) { open_nested(k, '['); }
+void RecordWriter::end_array() { close_nested(']'); }
+void RecordWriter::begin_object(const char* k) { open_nested(k, '{'); }
+void RecordWriter::end_object() { close_nested('}'); }
 
 bool RecordWriter::finish() {
   if (depth_ != 1) overflow_ = true;

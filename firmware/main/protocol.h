@@ -68,6 +68,8 @@ class RecordWriter {
   void raw_int(int64_t v);
   void raw_uint(uint64_t v);
   void raw_fixed(double v, int decimals);
+  void open_nested(const char* k, char bracket);  // begin_array / begin_object
+  void close_nested(char bracket);
   // "key":[e0,e1,...] with put_elem(v[i]) writing each element; shared by the field_*_array.
   template <typename T, typename PutElem>
   void field_array(const char* k, const T* v, size_t n, PutElem put_elem);
