@@ -307,6 +307,12 @@ def main(argv=None) -> int:
     ap.add_argument("--ema", type=float, default=0.0,
                     help="EMA decay of the weights (0 = off); the EMA weights are used, with BN "
                          "statistics re-estimated on one pass of augmented training views")
+    ap.add_argument("--teachers", default="",
+                    help="knowledge distillation: comma-separated .weights.h5 of same-architecture "
+                         "teachers (trained WITHOUT the images used for selection); their averaged "
+                         "softened predictions on each training view are mixed into the targets")
+    ap.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the teachers' targets")
+    ap.add_argument("--kd-temp", type=float, default=2.0, help="softening temperature of the teachers")
     ap.add_argument("--crop-fraction", type=float, default=1.0,
                     help="deployed centre crop (Preprocessing.crop_fraction, written to the sidecar)")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
@@ -366,6 +372,13 @@ def main(argv=None) -> int:
         loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
         metrics=["accuracy"],
     )
+    teachers = []
+    for wpath in filter(None, args.teachers.split(",")):
+        t = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
+        t.load_weights(wpath)
+        teachers.append(t)
+        if val_x is not None:
+            print(f"teacher {wpath}: inner-val {np.mean(t.predict(val_x, verbose=0).argmax(1) == val_y):.3f}", flush=True)
     rng = np.random.default_rng(args.seed)
     callbacks = [ema_callback(tf, model, args.ema)] if args.ema > 0 and not args.load_weights else []
     t1 = time.time()
@@ -375,6 +388,13 @@ def main(argv=None) -> int:
         imgs = [augment(rgb, f, rng, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
+        if teachers:
+            # softmax(logits / T) from the teachers' probabilities: p ** (1 / T), renormalised
+            soft = []
+            for t in teachers:
+                pt = np.clip(t.predict(x, verbose=0, batch_size=128), 1e-7, 1.0) ** (1.0 / args.kd_temp)
+                soft.append(pt / pt.sum(1, keepdims=True))
+            y = (1 - args.kd_alpha) * y + args.kd_alpha * np.mean(soft, axis=0).astype(np.float32)
         order = rng.permutation(len(x))
         x, y = x[order], y[order]
         if args.mixup > 0:
@@ -473,7 +493,7 @@ def main(argv=None) -> int:
         "output_scale": float(outd["quantization"][0]), "output_zero_point": int(outd["quantization"][1]),
         "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                 if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write")},
+                 if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers")},
     }
     print(json.dumps(metrics, indent=2), flush=True)
     if args.no_write:
