@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -165,6 +164,16 @@ def ema_callback(tf, model, decay: float):
 
 
 # ---------------------------------------------------------------- model
+def reestimate_bn(tf, model, images: np.ndarray, momentum: float) -> None:
+    """One training-mode pass with momentum 0 makes every moving mean/variance the population figure."""
+    bns = [layer for layer in model.layers if isinstance(layer, tf.keras.layers.BatchNormalization)]
+    for layer in bns:
+        layer.momentum = 0.0
+    model(images, training=True)
+    for layer in bns:
+        layer.momentum = momentum
+
+
 def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
     keras = tf.keras
     base = keras.applications.MobileNetV2(
@@ -222,70 +231,6 @@ def softmax_input_scale(data: bytes) -> float:
     return float(scales[0])
 
 
-def count_macs(data: bytes) -> int:
-    it = litert_interpreter(data)
-    shape = {t["index"]: tuple(t["shape"]) for t in it.get_tensor_details()}
-    macs = 0
-    for op in it._get_ops_details():
-        name, ins, outs = op["op_name"], op["inputs"], op["outputs"]
-        if name == "CONV_2D":
-            o, k = shape[outs[0]], shape[ins[1]]  # out [1,H,W,Co], filter [Co,kh,kw,Ci]
-            macs += int(o[1] * o[2] * o[3] * k[1] * k[2] * k[3])
-        elif name == "DEPTHWISE_CONV_2D":
-            o, k = shape[outs[0]], shape[ins[1]]  # filter [1,kh,kw,C*m]
-            macs += int(o[1] * o[2] * o[3] * k[1] * k[2])
-        elif name == "FULLY_CONNECTED":
-            k = shape[ins[1]]  # [units, in]
-            macs += int(k[0] * k[1])
-    return macs
-
-
-_TFLM_CHILD = r"""
-import sys, json, numpy as np, tflite_micro
-data = open(sys.argv[1], "rb").read()
-x = np.load(sys.argv[2])
-it = tflite_micro.runtime.Interpreter.from_bytes(data, arena_size=int(sys.argv[3]))
-outs = []
-for i in range(len(x)):
-    it.set_input(x[i:i+1], 0)
-    it.invoke()
-    outs.append(it.get_output(0).reshape(-1))
-np.save(sys.argv[4], np.stack(outs))
-sys.stdout.flush()
-it.print_allocations()
-"""
-
-
-def run_tflm(model_path: Path, inputs: np.ndarray, arena_size: int = 512 * 1024) -> tuple[np.ndarray, int | None]:
-    """Run the TFLM host runtime in a child process (an abort must not kill us).
-    Returns the int8 outputs and the arena total from print_allocations."""
-    import re
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        xin, xout = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
-        np.save(xin, inputs)
-        proc = subprocess.run(
-            [sys.executable, "-c", _TFLM_CHILD, str(model_path), str(xin), str(arena_size), str(xout)],
-            capture_output=True, text=True,
-        )
-        if proc.returncode != 0:
-            raise SystemExit(f"TFLM host runtime failed (exit {proc.returncode}): {proc.stderr[-2000:]}")
-        m = re.search(r"Arena allocation total (\d+) bytes", proc.stdout + proc.stderr)
-        return np.load(xout), (int(m.group(1)) if m else None)
-
-
-def run_litert(data: bytes, inputs: np.ndarray) -> np.ndarray:
-    it = litert_interpreter(data)
-    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
-    outs = []
-    for x in inputs:
-        it.set_tensor(ind["index"], x[None])
-        it.invoke()
-        outs.append(it.get_tensor(outd["index"]).reshape(-1).copy())
-    return np.stack(outs)
-
-
 # ---------------------------------------------------------------- main
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -334,7 +279,10 @@ def main(argv=None) -> int:
     import cv2
 
     cv2.setNumThreads(1)
+    from gendertool.errors import ModelError
+    from gendertool.model import load_model_bytes
     from gendertool.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
+    from gendertool.runtime import LiteRtRunner, TflmRunner
 
     pre = Preprocessing(crop_fraction=args.crop_fraction)
     cf = pre.crop_fraction
@@ -425,12 +373,7 @@ def main(argv=None) -> int:
         # them on one pass of fresh augmented views (the distribution they were trained on)
         rng_bn = np.random.default_rng(args.seed + 1)
         aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
-        bns = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
-        for l in bns:
-            l.momentum = 0.0
-        model(batch_float(aug), training=True)
-        for l in bns:
-            l.momentum = args.bn_momentum
+        reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
         recal_val = accuracy(val_plain, val_y) if val else None
         print(f"inner-val: raw weights {raw_val}, EMA {ema_val}, EMA + BN re-estimation {recal_val} (used)", flush=True)
     if args.bn_recal:
@@ -438,12 +381,7 @@ def main(argv=None) -> int:
         # (deployed-pipeline) training views: one training-mode pass over the whole set with
         # momentum 0 makes every moving mean/variance the population figure.
         before = accuracy(val_plain, val_y) if val else None
-        bns = [l for l in model.layers if isinstance(l, tf.keras.layers.BatchNormalization)]
-        for l in bns:
-            l.momentum = 0.0
-        model(batch_float(train_plain), training=True)
-        for l in bns:
-            l.momentum = args.bn_momentum
+        reestimate_bn(tf, model, batch_float(train_plain), args.bn_momentum)
         after = accuracy(val_plain, val_y) if val else None
         print(f"BN recalibration on plain training views: inner-val {before} -> {after}", flush=True)
 
@@ -463,9 +401,13 @@ def main(argv=None) -> int:
     if not sm_scale > MIN_SOFTMAX_INPUT_SCALE:
         raise SystemExit(f"softmax input scale {sm_scale:g} is too small for TFLM; not writing the model")
 
-    it = litert_interpreter(data)
-    ind, outd = it.get_input_details()[0], it.get_output_details()[0]
-    in_scale, in_zp = (float(v) for v in ind["quantization"])
+    # every check gendertool applies to any model (TFLM-abort conditions first, then the arena
+    # probe in a child process), then the same runners `gendertool validate` uses
+    try:
+        info = load_model_bytes(data, name=NAME, labels=LABELS, preprocessing=pre)
+    except ModelError as exc:
+        raise SystemExit(f"the converted model fails gendertool's checks: {exc}")
+    in_scale, in_zp = info.input.scale, info.input.zero_point
     lut = quant_lut(pre, in_scale, int(in_zp))
     xq = np.stack([quantize(img, lut) for img in test_plain]).astype(np.int8)
 
@@ -474,8 +416,9 @@ def main(argv=None) -> int:
     model_path = out_dir / f"{NAME}.tflite"
     tmp_path = model_path.with_suffix(".tflite.tmp") if not args.no_write else Path("/tmp") / f"{NAME}.{os.getpid()}.tflite"
     tmp_path.write_bytes(data)
-    q_lite = run_litert(data, xq)
-    q_tflm, arena = run_tflm(tmp_path, xq)
+    lite, tflm = LiteRtRunner(data, "reference"), TflmRunner(data)
+    q_lite = np.stack([lite.invoke(x[None]).reshape(-1) for x in xq])
+    q_tflm = np.stack([tflm.invoke(x[None]).reshape(-1) for x in xq])
     int8_acc_lite = float(np.mean(q_lite.argmax(1) == y_test))
     int8_acc_tflm = float(np.mean(q_tflm.argmax(1) == y_test))
     same = int(np.sum(np.all(q_lite == q_tflm, axis=1)))
@@ -487,10 +430,10 @@ def main(argv=None) -> int:
         "heldout_accuracy_float": float_acc,
         "heldout_accuracy_int8_litert_ref": int8_acc_lite, "heldout_accuracy_int8_tflm": int8_acc_tflm,
         "parity_bit_identical": f"{same}/{len(test)}", "parity_max_abs_diff": maxdiff,
-        "size_bytes": len(data), "sha256": sha, "macs": count_macs(data),
-        "arena_host_bytes": arena, "softmax_input_scale": sm_scale,
+        "size_bytes": len(data), "sha256": sha, "macs": info.macs,
+        "arena_host_bytes": info.arena_host_bytes, "softmax_input_scale": sm_scale,
         "input_scale": in_scale, "input_zero_point": int(in_zp),
-        "output_scale": float(outd["quantization"][0]), "output_zero_point": int(outd["quantization"][1]),
+        "output_scale": info.output.scale, "output_zero_point": info.output.zero_point,
         "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers")},
