@@ -163,6 +163,71 @@ def ema_callback(tf, model, decay: float):
     return Ema()
 
 
+# ---------------------------------------------------------------- face teacher (dlib)
+DLIB_MODELS = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_resnet_model_v1.dat",
+               "mmod_human_face_detector.dat")  # all three CC0 (public domain), from dlib-models
+
+
+def face_embeddings(records, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """dlib's 128-d face descriptor of the largest face in each ``(name, rgb, label)`` record
+    (HOG detector, CNN detector when HOG finds none, 5-point alignment), and whether a face
+    was found. Pretrained on faces unrelated to the portraits; the portraits' labels are only
+    used by the logistic regression on top (:func:`teacher_probs`)."""
+    names = [name for name, _, _ in records]
+    if cache is not None and cache.exists():
+        z = np.load(cache)
+        known = {n: i for i, n in enumerate(z["names"].tolist())}
+        if all(n in known for n in names):
+            idx = [known[n] for n in names]
+            return z["embs"][idx], z["found"][idx]
+    import dlib
+    import face_recognition_models
+
+    md = Path(face_recognition_models.__file__).parent / "models"
+    hog = dlib.get_frontal_face_detector()
+    cnn = dlib.cnn_face_detection_model_v1(str(md / DLIB_MODELS[2]))
+    sp = dlib.shape_predictor(str(md / DLIB_MODELS[0]))
+    rec = dlib.face_recognition_model_v1(str(md / DLIB_MODELS[1]))
+    embs, found = np.zeros((len(records), 128)), np.zeros(len(records), bool)
+    for i, (_, rgb, _) in enumerate(records):
+        rgb = np.ascontiguousarray(rgb)
+        dets = list(hog(rgb, 1)) or [d.rect for d in cnn(rgb, 1)]
+        if dets:
+            r = max(dets, key=lambda r: r.width() * r.height())
+            embs[i] = np.asarray(rec.compute_face_descriptor(rgb, sp(rgb, r), 0))
+            found[i] = True
+    if cache is not None:
+        np.savez(cache, names=np.array(names), embs=embs, found=found)
+    return embs, found
+
+
+def fit_logreg(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
+    """L2-regularised logistic regression (Newton's method; bias not penalised)."""
+    xb = np.hstack([x, np.ones((len(x), 1))])
+    w = np.zeros(xb.shape[1])
+    pen = np.r_[np.ones(len(w) - 1), 0.0] * lam
+    for _ in range(30):
+        p = 1.0 / (1.0 + np.exp(-xb @ w))
+        w -= np.linalg.solve(xb.T @ (xb * (p * (1 - p))[:, None]) + np.diag(pen), xb.T @ (p - y) + pen * w)
+    return w
+
+
+def logreg_prob(w: np.ndarray, x: np.ndarray) -> np.ndarray:
+    return 1.0 / (1.0 + np.exp(-(np.hstack([x, np.ones((len(x), 1))]) @ w)))
+
+
+def teacher_probs(names, embs, found, y, lam: float = 0.1, folds: int = 5) -> np.ndarray:
+    """Out-of-fold P(male) for every training image: each image's figure comes from a
+    regression that did not see it (fold = sha1("fold:" + name) % folds). No face: the label."""
+    fold = np.array([_bucket("fold:" + n) % folds for n in names])
+    prob = y.astype(float).copy()
+    for k in range(folds):
+        fit, out = found & (fold != k), found & (fold == k)
+        if out.any():
+            prob[out] = logreg_prob(fit_logreg(embs[fit], y[fit], lam), embs[out])
+    return prob
+
+
 # ---------------------------------------------------------------- model
 def reestimate_bn(tf, model, images: np.ndarray, momentum: float) -> None:
     """One training-mode pass with momentum 0 makes every moving mean/variance the population figure."""
@@ -194,6 +259,27 @@ def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
         x = keras.layers.Dropout(dropout)(x)
     out = keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg, name="logits")(x)
     return keras.Model(base.input, out, name=NAME)
+
+
+def with_embedding_head(tf, model, dim: int, weight_decay: float):
+    """Training-only twin of ``model`` with a second output: a linear map of the pooled
+    features onto the face teacher's (standardised) embedding. Shares every layer with
+    ``model``, which is what gets converted; the extra head is dropped."""
+    keras = tf.keras
+    reg = keras.regularizers.l2(weight_decay) if weight_decay > 0 else None
+    pooled = next(la for la in model.layers if isinstance(la, keras.layers.GlobalAveragePooling2D)).output
+    emb = keras.layers.Dense(dim, kernel_regularizer=reg, name="emb")(pooled)
+    return keras.Model(model.input, [model.output, emb], name=NAME + "_train")
+
+
+def masked_mse(tf):
+    """Mean squared error over the embedding; the last target column is 1 where a face was found."""
+
+    def loss(y_true, y_pred):
+        mask = y_true[:, -1]
+        return mask * tf.reduce_mean(tf.square(y_true[:, :-1] - y_pred), axis=-1)
+
+    return loss
 
 
 # ---------------------------------------------------------------- quantisation + runtimes
@@ -258,6 +344,13 @@ def main(argv=None) -> int:
                          "softened predictions on each training view are mixed into the targets")
     ap.add_argument("--kd-alpha", type=float, default=0.5, help="weight of the teachers' targets")
     ap.add_argument("--kd-temp", type=float, default=2.0, help="softening temperature of the teachers")
+    ap.add_argument("--face-teacher", action="store_true",
+                    help="distil from a pretrained face model (dlib's face descriptor + a logistic "
+                         "regression fitted on the training images only): out-of-fold teacher "
+                         "probabilities mixed into the targets (--kd-alpha) and an auxiliary head "
+                         "regressing the descriptor (--emb-weight); needs dlib-bin, face_recognition_models")
+    ap.add_argument("--emb-weight", type=float, default=0.0, help="loss weight of the descriptor head (0 = no head)")
+    ap.add_argument("--teacher-cache", type=Path, help="npz cache of the dlib descriptors (by file name)")
     ap.add_argument("--crop-fraction", type=float, default=1.0,
                     help="deployed centre crop (Preprocessing.crop_fraction, written to the sidecar)")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
@@ -308,17 +401,44 @@ def main(argv=None) -> int:
     val_y = np.array([lab for _, _, lab in val])
     train_plain = [plain(rgb, cf) for _, rgb, _ in train]
 
+    kd_face = None
+    if args.face_teacher:
+        if args.mixup > 0 or args.teachers:
+            raise SystemExit("--face-teacher does not combine with --mixup or --teachers")
+        t2 = time.time()
+        names_tr = [name for name, _, _ in train]
+        embs, found = face_embeddings(train + val, args.teacher_cache)
+        e_tr, f_tr = embs[: len(train)], found[: len(train)]
+        p_tr = teacher_probs(names_tr, e_tr, f_tr, y_train)
+        msg = (f"face teacher: faces {int(f_tr.sum())}/{len(train)}, out-of-fold train accuracy "
+               f"{np.mean((p_tr > 0.5) == y_train):.3f}")
+        if val:
+            w = fit_logreg(e_tr[f_tr], y_train[f_tr], 0.1)
+            pv = np.where(found[len(train):], logreg_prob(w, embs[len(train):]), 0.5)
+            msg += f", inner-val accuracy {np.mean((pv > 0.5) == val_y):.3f} (no face counts as wrong)"
+        print(msg + f" [{time.time() - t2:.0f}s]", flush=True)
+        mu, sd = e_tr[f_tr].mean(0), e_tr[f_tr].std(0) + 1e-6
+        emb_target = np.hstack([np.where(f_tr[:, None], (e_tr - mu) / sd, 0.0), f_tr[:, None]]).astype(np.float32)
+        kd_face = np.stack([1 - p_tr, p_tr], axis=1).astype(np.float32)
+
     model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
+    trainer = model
+    if args.emb_weight > 0:
+        if kd_face is None:
+            raise SystemExit("--emb-weight needs --face-teacher")
+        trainer = with_embedding_head(tf, model, 128, args.weight_decay)
     steps = int(np.ceil(len(train) / args.batch)) * args.epochs
     warm = max(1, steps // 30)
     sched = tf.keras.optimizers.schedules.CosineDecay(
         0.0, steps - warm, alpha=0.01, warmup_target=args.lr, warmup_steps=warm
     )
-    model.compile(
+    cce = tf.keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing)
+    trainer.compile(
         optimizer=(tf.keras.optimizers.Adam(sched) if args.opt == "adam"
                    else tf.keras.optimizers.SGD(sched, momentum=0.9, nesterov=True)),
-        loss=tf.keras.losses.CategoricalCrossentropy(label_smoothing=args.label_smoothing),
-        metrics=["accuracy"],
+        loss=[cce, masked_mse(tf)] if trainer is not model else cce,
+        loss_weights=[1.0, args.emb_weight] if trainer is not model else None,
+        metrics=[["accuracy"], []] if trainer is not model else ["accuracy"],
     )
     teachers = []
     for wpath in filter(None, args.teachers.split(",")):
@@ -343,16 +463,20 @@ def main(argv=None) -> int:
                 pt = np.clip(t.predict(x, verbose=0, batch_size=128), 1e-7, 1.0) ** (1.0 / args.kd_temp)
                 soft.append(pt / pt.sum(1, keepdims=True))
             y = (1 - args.kd_alpha) * y + args.kd_alpha * np.mean(soft, axis=0).astype(np.float32)
+        if kd_face is not None:
+            y = (1 - args.kd_alpha) * y + args.kd_alpha * kd_face
         order = rng.permutation(len(x))
         x, y = x[order], y[order]
+        target = [y, emb_target[order]] if trainer is not model else y
         if args.mixup > 0:
             lam = rng.beta(args.mixup, args.mixup, size=(len(x), 1)).astype(np.float32)
             perm = rng.permutation(len(x))
             x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[perm]
             y = lam * y + (1 - lam) * y[perm]
-        hist = model.fit(x, y, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        hist = trainer.fit(x, target, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
         if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
-            msg = f"epoch {epoch + 1}/{args.epochs} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {hist.history['accuracy'][0]:.3f}"
+            acc = next(v[0] for k, v in hist.history.items() if k.endswith("accuracy"))
+            msg = f"epoch {epoch + 1}/{args.epochs} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {acc:.3f}"
             if val_x is not None:
                 vp = model.predict(val_x, verbose=0, batch_size=128).argmax(1)
                 msg += f" inner-val {np.mean(vp == val_y):.3f}"
@@ -436,7 +560,7 @@ def main(argv=None) -> int:
         "output_scale": info.output.scale, "output_zero_point": info.output.zero_point,
         "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
-                 if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers")},
+                 if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers", "teacher_cache")},
     }
     print(json.dumps(metrics, indent=2), flush=True)
     if args.no_write:
