@@ -86,8 +86,17 @@ def square_region(rgb: np.ndarray, cx: float, cy: float, side: float) -> np.ndar
     return rgb[y0 : y0 + side, x0 : x0 + side]
 
 
+def rect_region(rgb: np.ndarray, cx: float, cy: float, rh: float, rw: float) -> np.ndarray:
+    """Sub-image of about ``rh x rw`` centred near (cx, cy), shifted (then shrunk) to fit."""
+    h, w = rgb.shape[:2]
+    rh, rw = int(max(16, min(rh, h))), int(max(16, min(rw, w)))
+    y0 = min(max(int(round(cy - rh / 2)), 0), h - rh)
+    x0 = min(max(int(round(cx - rw / 2)), 0), w - rw)
+    return rgb[y0 : y0 + rh, x0 : x0 + rw]
+
+
 def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0,
-            crop_fraction: float = 1.0) -> np.ndarray:
+            crop_fraction: float = 1.0, crop: str = "center") -> np.ndarray:
     """One random 64x64 training view. Geometry happens on the full image, before
     ``crop_resize``, so the pixels come out of the firmware's resize; colour jitter is
     per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
@@ -97,7 +106,19 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
 
     h, w = rgb.shape[:2]
     m = min(h, w)
-    if face is not None and rng.random() < p_face:
+    if crop == "none":
+        # the deployed pipeline stretches the whole frame: views keep the photo's aspect ratio
+        if face is not None and rng.random() < p_face:
+            cx, cy, fs = face
+            k = fs * rng.uniform(1.3, 2.4) / m
+            cx += rng.uniform(-0.12, 0.12) * fs
+            cy += rng.uniform(-0.12, 0.12) * fs
+        else:
+            k = crop_fraction * rng.uniform(0.7, 1.0)
+            cx = w / 2 + rng.uniform(-0.25, 0.25) * w * (1 - k)
+            cy = h / 2 + rng.uniform(-0.25, 0.25) * h * (1 - k)
+        region = rect_region(rgb, cx, cy, h * k, w * k)
+    elif face is not None and rng.random() < p_face:
         cx, cy, fs = face
         side = fs * rng.uniform(1.3, 2.4)
         cx += rng.uniform(-0.12, 0.12) * fs
@@ -107,13 +128,14 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
         side = m * crop_fraction * rng.uniform(0.7, 1.0)
         cx = w / 2 + rng.uniform(-0.5, 0.5) * (w - side if w > side else 0) * 0.5
         cy = h / 2 + rng.uniform(-0.5, 0.5) * (h - side if h > side else 0) * 0.5
-    region = square_region(rgb, cx, cy, side)
+    if crop != "none":
+        region = square_region(rgb, cx, cy, side)
     if rng.random() < 0.5:
         angle = rng.uniform(-12, 12)
-        s = region.shape[0]
-        mat = cv2.getRotationMatrix2D((s / 2, s / 2), angle, 1.0)
-        region = cv2.warpAffine(region, mat, (s, s), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
-    out = crop_resize(np.ascontiguousarray(region), SIZE, SIZE).astype(np.float32)
+        rh, rw = region.shape[:2]
+        mat = cv2.getRotationMatrix2D((rw / 2, rh / 2), angle, 1.0)
+        region = cv2.warpAffine(region, mat, (rw, rh), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101)
+    out = crop_resize(np.ascontiguousarray(region), SIZE, SIZE, 1.0, crop).astype(np.float32)
     if rng.random() < 0.5:
         out = out[:, ::-1]
     # colour jitter: brightness, contrast, saturation, occasional grey
@@ -133,11 +155,11 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
     return np.clip(np.round(out), 0, 255).astype(np.uint8)
 
 
-def plain(rgb: np.ndarray, crop_fraction: float = 1.0) -> np.ndarray:
-    """The deployed pipeline: centre square crop + integer bilinear resize."""
+def plain(rgb: np.ndarray, crop_fraction: float = 1.0, crop: str = "center") -> np.ndarray:
+    """The deployed pipeline: centre square crop (or the whole frame) + integer bilinear resize."""
     from gendertool.preprocess import crop_resize
 
-    return crop_resize(rgb, SIZE, SIZE, crop_fraction)
+    return crop_resize(rgb, SIZE, SIZE, crop_fraction, crop)
 
 
 def ema_callback(tf, model, decay: float):
@@ -351,6 +373,8 @@ def main(argv=None) -> int:
                          "regressing the descriptor (--emb-weight); needs dlib-bin, face_recognition_models")
     ap.add_argument("--emb-weight", type=float, default=0.0, help="loss weight of the descriptor head (0 = no head)")
     ap.add_argument("--teacher-cache", type=Path, help="npz cache of the dlib descriptors (by file name)")
+    ap.add_argument("--crop", choices=("center", "none"), default="center",
+                    help="deployed crop: centred square, or none (the whole frame stretched to 64x64)")
     ap.add_argument("--crop-fraction", type=float, default=1.0,
                     help="deployed centre crop (Preprocessing.crop_fraction, written to the sidecar)")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
@@ -397,9 +421,9 @@ def main(argv=None) -> int:
         return np.stack([normalize(i, pre) for i in imgs]).astype(np.float32)
 
     y_train = np.array([lab for _, _, lab in train])
-    val_x = batch_float([plain(rgb, cf) for _, rgb, _ in val]) if val else None
+    val_x = batch_float([plain(rgb, cf, args.crop) for _, rgb, _ in val]) if val else None
     val_y = np.array([lab for _, _, lab in val])
-    train_plain = [plain(rgb, cf) for _, rgb, _ in train]
+    train_plain = [plain(rgb, cf, args.crop) for _, rgb, _ in train]
 
     kd_face = None
     if args.face_teacher:
@@ -453,7 +477,7 @@ def main(argv=None) -> int:
     if args.load_weights:
         model.load_weights(args.load_weights)
     for epoch in range(0 if args.load_weights else args.epochs):
-        imgs = [augment(rgb, f, rng, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
+        imgs = [augment(rgb, f, rng, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
         if teachers:
@@ -488,7 +512,7 @@ def main(argv=None) -> int:
     def accuracy(imgs, labels):
         return float(np.mean(model.predict(batch_float(imgs), verbose=0, batch_size=128).argmax(1) == labels))
 
-    val_plain = [plain(rgb, cf) for _, rgb, _ in val]
+    val_plain = [plain(rgb, cf, args.crop) for _, rgb, _ in val]
     if callbacks:
         raw_val = accuracy(val_plain, val_y) if val else None
         model.set_weights(callbacks[0].values())
@@ -496,7 +520,7 @@ def main(argv=None) -> int:
         # the averaged weights do not match the averaged BN statistics exactly: re-estimate
         # them on one pass of fresh augmented views (the distribution they were trained on)
         rng_bn = np.random.default_rng(args.seed + 1)
-        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf) for (_, rgb, _), f in zip(train, faces)]
+        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
         reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
         recal_val = accuracy(val_plain, val_y) if val else None
         print(f"inner-val: raw weights {raw_val}, EMA {ema_val}, EMA + BN re-estimation {recal_val} (used)", flush=True)
@@ -510,7 +534,7 @@ def main(argv=None) -> int:
         print(f"BN recalibration on plain training views: inner-val {before} -> {after}", flush=True)
 
     # eval-mode accuracies with the plain firmware pipeline
-    test_plain = [plain(rgb, cf) for _, rgb, _ in test]
+    test_plain = [plain(rgb, cf, args.crop) for _, rgb, _ in test]
     y_test = np.array([lab for _, _, lab in test])
     train_acc = float(np.mean(model.predict(batch_float(train_plain), verbose=0, batch_size=128).argmax(1) == y_train))
     float_pred = model.predict(batch_float(test_plain), verbose=0, batch_size=128).argmax(1)

@@ -93,14 +93,25 @@ def _axis_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.
     return lo, hi, frac
 
 
-def crop_resize(rgb: np.ndarray, out_h: int, out_w: int, crop_fraction: float = 1.0) -> np.ndarray:
-    """Centre-crop and resize an ``HxWx3`` uint8 image to ``out_h x out_w x 3`` uint8."""
+def crop_rect(height: int, width: int, crop_fraction: float = 1.0, crop: str = "center") -> tuple[int, int, int, int]:
+    """``(y0, x0, h, w)`` of the source region: the centred square (``"center"``) or the
+    whole frame, scaled by ``crop_fraction`` on both axes (``"none"``: stretched to the output)."""
+    if crop == "none":
+        h, w = max(1, int(height * crop_fraction)), max(1, int(width * crop_fraction))
+        return (height - h) // 2, (width - w) // 2, h, w
+    y0, x0, side = crop_box(height, width, crop_fraction)
+    return y0, x0, side, side
+
+
+def crop_resize(rgb: np.ndarray, out_h: int, out_w: int, crop_fraction: float = 1.0,
+                crop: str = "center") -> np.ndarray:
+    """Crop (:func:`crop_rect`) and resize an ``HxWx3`` uint8 image to ``out_h x out_w x 3`` uint8."""
     if rgb.ndim != 3 or rgb.shape[2] != 3 or rgb.dtype != np.uint8:
         raise ImageError(f"expected an HxWx3 uint8 RGB image, got shape {rgb.shape} {rgb.dtype}")
-    y0, x0, side = crop_box(rgb.shape[0], rgb.shape[1], crop_fraction)
-    ylo, yhi, fy = _axis_taps(out_h, side)
-    xlo, xhi, fx = _axis_taps(out_w, side)
-    src = rgb[y0 : y0 + side, x0 : x0 + side].astype(np.int64)
+    y0, x0, h, w = crop_rect(rgb.shape[0], rgb.shape[1], crop_fraction, crop)
+    ylo, yhi, fy = _axis_taps(out_h, h)
+    xlo, xhi, fx = _axis_taps(out_w, w)
+    src = rgb[y0 : y0 + h, x0 : x0 + w].astype(np.int64)
     fx_ = fx[None, :, None]
     fy_ = fy[:, None, None]
     top = src[ylo][:, xlo] * (256 - fx_) + src[ylo][:, xhi] * fx_

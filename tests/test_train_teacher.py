@@ -1,0 +1,59 @@
+"""scripts/train_model.py's face-teacher helpers: numpy only, so they run without TF or dlib."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="module")
+def tm():
+    spec = importlib.util.spec_from_file_location("train_model", REPO / "scripts" / "train_model.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+def _blobs(n=200, seed=0):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    x = rng.normal(size=(n, 8)) + np.where(y[:, None] == 1, 1.5, -1.5) * np.eye(8)[0]
+    return x, y
+
+
+def test_logreg_separates_and_regularisation_shrinks(tm):
+    x, y = _blobs()
+    w = tm.fit_logreg(x, y, 0.1)
+    assert np.mean((tm.logreg_prob(w, x) > 0.5) == y) > 0.9
+    # the informative feature dominates; a larger penalty shrinks it
+    assert abs(w[0]) > 3 * np.max(np.abs(w[1:-1]))
+    assert abs(tm.fit_logreg(x, y, 100.0)[0]) < abs(w[0])
+
+
+def test_teacher_probs_are_out_of_fold(tm):
+    x, y = _blobs()
+    names = [f"img-{i}.jpg" for i in range(len(y))]
+    found = np.ones(len(y), bool)
+    p = tm.teacher_probs(names, x, found, y)
+    assert p.shape == y.shape and np.all((p > 0) & (p < 1))
+    # flipping one image's label changes the regressions of the other folds only, never its own figure
+    y2 = y.copy()
+    y2[7] = 1 - y2[7]
+    p2 = tm.teacher_probs(names, x, found, y2)
+    assert p2[7] == p[7]
+    fold = np.array([tm._bucket("fold:" + n) % 5 for n in names])
+    same_fold = fold == fold[7]
+    assert np.array_equal(p2[same_fold], p[same_fold]) and not np.array_equal(p2[~same_fold], p[~same_fold])
+
+
+def test_teacher_probs_fall_back_to_the_label_without_a_face(tm):
+    x, y = _blobs()
+    found = np.ones(len(y), bool)
+    found[[3, 4]] = False
+    p = tm.teacher_probs([f"f{i}" for i in range(len(y))], x, found, y)
+    assert p[3] == y[3] and p[4] == y[4]
