@@ -423,3 +423,14 @@ def test_unknown_board(cli, write, tiny):
 def test_message_text_is_printed_verbatim(cli, write):
     """File bytes quoted in a message (here ":x:0") must not turn into Rich emoji."""
     rejected(cli, write(b"root:x:0:0:root:/root:/bin/bash\n" * 4, "passwd"), "b':x:0'")
+
+
+@pytest.mark.parametrize("crop, shown", [("none", "no crop (whole frame x 0.9, stretched)"), ("center", "centre square crop 0.9")])
+def test_inspect_names_the_crop_mode(cli, write, tiny, crop, shown):
+    path = write(tiny, "w.tflite")
+    path.with_suffix(".json").write_text(json.dumps({"preprocessing": {"crop": crop, "crop_fraction": 0.9}}))
+    res = cli("inspect", str(path), "--no-arena")
+    assert res.exit_code == 0, res.output
+    assert shown in " ".join(res.stdout.split())
+    res = cli("inspect", str(path), "--json", "--no-arena")
+    assert json.loads(res.stdout)["preprocessing"]["crop"] == crop

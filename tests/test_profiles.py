@@ -63,6 +63,14 @@ def test_file_without_sidecar_has_no_labels_and_default_preprocessing(tmp_path):
     assert profiles.resolve(str(path)) == src
 
 
+@pytest.mark.parametrize("crop", ["none", "center", None])
+def test_sidecar_crop_mode_is_read(tmp_path, crop):
+    path = _model(tmp_path)
+    pre = {"crop_fraction": 0.9} | ({} if crop is None else {"crop": crop})
+    (tmp_path / "m.json").write_text(json.dumps({"preprocessing": pre}))
+    assert profiles.resolve(path).preprocessing == Preprocessing(crop_fraction=0.9, crop=crop or "center")
+
+
 def test_stem_labels_txt_wins_over_labels_txt(tmp_path):
     path = _model(tmp_path)
     (tmp_path / "labels.txt").write_text("x\ny\n")
@@ -100,7 +108,8 @@ def test_sidecar_without_labels_falls_back_to_labels_txt(tmp_path):
         ('{"labels": ["a", 3]}', "label 2 is not a string"),
         ('{"labels": []}', "no labels given"),
         ('{"preprocessing": {"std": [0, 1, 1]}}', "bad 'preprocessing' (std must be positive)"),
-        ('{"preprocessing": {"crop": "top"}}', "bad 'preprocessing' (only centre crop"),
+        ('{"preprocessing": {"crop": "top"}}', "bad 'preprocessing' (crop must be one of 'center', 'none', not 'top')"),
+        ('{"preprocessing": {"resize": "nearest"}}', "bad 'preprocessing' (only 'bilinear' resize is implemented"),
         ('{"preprocessing": [1]}', "'preprocessing' must be an object"),
     ],
 )

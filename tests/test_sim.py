@@ -417,3 +417,29 @@ def test_largest_upload_goes_through(serve):
     rgb = np.tile(np.arange(640, dtype=np.uint8)[None, :, None], (640, 1, 3))
     res = client.infer_rgb(rgb)
     assert res.source == "upload" and len(res.scores) == len(res.probs)
+
+
+def test_crop_none_reaches_the_uploaded_pixels(model):
+    """A profile saying crop "none" makes the virtual device stretch the whole frame, like the firmware."""
+    import dataclasses
+
+    from gendertool.preprocess import preprocess
+    from gendertool.runtime import TflmRunner
+
+    whole = dataclasses.replace(model, preprocessing=dataclasses.replace(model.preprocessing, crop="none"))
+    dev = SimDevice(whole, autostart=False, period_ms=20)
+    rng = np.random.default_rng(5)
+    rgb = rng.integers(0, 256, size=(48, 150, 3), dtype=np.uint8)  # landscape: the two crops differ
+    args = (64, 64, model.input.scale, model.input.zero_point)
+    q = preprocess(rgb, whole.preprocessing, *args)
+    assert not np.array_equal(q, preprocess(rgb, model.preprocessing, *args))
+    np.testing.assert_array_equal(dev._preprocess(rgb), q)
+
+    server = SimServer(dev, "127.0.0.1", 0).start()
+    client = DeviceClient(open_port(server.url), reconnect_timeout=5)
+    try:
+        res = client.infer_rgb(rgb)
+    finally:
+        client.close()
+        server.close()
+    assert list(res.scores) == TflmRunner(model).invoke(q).reshape(-1).tolist()

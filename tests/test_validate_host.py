@@ -327,3 +327,29 @@ def test_progress_bar_only_on_long_runs_in_a_terminal(monkeypatch):
             for done in range(1, total + 1):
                 update(done, total)
         assert ("validating" in buf.getvalue()) is shown, (total, terminal)
+
+
+def test_sidecar_crop_none_is_what_validate_runs(tmp_path, images):
+    """A sidecar saying crop "none": every image is stretched whole into the input, as on the device."""
+    from gendertool.model import load_model
+    from gendertool.runtime import TflmRunner
+
+    folder = tmp_path / "whole"
+    folder.mkdir()
+    path = folder / "whole.tflite"
+    path.write_bytes(tiny_model(height=16, width=16, classes=2, seed=3))
+    pre = Preprocessing(crop_fraction=0.9, mean=(120.0, 110.0, 100.0), std=(60.0, 60.0, 60.0), crop="none")
+    (folder / "whole.json").write_text(json.dumps({"labels": ["female", "male"], "preprocessing": pre.to_dict()}))
+    info = load_model(path, measure_arena=False)
+    assert info.preprocessing == pre
+
+    rep = validate_host(images, path)
+    runner = TflmRunner(info.data)
+    square = Preprocessing(crop_fraction=0.9, mean=pre.mean, std=pre.std)
+    differs = 0
+    for im in rep.images:
+        rgb = load_rgb(images / im.path)
+        args = (16, 16, info.input.scale, info.input.zero_point)
+        assert im.scores["tflm"] == tuple(int(v) for v in runner.invoke(preprocess(rgb, pre, *args)).ravel())
+        differs += im.scores["tflm"] != tuple(int(v) for v in runner.invoke(preprocess(rgb, square, *args)).ravel())
+    assert differs  # the non-square images score differently once stretched

@@ -2,9 +2,13 @@
 
 Pipeline (RGB888 in, the model's int8 input tensor out):
 
-1. **crop**: a centred square of side ``floor(min(h, w) * crop_fraction)``.
+1. **crop** (:func:`crop_rect`): ``crop="center"`` takes a centred square of side
+   ``floor(min(h, w) * crop_fraction)``; ``crop="none"`` takes the centred
+   ``floor(h * crop_fraction) x floor(w * crop_fraction)`` rectangle (the whole frame at 1.0),
+   so the resize stretches it to the model's input and the aspect ratio is not kept.
 2. **resize**: bilinear with half-pixel centres in integer fixed point (8 fractional
-   bits per axis), so that ``firmware/main/image_preprocess.cc`` computes the same bytes.
+   bits, taps computed per axis), so that ``firmware/main/image_preprocess.cc`` computes the
+   same bytes.
 3. **normalise + quantise**: per channel ``q = clamp(round((v - mean) / std / scale) + zp)``,
    precomputed for every byte value into a 3 x 256 int8 table. The firmware receives the
    table generated from the model's input tensor, so no float arithmetic runs on the device.
@@ -23,6 +27,8 @@ import numpy as np
 from gendertool.errors import ImageError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pgm", ".tif", ".tiff")
+# "center": centred square; "none": the whole frame (scaled by crop_fraction), stretched
+CROP_MODES = ("center", "none")
 
 
 @dataclass(frozen=True)
@@ -33,12 +39,14 @@ class Preprocessing:
     # float = (pixel - mean) / std, pixel in 0..255, channel order R, G, B
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
-    crop: str = field(default="center")
+    crop: str = field(default="center")  # one of CROP_MODES
     resize: str = field(default="bilinear")
 
     def __post_init__(self) -> None:
-        if self.crop != "center" or self.resize != "bilinear":
-            raise ValueError("only centre crop and bilinear resize are implemented")
+        if self.crop not in CROP_MODES:
+            raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {self.crop!r}")
+        if self.resize != "bilinear":
+            raise ValueError(f"only 'bilinear' resize is implemented, not {self.resize!r}")
         if not 0.1 <= self.crop_fraction <= 1.0:
             raise ValueError("crop_fraction must be within [0.1, 1.0]")
         if any(s <= 0 for s in self.std):
@@ -96,6 +104,8 @@ def _axis_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.
 def crop_rect(height: int, width: int, crop_fraction: float = 1.0, crop: str = "center") -> tuple[int, int, int, int]:
     """``(y0, x0, h, w)`` of the source region: the centred square (``"center"``) or the
     whole frame, scaled by ``crop_fraction`` on both axes (``"none"``: stretched to the output)."""
+    if crop not in CROP_MODES:  # a typo must not silently fall back to the centre square
+        raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {crop!r}")
     if crop == "none":
         h, w = max(1, int(height * crop_fraction)), max(1, int(width * crop_fraction))
         return (height - h) // 2, (width - w) // 2, h, w
@@ -147,7 +157,7 @@ def quantize(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
 
 def preprocess(rgb: np.ndarray, pre: Preprocessing, height: int, width: int, scale: float, zero_point: int) -> np.ndarray:
     """The whole pipeline: ``HxWx3`` uint8 -> ``1 x height x width x 3`` int8 input tensor."""
-    resized = crop_resize(rgb, height, width, pre.crop_fraction)
+    resized = crop_resize(rgb, height, width, pre.crop_fraction, pre.crop)
     return quantize(resized, quant_lut(pre, scale, zero_point))[None, ...]
 
 

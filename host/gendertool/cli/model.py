@@ -49,10 +49,11 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     summary.add_row("sha256", info.sha256)
     summary.add_row("labels", ", ".join(info.labels))
     pre = info.preprocessing
+    crop = (f"centre square crop {pre.crop_fraction:g}" if pre.crop == "center"
+            else f"no crop (whole frame x {pre.crop_fraction:g}, stretched)")
     summary.add_row(
         "preprocessing",
-        f"centre crop {pre.crop_fraction:g}, {pre.resize} resize, (pixel - mean) / std with "
-        f"mean {list(pre.mean)} std {list(pre.std)}",
+        f"{crop}, {pre.resize} resize, (pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
     )
     summary.add_row("parameters", f"{info.parameters:,}")
     summary.add_row("MACs", f"{info.macs:,}")
