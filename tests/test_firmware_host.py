@@ -1,12 +1,15 @@
 """The firmware's portable C++ compiled with the host g++ and checked against the Python reference.
 
 - firmware/main/image_preprocess.cc must give byte-identical int8 input tensors to
-  gendertool.preprocess for odd, landscape, portrait and tiny images, RGB888 and RGB565.
+  gendertool.preprocess for odd, landscape, portrait and tiny images, RGB888 and RGB565, with
+  either crop mode ("center" square, "none" = whole frame stretched), and the same crop
+  rectangle as crop_rect for any size and fraction.
 No stand-ins for ESP-IDF or TFLM headers: only files that include neither are compiled here.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import struct
 import subprocess
@@ -15,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gendertool.preprocess import Preprocessing, crop_resize, quant_lut, quantize
+from gendertool.preprocess import Preprocessing, crop_rect, crop_resize, quant_lut, quantize
 from gendertool.resources import resource_path
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="host g++ not installed")
@@ -24,32 +27,47 @@ FW_MAIN = resource_path("firmware") / "main"
 CXXFLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1"]
 
 # Reads one job from stdin, writes the int8 tensor to stdout:
-#   u32 width, u32 height, u32 format (0 rgb888, 1 rgb565be), f64 crop, u32 out_h, u32 out_w,
-#   768 lut bytes, pixel bytes.
+#   u32 width, u32 height, u32 format (0 rgb888, 1 rgb565be), u32 crop mode (gt::CropMode),
+#   f64 crop fraction, u32 out_h, u32 out_w, 768 lut bytes, pixel bytes.
+# With no job on stdin it answers CropRect queries instead: lines "h w fraction-hex mode" ->
+# "y0 x0 h w" (argv[1] == "rect").
 DRIVER = r"""
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <vector>
 #include "image_preprocess.h"
 
 static bool ReadAll(void* dst, size_t n) { return std::fread(dst, 1, n, stdin) == n; }
 
-int main() {
-  uint32_t w, h, fmt, oh, ow;
+static int Rects() {
+  int h, w, mode;
+  char frac[64];
+  while (std::scanf("%d %d %63s %d", &h, &w, frac, &mode) == 4) {
+    const gt::CropBox b = gt::CropRect(h, w, std::strtod(frac, nullptr), static_cast<gt::CropMode>(mode));
+    std::printf("%d %d %d %d\n", b.y0, b.x0, b.h, b.w);
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc > 1 && std::strcmp(argv[1], "rect") == 0) return Rects();
+  uint32_t w, h, fmt, mode, oh, ow;
   double crop;
   int8_t lut[3][256];
-  if (!ReadAll(&w, 4) || !ReadAll(&h, 4) || !ReadAll(&fmt, 4) || !ReadAll(&crop, 8) ||
+  if (!ReadAll(&w, 4) || !ReadAll(&h, 4) || !ReadAll(&fmt, 4) || !ReadAll(&mode, 4) || !ReadAll(&crop, 8) ||
       !ReadAll(&oh, 4) || !ReadAll(&ow, 4) || !ReadAll(lut, sizeof lut)) return 3;
   const gt::PixelFormat pf = fmt == 0 ? gt::PixelFormat::kRgb888 : gt::PixelFormat::kRgb565Be;
+  const gt::CropMode cm = static_cast<gt::CropMode>(mode);
   std::vector<uint8_t> px(static_cast<size_t>(w) * h * gt::BytesPerPixel(pf));
   if (!ReadAll(px.data(), px.size())) return 4;
   std::vector<int8_t> out(static_cast<size_t>(oh) * ow * 3);
   const gt::ImageView view{px.data(), static_cast<int>(w), static_cast<int>(h), pf};
-  if (!gt::Preprocess(view, crop, static_cast<int>(oh), static_cast<int>(ow), lut, out.data())) return 5;
+  if (!gt::Preprocess(view, cm, crop, static_cast<int>(oh), static_cast<int>(ow), lut, out.data())) return 5;
   // The two-step path (CropResize + Quantize) must agree with the fused one.
   std::vector<uint8_t> rgb(out.size());
   std::vector<int8_t> out2(out.size());
-  if (!gt::CropResize(view, crop, static_cast<int>(oh), static_cast<int>(ow), rgb.data())) return 6;
+  if (!gt::CropResize(view, cm, crop, static_cast<int>(oh), static_cast<int>(ow), rgb.data())) return 6;
   gt::Quantize(rgb.data(), rgb.size() / 3, lut, out2.data());
   if (std::memcmp(out.data(), out2.data(), out.size()) != 0) return 7;
   std::fwrite(out.data(), 1, out.size(), stdout);
@@ -82,9 +100,18 @@ def from_rgb565be(px: np.ndarray) -> np.ndarray:
     return np.stack([(r5 << 3) | (r5 >> 2), (g6 << 2) | (g6 >> 4), (b5 << 3) | (b5 >> 2)], axis=-1).astype(np.uint8)
 
 
-def run_device(exe: Path, pixels: np.ndarray, fmt: int, crop: float, oh: int, ow: int, lut: np.ndarray) -> np.ndarray:
+# gt::CropMode enumerators, in declaration order, for each Preprocessing.crop
+CROP_MODE = {"center": 0, "none": 1}
+
+
+def job_header(w: int, h: int, fmt: int, mode: int, crop: float, oh: int, ow: int) -> bytes:
+    return struct.pack("<IIIIdII", w, h, fmt, mode, crop, oh, ow)
+
+
+def run_device(exe: Path, pixels: np.ndarray, fmt: int, crop: float, oh: int, ow: int, lut: np.ndarray,
+               mode: str = "center") -> np.ndarray:
     h, w = pixels.shape[:2]
-    job = struct.pack("<IIIdII", w, h, fmt, crop, oh, ow) + lut.astype(np.int8).tobytes() + pixels.tobytes()
+    job = job_header(w, h, fmt, CROP_MODE[mode], crop, oh, ow) + lut.astype(np.int8).tobytes() + pixels.tobytes()
     proc = subprocess.run([str(exe)], input=job, capture_output=True)
     assert proc.returncode == 0, f"driver exit {proc.returncode}"
     return np.frombuffer(proc.stdout, dtype=np.int8).reshape(oh, ow, 3)
@@ -93,31 +120,83 @@ def run_device(exe: Path, pixels: np.ndarray, fmt: int, crop: float, oh: int, ow
 SIZES = [(37, 53), (48, 96), (120, 70), (64, 64), (1, 1), (2, 3), (5, 200)]  # (h, w): odd, landscape, portrait, tiny
 
 
+@pytest.mark.parametrize("mode", ["center", "none"])
 @pytest.mark.parametrize("h,w", SIZES)
 @pytest.mark.parametrize("crop", [1.0, 0.875, 0.3])
-def test_preprocess_matches_python_rgb888(preprocess_exe, h, w, crop):
+def test_preprocess_matches_python_rgb888(preprocess_exe, mode, h, w, crop):
     rng = np.random.default_rng(h * 1000 + w)
     rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    pre = Preprocessing(crop_fraction=crop, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
+    pre = Preprocessing(crop_fraction=crop, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), crop=mode)
     lut = quant_lut(pre, scale=0.018658447, zero_point=-14)
     for oh, ow in [(64, 64), (7, 5)]:
-        expected = quantize(crop_resize(rgb, oh, ow, crop), lut)
-        got = run_device(preprocess_exe, rgb, 0, crop, oh, ow, lut)
+        expected = quantize(crop_resize(rgb, oh, ow, crop, mode), lut)
+        got = run_device(preprocess_exe, rgb, 0, crop, oh, ow, lut, mode)
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("mode", ["center", "none"])
 @pytest.mark.parametrize("h,w", [(240, 320), (31, 17)])
-def test_preprocess_matches_python_rgb565(preprocess_exe, h, w):
+def test_preprocess_matches_python_rgb565(preprocess_exe, mode, h, w):
     rng = np.random.default_rng(7)
     px = to_rgb565be(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-    pre = Preprocessing()
+    pre = Preprocessing(crop=mode)
     lut = quant_lut(pre, scale=1 / 128, zero_point=0)
-    expected = quantize(crop_resize(from_rgb565be(px), 64, 64, 1.0), lut)
-    np.testing.assert_array_equal(run_device(preprocess_exe, px, 1, 1.0, 64, 64, lut), expected)
+    for crop in (1.0, 0.9):
+        expected = quantize(crop_resize(from_rgb565be(px), 64, 64, crop, mode), lut)
+        np.testing.assert_array_equal(run_device(preprocess_exe, px, 1, crop, 64, 64, lut, mode), expected)
 
 
-def test_preprocess_rejects_empty_image(preprocess_exe):
-    job = struct.pack("<IIIdII", 0, 0, 0, 1.0, 64, 64) + bytes(768)
+def test_whole_frame_keeps_what_the_centre_square_drops(preprocess_exe):
+    # 32 x 96 frame: left third red, middle green, right third blue. The centre square sees
+    # only green; "none" squeezes all three thirds into the output's columns.
+    rgb = np.zeros((32, 96, 3), dtype=np.uint8)
+    rgb[:, :32, 0] = rgb[:, 32:64, 1] = rgb[:, 64:, 2] = 255
+    lut = quant_lut(Preprocessing(), scale=1 / 128, zero_point=0)
+    center = run_device(preprocess_exe, rgb, 0, 1.0, 16, 16, lut, "center")
+    whole = run_device(preprocess_exe, rgb, 0, 1.0, 16, 16, lut, "none")
+    assert (center[..., 1] == 127).all() and (center[..., [0, 2]] == -128).all()
+    assert (whole[:, :4, 0] == 127).all() and (whole[:, 6:10, 1] == 127).all() and (whole[:, 12:, 2] == 127).all()
+    np.testing.assert_array_equal(whole, quantize(crop_resize(rgb, 16, 16, 1.0, "none"), lut))
+
+
+def _tricky_rects() -> list[tuple[int, int, float, str]]:
+    """Sizes and fractions whose double product lands just below an integer (e.g. 100 * 0.29 =
+    28.999999999999996), where exact arithmetic or rounding would differ from Python's int()."""
+    from fractions import Fraction
+
+    cases = []
+    for frac in (0.29, 0.57, 0.58, 0.7, 0.35, 0.14, 0.1, 1 / 3, 0.875, 0.99):
+        for size in range(1, 400):
+            if int(size * frac) != int(size * Fraction(str(frac))):
+                cases.append((size, size + 7, frac, "none"))
+                cases.append((size + 3, size, frac, "center"))
+                if len(cases) > 80:
+                    return cases
+    return cases
+
+
+def test_crop_rect_matches_python(preprocess_exe):
+    rng = np.random.default_rng(11)
+    cases = _tricky_rects()
+    assert len(cases) > 20  # the float corner cases really occur
+    for _ in range(300):
+        cases.append((int(rng.integers(1, 16385)), int(rng.integers(1, 16385)), float(rng.uniform(0.1, 1.0)),
+                      str(rng.choice(["center", "none"]))))
+    cases += [(1, 1, 0.1, "none"), (1, 9, 0.1, "none"), (9, 1, 0.5, "center"), (16384, 3, 1.0, "none"), (480, 640, 1.0, "none")]
+    query = "".join(f"{h} {w} {frac.hex()} {CROP_MODE[mode]}\n" for h, w, frac, mode in cases)
+    proc = subprocess.run([str(preprocess_exe), "rect"], input=query, capture_output=True, text=True, check=True)
+    got = [tuple(int(v) for v in line.split()) for line in proc.stdout.splitlines()]
+    assert got == [crop_rect(h, w, frac, mode) for h, w, frac, mode in cases]
+
+
+@pytest.mark.parametrize(
+    "w,h,mode,crop",
+    [(0, 0, 0, 1.0), (0, 0, 1, 1.0),  # empty image
+     (4, 4, 2, 1.0), (4, 4, 255, 1.0),  # no such crop mode
+     (4, 4, 1, 0.0), (4, 4, 1, 1.5), (4, 4, 0, float("nan"))],  # fraction outside (0, 1]
+)
+def test_preprocess_rejects_bad_arguments(preprocess_exe, w, h, mode, crop):
+    job = job_header(w, h, 0, mode, crop, 64, 64) + bytes(768) + bytes(w * h * 3)
     proc = subprocess.run([str(preprocess_exe)], input=job, capture_output=True)
     assert proc.returncode == 5
 
@@ -151,8 +230,8 @@ int main(int argc, char** argv) {
   std::printf("align %d\n", static_cast<int>(reinterpret_cast<uintptr_t>(g_model_data) % 16));
   std::printf("shape");
   for (int i = 0; i < gt::kInputDims; ++i) std::printf(" %d", static_cast<int>(gt::kInputShape[i]));
-  std::printf("\nquant %a %d %a %d %a\n", gt::kInputScale, gt::kInputZeroPoint, gt::kOutputScale,
-              gt::kOutputZeroPoint, gt::kCropFraction);
+  std::printf("\nquant %a %d %a %d %a %d\n", gt::kInputScale, gt::kInputZeroPoint, gt::kOutputScale,
+              gt::kOutputZeroPoint, gt::kCropFraction, static_cast<int>(gt::kCropMode));
   std::printf("meta %s %s %s %u %u\n", gt::kModelName, gt::kModelSha256, gt::kBoardName, gt::kModelBytes,
               gt::kDefaultArenaBytes);
   for (int c = 0; c < gt::kNumClasses; ++c) {
@@ -165,7 +244,7 @@ int main(int argc, char** argv) {
   for (int i = 0; i < gt::kNumSampleImages; ++i) {
     const gt::SampleImage& s = gt::kSampleImages[i];
     const gt::ImageView view{s.rgb, s.width, s.height, gt::PixelFormat::kRgb888};
-    if (!gt::Preprocess(view, gt::kCropFraction, gt::kInputHeight, gt::kInputWidth, gt::kInputLut, tensor.data()))
+    if (!gt::Preprocess(view, gt::kCropMode, gt::kCropFraction, gt::kInputHeight, gt::kInputWidth, gt::kInputLut, tensor.data()))
       return 3;
     std::printf("sample %s %d %d %d ", s.name, s.width, s.height, s.expected_class);
     hex(tensor.data(), tensor.size());
@@ -226,7 +305,7 @@ def _render(model, board: str, out: Path) -> None:
     render_project(model, get_board(board), out)
 
 
-@pytest.mark.parametrize("which", ["default", "weird_labels"])
+@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none"])
 def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     from gendertool.model import load_model, load_model_bytes
     from gendertool.preprocess import load_rgb, preprocess
@@ -237,6 +316,9 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
 
     if which == "default":
         model = load_model(None)
+    elif which == "crop_none":  # whole frame stretched, on the non-square built-in samples
+        pre = Preprocessing(crop_fraction=0.9, mean=(120.0, 110.0, 100.0), std=(60.0, 61.0, 62.0), crop="none")
+        model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="whole", labels=["a", "b"], preprocessing=pre)
     else:
         model = load_model_bytes(tiny_model(height=24, width=20, classes=len(WEIRD_LABELS)), name="weird", labels=WEIRD_LABELS)
     _render(model, "xiao_esp32s3", tmp_path / "proj")
@@ -248,10 +330,10 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     assert (tmp_path / "model.bin").read_bytes() == model.data
     assert got["align"] == "0"
     assert [int(v) for v in got["shape"].split()] == list(model.input.shape)
-    in_scale, in_zp, out_scale, out_zp, crop = got["quant"].split()
-    assert (float.fromhex(in_scale), int(in_zp), float.fromhex(out_scale), int(out_zp), float.fromhex(crop)) == (
+    in_scale, in_zp, out_scale, out_zp, crop, mode = got["quant"].split()
+    assert (float.fromhex(in_scale), int(in_zp), float.fromhex(out_scale), int(out_zp), float.fromhex(crop), int(mode)) == (
         model.input.scale, model.input.zero_point, model.output.scale, model.output.zero_point,
-        model.preprocessing.crop_fraction)
+        model.preprocessing.crop_fraction, CROP_MODE[model.preprocessing.crop])
     assert got["meta"].split() == [model.name, model.sha256, "xiao_esp32s3", str(model.size), str(model.arena_bytes)]
     assert got["label"] == list(model.labels)  # quotes, backslashes, newlines, UTF-8 survive
     from gendertool.preprocess import quant_lut
@@ -268,6 +350,9 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
         assert (h, w) == img.shape[:2] and rgb == img.tobytes()
         q = preprocess(img, model.preprocessing, height, width, model.input.scale, model.input.zero_point)
         assert tensor == q.tobytes(), f"{name}: device preprocessing differs from the Python reference"
+        if model.preprocessing.crop == "none":  # the whole frame reached the pixels, not the centre square
+            square = dataclasses.replace(model.preprocessing, crop="center")
+            assert tensor != preprocess(img, square, height, width, model.input.scale, model.input.zero_point).tobytes()
         ref = np.asarray(runner.invoke(q), dtype=np.int8).reshape(-1)
         np.testing.assert_array_equal(expected, ref)
         assert cls == int(np.argmax(ref)) == int(stats[0])

@@ -142,8 +142,8 @@ class HostPlatform : public gt::Platform {
 
  private:
   bool Pre(const uint8_t* rgb, int w, int h, int8_t* out) {
-    return gt::Preprocess(gt::ImageView{rgb, w, h, gt::PixelFormat::kRgb888}, gt::kCropFraction, gt::kInputHeight,
-                          gt::kInputWidth, gt::kInputLut, out);
+    return gt::Preprocess(gt::ImageView{rgb, w, h, gt::PixelFormat::kRgb888}, gt::kCropMode, gt::kCropFraction,
+                          gt::kInputHeight, gt::kInputWidth, gt::kInputLut, out);
   }
   std::vector<int8_t> input_;
   int8_t output_[gt::kNumClasses] = {};

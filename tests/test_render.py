@@ -199,3 +199,47 @@ def test_custom_samples_and_esp_nn_option(model, tmp_path):
     assert "constexpr int kNumSampleImages = 1;" in (tmp_path / "p" / "main" / "sample_images.h").read_text()
     sdk = (tmp_path / "p" / "sdkconfig.defaults").read_text().splitlines()
     assert "CONFIG_NN_ANSI_C=y" in sdk and "CONFIG_NN_OPTIMIZED=y" not in sdk
+
+
+def test_sidecar_crop_mode_reaches_the_model_settings(model, tmp_path):
+    import json
+
+    from gendertool.model import load_model
+    from gendertool.preprocess import Preprocessing, load_rgb, preprocess
+    from gendertool.render import _default_sample_paths
+    from gendertool.runtime import TflmRunner
+
+    folder = tmp_path / "m"
+    folder.mkdir()
+    path = folder / "whole.tflite"
+    path.write_bytes(tiny_model(height=16, width=16, classes=2))
+    pre = Preprocessing(crop_fraction=0.9, crop="none")
+    (folder / "whole.json").write_text(json.dumps({"labels": ["a", "b"], "preprocessing": pre.to_dict()}))
+    whole = load_model(path)
+    assert whole.preprocessing == pre
+
+    b = get_board("xiao_esp32s3")
+    render_project(whole, b, tmp_path / "w")
+    render_project(model, b, tmp_path / "c")
+    settings = (tmp_path / "w" / "main" / "model_settings.h").read_text()
+    assert "constexpr CropMode kCropMode = CropMode::kWholeFrame;" in settings and "kCenterSquare" not in settings
+    assert '#include "image_preprocess.h"' in settings  # where gt::CropMode is declared
+    assert model.preprocessing.crop == "center"
+    assert "constexpr CropMode kCropMode = CropMode::kCenterSquare;" in (tmp_path / "c" / "main" / "model_settings.h").read_text()
+
+    # the built-in samples' expected scores come from the same (stretched) pixels
+    runner = TflmRunner(whole.data)
+    samples = build_context(whole, b)["samples"]
+    for s, p in zip(samples, _default_sample_paths(), strict=True):
+        q = preprocess(load_rgb(p), pre, 16, 16, whole.input.scale, whole.input.zero_point)
+        assert s["expected"] == [int(v) for v in runner.invoke(q).reshape(-1)]
+
+
+def test_every_crop_mode_has_a_firmware_enumerator():
+    from gendertool.preprocess import CROP_MODES
+    from gendertool.render import CROP_MODES_CPP
+
+    assert sorted(CROP_MODES_CPP) == sorted(CROP_MODES)
+    header = (FIRMWARE_MAIN / "image_preprocess.h").read_text()
+    enum = re.search(r"enum class CropMode : uint8_t \{(.*?)\};", header, re.S).group(1)
+    assert re.findall(r"^\s*(k\w+),", enum, re.M) == list(CROP_MODES_CPP.values())  # same order as CROP_MODE in test_firmware_host

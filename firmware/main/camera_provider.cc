@@ -36,8 +36,8 @@ bool Init() {
   cfg.xclk_freq_hz = board::kCamXclkHz;
   cfg.ledc_timer = LEDC_TIMER_0;
   cfg.ledc_channel = LEDC_CHANNEL_0;
-  // RGB565 keeps the decode off the CPU; QVGA is the smallest 4:3 frame the model's centre
-  // crop can still be taken from at more than 64 px.
+  // RGB565 keeps the decode off the CPU; QVGA is the smallest 4:3 frame the model's crop
+  // (centre square or whole frame) can still be taken from at more than 64 px.
   cfg.pixel_format = PIXFORMAT_RGB565;
   cfg.frame_size = FRAMESIZE_QVGA;
   cfg.jpeg_quality = 12;

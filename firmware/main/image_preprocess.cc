@@ -7,6 +7,15 @@ namespace {
 
 constexpr int kMaxSide = 16384;
 
+// Python's max(1, int(size * crop_fraction)): the same double product, truncated; kept within
+// [1, size] (the bounds also keep the cast defined for any fraction or NaN).
+int ScaledSide(int size, double crop_fraction) {
+  const double v = static_cast<double>(size) * crop_fraction;
+  if (!(v >= 1.0)) return 1;
+  if (v >= static_cast<double>(size)) return size;
+  return static_cast<int>(v);
+}
+
 // Source indices (lo, hi) and 8-bit weight of hi for output index o (preprocess._axis_taps).
 struct Tap {
   int lo;
@@ -45,18 +54,20 @@ inline void FetchRgb(const ImageView& img, int y, int x, uint8_t* rgb) {
 
 // Calls sink(index, channel, value) for every output byte in HWC order.
 template <typename Sink>
-bool Resample(const ImageView& src, double crop_fraction, int out_h, int out_w, Sink sink) {
+bool Resample(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w, Sink sink) {
   if (src.data == nullptr || src.width <= 0 || src.height <= 0 || out_h <= 0 || out_w <= 0 ||
-      src.width > kMaxSide || src.height > kMaxSide || out_h > kMaxSide || out_w > kMaxSide) {
+      src.width > kMaxSide || src.height > kMaxSide || out_h > kMaxSide || out_w > kMaxSide ||
+      !(crop_fraction > 0.0 && crop_fraction <= 1.0) ||
+      (mode != CropMode::kCenterSquare && mode != CropMode::kWholeFrame)) {
     return false;
   }
-  const CropBox box = CenterCropBox(src.height, src.width, crop_fraction);
+  const CropBox box = CropRect(src.height, src.width, crop_fraction, mode);
   size_t index = 0;
   for (int oy = 0; oy < out_h; ++oy) {
-    const Tap ty = AxisTap(oy, out_h, box.side);
+    const Tap ty = AxisTap(oy, out_h, box.h);
     const uint32_t fy = static_cast<uint32_t>(ty.frac);
     for (int ox = 0; ox < out_w; ++ox) {
-      const Tap tx = AxisTap(ox, out_w, box.side);
+      const Tap tx = AxisTap(ox, out_w, box.w);
       const uint32_t fx = static_cast<uint32_t>(tx.frac);
       uint8_t a[3], b[3], c[3], d[3];
       FetchRgb(src, box.y0 + ty.lo, box.x0 + tx.lo, a);
@@ -78,12 +89,17 @@ bool Resample(const ImageView& src, double crop_fraction, int out_h, int out_w, 
 
 int BytesPerPixel(PixelFormat format) { return format == PixelFormat::kRgb888 ? 3 : 2; }
 
-CropBox CenterCropBox(int height, int width, double crop_fraction) {
-  const int short_side = height < width ? height : width;
-  // Same double product and truncation as Python's int(min(h, w) * crop_fraction).
-  int side = static_cast<int>(static_cast<double>(short_side) * crop_fraction);
-  if (side < 1) side = 1;
-  return CropBox{(height - side) / 2, (width - side) / 2, side};
+CropBox CropRect(int height, int width, double crop_fraction, CropMode mode) {
+  CropBox box{};
+  if (mode == CropMode::kWholeFrame) {
+    box.h = ScaledSide(height, crop_fraction);
+    box.w = ScaledSide(width, crop_fraction);
+  } else {
+    box.h = box.w = ScaledSide(height < width ? height : width, crop_fraction);
+  }
+  box.y0 = (height - box.h) / 2;
+  box.x0 = (width - box.w) / 2;
+  return box;
 }
 
 void Rgb565BeToRgb888(const uint8_t* src, uint8_t* rgb) {
@@ -96,9 +112,10 @@ void Rgb565BeToRgb888(const uint8_t* src, uint8_t* rgb) {
   rgb[2] = static_cast<uint8_t>((b5 << 3) | (b5 >> 2));
 }
 
-bool CropResize(const ImageView& src, double crop_fraction, int out_h, int out_w, uint8_t* out_rgb) {
+bool CropResize(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
+                uint8_t* out_rgb) {
   if (out_rgb == nullptr) return false;
-  return Resample(src, crop_fraction, out_h, out_w,
+  return Resample(src, mode, crop_fraction, out_h, out_w,
                   [out_rgb](size_t i, int, uint8_t v) { out_rgb[i] = v; });
 }
 
@@ -106,10 +123,10 @@ void Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], int8_
   for (size_t i = 0; i < pixels * 3; ++i) out[i] = lut[i % 3][rgb[i]];
 }
 
-bool Preprocess(const ImageView& src, double crop_fraction, int out_h, int out_w,
+bool Preprocess(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
                 const int8_t (*lut)[256], int8_t* out) {
   if (out == nullptr || lut == nullptr) return false;
-  return Resample(src, crop_fraction, out_h, out_w,
+  return Resample(src, mode, crop_fraction, out_h, out_w,
                   [out, lut](size_t i, int ch, uint8_t v) { out[i] = lut[ch][v]; });
 }
 

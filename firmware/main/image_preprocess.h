@@ -21,14 +21,21 @@ struct ImageView {
   PixelFormat format;
 };
 
+// The source region the resize reads (Preprocessing.crop).
+enum class CropMode : uint8_t {
+  kCenterSquare,  // "center": centred square of side floor(min(h, w) * crop_fraction)
+  kWholeFrame,    // "none": centred floor(h * crop_fraction) x floor(w * crop_fraction), stretched
+};
+
 struct CropBox {
   int y0;
   int x0;
-  int side;
+  int h;
+  int w;
 };
 
-// Centred square of side floor(min(h, w) * crop_fraction), at least 1 (preprocess.crop_box).
-CropBox CenterCropBox(int height, int width, double crop_fraction);
+// The region of a height x width image, each side at least 1 (preprocess.crop_rect).
+CropBox CropRect(int height, int width, double crop_fraction, CropMode mode);
 
 // Bytes per pixel of a format.
 int BytesPerPixel(PixelFormat format);
@@ -36,16 +43,18 @@ int BytesPerPixel(PixelFormat format);
 // Expand one RGB565 big-endian pixel to RGB888 (bit replication: r8 = r5 << 3 | r5 >> 2).
 void Rgb565BeToRgb888(const uint8_t* src, uint8_t* rgb);
 
-// Centre crop + fixed-point bilinear resize to out_h x out_w RGB888 (preprocess.crop_resize).
-// Returns false on bad arguments (null pointers, empty images, sizes beyond 16384).
-bool CropResize(const ImageView& src, double crop_fraction, int out_h, int out_w, uint8_t* out_rgb);
+// Crop (CropRect) + fixed-point bilinear resize to out_h x out_w RGB888 (preprocess.crop_resize).
+// Returns false on bad arguments (null pointers, empty images, sizes beyond 16384, a
+// crop_fraction outside (0, 1], an unknown mode).
+bool CropResize(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
+                uint8_t* out_rgb);
 
 // Per-channel 3 x 256 lookup to int8 (preprocess.quantize).
 void Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], int8_t* out);
 
 // The whole pipeline into the model's int8 input tensor (crop_resize then quantize), without
 // an intermediate RGB888 buffer.
-bool Preprocess(const ImageView& src, double crop_fraction, int out_h, int out_w,
+bool Preprocess(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
                 const int8_t (*lut)[256], int8_t* out);
 
 }  // namespace gt
