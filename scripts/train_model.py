@@ -401,7 +401,7 @@ def main(argv=None) -> int:
     from gendertool.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
     from gendertool.runtime import LiteRtRunner, TflmRunner
 
-    pre = Preprocessing(crop_fraction=args.crop_fraction)
+    pre = Preprocessing(crop_fraction=args.crop_fraction, crop=args.crop)
     cf = pre.crop_fraction
     t0 = time.time()
     items = list_dataset(args.data)
