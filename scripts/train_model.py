@@ -190,18 +190,18 @@ DLIB_MODELS = ("shape_predictor_5_face_landmarks.dat", "dlib_face_recognition_re
                "mmod_human_face_detector.dat")  # all three CC0 (public domain), from dlib-models
 
 
-def face_embeddings(records, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
+def face_embeddings(records, cache: Path | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """dlib's 128-d face descriptor of the largest face in each ``(name, rgb, label)`` record
-    (HOG detector, CNN detector when HOG finds none, 5-point alignment), and whether a face
-    was found. Pretrained on faces unrelated to the portraits; the portraits' labels are only
-    used by the logistic regression on top (:func:`teacher_probs`)."""
+    (HOG detector, CNN detector when HOG finds none, 5-point alignment), whether a face was
+    found, and its five landmarks (x, y). Pretrained on faces unrelated to the portraits; the
+    portraits' labels are only used by the logistic regression on top (:func:`teacher_probs`)."""
     names = [name for name, _, _ in records]
     if cache is not None and cache.exists():
         z = np.load(cache)
         known = {n: i for i, n in enumerate(z["names"].tolist())}
-        if all(n in known for n in names):
+        if "landmarks" in z and all(n in known for n in names):
             idx = [known[n] for n in names]
-            return z["embs"][idx], z["found"][idx]
+            return z["embs"][idx], z["found"][idx], z["landmarks"][idx]
     import dlib
     import face_recognition_models
 
@@ -211,16 +211,70 @@ def face_embeddings(records, cache: Path | None = None) -> tuple[np.ndarray, np.
     sp = dlib.shape_predictor(str(md / DLIB_MODELS[0]))
     rec = dlib.face_recognition_model_v1(str(md / DLIB_MODELS[1]))
     embs, found = np.zeros((len(records), 128)), np.zeros(len(records), bool)
+    marks = np.zeros((len(records), 5, 2))
     for i, (_, rgb, _) in enumerate(records):
         rgb = np.ascontiguousarray(rgb)
         dets = list(hog(rgb, 1)) or [d.rect for d in cnn(rgb, 1)]
         if dets:
             r = max(dets, key=lambda r: r.width() * r.height())
-            embs[i] = np.asarray(rec.compute_face_descriptor(rgb, sp(rgb, r), 0))
+            shape = sp(rgb, r)
+            embs[i] = np.asarray(rec.compute_face_descriptor(rgb, shape, 0))
+            marks[i] = [(pt.x, pt.y) for pt in shape.parts()]
             found[i] = True
     if cache is not None:
-        np.savez(cache, names=np.array(names), embs=embs, found=found)
-    return embs, found
+        np.savez(cache, names=np.array(names), embs=embs, found=found, landmarks=marks)
+    return embs, found, marks
+
+
+def similarity_transform(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """2x3 least-squares similarity (rotation, uniform scale, shift) mapping ``src`` onto ``dst``."""
+    ms, md = src.mean(0), dst.mean(0)
+    zs = (src - ms) @ np.array([1, 1j])
+    zd = (dst - md) @ np.array([1, 1j])
+    c = np.sum(np.conj(zs) * zd) / np.sum(np.abs(zs) ** 2)
+    rot = np.array([[c.real, -c.imag], [c.imag, c.real]])
+    return np.hstack([rot, (md - rot @ ms)[:, None]])
+
+
+def face_mask(shape, marks: np.ndarray) -> np.ndarray:
+    """Soft elliptical mask over the inner face (brows to chin) from dlib's five landmarks."""
+    import cv2
+
+    eye_a, eye_b = marks[0:2].mean(0), marks[2:4].mean(0)
+    d = float(np.linalg.norm(eye_a - eye_b))
+    centre_eyes = (eye_a + eye_b) / 2
+    down = marks[4] - centre_eyes
+    down /= np.linalg.norm(down) + 1e-9
+    centre = centre_eyes + 0.7 * d * down
+    angle = np.degrees(np.arctan2(down[1], down[0])) - 90.0
+    mask = np.zeros(shape[:2], np.float32)
+    cv2.ellipse(mask, (int(round(centre[0])), int(round(centre[1]))), (max(1, int(0.95 * d)), max(1, int(1.3 * d))),
+                angle, 0, 360, 1.0, -1)
+    sigma = max(1.0, 0.12 * d)
+    return cv2.GaussianBlur(mask, (0, 0), sigma)
+
+
+def face_swap(face_rgb: np.ndarray, face_marks: np.ndarray, ctx_rgb: np.ndarray, ctx_marks: np.ndarray) -> np.ndarray:
+    """``face_rgb``'s inner face, aligned by the landmarks and colour-matched, pasted over the
+    face in ``ctx_rgb`` (hair, outline, clothes and background stay the context's). The
+    composite keeps the face donor's label: the hair no longer tells the class, the face does."""
+    import cv2
+
+    h, w = ctx_rgb.shape[:2]
+    warped = cv2.warpAffine(face_rgb, similarity_transform(face_marks, ctx_marks), (w, h),
+                            flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT101).astype(np.float32)
+    mask = face_mask(ctx_rgb.shape, ctx_marks)[..., None]
+    ctx = ctx_rgb.astype(np.float32)
+    weight = mask.sum() + 1e-6
+    warped += ((ctx * mask).sum((0, 1)) - (warped * mask).sum((0, 1))) / weight
+    return np.clip(np.round(ctx * (1 - mask) + warped * mask), 0, 255).astype(np.uint8)
+
+
+def landmark_face_box(marks: np.ndarray) -> tuple[int, int, int]:
+    """(cx, cy, size) like :func:`face_box`, from the five landmarks (for composites)."""
+    eyes = (marks[0:2].mean(0) + marks[2:4].mean(0)) / 2
+    d = float(np.linalg.norm(marks[0:2].mean(0) - marks[2:4].mean(0)))
+    return int(eyes[0]), int(eyes[1] + 0.5 * d), int(2.3 * d)
 
 
 def fit_logreg(x: np.ndarray, y: np.ndarray, lam: float) -> np.ndarray:
@@ -371,6 +425,10 @@ def main(argv=None) -> int:
                          "regression fitted on the training images only): out-of-fold teacher "
                          "probabilities mixed into the targets (--kd-alpha) and an auxiliary head "
                          "regressing the descriptor (--emb-weight); needs dlib-bin, face_recognition_models")
+    ap.add_argument("--face-swap", type=float, default=0.0,
+                    help="probability that a training view is a composite: the image's inner face "
+                         "(aligned by dlib's landmarks) pasted into a training photo of the other "
+                         "label, keeping the face's label (needs --face-teacher)")
     ap.add_argument("--emb-weight", type=float, default=0.0, help="loss weight of the descriptor head (0 = no head)")
     ap.add_argument("--teacher-cache", type=Path, help="npz cache of the dlib descriptors (by file name)")
     ap.add_argument("--crop", choices=("center", "none"), default="center",
@@ -435,7 +493,7 @@ def main(argv=None) -> int:
             raise SystemExit("--face-teacher does not combine with --mixup or --teachers")
         t2 = time.time()
         names_tr = [name for name, _, _ in train]
-        embs, found = face_embeddings(train + val, args.teacher_cache)
+        embs, found, marks = face_embeddings(train + val, args.teacher_cache)
         e_tr, f_tr = embs[: len(train)], found[: len(train)]
         p_tr = teacher_probs(names_tr, e_tr, f_tr, y_train)
         msg = (f"face teacher: faces {int(f_tr.sum())}/{len(train)}, out-of-fold train accuracy "
@@ -448,6 +506,19 @@ def main(argv=None) -> int:
         mu, sd = e_tr[f_tr].mean(0), e_tr[f_tr].std(0) + 1e-6
         emb_target = np.hstack([np.where(f_tr[:, None], (e_tr - mu) / sd, 0.0), f_tr[:, None]]).astype(np.float32)
         kd_face = np.stack([1 - p_tr, p_tr], axis=1).astype(np.float32)
+
+    if args.face_swap > 0:
+        if kd_face is None:
+            raise SystemExit("--face-swap needs --face-teacher (its landmarks)")
+        m_tr = marks[: len(train)]
+        # contexts for each label: training images of the other label with a face
+        partners = {lab: np.flatnonzero(f_tr & (y_train != lab)) for lab in range(len(LABELS))}
+
+    def training_view(k, rgb, lab, face):
+        if args.face_swap > 0 and f_tr[k] and rng.random() < args.face_swap:
+            j = int(partners[lab][rng.integers(len(partners[lab]))])
+            rgb, face = face_swap(rgb, m_tr[k], train[j][1], m_tr[j]), landmark_face_box(m_tr[j])
+        return augment(rgb, face, rng, args.p_face, args.erase, cf, args.crop)
 
     model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
     trainer = model
@@ -481,7 +552,7 @@ def main(argv=None) -> int:
     if args.load_weights:
         model.load_weights(args.load_weights)
     for epoch in range(0 if args.load_weights else args.epochs):
-        imgs = [augment(rgb, f, rng, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
+        imgs = [training_view(k, rgb, lab, f) for k, ((_, rgb, lab), f) in enumerate(zip(train, faces))]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
         if teachers:
