@@ -57,3 +57,27 @@ def test_teacher_probs_fall_back_to_the_label_without_a_face(tm):
     found[[3, 4]] = False
     p = tm.teacher_probs([f"f{i}" for i in range(len(y))], x, found, y)
     assert p[3] == y[3] and p[4] == y[4]
+
+
+def test_similarity_transform_recovers_rotation_scale_shift(tm):
+    rng = np.random.default_rng(1)
+    src = rng.uniform(0, 200, size=(5, 2))
+    a = np.radians(17.0)
+    rot = 1.3 * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+    dst = src @ rot.T + np.array([12.0, -7.5])
+    m = tm.similarity_transform(src, dst)
+    assert np.allclose(m[:, :2], rot) and np.allclose(m[:, 2], [12.0, -7.5])
+    assert np.allclose(np.hstack([src, np.ones((5, 1))]) @ m.T, dst)
+
+
+def test_face_swap_keeps_the_context_outside_the_face(tm):
+    pytest.importorskip("cv2")  # the train extra's OpenCV
+    marks = np.array([[70, 60], [55, 60], [25, 60], [40, 60], [48, 85]], float)
+    face = np.full((128, 96, 3), 100, np.uint8)
+    face[:, 48:] = 160  # the donor's left and right halves differ by 60
+    ctx = np.full((128, 96, 3), 128, np.uint8)
+    out = tm.face_swap(face, marks, ctx, marks).astype(int)
+    # corners are context; inside the face the donor's structure survives the colour matching
+    assert np.all(out[:8, :8] == 128) and np.all(out[-8:, -8:] == 128)
+    assert out[85, 56, 0] - out[85, 40, 0] == 60
+    assert abs((out[85, 56, 0] + out[85, 40, 0]) / 2 - 128) <= 2  # mean matched to the context
