@@ -1,7 +1,9 @@
 """ESP-NN scratch sizes (gendertool.espnn) against hand-computed upstream figures, and the
-firmware arena built on them. Formulas: esp-nn 1.1.x src/convolution/esp_nn_conv_esp32s3.c
+firmware arena built on them. Formulas: esp-nn src/convolution/esp_nn_conv_esp32s3.c
 (esp_nn_get_conv_scratch_size_esp32s3) and esp_nn_depthwise_conv_s8_esp32s3.c
-(esp_nn_get_depthwise_conv_scratch_size_esp32s3), esp-tflite-micro kernels/esp_nn/*.cc."""
+(esp_nn_get_depthwise_conv_scratch_size_esp32s3) in their "2020-2023" versions,
+src/softmax/esp_nn_softmax_opt.c, esp-tflite-micro kernels/esp_nn/*.cc Prepare (see the
+gendertool.espnn docstring for which stored commits were read and what stays unpinned)."""
 
 from __future__ import annotations
 
@@ -93,6 +95,57 @@ def test_softmax_fc_and_others():
     assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 1000)) == 4000
     assert espnn.scratch_bytes("FULLY_CONNECTED", input_shape=(1, 1280), filter_shape=(2, 1280)) == 0
     assert espnn.scratch_bytes("ADD", input_shape=(1, 4, 4, 8)) == 0
+
+
+# MobileNetV2-0.35 at 64x64 layer shapes (the default model's family), each derived by hand
+# from the upstream size function named in the comment; TFLM passes the leading pad only.
+MBV2_LAYERS = [
+    # esp_nn_get_conv_scratch_size_esp32s3, general branch (not 1x1): 3x3 s2 SAME 64 -> 32,
+    # leading pad 0 -> no input copy; filter 3*3*16(ch 3 -> 16)*16 = 2304 + align 32 + 16*4
+    ("CONV_2D", (1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), (2, 2), SAME, 1, 2400, "general"),
+    # 1x1 branch, in_ch 16 % 8 == 0: transpose 2*8*16 = 256 (1024 positions >= 8),
+    # input copy 0, filter 16*8 = 128, align 32 -> 416
+    ("CONV_2D", (1, 32, 32, 16), (1, 32, 32, 8), (8, 1, 1, 16), (1, 1), SAME, 1, 416, "1x1 mult8"),
+    # 1x1 at 4x4: transpose 2*8*96 = 1536, filter 96*24 = 2304, align 32 -> 3872
+    ("CONV_2D", (1, 4, 4, 96), (1, 4, 4, 24), (24, 1, 1, 96), (1, 1), SAME, 1, 3872, "1x1 mult8"),
+    # 1x1 at 2x2 (4 positions < 8: no transpose): filter 336*112 = 37,632 + 32 -> 37,664
+    ("CONV_2D", (1, 2, 2, 336), (1, 2, 2, 112), (112, 1, 1, 336), (1, 1), SAME, 1, 37_664, "1x1 mult8"),
+    # the last 1x1 (112 -> 1280, VALID): filter 143,360 + 32 -> 143,392
+    ("CONV_2D", (1, 2, 2, 112), (1, 2, 2, 1280), (1280, 1, 1, 112), (1, 1), VALID, 1, 143_392, "1x1 mult8"),
+    # esp_nn_get_depthwise_conv_scratch_size_esp32s3, ch_mult 1, 3x3, ch % 16 == 0:
+    # s1 SAME pad 1 -> pad_width = pad_height = 2: 9*16 = 144 + 34*34*16 = 18,496 + 16
+    ("DEPTHWISE_CONV_2D", (1, 32, 32, 16), (1, 32, 32, 16), (1, 3, 3, 16), (1, 1), SAME, 1, 18_656,
+     "3x3 s8 padded input"),
+    # s2 SAME 16 -> 8, leading pad 0 -> pad_width = 8*2 + 3 - 1 - 16 = 2: 432 + 18*18*48 + 16
+    ("DEPTHWISE_CONV_2D", (1, 16, 16, 48), (1, 8, 8, 48), (1, 3, 3, 48), (2, 2), SAME, 1, 16_000,
+     "3x3 s8 padded input"),
+    # s1 SAME at 2x2x336, pad 1: 3024 + 4*4*336 = 5376 + 16 -> 8416
+    ("DEPTHWISE_CONV_2D", (1, 2, 2, 336), (1, 2, 2, 336), (1, 3, 3, 336), (1, 1), SAME, 1, 8416,
+     "3x3 s8 padded input"),
+    # ch 8 % 16 != 0: s16 copies 2*(filter 72 + input 4*4*8 = 128) + 16 -> 416
+    ("DEPTHWISE_CONV_2D", (1, 4, 4, 8), (1, 4, 4, 8), (1, 3, 3, 8), (1, 1), SAME, 1, 416, "3x3 s16"),
+    # ch_mult 8 (% 4 == 0): 2*(3*3*4*8 = 288 + 4*4*4 = 64) + 16 -> 720
+    ("DEPTHWISE_CONV_2D", (1, 4, 4, 4), (1, 4, 4, 32), (1, 3, 3, 32), (1, 1), SAME, 8, 720, "mult4 s16"),
+    # anything else (ch_mult 1, 5x5): "just few bytes" 32
+    ("DEPTHWISE_CONV_2D", (1, 8, 8, 16), (1, 8, 8, 16), (1, 5, 5, 16), (1, 1), SAME, 1, 32, "other"),
+]
+
+
+@pytest.mark.parametrize("op, inp, out, filt, stride, padding, mult, expected, branch", MBV2_LAYERS)
+def test_upstream_figures_per_branch(op, inp, out, filt, stride, padding, mult, expected, branch):
+    n, b = espnn._scratch(op, inp, out, filt, stride, padding, (1, 1), mult, "int8", "esp32s3", True)
+    assert (n, b) == (expected, branch)
+
+
+def test_softmax_requests_only_for_int8_in_and_out():
+    # softmax.cc Prepare: esp_nn_get_softmax_scratch_size(dims->data[1], dims->data[2]) only when
+    # input AND output are int8; esp_nn_get_softmax_scratch_size_opt = width * 4 -> 2 classes: 8
+    assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2)) == 8
+    assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2), output_dtype="int16") == 0
+    assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2), input_dtype="int16", output_dtype="int16") == 0
+    # CONFIG_NN_ANSI_C: esp_nn_ansi_c.h maps the softmax size to the same _opt function
+    assert espnn._scratch("SOFTMAX", (1, 10), (1, 10), (), (1, 1), SAME, (1, 1), 1, "int8", "esp32s3", False) == (
+        40, "ansi (maps to opt)")  # fmt: skip
 
 
 def test_ansi_c_requests_no_conv_scratch():

@@ -3,17 +3,45 @@
 The TFLM host runtime runs reference kernels, which request no scratch for int8 conv,
 depthwise or softmax; on the ESP32-S3 the esp-tflite-micro kernels in
 ``tensorflow/lite/micro/kernels/esp_nn/`` call esp-nn's ``esp_nn_get_*_scratch_size`` in
-``Prepare`` and ``RequestScratchBufferInArena`` that many bytes. The formulas below mirror
-those functions for the pinned versions (esp-tflite-micro 1.3.8, esp-nn 1.1.2, see
-firmware/README.md), read in the stored copies of espressif/esp-nn and
-espressif/esp-tflite-micro; each function names its upstream source. The index holds several
-versions of esp-nn's S3 files but names no tag: the conv and depthwise formulas are from the
-versions that use data_dims_t and predate the 1.2 rewrite (copyright 2020-2023; conv pads
-1x1 channels to 8, depthwise has no 40 KB tiling), i.e. the 1.1.x line; esp-tflite-micro's
-kernels from its newest stored esp_nn/ files (conv.cc 0a9143dd, depthwise_conv.cc 0032f173,
-softmax.cc 827af75e, fully_connected.cc 30f24e6a).
+``Prepare`` and ``RequestScratchBufferInArena`` that many bytes. Only that requested size
+matters for the arena: it is what AllocateTensors must fit.
 
-Only the size TFLM *requests* matters for the arena: that is what AllocateTensors must fit.
+Provenance (pinned: esp-tflite-micro 1.3.8, esp-nn 1.1.2, firmware/README.md). The stored
+copies of espressif/esp-nn and espressif/esp-tflite-micro do NOT let us name the commits of
+those two releases: the index keeps file versions under the commit that changed them and
+names no tags; esp-nn's idf_component.yml carries no ``version:`` field before the 1.2 line
+(stored versions read "1.2.2" at d2fb624e, "1.4.0" at 876c0729, nothing at 0798b58f), and
+the one stored esp-tflite-micro manifest (209f3cb8) has none either. So the formulas below
+are checked against the following stored sources; the exact 1.1.2 / 1.3.8 bytes remain
+unverified:
+
+- esp-nn ``src/convolution/esp_nn_conv_esp32s3.c`` and
+  ``esp_nn_depthwise_conv_s8_esp32s3.c``, the versions with the "2020-2023" SPDX header that
+  use ``data_dims_t`` (the index returned them by content; it does not expose their commit).
+  The conv size function is identical in the vendored copy dr-iot-dev/esphome@d9eb39bf
+  ``managed_components/espressif__esp-nn/`` (that project's dependencies.lock, at cab8320d,
+  names esp-nn 1.0.2). The newest stored version, espressif/esp-nn@a4ef3442, sizes conv
+  differently (im2col, filter-alignment and right/bottom padding terms): the 1.2.x+ rewrite.
+  Registry archive sizes (1.1.0 131.64 KB, 1.1.1 133.10, 1.1.2 133.48, 1.2.0~1 133.97,
+  1.2.1 146.60) put 1.1.2 next to 1.2.0, before that rewrite, but do not prove the bytes.
+- esp-nn ``include/esp_nn_esp32s3.h`` / ``esp_nn_ansi_c.h``: on S3 the softmax size maps to
+  ``esp_nn_get_softmax_scratch_size_opt`` (``src/softmax/esp_nn_softmax_opt.c``, width * 4),
+  and the ANSI C header maps softmax to the same ``_opt`` function; ANSI conv and depthwise
+  sizes (``esp_nn_conv_ansi.c``, ``esp_nn_depthwise_conv_ansi.c``) return 0.
+- esp-tflite-micro ``kernels/esp_nn/conv.cc`` at 0a9143dd and a37521a8,
+  ``depthwise_conv.cc`` at 0032f173, ``softmax.cc`` at 827af75e, ``fully_connected.cc`` at
+  30f24e6a and eeb4e858. Every version read passes the input's W/H/C, the output's W/H/C, the
+  filter's W/H, the stride and TFLM's LEADING pad (``OpDataConv.padding``), and requests
+  exactly the returned size (no extra alignment bytes); fully_connected requests esp-nn
+  scratch in none of them (only an int4-filter unpack buffer, as conv/depthwise do; int4
+  filters are not modelled here).
+
+Known upstream behaviour a bigger arena cannot fix: that S3 conv pads its input only when
+the passed (leading) pad is non-zero, so for a SAME conv whose padding is all bottom/right
+(3x3 stride 2 over an even extent) the last window row/column lies past the unpadded input
+(cf. espressif/esp-nn#31; the newer file adds right/bottom padding for it): a matter of
+results, not of the requested size. The depthwise write overrun is flagged per node below
+(cf. espressif/esp-nn#30).
 """
 
 from __future__ import annotations
@@ -71,7 +99,8 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
                  pad_w: int, pad_h: int, stride_w: int, stride_h: int,
                  *, optimized: bool = True) -> tuple[int, str]:  # fmt: skip
     """esp-nn src/convolution/esp_nn_conv_esp32s3.c, esp_nn_get_conv_scratch_size_esp32s3
-    (1.1.x); with CONFIG_NN_ANSI_C esp_nn_conv_ansi.c esp_nn_get_conv_scratch_size_ansi = 0."""
+    (the 2020-2023 version, see the module docstring); with CONFIG_NN_ANSI_C
+    esp_nn_conv_ansi.c esp_nn_get_conv_scratch_size_ansi returns 0."""
     if not optimized:
         return 0, "ansi"
     align = 32
@@ -93,8 +122,9 @@ def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h
                       out_w: int, out_h: int, pad_w: int, pad_h: int, stride_w: int, stride_h: int,
                       *, optimized: bool = True) -> tuple[int, str]:  # fmt: skip
     """esp-nn src/convolution/esp_nn_depthwise_conv_s8_esp32s3.c,
-    esp_nn_get_depthwise_conv_scratch_size_esp32s3 (1.1.x); ANSI C
-    (esp_nn_depthwise_conv_ansi.c esp_nn_get_depthwise_conv_scratch_size_ansi) = 0."""
+    esp_nn_get_depthwise_conv_scratch_size_esp32s3 (the 2020-2023 version, see the module
+    docstring); ANSI C (esp_nn_depthwise_conv_ansi.c
+    esp_nn_get_depthwise_conv_scratch_size_ansi) returns 0."""
     if not optimized:
         return 0, "ansi"
     filt = f_w * f_h * ch * ch_mult
@@ -123,28 +153,29 @@ def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h
 
 def softmax_scratch(input_shape: tuple[int, ...], *, optimized: bool = True) -> tuple[int, str]:
     """esp-tflite-micro kernels/esp_nn/softmax.cc Prepare passes input->dims->data[1] as the
-    width; esp-nn's S3 build maps esp_nn_get_softmax_scratch_size to ..._opt
-    (src/softmax/esp_nn_softmax_opt.c): width * 4. The ANSI C file is not in the index we
-    read, so the same figure is used there (at most a few bytes too many)."""
+    width (data[2] as the height, unused); esp_nn_esp32s3.h and esp_nn_ansi_c.h both map
+    esp_nn_get_softmax_scratch_size to esp_nn_get_softmax_scratch_size_opt
+    (src/softmax/esp_nn_softmax_opt.c): width * 4. Requested only for int8 in and out."""
     width = input_shape[1] if len(input_shape) > 1 else 0
-    return width * 4, "opt" if optimized else "ansi (assumed as opt)"
+    return width * 4, "opt" if optimized else "ansi (maps to opt)"
 
 
 def scratch_bytes(op_name: str, *, input_shape: tuple[int, ...], output_shape: tuple[int, ...] = (),
                   filter_shape: tuple[int, ...] = (), stride: tuple[int, int] = (1, 1),
                   padding: int = _SAME, dilation: tuple[int, int] = (1, 1), depth_multiplier: int = 1,
-                  input_dtype: str = "int8", target: str = "esp32s3", optimized: bool = True) -> int:  # fmt: skip
+                  input_dtype: str = "int8", target: str = "esp32s3", optimized: bool = True,
+                  output_dtype: str = "int8") -> int:  # fmt: skip
     """Bytes one node's ESP-NN kernel requests from the arena (0 for ops that request none).
 
     Shapes are NHWC (input, output) and TFLite filter layouts; ``stride``/``dilation`` are
     (width, height); ``padding`` is the TFLite Padding enum (0 SAME, 1 VALID).
     """
     return _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, dilation,
-                    depth_multiplier, input_dtype, target, optimized)[0]  # fmt: skip
+                    depth_multiplier, input_dtype, target, optimized, output_dtype=output_dtype)[0]  # fmt: skip
 
 
 def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, dilation,
-             depth_multiplier, input_dtype, target, optimized) -> tuple[int, str]:  # fmt: skip
+             depth_multiplier, input_dtype, target, optimized, *, output_dtype: str = "int8") -> tuple[int, str]:  # fmt: skip
     if target not in TARGETS:
         raise ValueError(f"ESP-NN scratch sizes are known for {', '.join(TARGETS)}, not {target!r}")
     if input_dtype != "int8":  # the esp_nn Prepare paths request scratch for int8 input only
@@ -164,6 +195,8 @@ def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, 
         return depthwise_scratch(in_w, in_h, in_ch, depth_multiplier, f_w, f_h, out_w, out_h,
                                  pad_w, pad_h, sw, sh, optimized=optimized)  # fmt: skip
     if op_name == "SOFTMAX":
+        if output_dtype != "int8":  # softmax.cc: int8 in AND int8 out (int16 out runs reference)
+            return 0, "not int8 out"
         return softmax_scratch(tuple(input_shape), optimized=optimized)
     # FULLY_CONNECTED (kernels/esp_nn/fully_connected.cc) requests scratch only for int4
     # filters; add, mul and pooling request none.
@@ -199,12 +232,14 @@ def model_scratch(model, *, target: str = "esp32s3", optimized: bool = True) -> 
             continue
         o = op.builtinOptions
         in_dtype = dtype_name(tensors[int(op.inputs[0])].type) if op.inputs is not None and len(op.inputs) else ""
+        out_dtype = dtype_name(tensors[int(op.outputs[0])].type) if op.outputs is not None and len(op.outputs) else ""
         n, branch = _scratch(
             name, shape(op.inputs, 0), shape(op.outputs, 0), shape(op.inputs, 1),
             (int(getattr(o, "strideW", 1) or 1), int(getattr(o, "strideH", 1) or 1)),
             int(getattr(o, "padding", _SAME)),
             (int(getattr(o, "dilationWFactor", 1) or 1), int(getattr(o, "dilationHFactor", 1) or 1)),
             int(getattr(o, "depthMultiplier", 1) or 1), in_dtype, target, optimized,
+            output_dtype=out_dtype,
         )  # fmt: skip
         out.append(NodeScratch(i, name, n, branch))
     return out
