@@ -143,6 +143,9 @@ def test_softmax_requests_only_for_int8_in_and_out():
     assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2)) == 8
     assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2), output_dtype="int16") == 0
     assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2), input_dtype="int16", output_dtype="int16") == 0
+    # rank 4 (1, 1, 1, 10): data[1] = 1 -> 4 bytes asked, Eval's depth 10 -> 40 written
+    assert espnn._scratch("SOFTMAX", (1, 1, 1, 10), (1, 1, 1, 10), (), (1, 1), SAME, (1, 1), 1, "int8", "esp32s3", True) == (
+        4, "opt (kernel writes 40: upstream under-allocation)")  # fmt: skip
     # CONFIG_NN_ANSI_C: esp_nn_ansi_c.h maps the softmax size to the same _opt function
     assert espnn._scratch("SOFTMAX", (1, 10), (1, 10), (), (1, 1), SAME, (1, 1), 1, "int8", "esp32s3", False) == (
         40, "ansi (maps to opt)")  # fmt: skip

@@ -157,7 +157,13 @@ def softmax_scratch(input_shape: tuple[int, ...], *, optimized: bool = True) -> 
     esp_nn_get_softmax_scratch_size to esp_nn_get_softmax_scratch_size_opt
     (src/softmax/esp_nn_softmax_opt.c): width * 4. Requested only for int8 in and out."""
     width = input_shape[1] if len(input_shape) > 1 else 0
-    return width * 4, "opt" if optimized else "ansi (maps to opt)"
+    branch = "opt" if optimized else "ansi (maps to opt)"
+    # esp_nn_softmax_s8_opt stores one int32 per element of the trailing dim (Eval passes
+    # it as the width), so a rank > 2 input gets less than the kernel writes
+    depth = input_shape[-1] if input_shape else 0
+    if depth > width:
+        branch += f" (kernel writes {depth * 4}: upstream under-allocation)"
+    return width * 4, branch
 
 
 def scratch_bytes(op_name: str, *, input_shape: tuple[int, ...], output_shape: tuple[int, ...] = (),
