@@ -102,7 +102,9 @@ def test_softmax_fc_and_others():
 MBV2_LAYERS = [
     # esp_nn_get_conv_scratch_size_esp32s3, general branch (not 1x1): 3x3 s2 SAME 64 -> 32,
     # leading pad 0 -> no input copy; filter 3*3*16(ch 3 -> 16)*16 = 2304 + align 32 + 16*4
-    ("CONV_2D", (1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), (2, 2), SAME, 1, 2400, "general"),
+    # (its last windows read past the input: esp-nn#31, flagged in the branch)
+    ("CONV_2D", (1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), (2, 2), SAME, 1, 2400,
+     f"general ({espnn.READS_PAST_INPUT})"),
     # 1x1 branch, in_ch 16 % 8 == 0: transpose 2*8*16 = 256 (1024 positions >= 8),
     # input copy 0, filter 16*8 = 128, align 32 -> 416
     ("CONV_2D", (1, 32, 32, 16), (1, 32, 32, 8), (8, 1, 1, 16), (1, 1), SAME, 1, 416, "1x1 mult8"),
@@ -248,3 +250,35 @@ def test_depthwise_asymmetric_pad_is_flagged():
     # symmetric pads carry no such note
     assert "under-allocation" not in espnn._scratch("DEPTHWISE_CONV_2D", (1, 32, 32, 48), (1, 16, 16, 48),
                                                     (1, 3, 3, 48), (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True)[1]
+
+
+@pytest.mark.parametrize(
+    "in_hw, out_hw, stride, padding, flagged",
+    [
+        (64, 32, 2, SAME, True),  # total pad 1, all trailing: the kernel gets 0 and reads past the input
+        (65, 33, 2, SAME, False),  # total pad 2 -> leading 1: the kernel pads a copy itself
+        (64, 64, 1, SAME, False),  # stride 1: pad 1 on both sides
+        (64, 31, 2, VALID, False),  # VALID: the windows end inside the input
+    ],
+)
+def test_conv_trailing_only_padding_is_flagged(in_hw, out_hw, stride, padding, flagged):
+    n, branch = espnn._scratch("CONV_2D", (1, in_hw, in_hw, 3), (1, out_hw, out_hw, 16), (16, 3, 3, 3),
+                               (stride, stride), padding, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
+    assert (espnn.READS_PAST_INPUT in branch) is flagged
+    assert n > 0  # the flag changes no byte count
+    warnings = espnn.upstream_warnings([espnn.NodeScratch(0, "CONV_2D", n, branch)])
+    assert len(warnings) == int(flagged)
+    if flagged:
+        assert "espressif/esp-nn#31" in warnings[0] and "node 0 CONV_2D" in warnings[0]
+
+
+def test_default_model_warns_about_its_stem_conv(cli, default_model, tmp_path):
+    # MobileNetV2's stem: 3x3 stride 2 SAME over 64x64, the only conv that is not 1x1
+    info = gm.load_model(default_model, measure_arena=False)
+    assert [w.split(":")[0] for w in info.espnn_warnings] == ["node 0 CONV_2D"]
+    r = cli("build", "--no-compile", "--out", tmp_path / "fw")
+    assert r.exit_code == 0 and "espressif/esp-nn#31" in r.output
+    # esp-nn's plain C kernels (CONFIG_NN_ANSI_C) pad correctly: no warning there
+    from gendertool.build import build
+
+    assert build(default_model, out_dir=tmp_path / "ansi", compile=False, options={"esp_nn": False}).warnings == []

@@ -189,6 +189,10 @@ def build(
         written=list(rendered.written),
         unchanged=list(rendered.unchanged),
     )
+    if (options or {}).get("esp_nn", True):
+        for warning in info.espnn_warnings:  # upstream ESP-NN kernel problems this model meets
+            result.warnings.append(warning)
+            stage(f"warning: {warning}")
     manifest_path = out / MANIFEST_NAME
     if not compile:
         # A manifest from an earlier compile no longer describes these sources.

@@ -53,6 +53,10 @@ ESP_NN_VERSION = "1.1.2"
 ESP_TFLITE_MICRO_VERSION = "1.3.8"
 TARGETS = ("esp32s3",)
 
+# markers in NodeScratch.branch for known upstream kernel problems (see upstream_warnings)
+READS_PAST_INPUT = "reads past the input: upstream drops trailing SAME padding"
+UNDER_ALLOCATION = "upstream under-allocation"
+
 # TFLite's Padding enum (schema): SAME = 0, VALID = 1
 _SAME, _VALID = 0, 1
 
@@ -97,7 +101,7 @@ def leading_pad(stride: int, dilation: int, image: int, filter_size: int, out: i
 
 def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: int,
                  pad_w: int, pad_h: int, stride_w: int, stride_h: int,
-                 *, optimized: bool = True) -> tuple[int, str]:  # fmt: skip
+                 *, optimized: bool = True, out_w: int | None = None, out_h: int | None = None) -> tuple[int, str]:  # fmt: skip
     """esp-nn src/convolution/esp_nn_conv_esp32s3.c, esp_nn_get_conv_scratch_size_esp32s3
     (the 2020-2023 version, see the module docstring); with CONFIG_NN_ANSI_C
     esp_nn_conv_ansi.c esp_nn_get_conv_scratch_size_ansi returns 0."""
@@ -114,8 +118,15 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
     ch16 = (in_ch + 15) & ~15
     # symmetric -input_offset padding copy of the input when TFLM passes a non-zero pad
     inp = 0 if pad_w == 0 and pad_h == 0 else (in_w + 2 * pad_w) * (in_h + 2 * pad_h) * in_ch
+    branch = "general padded" if inp else "general"
+    if not inp and out_w is not None and out_h is not None and (
+        (out_w - 1) * stride_w + f_w > in_w or (out_h - 1) * stride_h + f_h > in_h
+    ):
+        # all of the SAME padding is trailing (e.g. 3x3 stride 2 over an even extent): the
+        # kernel gets pad 0, pads nothing and its last windows read past the input
+        branch += f" ({READS_PAST_INPUT})"
     # filter rows re-laid out to 16-byte multiples, plus one int32 offset term per out channel
-    return inp + f_w * f_h * ch16 * out_ch + align + out_ch * 4, "general padded" if inp else "general"
+    return inp + f_w * f_h * ch16 * out_ch + align + out_ch * 4, branch
 
 
 def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h: int,
@@ -143,7 +154,7 @@ def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h
                 # size asks for (cf. espressif/esp-nn#30). A bigger arena does not fix that.
                 written = 2 * (filt + 16 - (filt & 15)) + 2 * in_w * in_h * ch
                 if written > n:
-                    branch += f" (kernel writes {written}: upstream under-allocation)"
+                    branch += f" (kernel writes {written}: {UNDER_ALLOCATION})"
             return n, branch
         return 2 * (filt + in_w * in_h * ch) + 16, "3x3 s16"
     if ch_mult % 4 == 0:
@@ -162,7 +173,7 @@ def softmax_scratch(input_shape: tuple[int, ...], *, optimized: bool = True) -> 
     # it as the width), so a rank > 2 input gets less than the kernel writes
     depth = input_shape[-1] if input_shape else 0
     if depth > width:
-        branch += f" (kernel writes {depth * 4}: upstream under-allocation)"
+        branch += f" (kernel writes {depth * 4}: {UNDER_ALLOCATION})"
     return width * 4, branch
 
 
@@ -197,7 +208,8 @@ def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, 
         pad_w = leading_pad(sw, dw, in_w, f_w, out_size(padding, in_w, f_w, sw, dw))
         pad_h = leading_pad(sh, dh, in_h, f_h, out_size(padding, in_h, f_h, sh, dh))
         if op_name == "CONV_2D":
-            return conv_scratch(in_w, in_h, in_ch, out_ch, f_w, f_h, pad_w, pad_h, sw, sh, optimized=optimized)
+            return conv_scratch(in_w, in_h, in_ch, out_ch, f_w, f_h, pad_w, pad_h, sw, sh,
+                                optimized=optimized, out_w=out_w, out_h=out_h)  # fmt: skip
         return depthwise_scratch(in_w, in_h, in_ch, depth_multiplier, f_w, f_h, out_w, out_h,
                                  pad_w, pad_h, sw, sh, optimized=optimized)  # fmt: skip
     if op_name == "SOFTMAX":
@@ -248,6 +260,22 @@ def model_scratch(model, *, target: str = "esp32s3", optimized: bool = True) -> 
             output_dtype=out_dtype,
         )  # fmt: skip
         out.append(NodeScratch(i, name, n, branch))
+    return out
+
+
+def upstream_warnings(entries) -> list[str]:
+    """One line per node whose ESP-NN kernel is known to misbehave upstream (flagged in its
+    branch): results that may differ from the host reference, or scratch overruns."""
+    out = []
+    for e in entries:
+        if READS_PAST_INPUT in e.branch:
+            out.append(f"node {e.node} {e.op}: esp-nn drops its trailing SAME padding, so the windows of the last output "
+                       "row and column read past the input (espressif/esp-nn#31): on the device these outputs "
+                       "may differ from the host reference; check with `gendertool validate --port`")
+        elif UNDER_ALLOCATION in e.branch:
+            ref = " (espressif/esp-nn#30)" if e.op == "DEPTHWISE_CONV_2D" else ""
+            out.append(f"node {e.node} {e.op}: the kernel writes more scratch than it requests{ref}; "
+                       "a larger arena does not prevent the overrun")
     return out
 
 

@@ -98,6 +98,13 @@ class ModelInfo:
     espnn_scratch: tuple = ()  # espnn.NodeScratch per node with a request
 
     @property
+    def espnn_warnings(self) -> list[str]:
+        """Nodes whose ESP32-S3 ESP-NN kernel misbehaves upstream (gendertool.espnn)."""
+        from gendertool.espnn import upstream_warnings
+
+        return upstream_warnings(self.espnn_scratch)
+
+    @property
     def classes(self) -> int:
         return self.output.shape[-1]
 
@@ -137,6 +144,7 @@ class ModelInfo:
                     if self.espnn_scratch_node else None
                 ),
                 "espnn_scratch": [e.to_dict() for e in self.espnn_scratch],
+                "espnn_warnings": self.espnn_warnings,
                 "firmware_formula": "tail + planned head (TFLM greedy plan with the ESP32-S3 kernels' scratch) + margin",
                 "margin": f"+{ARENA_MARGIN_FRACTION:.0%} of tail + head (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
                 f"rounded up to {ARENA_ROUND_BYTES} bytes",

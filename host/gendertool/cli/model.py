@@ -66,6 +66,8 @@ def _print_tables(info, board_name: str, partition: int) -> None:
         else:
             scratch = "none requested"
         summary.add_row("ESP-NN scratch", scratch)
+        for warning in info.espnn_warnings:
+            summary.add_row("[yellow]ESP-NN warning[/]", warning)
         b = info.arena
         if b is not None:
             peak = f", peak at node {b.peak_node}" if b.peak_node is not None else ""
