@@ -262,7 +262,22 @@ def test_depthwise_asymmetric_pad_is_flagged():
     ],
 )
 def test_conv_trailing_only_padding_is_flagged(in_hw, out_hw, stride, padding, flagged):
-    n, branch = espnn._scratch("CONV_2D", (1, in_hw, in_hw, 3), (1, out_hw, out_hw, 16), (16, 3, 3, 3),
+    _check_flag(in_hw, out_hw, stride, padding, flagged, 3)
+
+
+@pytest.mark.parametrize(
+    "in_hw, out_hw, stride, flagged",
+    [
+        (64, 32, 2, True),  # 5x5 s2 over 64: total 3 -> leading 1, trailing 2; the kernel pads 1 + 1
+        (65, 33, 2, False),  # total 4 -> 2 + 2: symmetric
+    ],
+)
+def test_conv_more_trailing_than_leading_padding_is_flagged(in_hw, out_hw, stride, flagged):
+    _check_flag(in_hw, out_hw, stride, SAME, flagged, 5)
+
+
+def _check_flag(in_hw, out_hw, stride, padding, flagged, k):
+    n, branch = espnn._scratch("CONV_2D", (1, in_hw, in_hw, 3), (1, out_hw, out_hw, 16), (16, k, k, 3),
                                (stride, stride), padding, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
     assert (espnn.READS_PAST_INPUT in branch) is flagged
     assert n > 0  # the flag changes no byte count

@@ -119,11 +119,13 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
     # symmetric -input_offset padding copy of the input when TFLM passes a non-zero pad
     inp = 0 if pad_w == 0 and pad_h == 0 else (in_w + 2 * pad_w) * (in_h + 2 * pad_h) * in_ch
     branch = "general padded" if inp else "general"
-    if not inp and out_w is not None and out_h is not None and (
-        (out_w - 1) * stride_w + f_w > in_w or (out_h - 1) * stride_h + f_h > in_h
+    # the kernel pads the leading pad on both sides (or nothing when both are 0); SAME padding
+    # with more trailing than leading (3x3 stride 2 over an even extent: 0 + 1) leaves the
+    # last windows reading past the input
+    ext_w, ext_h = (in_w + 2 * pad_w, in_h + 2 * pad_h) if inp else (in_w, in_h)
+    if out_w is not None and out_h is not None and (
+        (out_w - 1) * stride_w + f_w > ext_w or (out_h - 1) * stride_h + f_h > ext_h
     ):
-        # all of the SAME padding is trailing (e.g. 3x3 stride 2 over an even extent): the
-        # kernel gets pad 0, pads nothing and its last windows read past the input
         branch += f" ({READS_PAST_INPUT})"
     # filter rows re-laid out to 16-byte multiples, plus one int32 offset term per out channel
     return inp + f_w * f_h * ch16 * out_ch + align + out_ch * 4, branch
