@@ -273,7 +273,8 @@ def upstream_warnings(entries) -> list[str]:
         if READS_PAST_INPUT in e.branch:
             out.append(f"node {e.node} {e.op}: esp-nn drops its trailing SAME padding, so the windows of the last output "
                        "row and column read past the input (espressif/esp-nn#31): on the device these outputs "
-                       "may differ from the host reference; check with `gendertool validate --port`")
+                       "may differ from the host reference (`gendertool model fix-padding` rewrites the model "
+                       "with an explicit PAD; `gendertool validate --port` measures it)")
         elif UNDER_ALLOCATION in e.branch:
             ref = " (espressif/esp-nn#30)" if e.op == "DEPTHWISE_CONV_2D" else ""
             out.append(f"node {e.node} {e.op}: the kernel writes more scratch than it requests{ref}; "

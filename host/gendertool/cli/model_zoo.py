@@ -1,4 +1,4 @@
-"""Commands: model pull, model list (registered downloadable models)."""
+"""Commands: model pull, model list (registered downloadable models), model fix-padding."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import typer
 from ._app import app, console, err_console
 
 model_app = typer.Typer(
-    help="Registered reference models: list them, download them into the cache.",
+    help="Registered reference models (list, pull into the cache) and model rewrites for the firmware.",
     no_args_is_help=True,
 )
 app.add_typer(model_app, name="model")
@@ -89,3 +89,30 @@ def list_(
     for r in rows:
         if r["note"]:
             console.print(f"{r['name']}: {r['note']}")
+
+
+@model_app.command("fix-padding")
+def fix_padding(
+    model: str = typer.Argument(..., help="A .tflite path or a profile name."),
+    output: str = typer.Option(..., "--output", "-o", help="The rewritten .tflite (a sidecar .json is written beside it)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Give each conv that ESP-NN mis-pads (espressif/esp-nn#31) an explicit PAD: same outputs, proven on TFLM."""
+    from rich.markup import escape
+
+    from gendertool.rewrite import fix_padding as run
+
+    r = run(model, output)
+    if as_json:
+        console.print_json(json.dumps(r.to_dict()))
+        return
+    if r.output is None:
+        console.print(f"{escape(r.source)}: no conv needs an explicit PAD; nothing written")
+        return
+    for c in r.convs:
+        top, bottom, left, right = c.pads
+        console.print(f"node {c.node} CONV_2D: PAD (top {top}, bottom {bottom}, left {left}, right {right}) + VALID")
+    console.print(
+        f"wrote {escape(r.output)} ({r.size_after:,} bytes, sha256 {r.sha256_after}); "
+        f"outputs identical to the original on {r.identical}/{r.compared} random inputs (TFLM host runtime)"
+    )
