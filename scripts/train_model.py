@@ -625,6 +625,12 @@ def main(argv=None) -> int:
     # representative set: plain (deployed-pipeline) views of training images, fixed order
     rep = np.stack(train_plain[:: args.calib_stride][: args.calib_images])
     data = convert_int8(tf, model, rep, pre)
+    # MobileNetV2's stem (3x3 stride 2 SAME over 64x64) pads 0 + 1, which esp-nn's S3 conv
+    # mis-pads (espressif/esp-nn#31): make that PAD explicit, outputs unchanged
+    from gendertool.rewrite import explicit_conv_padding
+
+    data, padded = explicit_conv_padding(data)
+    print(f"explicit PAD for esp-nn#31 before node(s) {[c.node for c in padded]}", flush=True)
     sm_scale = softmax_input_scale(data)
     if not sm_scale > MIN_SOFTMAX_INPUT_SCALE:
         raise SystemExit(f"softmax input scale {sm_scale:g} is too small for TFLM; not writing the model")
@@ -662,7 +668,9 @@ def main(argv=None) -> int:
         "arena_host_bytes": info.arena_host_bytes, "softmax_input_scale": sm_scale,
         "input_scale": in_scale, "input_zero_point": int(in_zp),
         "output_scale": info.output.scale, "output_zero_point": info.output.zero_point,
-        "train_seconds": round(train_time, 1), "tensorflow": tf.__version__,
+        # None: --load-weights exported weights trained by an earlier run
+        "train_seconds": None if args.load_weights else round(train_time, 1), "tensorflow": tf.__version__,
+        "explicit_pad_before_nodes": [c.node for c in padded],
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers", "teacher_cache")},
     }

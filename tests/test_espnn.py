@@ -287,13 +287,19 @@ def _check_flag(in_hw, out_hw, stride, padding, flagged, k):
         assert "espressif/esp-nn#31" in warnings[0] and "node 0 CONV_2D" in warnings[0]
 
 
-def test_default_model_warns_about_its_stem_conv(cli, default_model, tmp_path):
-    # MobileNetV2's stem: 3x3 stride 2 SAME over 64x64, the only conv that is not 1x1
-    info = gm.load_model(default_model, measure_arena=False)
-    assert [w.split(":")[0] for w in info.espnn_warnings] == ["node 0 CONV_2D"]
-    r = cli("build", "--no-compile", "--out", tmp_path / "fw")
-    assert r.exit_code == 0 and "espressif/esp-nn#31" in r.output
-    # esp-nn's plain C kernels (CONFIG_NN_ANSI_C) pad correctly: no warning there
+def test_build_warns_about_a_mispadded_conv_and_the_default_model_has_none(cli, default_model, tmp_path):
+    from tflite_fab import tiny_model
+
     from gendertool.build import build
 
-    assert build(default_model, out_dir=tmp_path / "ansi", compile=False, options={"esp_nn": False}).warnings == []
+    # the shipped model carries its stem's PAD explicitly (gendertool model fix-padding)
+    assert gm.load_model(default_model, measure_arena=False).espnn_warnings == []
+    assert "esp-nn#31" not in cli("build", "--no-compile", "--out", tmp_path / "fw").output
+    # a 3x3 stride-2 SAME conv over an even extent (pads 0 + 1) is named, with the fix
+    model = tmp_path / "m.tflite"
+    model.write_bytes(tiny_model())
+    r = cli("build", "--no-compile", "--model", model, "--labels", "a,b", "--out", tmp_path / "fw2")
+    assert r.exit_code == 0 and "node 0 CONV_2D" in r.output and "espressif/esp-nn#31" in r.output
+    assert "gendertool model fix-padding" in r.output
+    # esp-nn's plain C kernels (CONFIG_NN_ANSI_C) pad correctly: no warning there
+    assert build(model, labels=["a", "b"], out_dir=tmp_path / "ansi", compile=False, options={"esp_nn": False}).warnings == []
