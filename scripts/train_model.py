@@ -429,6 +429,10 @@ def main(argv=None) -> int:
                     help="probability that a training view is a composite: the image's inner face "
                          "(aligned by dlib's landmarks) pasted into a training photo of the other "
                          "label, keeping the face's label (needs --face-teacher)")
+    ap.add_argument("--swa-epochs", type=int, default=0,
+                    help="after training (or --load-weights), this many epochs at a constant --swa-lr; "
+                         "the model becomes their per-epoch weight average, BN re-estimated")
+    ap.add_argument("--swa-lr", type=float, default=3e-4)
     ap.add_argument("--emb-weight", type=float, default=0.0, help="loss weight of the descriptor head (0 = no head)")
     ap.add_argument("--teacher-cache", type=Path, help="npz cache of the dlib descriptors (by file name)")
     ap.add_argument("--crop", choices=("center", "none"), default="center",
@@ -551,7 +555,7 @@ def main(argv=None) -> int:
     t1 = time.time()
     if args.load_weights:
         model.load_weights(args.load_weights)
-    for epoch in range(0 if args.load_weights else args.epochs):
+    def one_epoch(fit_callbacks):
         imgs = [training_view(k, rgb, lab, f) for k, ((_, rgb, lab), f) in enumerate(zip(train, faces))]
         x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
@@ -572,14 +576,40 @@ def main(argv=None) -> int:
             perm = rng.permutation(len(x))
             x = lam[:, :, None, None] * x + (1 - lam[:, :, None, None]) * x[perm]
             y = lam * y + (1 - lam) * y[perm]
-        hist = trainer.fit(x, target, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=callbacks)
+        return trainer.fit(x, target, batch_size=args.batch, epochs=1, shuffle=False, verbose=0, callbacks=fit_callbacks)
+
+    def report(label, hist):
+        acc = next(v[0] for k, v in hist.history.items() if k.endswith("accuracy"))
+        msg = f"{label} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {acc:.3f}"
+        if val_x is not None:
+            vp = model.predict(val_x, verbose=0, batch_size=128).argmax(1)
+            msg += f" inner-val {np.mean(vp == val_y):.3f}"
+        print(msg + f" [{time.time() - t1:.0f}s]", flush=True)
+
+    for epoch in range(0 if args.load_weights else args.epochs):
+        hist = one_epoch(callbacks)
         if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
-            acc = next(v[0] for k, v in hist.history.items() if k.endswith("accuracy"))
-            msg = f"epoch {epoch + 1}/{args.epochs} loss {hist.history['loss'][0]:.3f} acc(aug,train-mode) {acc:.3f}"
-            if val_x is not None:
-                vp = model.predict(val_x, verbose=0, batch_size=128).argmax(1)
-                msg += f" inner-val {np.mean(vp == val_y):.3f}"
-            print(msg + f" [{time.time() - t1:.0f}s]", flush=True)
+            report(f"epoch {epoch + 1}/{args.epochs}", hist)
+    if args.swa_epochs > 0:
+        # stochastic weight averaging: a constant learning rate explores around the trained
+        # weights; their per-epoch average, with BN statistics re-estimated, is the model
+        trainer.compile(optimizer=tf.keras.optimizers.Adam(args.swa_lr), loss=trainer.loss,
+                        loss_weights=[1.0, args.emb_weight] if trainer is not model else None,
+                        metrics=[["accuracy"], []] if trainer is not model else ["accuracy"])  # fmt: skip
+        avg = None
+        for k in range(args.swa_epochs):
+            hist = one_epoch([])
+            w = model.get_weights()
+            avg = w if avg is None else [a + (b - a) / (k + 1) for a, b in zip(avg, w)]
+            if (k + 1) % 10 == 0:
+                report(f"swa epoch {k + 1}/{args.swa_epochs}", hist)
+        model.set_weights(avg)
+        rng_bn = np.random.default_rng(args.seed + 2)
+        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
+        reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
+        if val_x is not None:
+            print(f"SWA average + BN re-estimation: inner-val "
+                  f"{np.mean(model.predict(val_x, verbose=0, batch_size=128).argmax(1) == val_y):.3f}", flush=True)
     train_time = time.time() - t1
     if args.save_weights:
         model.save_weights(args.save_weights)
