@@ -357,6 +357,32 @@ def test_monitor_counts_sequence_gaps_and_reboots(scripted):
     assert "I (10) boot: rebooting" in sink.logs
 
 
+def test_ctrl_c_inside_a_record_waits_for_it(scripted):
+    """A SIGINT while a result is being counted and shown lands after it: the summary counts
+    exactly the results the sink showed (the race the Ctrl-C subprocess test can hit)."""
+    import os
+    import signal
+
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO))
+        for seq in range(10):
+            conn.sendall(p.encode_record(_result(seq)))
+        time.sleep(1)
+
+    class InterruptOnThird(Collect):
+        def result(self, r, session):
+            if len(self.results) == 2:
+                os.kill(os.getpid(), signal.SIGINT)  # delivered at once, mid-record
+            self.results.append(r)
+
+    before = signal.getsignal(signal.SIGINT)
+    sink = InterruptOnThird()
+    summary = run_monitor(scripted(script).url, sink, count=10, timeout=3)
+    assert summary.interrupted
+    assert summary.results == len(sink.results) == 3
+    assert signal.getsignal(signal.SIGINT) is before  # the handler is put back
+
+
 def test_monitor_sim_port_for_a_newcomer(cli):
     """`gendertool monitor --port sim`: the in-process virtual device, nothing to set up."""
     res = cli("monitor", "--port", "sim", "--count", "2")

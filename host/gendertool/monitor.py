@@ -15,6 +15,8 @@ import math
 import os
 import re
 import shutil
+import signal
+import threading
 import time
 from collections import Counter, deque
 from collections.abc import Callable
@@ -280,6 +282,43 @@ def result_row(r: Any) -> dict[str, Any]:
 CSV_FIELDS = ("t", "seq", "source", "sample", "class", "label", "confidence", "probs", "scores", "pre_us", "invoke_us", "simulated")
 
 
+class _AtomicRecords:
+    """Ctrl-C between records, never inside one: a SIGINT that arrives while a record is being
+    counted and shown is held until it is done, so the summary counts exactly what was shown.
+    Elsewhere (reads, reconnect waits) it interrupts at once. Only the main thread can hold it."""
+
+    def __init__(self) -> None:
+        self.inside = False
+        self.pending = False
+        self._previous: Any = None
+        self._installed = False
+
+    def _handler(self, signum, frame) -> None:
+        if self.inside:
+            self.pending = True
+        else:
+            raise KeyboardInterrupt
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGINT, self._handler)
+            self._installed = True
+
+    def restore(self) -> None:
+        if self._installed:
+            signal.signal(signal.SIGINT, self._previous)
+            self._installed = False
+
+    def __enter__(self) -> None:
+        self.inside = True
+
+    def __exit__(self, exc_type, *exc: object) -> None:
+        self.inside = False
+        if self.pending and exc_type is None:
+            self.pending = False
+            raise KeyboardInterrupt
+
+
 def _open(port: str):
     from gendertool.transport import open_port
 
@@ -401,6 +440,8 @@ def run_monitor(
 
     error: str | None = None
     interrupted = False
+    atomic = _AtomicRecords()
+    atomic.install()
     try:
         greet()
         while count is None or session.results < count:
@@ -435,8 +476,9 @@ def run_monitor(
                         continue
                     panics.flush()
                     if isinstance(item, Result):
-                        session.add_result(item)
-                        sink.result(item, session)
+                        with atomic:
+                            session.add_result(item)
+                            sink.result(item, session)
                         if count is not None and session.results >= count:
                             break
                     elif isinstance(item, Hello):
@@ -461,6 +503,7 @@ def run_monitor(
     except DeviceError as exc:
         error = str(exc)
     finally:
+        atomic.restore()
         panics.flush()
         if we_started:
             try:
