@@ -443,3 +443,20 @@ def test_crop_none_reaches_the_uploaded_pixels(model):
         client.close()
         server.close()
     assert list(res.scores) == TflmRunner(model).invoke(q).reshape(-1).tolist()
+
+
+def test_second_client_is_told_busy_and_the_first_keeps_working(sim_server, cli):
+    from gendertool.link import DeviceClient
+
+    server = sim_server()
+    with DeviceClient.open(server.url) as first:
+        assert first.info().proto >= 1
+        with pytest.raises(DeviceError, match="is busy .*another client is connected"):
+            with DeviceClient.open(server.url) as second:
+                second.info()
+        r = cli("monitor", "--port", server.url, "--count", "1", "--timeout", "3")
+        assert r.exit_code == 2 and "is busy" in r.output and "Traceback" not in r.output
+        assert first.info().proto >= 1  # refusing others did not disturb the served client
+    # once the first client has gone, the next one is served
+    with DeviceClient.open(server.url) as third:
+        assert third.info().proto >= 1

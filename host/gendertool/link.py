@@ -149,6 +149,8 @@ class DeviceClient:
                 self.logs.append(it)
             elif isinstance(it, p.Hello):
                 self.hello = it
+            elif isinstance(it, p.ErrorRecord) and it.code == p.BUSY:
+                raise DeviceError(f"port {self.port} is busy ({it.message})")
         return items
 
     def _stash(self, items) -> None:

@@ -40,7 +40,9 @@ ERROR_CODES = (
     "invoke_failed",
     "camera_failed",
     "internal",
+    "busy",  # virtual device only: another TCP client is connected (docs/protocol.md §3)
 )
+BUSY = "busy"
 
 _TYPE_RE = re.compile(rb"[a-z][a-z0-9_]{0,15}\Z")
 _CRC_RE = re.compile(rb"[0-9a-f]{8}\Z")

@@ -471,6 +471,14 @@ def _node_costs(data: bytes) -> list[tuple[str, int]]:
     return out
 
 
+def _close_quietly(conn: socket.socket) -> None:
+    try:
+        conn.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
+    conn.close()
+
+
 class SimServer:
     """Serve a :class:`SimDevice` on ``host:port`` (TCP), one client at a time, in a thread."""
 
@@ -501,31 +509,52 @@ class SimServer:
         return self
 
     def serve_forever(self) -> None:
-        while not self._stop.is_set():
-            if self.max_clients is not None and self.clients >= self.max_clients:
-                return
-            try:
-                ready, _, _ = select.select([self._sock], [], [], 0.2)
-            except (OSError, ValueError):  # closed by close()
-                return
-            if not ready:
-                continue
-            try:
-                conn, _ = self._sock.accept()
-            except OSError:
-                return
-            self.clients += 1
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            self._conn = conn
-            try:
-                self.device.serve(conn, self._stop)
-            finally:
-                self._conn = None
+        """Accept clients one at a time; one that connects while another is being served gets
+        an ``error busy`` record and is closed, as a serial port opened twice is refused."""
+        worker: threading.Thread | None = None
+        try:
+            while not self._stop.is_set():
+                serving = worker is not None and worker.is_alive()
+                if not serving and self.max_clients is not None and self.clients >= self.max_clients:
+                    return
                 try:
-                    conn.shutdown(socket.SHUT_RDWR)
+                    ready, _, _ = select.select([self._sock], [], [], 0.2)
+                except (OSError, ValueError):  # closed by close()
+                    return
+                if not ready:
+                    continue
+                try:
+                    conn, _ = self._sock.accept()
                 except OSError:
-                    pass
-                conn.close()
+                    return
+                if worker is not None and worker.is_alive():
+                    worker.join(timeout=0.5)  # a client that just hung up is still being cleaned up
+                if worker is not None and worker.is_alive():
+                    self._refuse(conn)
+                    continue
+                self.clients += 1
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                worker = threading.Thread(target=self._serve_one, args=(conn,), name="gendertool-sim-client", daemon=True)
+                worker.start()
+        finally:
+            if worker is not None:
+                worker.join(timeout=5)
+
+    def _serve_one(self, conn: socket.socket) -> None:
+        self._conn = conn
+        try:
+            self.device.serve(conn, self._stop)
+        finally:
+            self._conn = None
+            _close_quietly(conn)
+
+    @staticmethod
+    def _refuse(conn: socket.socket) -> None:
+        try:
+            conn.sendall(p.encode_record(p.ErrorRecord(p.BUSY, "", "another client is connected to this virtual device", True)))
+        except OSError:
+            pass
+        _close_quietly(conn)
 
     def close(self) -> None:
         self._stop.set()
