@@ -555,6 +555,12 @@ def main(argv=None) -> int:
     t1 = time.time()
     if args.load_weights:
         model.load_weights(args.load_weights)
+    def reestimate_bn_on_views(seed):
+        """BN statistics of averaged weights, from one pass of fresh augmented training views."""
+        rng_bn = np.random.default_rng(seed)
+        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
+        reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
+
     def one_epoch(fit_callbacks):
         imgs = [training_view(k, rgb, lab, f) for k, ((_, rgb, lab), f) in enumerate(zip(train, faces))]
         x = batch_float(imgs)
@@ -604,9 +610,7 @@ def main(argv=None) -> int:
             if (k + 1) % 10 == 0:
                 report(f"swa epoch {k + 1}/{args.swa_epochs}", hist)
         model.set_weights(avg)
-        rng_bn = np.random.default_rng(args.seed + 2)
-        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
-        reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
+        reestimate_bn_on_views(args.seed + 2)
         if val_x is not None:
             print(f"SWA average + BN re-estimation: inner-val "
                   f"{np.mean(model.predict(val_x, verbose=0, batch_size=128).argmax(1) == val_y):.3f}", flush=True)
@@ -624,9 +628,7 @@ def main(argv=None) -> int:
         ema_val = accuracy(val_plain, val_y) if val else None
         # the averaged weights do not match the averaged BN statistics exactly: re-estimate
         # them on one pass of fresh augmented views (the distribution they were trained on)
-        rng_bn = np.random.default_rng(args.seed + 1)
-        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
-        reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
+        reestimate_bn_on_views(args.seed + 1)
         recal_val = accuracy(val_plain, val_y) if val else None
         print(f"inner-val: raw weights {raw_val}, EMA {ema_val}, EMA + BN re-estimation {recal_val} (used)", flush=True)
     if args.bn_recal:

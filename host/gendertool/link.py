@@ -39,6 +39,12 @@ class LinkEvent:
 
 
 
+def check_busy(port: str, item: object) -> None:
+    """The virtual device's ``error busy`` (another client is connected) as a DeviceError."""
+    if isinstance(item, p.ErrorRecord) and item.code == p.BUSY:
+        raise DeviceError(f"port {port} is busy ({item.message})")
+
+
 class DeviceCommandError(DeviceError):
     """The device refused a command with an ``error`` record."""
 
@@ -149,8 +155,8 @@ class DeviceClient:
                 self.logs.append(it)
             elif isinstance(it, p.Hello):
                 self.hello = it
-            elif isinstance(it, p.ErrorRecord) and it.code == p.BUSY:
-                raise DeviceError(f"port {self.port} is busy ({it.message})")
+            else:
+                check_busy(self.port, it)
         return items
 
     def _stash(self, items) -> None:

@@ -401,7 +401,8 @@ def run_monitor(
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
     may stay silent before the monitor gives up.
     """
-    from gendertool.protocol import BUSY, PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
+    from gendertool.link import check_busy
+    from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
 
     check_options(count=count, timeout=timeout, source=source)
     link = (opener or _open)(port)  # DeviceError (missing/busy/permission) propagates
@@ -484,8 +485,7 @@ def run_monitor(
                     elif isinstance(item, Hello):
                         on_hello(item)
                     elif isinstance(item, ErrorRecord):
-                        if item.code == BUSY:  # the virtual device refuses a second client
-                            raise DeviceError(f"port {port} is busy ({item.message})")
+                        check_busy(port, item)
                         sink.device_error(item)
                         if item.cmd == "source" and source is not None:
                             raise DeviceError(f"the device refused --source {source}: {item.message} ({item.code})")

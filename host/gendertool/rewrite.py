@@ -71,10 +71,10 @@ def explicit_conv_padding(data: bytes, where: str = "model") -> tuple[bytes, lis
     from gendertool.model import _schema, op_name, parse_model
 
     fb = _schema()
-    flagged = {e.node for e in espnn.model_scratch(data) if espnn.READS_PAST_INPUT in e.branch}
+    m = parse_model(data, where)
+    flagged = {e.node for e in espnn.model_scratch(m) if espnn.READS_PAST_INPUT in e.branch}
     if not flagged:
         return data, []
-    m = parse_model(data, where)
     sg = m.subgraphs[0]
     pad_code = None
     for i, oc in enumerate(m.operatorCodes):
