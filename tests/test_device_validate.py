@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 
 import numpy as np
 import pytest
@@ -184,3 +185,32 @@ def test_selftest_run_on_request_when_boot_record_missed(cli, sim_server, images
     assert again.exit_code == 0, again.output
     (board,) = json.loads(again.stdout)["boards"]
     assert board["selftest"]["origin"] == "command" and board["selftest"]["pass"] is True
+
+
+class SlowFirstUploadDevice(SimDevice):
+    """The first uploaded image's result comes late (after the client's timeout)."""
+
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.uploads = 0
+
+    def _result(self, rgb, source, sample):
+        if source == "upload":
+            self.uploads += 1
+            if self.uploads == 1:
+                time.sleep(1.0)
+        return super()._result(rgb, source, sample)
+
+
+def test_an_image_whose_result_times_out_is_uploaded_again(sim_server, images, default_model):
+    from gendertool.device_validate import validate_devices
+
+    server = sim_server(SlowFirstUploadDevice, autostart=False)
+    run = validate_devices([server.url], images, default_model, infer_timeout=0.4)
+    (board,) = run.boards
+    assert board.error is None
+    assert len(board.retried) == 1 and "no result for the uploaded image" in board.retried[0]
+    # every image compared once, and each against its own result (a late reply would shift them)
+    assert len(board.report.images) == board.uploaded == 6
+    assert board.parity().identical == 6
+    assert any("uploaded 1 image(s) twice after a timeout" in n for n in board.report.notes)

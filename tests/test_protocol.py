@@ -115,6 +115,14 @@ def test_command_vector(vec):
             assert p.encode_command(vec["expect"]["cmd"], *args) == data
 
 
+def test_sync_barrier_is_the_vector_line_and_rejects_other_tokens():
+    vec = next(c for c in COMMANDS if c["name"] == "sync_barrier")
+    assert p.encode_sync(vec["expect"]["word"]) == vec["line"].encode()
+    for bad in ("sync0123abc", "sync0123ABCD", "ping", "sync0123abcd0"):
+        with pytest.raises(ValueError, match=r"is not 'sync' \+ 8 lowercase hex digits"):
+            p.encode_sync(bad)
+
+
 def test_upload_vectors():
     for u in _load("uploads.jsonl"):
         rx = p.UploadReceiver(u["declared_len"], int(u["declared_crc"], 16))

@@ -460,3 +460,46 @@ def test_second_client_is_told_busy_and_the_first_keeps_working(sim_server, cli)
     # once the first client has gone, the next one is served
     with DeviceClient.open(server.url) as third:
         assert third.info().proto >= 1
+
+
+def _distinct_images(n):
+    rng = np.random.default_rng(7)
+    return [rng.integers(0, 256, size=(48 + 8 * k, 64, 3), dtype=np.uint8) for k in range(n)]
+
+
+def test_late_infer_ack_does_not_shift_later_uploads(serve):
+    # the ack comes after the client gave up: the device then takes the next command's bytes
+    # as payload unless the client lets that upload run out and resynchronises first
+    client, dev = serve(autostart=False, faults=SimFaults(reply_delay_ms=2500))
+    imgs = _distinct_images(4)
+    with pytest.raises(DeviceError, match=r"no reply to `infer` from .* within 2 s"):
+        client.infer_rgb(imgs[0])
+    dev.faults.reply_delay_ms = 0
+    got = [client.infer_rgb(img).scores for img in imgs[1:]]
+    ref, _ = serve(autostart=False)
+    assert got == [ref.infer_rgb(img).scores for img in imgs[1:]]
+    assert len({tuple(s) for s in got}) > 1  # the images really give different answers
+
+
+def test_late_result_is_not_taken_for_the_next_upload(serve):
+    client, dev = serve(autostart=False, faults=SimFaults(result_delay_ms=1500))
+    imgs = _distinct_images(3)
+    with pytest.raises(DeviceError, match=r"no result for the uploaded image .* within 0.3 s"):
+        client.infer_rgb(imgs[0], timeout=0.3)
+    dev.faults.result_delay_ms = 0
+    got = [client.infer_rgb(img).scores for img in imgs[1:]]
+    ref, _ = serve(autostart=False)
+    assert got == [ref.infer_rgb(img).scores for img in imgs[1:]]
+    # the late result is still handed out to record readers, it just answers nothing
+    late = [it for it in client.poll(0) if isinstance(it, p.Result) and it.source == "upload"]
+    assert [r.scores for r in late] == [ref.infer_rgb(imgs[0]).scores]
+
+
+def test_a_device_that_stays_silent_after_a_timeout_is_reported_out_of_step(serve):
+    client, dev = serve(autostart=False, faults=SimFaults(reply_delay_ms=3000))
+    with pytest.raises(DeviceError, match=r"no reply to `ping`"):
+        client.ping(timeout=0.1)
+    with pytest.raises(DeviceError, match=r"is out of step after an earlier timeout \(reply to `ping`\) and did not answer within 2 s"):
+        client.ping()
+    dev.faults.reply_delay_ms = 0
+    client.ping(timeout=5)  # once it answers again, the link recovers

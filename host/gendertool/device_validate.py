@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from gendertool.errors import DeviceError, GendertoolError, ImageError
+from gendertool.link import INFER_TIMEOUT, ReplyTimeout
 
 DEVICE = "device"
 DEVICE_KERNELS = "the board's firmware: its preprocessing + TFLM Invoke() (ESP-NN kernels when built in)"
@@ -59,6 +60,7 @@ class BoardValidation:
     latency: dict[str, Latency] = field(default_factory=dict)  # image path -> device timing
     error: str | None = None
     uploaded: int = 0
+    retried: list[str] = field(default_factory=list)  # "path: why", images uploaded a second time
 
     @property
     def simulated(self) -> bool:
@@ -115,6 +117,7 @@ class BoardValidation:
             "passed": self.passed(min_parity),
             "error": self.error,
             "uploaded": self.uploaded,
+            "retried": self.retried,
             "latency": self.latency_stats(),
             "report": rep,
         }
@@ -199,10 +202,13 @@ def check_device_model(hello: dict, info: Any, port: str) -> None:
 
 
 def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Reference], images_dir: Path,
-                   skipped: Sequence[Any], progress: Callable[[int, int], None] | None = None) -> BoardValidation:
+                   skipped: Sequence[Any], progress: Callable[[int, int], None] | None = None,
+                   infer_timeout: float = INFER_TIMEOUT) -> BoardValidation:
     """Upload every prepared image to one connected board and compare its outputs.
 
-    A device lost part way keeps the images already compared in the report and sets ``error``.
+    An image whose reply times out is uploaded once more (the client gets back in step
+    first); a device lost part way keeps the images already compared in the report and sets
+    ``error``.
     """
     from gendertool.protocol import record_to_dict
     from gendertool.validate import REFERENCE, TFLM_KERNELS, ImageResult, RuntimeInfo, build_report, compare_outputs, model_summary
@@ -216,7 +222,11 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
         out.selftest = read_selftest(client)
         labels = info.labels
         for done, ref in enumerate(refs, start=1):
-            rec = client.infer_rgb(ref.rgb)
+            try:
+                rec = client.infer_rgb(ref.rgb, timeout=infer_timeout)
+            except ReplyTimeout as exc:
+                out.retried.append(f"{ref.path}: {exc}")
+                rec = client.infer_rgb(ref.rgb, timeout=infer_timeout)
             out.uploaded += 1
             scores = tuple(rec.scores)
             if len(scores) != len(ref.scores):
@@ -238,6 +248,8 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
         notes = []
         if out.error is not None:
             notes.append(f"stopped after {len(results)} of {len(refs)} images: {out.error}")
+        if out.retried:
+            notes.append(f"uploaded {len(out.retried)} image(s) twice after a timeout; first: {out.retried[0]}")
         out.report = build_report(
             model=model_summary(info),
             images_dir=images_dir,
@@ -278,6 +290,7 @@ def validate_devices(
     min_parity: float = 100.0,
     connect: ConnectFn | None = None,
     progress: BoardProgress | None = None,
+    infer_timeout: float = INFER_TIMEOUT,
 ) -> DeviceValidation:
     """Validate the model on every board in ``ports`` (one thread per board)."""
     from gendertool.model import load_model
@@ -306,7 +319,8 @@ def validate_devices(
             with connect(port) as client:
                 results[port] = validate_board(
                     client, port=port, info=info, refs=refs, images_dir=root, skipped=skipped,
-                    progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None)
+                    progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None,
+                    infer_timeout=infer_timeout)
         except GendertoolError as exc:  # could not even connect
             results[port] = BoardValidation(port=port, error=str(exc))
 

@@ -8,6 +8,7 @@ reopens it, up to ``reconnect_timeout`` seconds, and says so through :class:`Lin
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections import deque
 from dataclasses import dataclass, field
@@ -52,6 +53,10 @@ class DeviceCommandError(DeviceError):
         super().__init__(f"device refused `{record.cmd}`: {record.code}: {record.message}")
         self.record = record
         self.code = record.code
+
+
+class ReplyTimeout(DeviceError):
+    """An awaited reply did not come in time; the reply may still arrive later."""
 
 
 class LinkLost(DeviceError):
@@ -102,6 +107,10 @@ class DeviceClient:
         self._backlog: deque = deque()
         self._fresh: deque = deque()  # read after the current command's reply, not yet examined
         self._events: deque[LinkEvent] = deque()
+        # the command whose reply timed out: its late reply (or a device still waiting for an
+        # upload's bytes) must not be taken for the next command's, see _resync()
+        self._unsynced: str | None = None
+        self._upload_may_pend = False  # that command was an `infer`
 
     @classmethod
     def open(cls, port: str, *, baudrate: int = 115200, sim_options: dict | None = None, **kwargs) -> "DeviceClient":
@@ -235,7 +244,8 @@ class DeviceClient:
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise DeviceError(f"no {what} from {self.port} within {timeout:g} s (is the gendertool firmware running?)")
+                self._unsynced = self._unsynced or what
+                raise ReplyTimeout(f"no {what} from {self.port} within {timeout:g} s (is the gendertool firmware running?)")
             try:
                 items = self._read(min(left, 0.5), reconnect=False)
             except PortVanished as exc:
@@ -253,8 +263,50 @@ class DeviceClient:
 
     def command(self, name: str, *args: int | str, timeout: float = ACK_TIMEOUT) -> p.Ack:
         """Send one command and wait for its ``ack``; DeviceCommandError on an ``error`` reply."""
-        self._send(p.encode_command(name, *args))
+        self._send_command(p.encode_command(name, *args))
         return self._expect_ack(name, timeout)
+
+    def _send_command(self, line: bytes) -> None:
+        if self._unsynced is not None:
+            self._resync()
+        self._send(line)
+
+    def _resync(self) -> None:
+        """Get back in step after a reply timed out, before the next command goes out.
+
+        Replies carry no request id, so a late ``ack``/``result`` would answer the next command
+        of the same kind, and a device that acknowledged an ``infer`` late takes the next
+        command's bytes as upload payload. So: let a pending upload run out (the device drops it
+        ``UPLOAD_IDLE_MS`` after its last byte), then send a barrier with a fresh token
+        (docs/protocol.md §4); the device answers lines in order, so once the barrier's reply
+        is in, every late reply has arrived before it (kept in the backlog, never matched to a
+        later command).
+        """
+        idle = p.UPLOAD_IDLE_MS / 1000 + 0.5
+        until = time.monotonic() + (idle if self._upload_may_pend else 0.0)
+        while (left := until - time.monotonic()) > 0:
+            try:
+                items = self._read(min(left, 0.5), reconnect=False)
+            except PortVanished as exc:
+                raise LinkLost(f"{self.port} disconnected ({exc})") from None
+            for it in items:
+                self._stash([it])
+                if isinstance(it, p.Ack) and it.cmd == "infer":
+                    until = time.monotonic() + idle  # a late ack: the device now waits for a payload
+                elif (isinstance(it, p.ErrorRecord) and it.cmd == "infer") or (
+                    isinstance(it, p.Result) and it.source == "upload"
+                ):
+                    until = 0.0  # the upload is over
+        token = f"sync{secrets.randbits(32):08x}"
+        self._send(p.encode_sync(token))
+        try:
+            self._wait(lambda r: isinstance(r, p.ErrorRecord) and r.cmd == token, ACK_TIMEOUT, f"reply to `{token}`")
+        except ReplyTimeout:
+            raise DeviceError(
+                f"{self.port} is out of step after an earlier timeout ({self._unsynced}) and did not answer "
+                f"within {ACK_TIMEOUT:g} s; try again, or reset the device"
+            ) from None
+        self._unsynced, self._upload_may_pend = None, False
 
     def _expect_ack(self, name: str, timeout: float) -> p.Ack:
         rec = self._wait(
@@ -300,15 +352,19 @@ class DeviceClient:
         if not (1 <= w <= p.MAX_UPLOAD_SIDE and 1 <= h <= p.MAX_UPLOAD_SIDE):
             raise DeviceError(f"image {w}x{h} is larger than the device accepts ({p.MAX_UPLOAD_SIDE}x{p.MAX_UPLOAD_SIDE})")
         payload = arr.tobytes()
-        self._send(p.encode_infer(w, h, payload))
-        self._expect_ack("infer", ACK_TIMEOUT)
-        self._send(payload)
-        rec = self._wait(
-            lambda r: (isinstance(r, p.Result) and r.source == "upload")
-            or (isinstance(r, p.ErrorRecord) and r.cmd == "infer"),
-            timeout,
-            "result for the uploaded image",
-        )
+        self._send_command(p.encode_infer(w, h, payload))
+        try:
+            self._expect_ack("infer", ACK_TIMEOUT)
+            self._send(payload)
+            rec = self._wait(
+                lambda r: (isinstance(r, p.Result) and r.source == "upload")
+                or (isinstance(r, p.ErrorRecord) and r.cmd == "infer"),
+                timeout,
+                "result for the uploaded image",
+            )
+        except ReplyTimeout:
+            self._upload_may_pend = True
+            raise
         if isinstance(rec, p.ErrorRecord):
             raise DeviceCommandError(rec)
         return rec

@@ -677,6 +677,18 @@ def encode_command(name: str, *args: int | str) -> bytes:
     return " ".join([name, *(str(a) for a in args)]).encode("ascii") + b"\n"
 
 
+SYNC_WORD = re.compile(r"sync[0-9a-f]{8}\Z")
+
+
+def encode_sync(token: str) -> bytes:
+    """A barrier line (§4): not a command, so the device answers ``error unknown_cmd`` whose
+    ``cmd`` echoes ``token`` (``sync`` + 8 hex digits, inside the 16 echoed bytes) after
+    every reply to the commands before it."""
+    if not SYNC_WORD.match(token):
+        raise ValueError(f"sync token {token!r} is not 'sync' + 8 lowercase hex digits")
+    return token.encode("ascii") + b"\n"
+
+
 def encode_infer(width: int, height: int, payload: bytes) -> bytes:
     """The ``infer`` command line for an RGB888 payload (the payload follows after the ack)."""
     if not (1 <= width <= MAX_UPLOAD_SIDE and 1 <= height <= MAX_UPLOAD_SIDE):

@@ -50,6 +50,7 @@ class SimFaults:
     disconnect_after: int = 0  # drop the connection after N records (the USB port vanishing)
     disconnects: int = 1  # how many times disconnect_after applies
     reply_delay_ms: int = 0  # wait before answering each command
+    result_delay_ms: int = 0  # wait before an upload's result (after its last byte)
     seed: int = 0
 
 
@@ -382,6 +383,8 @@ class _Session:
         w, h = self.upload_dims
         rgb = np.frombuffer(bytes(up.data), dtype=np.uint8).reshape(h, w, 3)
         self.dev._last_upload = rgb
+        if self.dev.faults.result_delay_ms:
+            time.sleep(self.dev.faults.result_delay_ms / 1000)
         self.send(self.dev._result(rgb, "upload", -1))
 
     def _take_input(self, cmd: str) -> "np.ndarray | None":
