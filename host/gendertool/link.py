@@ -138,10 +138,13 @@ class DeviceClient:
 
     def _reconnect(self, why: str) -> None:
         self.parser.reset()
-        ev = LinkEvent("disconnected", f"{why}; reconnecting")
-        self._emit(ev)
-        self.transport.reconnect(self.reconnect_timeout)
-        self._emit(LinkEvent("reconnected", f"{self.port} is back"))
+        self._emit(LinkEvent(
+            "disconnected", f"{why}; waiting up to {self.reconnect_timeout:g} s for {self.port} to come back"))
+        try:
+            self.transport.reconnect(self.reconnect_timeout)
+        except DeviceError as exc:
+            raise LinkLost(str(exc)) from None
+        self._emit(LinkEvent("reconnected", f"{self.port} is back; reconnected"))
 
     def _emit(self, ev: LinkEvent) -> None:
         self._events.append(ev)
@@ -219,6 +222,10 @@ class DeviceClient:
 
     # ----------------------------------------------------------------------------------
     # commands
+
+    def send(self, name: str, *args: int | str) -> None:
+        """Send a command without waiting: its reply arrives through :meth:`poll` / :meth:`records`."""
+        self._send(p.encode_command(name, *args))
 
     def _send(self, line: bytes) -> None:
         self._stash(self._fresh)

@@ -1,9 +1,9 @@
 """The monitor operation: follow a running firmware's result stream.
 
-One session reads the port through LINK's transport, splits the bytes with the protocol's
-StreamParser, keeps rolling statistics, reconnects when the XIAO's USB port vanishes (it
-does on every reset) and decodes panic backtraces with esp-idf-panic-decoder when the ELF
-is known. Everything it sees goes to a :class:`MonitorSink`; the CLI decides how to draw.
+One session follows the port through a link.DeviceClient (the same receive path, stream
+parser and reconnect as every other command: the XIAO's USB port vanishes on every reset),
+keeps rolling statistics and decodes panic backtraces with esp-idf-panic-decoder when the
+ELF is known. Everything it sees goes to a :class:`MonitorSink`; the CLI decides how to draw.
 """
 
 from __future__ import annotations
@@ -401,22 +401,33 @@ def run_monitor(
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
     may stay silent before the monitor gives up.
     """
-    from gendertool.link import check_busy
-    from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result, StreamParser, encode_command
+    from gendertool.link import DeviceClient, LinkEvent, LinkLost
+    from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result
 
     check_options(count=count, timeout=timeout, source=source)
-    link = (opener or _open)(port)  # DeviceError (missing/busy/permission) propagates
     session = MonitorSession(port)
-    parser = StreamParser()
     panics = _PanicTracker(PanicDecoder(elf, toolchain_prefix), sink, session)
     we_started = False
     last_data = clock()
     last_tick = 0.0
-
-    def greet() -> None:
-        link.write(encode_command("info"))
-
     info_reply_due = False
+
+    def send(name: str, *args: str) -> None:
+        try:
+            client.send(name, *args)
+        except DeviceError:
+            pass  # gone again already: the next read starts another wait
+
+    def on_event(ev: LinkEvent) -> None:
+        # The XIAO's USB-Serial-JTAG port disappears on every reset: the client waits for it.
+        nonlocal last_data
+        if ev.kind == "disconnected":
+            panics.flush()
+            session.reconnects += 1
+        else:
+            last_data = clock()
+            send("info")
+        sink.status(ev.message)
 
     def on_hello(h: Any) -> None:
         nonlocal we_started, info_reply_due
@@ -434,65 +445,50 @@ def run_monitor(
                 f"the device speaks protocol version {h.proto}; this gendertool knows version {PROTO_VERSION}: update one of them"
             )
         if source is not None and h.source != source:
-            link.write(encode_command("source", source))
+            send("source", source)
         if not h.running:
-            link.write(encode_command("start"))
+            send("start")
             we_started = True
 
+    # DeviceError (missing/busy/permission) propagates
+    client = DeviceClient((opener or _open)(port), reconnect_timeout=timeout, on_event=on_event)
     error: str | None = None
     interrupted = False
     atomic = _AtomicRecords()
     atomic.install()
     try:
-        greet()
+        client.send("info")
         while count is None or session.results < count:
             try:
-                data = link.read(READ_SLICE_S)
-            except DeviceError as exc:
-                # The XIAO's USB-Serial-JTAG port disappears on every reset: wait for it
-                # (the transport's reconnect polls until the port opens again or timeout).
-                panics.flush()
-                parser.reset()
-                session.reconnects += 1
-                sink.status(f"{exc}; waiting up to {timeout:g} s for {port} to come back")
-                try:
-                    link.reconnect(timeout)
-                except DeviceError as gone:
-                    raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
-                sink.status(f"{port} is back; reconnected")
-                last_data = clock()
-                try:
-                    greet()
-                except DeviceError:
-                    pass  # gone again already: the next read starts another wait
-                continue
+                items = client.poll(READ_SLICE_S)
+            except LinkLost as gone:
+                raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
             now = clock()
-            if data:
+            for item in items:
+                if isinstance(item, LinkEvent):
+                    continue  # said by on_event as it happened
                 last_data = now
-                for item in parser.feed(data):
-                    if isinstance(item, LogLine):
-                        session.logs.append(item.text)
-                        sink.log(item.text)
-                        panics.line(item.text)
-                        continue
-                    panics.flush()
-                    if isinstance(item, Result):
-                        with atomic:
-                            session.add_result(item)
-                            sink.result(item, session)
-                        if count is not None and session.results >= count:
-                            break
-                    elif isinstance(item, Hello):
-                        on_hello(item)
-                    elif isinstance(item, ErrorRecord):
-                        check_busy(port, item)
-                        sink.device_error(item)
-                        if item.cmd == "source" and source is not None:
-                            raise DeviceError(f"the device refused --source {source}: {item.message} ({item.code})")
-                    elif isinstance(item, Ack):
-                        if item.cmd == "info":
-                            info_reply_due = True
-            elif now - last_data > timeout:
+                if isinstance(item, LogLine):
+                    session.logs.append(item.text)
+                    sink.log(item.text)
+                    panics.line(item.text)
+                    continue
+                panics.flush()
+                if isinstance(item, Result):
+                    with atomic:
+                        session.add_result(item)
+                        sink.result(item, session)
+                    if count is not None and session.results >= count:
+                        break
+                elif isinstance(item, Hello):
+                    on_hello(item)
+                elif isinstance(item, ErrorRecord):
+                    sink.device_error(item)
+                    if item.cmd == "source" and source is not None:
+                        raise DeviceError(f"the device refused --source {source}: {item.message} ({item.code})")
+                elif isinstance(item, Ack) and item.cmd == "info":
+                    info_reply_due = True
+            if now - last_data > timeout:
                 raise DeviceError(
                     f"no data from {port} for {timeout:g} s; is the gendertool firmware running? "
                     "(`gendertool flash`, or raise --timeout)"
@@ -508,13 +504,10 @@ def run_monitor(
         atomic.restore()
         panics.flush()
         if we_started:
-            try:
-                link.write(encode_command("stop"))
-            except DeviceError:  # the port may be gone; stopping is a courtesy
-                pass
-        link.close()
+            send("stop")  # a courtesy: the port may be gone
+        client.close()
 
-    summary = session.summary(parser.stats.as_dict())
+    summary = session.summary(client.stats.as_dict())
     summary.interrupted = interrupted
     summary.error = error
     return summary
