@@ -103,8 +103,8 @@ MBV2_LAYERS = [
     # esp_nn_get_conv_scratch_size_esp32s3, general branch (not 1x1): 3x3 s2 SAME 64 -> 32,
     # leading pad 0 -> no input copy; filter 3*3*16(ch 3 -> 16)*16 = 2304 + align 32 + 16*4
     # (its last windows read past the input: esp-nn#31, flagged in the branch)
-    ("CONV_2D", (1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), (2, 2), SAME, 1, 2400,
-     f"general ({espnn.READS_PAST_INPUT})"),
+    ("CONV_2D", (1, 64, 64, 3), (1, 32, 32, 16), (16, 3, 3, 3), (2, 2), SAME, 1, 2400, "general",
+     espnn.READS_PAST_INPUT),
     # 1x1 branch, in_ch 16 % 8 == 0: transpose 2*8*16 = 256 (1024 positions >= 8),
     # input copy 0, filter 16*8 = 128, align 32 -> 416
     ("CONV_2D", (1, 32, 32, 16), (1, 32, 32, 8), (8, 1, 1, 16), (1, 1), SAME, 1, 416, "1x1 mult8"),
@@ -133,10 +133,11 @@ MBV2_LAYERS = [
 ]
 
 
-@pytest.mark.parametrize("op, inp, out, filt, stride, padding, mult, expected, branch", MBV2_LAYERS)
-def test_upstream_figures_per_branch(op, inp, out, filt, stride, padding, mult, expected, branch):
-    n, b = espnn._scratch(op, inp, out, filt, stride, padding, (1, 1), mult, "int8", "esp32s3", True)
-    assert (n, b) == (expected, branch)
+@pytest.mark.parametrize("op, inp, out, filt, stride, padding, mult, expected, branch, problem",
+                         [row if len(row) == 10 else (*row, None) for row in MBV2_LAYERS])
+def test_upstream_figures_per_branch(op, inp, out, filt, stride, padding, mult, expected, branch, problem):
+    got = espnn._scratch(op, inp, out, filt, stride, padding, (1, 1), mult, "int8", "esp32s3", True)
+    assert got == (expected, branch, problem)
 
 
 def test_softmax_requests_only_for_int8_in_and_out():
@@ -147,10 +148,10 @@ def test_softmax_requests_only_for_int8_in_and_out():
     assert espnn.scratch_bytes("SOFTMAX", input_shape=(1, 2), input_dtype="int16", output_dtype="int16") == 0
     # rank 4 (1, 1, 1, 10): data[1] = 1 -> 4 bytes asked, Eval's depth 10 -> 40 written
     assert espnn._scratch("SOFTMAX", (1, 1, 1, 10), (1, 1, 1, 10), (), (1, 1), SAME, (1, 1), 1, "int8", "esp32s3", True) == (
-        4, "opt (kernel writes 40: upstream under-allocation)")  # fmt: skip
+        4, "opt (kernel writes 40)", espnn.UNDER_ALLOCATION)  # fmt: skip
     # CONFIG_NN_ANSI_C: esp_nn_ansi_c.h maps the softmax size to the same _opt function
     assert espnn._scratch("SOFTMAX", (1, 10), (1, 10), (), (1, 1), SAME, (1, 1), 1, "int8", "esp32s3", False) == (
-        40, "ansi (maps to opt)")  # fmt: skip
+        40, "ansi (maps to opt)", None)  # fmt: skip
 
 
 def test_ansi_c_requests_no_conv_scratch():
@@ -245,11 +246,10 @@ def test_depthwise_asymmetric_pad_is_flagged():
     # The kernel runs its s16 path instead: 2*(432 + 16 - 0) + 2*32*33*48 = 102,272 written.
     entry = espnn._scratch("DEPTHWISE_CONV_2D", (1, 33, 32, 48), (1, 17, 16, 48), (1, 3, 3, 48),
                            (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
-    assert entry[0] == 54_208
-    assert "kernel writes 102272: upstream under-allocation" in entry[1]
-    # symmetric pads carry no such note
-    assert "under-allocation" not in espnn._scratch("DEPTHWISE_CONV_2D", (1, 32, 32, 48), (1, 16, 16, 48),
-                                                    (1, 3, 3, 48), (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True)[1]
+    assert entry == (54_208, "3x3 s8 padded input (kernel writes 102272)", espnn.UNDER_ALLOCATION)
+    # symmetric pads carry no such problem
+    assert espnn._scratch("DEPTHWISE_CONV_2D", (1, 32, 32, 48), (1, 16, 16, 48),
+                          (1, 3, 3, 48), (2, 2), SAME, (1, 1), 1, "int8", "esp32s3", True).problem is None
 
 
 @pytest.mark.parametrize(
@@ -277,11 +277,11 @@ def test_conv_more_trailing_than_leading_padding_is_flagged(in_hw, out_hw, strid
 
 
 def _check_flag(in_hw, out_hw, stride, padding, flagged, k):
-    n, branch = espnn._scratch("CONV_2D", (1, in_hw, in_hw, 3), (1, out_hw, out_hw, 16), (16, k, k, 3),
-                               (stride, stride), padding, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
-    assert (espnn.READS_PAST_INPUT in branch) is flagged
+    n, branch, problem = espnn._scratch("CONV_2D", (1, in_hw, in_hw, 3), (1, out_hw, out_hw, 16), (16, k, k, 3),
+                                        (stride, stride), padding, (1, 1), 1, "int8", "esp32s3", True)  # fmt: skip
+    assert (problem == espnn.READS_PAST_INPUT) is flagged
     assert n > 0  # the flag changes no byte count
-    warnings = espnn.upstream_warnings([espnn.NodeScratch(0, "CONV_2D", n, branch)])
+    warnings = espnn.upstream_warnings([espnn.NodeScratch(0, "CONV_2D", n, branch, problem)])
     assert len(warnings) == int(flagged)
     if flagged:
         assert "espressif/esp-nn#31" in warnings[0] and "node 0 CONV_2D" in warnings[0]

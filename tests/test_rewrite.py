@@ -14,7 +14,7 @@ from tflite_fab import tiny_model, unpack
 
 
 def _flagged(data: bytes) -> list[int]:
-    return [e.node for e in espnn.model_scratch(data) if espnn.READS_PAST_INPUT in e.branch]
+    return [e.node for e in espnn.model_scratch(data) if e.problem == espnn.READS_PAST_INPUT]
 
 
 def _same_outputs(a: bytes, b: bytes, n: int = 32) -> bool:
@@ -113,6 +113,6 @@ def test_fix_padding_bad_output_is_one_clear_error(cli, tmp_path, target, messag
 
 def test_flagged_node_that_is_not_a_conv_is_refused(monkeypatch):
     data = tiny_model()
-    monkeypatch.setattr(espnn, "model_scratch", lambda d: [espnn.NodeScratch(1, "MEAN", 8, espnn.READS_PAST_INPUT)])
+    monkeypatch.setattr(espnn, "model_scratch", lambda d: [espnn.NodeScratch(1, "MEAN", 8, "none", espnn.READS_PAST_INPUT)])
     with pytest.raises(ModelError, match="node 1 .* is flagged but is not a 4-D SAME CONV_2D"):
         explicit_conv_padding(data)

@@ -47,18 +47,27 @@ results, not of the requested size. The depthwise write overrun is flagged per n
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 ESP_NN_VERSION = "1.1.2"
 ESP_TFLITE_MICRO_VERSION = "1.3.8"
 TARGETS = ("esp32s3",)
 
-# markers in NodeScratch.branch for known upstream kernel problems (see upstream_warnings)
-READS_PAST_INPUT = "reads past the input: upstream drops trailing SAME padding"
-UNDER_ALLOCATION = "upstream under-allocation"
+# NodeScratch.problem: known upstream kernel problems (see upstream_warnings)
+READS_PAST_INPUT = "reads_past_input"  # the kernel drops trailing SAME padding (esp-nn#31)
+UNDER_ALLOCATION = "under_allocation"  # the kernel writes more scratch than it requests
 
 # TFLite's Padding enum (schema): SAME = 0, VALID = 1
 _SAME, _VALID = 0, 1
+
+
+class Scratch(NamedTuple):
+    """One kernel's scratch request: bytes, which upstream size branch applies (for reports
+    and tests) and a known upstream problem of that branch (None, or one of the codes above)."""
+
+    bytes: int
+    branch: str
+    problem: str | None = None
 
 
 @dataclass(frozen=True)
@@ -67,9 +76,10 @@ class NodeScratch:
     op: str  # BuiltinOperator name
     bytes: int  # scratch requested from the arena (0: none)
     branch: str  # which upstream size branch applies, for reports and tests
+    problem: str | None = None  # READS_PAST_INPUT, UNDER_ALLOCATION or None
 
     def to_dict(self) -> dict[str, Any]:
-        return {"node": self.node, "op": self.op, "bytes": self.bytes, "branch": self.branch}
+        return {"node": self.node, "op": self.op, "bytes": self.bytes, "branch": self.branch, "problem": self.problem}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -106,7 +116,7 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
     (the 2020-2023 version, see the module docstring); with CONFIG_NN_ANSI_C
     esp_nn_conv_ansi.c esp_nn_get_conv_scratch_size_ansi returns 0."""
     if not optimized:
-        return 0, "ansi"
+        return Scratch(0, "ansi")
     align = 32
     if f_w == 1 and f_h == 1 and pad_w == 0 and pad_h == 0 and stride_w == 1 and stride_h == 1:
         ch8 = (in_ch + 7) & ~7
@@ -114,7 +124,7 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
         transpose = 0 if in_w * in_h < 8 else 2 * 8 * ch8
         # channels not a multiple of 8: the input is copied with channels padded to 8
         inp = in_w * in_h * ch8 if in_ch % 8 else 0
-        return inp + ch8 * out_ch + transpose + align, "1x1 mult8" if in_ch % 8 == 0 else "1x1 ch-padded"
+        return Scratch(inp + ch8 * out_ch + transpose + align, "1x1 mult8" if in_ch % 8 == 0 else "1x1 ch-padded")
     ch16 = (in_ch + 15) & ~15
     # symmetric -input_offset padding copy of the input when TFLM passes a non-zero pad
     inp = 0 if pad_w == 0 and pad_h == 0 else (in_w + 2 * pad_w) * (in_h + 2 * pad_h) * in_ch
@@ -123,12 +133,11 @@ def conv_scratch(in_w: int, in_h: int, in_ch: int, out_ch: int, f_w: int, f_h: i
     # with more trailing than leading (3x3 stride 2 over an even extent: 0 + 1) leaves the
     # last windows reading past the input
     ext_w, ext_h = (in_w + 2 * pad_w, in_h + 2 * pad_h) if inp else (in_w, in_h)
-    if out_w is not None and out_h is not None and (
+    reads_past = out_w is not None and out_h is not None and (
         (out_w - 1) * stride_w + f_w > ext_w or (out_h - 1) * stride_h + f_h > ext_h
-    ):
-        branch += f" ({READS_PAST_INPUT})"
+    )
     # filter rows re-laid out to 16-byte multiples, plus one int32 offset term per out channel
-    return inp + f_w * f_h * ch16 * out_ch + align + out_ch * 4, branch
+    return Scratch(inp + f_w * f_h * ch16 * out_ch + align + out_ch * 4, branch, READS_PAST_INPUT if reads_past else None)
 
 
 def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h: int,
@@ -139,7 +148,7 @@ def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h
     docstring); ANSI C (esp_nn_depthwise_conv_ansi.c
     esp_nn_get_depthwise_conv_scratch_size_ansi) returns 0."""
     if not optimized:
-        return 0, "ansi"
+        return Scratch(0, "ansi")
     filt = f_w * f_h * ch * ch_mult
     if ch_mult == 1 and ch % 8 == 0 and f_w == 3 and f_h == 3:
         if ch % 16 == 0:
@@ -156,12 +165,12 @@ def depthwise_scratch(in_w: int, in_h: int, ch: int, ch_mult: int, f_w: int, f_h
                 # size asks for (cf. espressif/esp-nn#30). A bigger arena does not fix that.
                 written = 2 * (filt + 16 - (filt & 15)) + 2 * in_w * in_h * ch
                 if written > n:
-                    branch += f" (kernel writes {written}: {UNDER_ALLOCATION})"
-            return n, branch
-        return 2 * (filt + in_w * in_h * ch) + 16, "3x3 s16"
+                    return Scratch(n, f"{branch} (kernel writes {written})", UNDER_ALLOCATION)
+            return Scratch(n, branch)
+        return Scratch(2 * (filt + in_w * in_h * ch) + 16, "3x3 s16")
     if ch_mult % 4 == 0:
-        return 2 * (filt + in_w * in_h * ch) + 16, "mult4 s16"
-    return 32, "other"
+        return Scratch(2 * (filt + in_w * in_h * ch) + 16, "mult4 s16")
+    return Scratch(32, "other")
 
 
 def softmax_scratch(input_shape: tuple[int, ...], *, optimized: bool = True) -> tuple[int, str]:
@@ -175,8 +184,8 @@ def softmax_scratch(input_shape: tuple[int, ...], *, optimized: bool = True) -> 
     # it as the width), so a rank > 2 input gets less than the kernel writes
     depth = input_shape[-1] if input_shape else 0
     if depth > width:
-        branch += f" (kernel writes {depth * 4}: {UNDER_ALLOCATION})"
-    return width * 4, branch
+        return Scratch(width * 4, f"{branch} (kernel writes {depth * 4})", UNDER_ALLOCATION)
+    return Scratch(width * 4, branch)
 
 
 def scratch_bytes(op_name: str, *, input_shape: tuple[int, ...], output_shape: tuple[int, ...] = (),
@@ -194,14 +203,14 @@ def scratch_bytes(op_name: str, *, input_shape: tuple[int, ...], output_shape: t
 
 
 def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, dilation,
-             depth_multiplier, input_dtype, target, optimized, *, output_dtype: str = "int8") -> tuple[int, str]:  # fmt: skip
+             depth_multiplier, input_dtype, target, optimized, *, output_dtype: str = "int8") -> Scratch:  # fmt: skip
     if target not in TARGETS:
         raise ValueError(f"ESP-NN scratch sizes are known for {', '.join(TARGETS)}, not {target!r}")
     if input_dtype != "int8":  # the esp_nn Prepare paths request scratch for int8 input only
-        return 0, "not int8"
+        return Scratch(0, "not int8")
     if op_name in ("CONV_2D", "DEPTHWISE_CONV_2D"):
         if len(input_shape) != 4 or len(filter_shape) != 4 or len(output_shape) != 4:
-            return 0, "shape unknown"
+            return Scratch(0, "shape unknown")
         _, in_h, in_w, in_ch = input_shape
         _, out_h, out_w, out_ch = output_shape
         f_h, f_w = filter_shape[1], filter_shape[2]
@@ -216,11 +225,11 @@ def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, 
                                  pad_w, pad_h, sw, sh, optimized=optimized)  # fmt: skip
     if op_name == "SOFTMAX":
         if output_dtype != "int8":  # softmax.cc: int8 in AND int8 out (int16 out runs reference)
-            return 0, "not int8 out"
+            return Scratch(0, "not int8 out")
         return softmax_scratch(tuple(input_shape), optimized=optimized)
     # FULLY_CONNECTED (kernels/esp_nn/fully_connected.cc) requests scratch only for int4
     # filters; add, mul and pooling request none.
-    return 0, "none"
+    return Scratch(0, "none")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -253,7 +262,7 @@ def model_scratch(model, *, target: str = "esp32s3", optimized: bool = True) -> 
         o = op.builtinOptions
         in_dtype = dtype_name(tensors[int(op.inputs[0])].type) if op.inputs is not None and len(op.inputs) else ""
         out_dtype = dtype_name(tensors[int(op.outputs[0])].type) if op.outputs is not None and len(op.outputs) else ""
-        n, branch = _scratch(
+        sc = _scratch(
             name, shape(op.inputs, 0), shape(op.outputs, 0), shape(op.inputs, 1),
             (int(getattr(o, "strideW", 1) or 1), int(getattr(o, "strideH", 1) or 1)),
             int(getattr(o, "padding", _SAME)),
@@ -261,23 +270,23 @@ def model_scratch(model, *, target: str = "esp32s3", optimized: bool = True) -> 
             int(getattr(o, "depthMultiplier", 1) or 1), in_dtype, target, optimized,
             output_dtype=out_dtype,
         )  # fmt: skip
-        out.append(NodeScratch(i, name, n, branch))
+        out.append(NodeScratch(i, name, sc.bytes, sc.branch, sc.problem))
     return out
 
 
 def upstream_warnings(entries) -> list[str]:
-    """One line per node whose ESP-NN kernel is known to misbehave upstream (flagged in its
-    branch): results that may differ from the host reference, or scratch overruns."""
+    """One line per node whose ESP-NN kernel is known to misbehave upstream (its ``problem``):
+    results that may differ from the host reference, or scratch overruns."""
     out = []
     for e in entries:
-        if READS_PAST_INPUT in e.branch:
+        if e.problem == READS_PAST_INPUT:
             out.append(f"node {e.node} {e.op}: esp-nn drops its trailing SAME padding, so the windows of the last output "
                        "row and column read past the input (espressif/esp-nn#31): on the device these outputs "
                        "may differ from the host reference (`gendertool model fix-padding` rewrites the model "
                        "with an explicit PAD; `gendertool validate --port` measures it)")
-        elif UNDER_ALLOCATION in e.branch:
+        elif e.problem == UNDER_ALLOCATION:
             ref = " (espressif/esp-nn#30)" if e.op == "DEPTHWISE_CONV_2D" else ""
-            out.append(f"node {e.node} {e.op}: the kernel writes more scratch than it requests{ref}; "
+            out.append(f"node {e.node} {e.op}: the kernel writes more scratch than it requests{ref} ({e.branch}); "
                        "a larger arena does not prevent the overrun")
     return out
 

@@ -72,7 +72,7 @@ def explicit_conv_padding(data: bytes, where: str = "model") -> tuple[bytes, lis
 
     fb = _schema()
     m = parse_model(data, where)
-    flagged = {e.node for e in espnn.model_scratch(m) if espnn.READS_PAST_INPUT in e.branch}
+    flagged = {e.node for e in espnn.model_scratch(m) if e.problem == espnn.READS_PAST_INPUT}
     if not flagged:
         return data, []
     sg = m.subgraphs[0]
