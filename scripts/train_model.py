@@ -50,6 +50,12 @@ def is_inner_val(name: str) -> bool:
     return not is_heldout(name) and _bucket("val:" + name) < 15
 
 
+def cv_fold(name: str, folds: int) -> int:
+    """Cross-validation fold of a file over ALL portraits (held-out included): for estimating a
+    recipe's accuracy on unseen portraits with every image tested once, never for selection."""
+    return _bucket("cv:" + name) % folds
+
+
 def list_dataset(data: Path) -> list[tuple[Path, int]]:
     from gendertool.preprocess import list_images
 
@@ -450,7 +456,19 @@ def main(argv=None) -> int:
                          "INT8 and parity figures come from the inner-val images, so recipe selection "
                          "never sees the held-out split")
     ap.add_argument("--no-write", action="store_true", help="evaluate only, write nothing into --out-dir")
+    ap.add_argument("--cv-fold", metavar="K/N",
+                    help="cross-validation estimate of the recipe: train on every portrait outside fold K of N "
+                         "(held-out split included) and evaluate on fold K; writes nothing"),
     args = ap.parse_args(argv)
+    cv = None
+    if args.cv_fold:
+        try:
+            k, n = (int(v) for v in args.cv_fold.split("/"))
+        except ValueError:
+            raise SystemExit(f"--cv-fold wants K/N, e.g. 0/5, not {args.cv_fold!r}") from None
+        if not (n >= 2 and 0 <= k < n) or args.final or args.eval_heldout:
+            raise SystemExit("--cv-fold K/N needs 0 <= K < N, N >= 2, and neither --final nor --eval-heldout")
+        cv, args.no_write = (k, n), True
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -476,7 +494,10 @@ def main(argv=None) -> int:
     for path, label in items:
         rgb = load_rgb(path)
         rec = (path.name, rgb, label)
-        (test if is_heldout(path.name) else val if is_inner_val(path.name) else train).append(rec)
+        if cv is not None:
+            (test if cv_fold(path.name, cv[1]) == cv[0] else train).append(rec)
+        else:
+            (test if is_heldout(path.name) else val if is_inner_val(path.name) else train).append(rec)
     if args.final:
         train, val = train + val, []
     faces = [face_box(rgb, cascade) for _, rgb, _ in train]
@@ -643,8 +664,8 @@ def main(argv=None) -> int:
     # eval-mode accuracies with the plain firmware pipeline
     # An inner run (recipe selection) never looks at the held-out split unless asked: its INT8
     # and parity figures come from the inner-val images instead.
-    split = "heldout" if args.final or args.eval_heldout else "inner_val"
-    evaluated = test if split == "heldout" else val
+    split = "cv_fold" if cv is not None else "heldout" if args.final or args.eval_heldout else "inner_val"
+    evaluated = val if split == "inner_val" else test
     test_plain = [plain(rgb, cf, args.crop) for _, rgb, _ in evaluated]
     y_test = np.array([lab for _, _, lab in evaluated])
     train_acc = float(np.mean(model.predict(batch_float(train_plain), verbose=0, batch_size=128).argmax(1) == y_train))
@@ -652,7 +673,7 @@ def main(argv=None) -> int:
     float_acc = float(np.mean(float_pred == y_test))
     val_acc = accuracy(val_plain, val_y) if val else None
     print(f"float: train {train_acc:.4f} inner-val {val_acc}"
-          + (f" held-out {float_acc:.4f}" if split == "heldout" else " (held-out not evaluated)"), flush=True)
+          + (" (held-out not evaluated)" if split == "inner_val" else f" {split} {float_acc:.4f}"), flush=True)
 
     # representative set: plain (deployed-pipeline) views of training images, fixed order
     rep = np.stack(train_plain[:: args.calib_stride][: args.calib_images])
@@ -706,6 +727,9 @@ def main(argv=None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers", "teacher_cache")},
     }
+    if cv is not None:  # per image, to pool the folds: name, label, INT8 (TFLM) and float class
+        metrics["predictions"] = [[name, int(lab), int(q), int(fp)]
+                                  for (name, _, lab), q, fp in zip(evaluated, q_tflm.argmax(1), float_pred)]
     print(json.dumps(metrics, indent=2), flush=True)
     if args.no_write:
         tmp_path.unlink()

@@ -81,3 +81,21 @@ def test_face_swap_keeps_the_context_outside_the_face(tm):
     assert np.all(out[:8, :8] == 128) and np.all(out[-8:, -8:] == 128)
     assert out[85, 56, 0] - out[85, 40, 0] == 60
     assert abs((out[85, 56, 0] + out[85, 40, 0]) / 2 - 128) <= 2  # mean matched to the context
+
+
+def test_cv_folds_partition_every_name_and_ignore_the_heldout_split(tm):
+    names = [f"img{i:04d}.jpg" for i in range(2000)]
+    folds = [tm.cv_fold(n, 5) for n in names]
+    assert set(folds) == set(range(5))
+    assert all(300 <= folds.count(k) <= 500 for k in range(5))  # about a fifth each
+    # the folds cut across the held-out split instead of following it
+    held = [f for n, f in zip(names, folds) if tm.is_heldout(n)]
+    assert len(set(held)) == 5
+
+
+def test_cv_fold_option_is_checked_before_tensorflow_loads(tm):
+    for bad in ("5/5", "x/5", "0/1", "1"):
+        with pytest.raises(SystemExit, match="--cv-fold"):
+            tm.main(["--data", "unused", "--cv-fold", bad])
+    with pytest.raises(SystemExit, match="neither --final"):
+        tm.main(["--data", "unused", "--cv-fold", "0/5", "--final"])
