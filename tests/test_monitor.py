@@ -23,7 +23,8 @@ import pytest
 
 from gendertool import protocol as p
 from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
-from gendertool.present import CsvAppender, JsonLinesWriter, RateMeter, RollingStats, percentile
+from gendertool.present import CsvAppender, JsonLinesWriter
+from gendertool.stats import RateMeter, RollingStats, percentile
 from gendertool.simdevice import SimDevice, SimFaults, SimServer
 
 PY = sys.executable

@@ -35,6 +35,26 @@ def test_cli_start_imports_no_heavy_runtime():
     assert proc.stdout.strip() == "", f"imported at CLI start-up: {proc.stdout.strip()}"
 
 
+def test_operations_never_import_the_presentation_layer():
+    import ast
+
+    pkg = REPO / "host" / "gendertool"
+    upper = ("gendertool.cli", "gendertool.present", "gendertool.plots")
+    offenders = []
+    for path in sorted(pkg.glob("*.py")):
+        if path.stem in ("__main__", "present", "plots"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            if any(n == u or n.startswith(u + ".") for n in names for u in upper):
+                offenders.append(f"{path.name}:{node.lineno}")
+    assert offenders == []
+
+
 def test_version(cli):
     from gendertool import __version__
 

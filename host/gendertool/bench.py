@@ -20,7 +20,7 @@ from typing import Any, Callable, Iterable, Sequence
 
 from gendertool.errors import DeviceError, GendertoolError
 from gendertool.files import write_json_atomic
-from gendertool.present import STAT_KEYS, Stats, latency_stats, percentile  # noqa: F401 - bench's API too
+from gendertool.stats import STAT_KEYS, Stats, latency_stats, percentile  # noqa: F401 - bench's API too
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
 from gendertool.transport import check_port_list, run_parallel
 

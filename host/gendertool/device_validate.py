@@ -89,7 +89,7 @@ class BoardValidation:
         return self.error is None and p is not None and p.compared > 0 and self.parity_pct >= min_parity
 
     def latency_stats(self) -> dict:
-        from gendertool.present import latency_stats
+        from gendertool.stats import latency_stats
 
         if not self.latency:
             return {}

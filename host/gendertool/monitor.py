@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from gendertool.errors import DeviceError, GendertoolError
-from gendertool.present import RateMeter, RollingStats, latency_stats
+from gendertool.stats import RateMeter, RollingStats, latency_stats
 
 DEFAULT_TIMEOUT_S = 10.0  # protocol.md §4: device back after a reset or USB drop
 READ_SLICE_S = 0.05  # read granularity: keeps Ctrl-C and the live view responsive
