@@ -459,6 +459,9 @@ def main(argv=None) -> int:
     ap.add_argument("--cv-fold", metavar="K/N",
                     help="cross-validation estimate of the recipe: train on every portrait outside fold K of N "
                          "(held-out split included) and evaluate on fold K; writes nothing"),
+    ap.add_argument("--cv-without-heldout", action="store_true",
+                    help="with --cv-fold: leave the held-out split out entirely (folds over the other "
+                         "portraits), so that the comparison can select a recipe")
     args = ap.parse_args(argv)
     cv = None
     if args.cv_fold:
@@ -469,6 +472,8 @@ def main(argv=None) -> int:
         if not (n >= 2 and 0 <= k < n) or args.final or args.eval_heldout:
             raise SystemExit("--cv-fold K/N needs 0 <= K < N, N >= 2, and neither --final nor --eval-heldout")
         cv, args.no_write = (k, n), True
+    elif args.cv_without_heldout:
+        raise SystemExit("--cv-without-heldout needs --cv-fold")
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import tensorflow as tf
@@ -495,6 +500,8 @@ def main(argv=None) -> int:
         rgb = load_rgb(path)
         rec = (path.name, rgb, label)
         if cv is not None:
+            if args.cv_without_heldout and is_heldout(path.name):
+                continue
             (test if cv_fold(path.name, cv[1]) == cv[0] else train).append(rec)
         else:
             (test if is_heldout(path.name) else val if is_inner_val(path.name) else train).append(rec)

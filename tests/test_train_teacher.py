@@ -99,3 +99,8 @@ def test_cv_fold_option_is_checked_before_tensorflow_loads(tm):
             tm.main(["--data", "unused", "--cv-fold", bad])
     with pytest.raises(SystemExit, match="neither --final"):
         tm.main(["--data", "unused", "--cv-fold", "0/5", "--final"])
+
+
+def test_cv_without_heldout_needs_a_fold(tm):
+    with pytest.raises(SystemExit, match="--cv-without-heldout needs --cv-fold"):
+        tm.main(["--data", "unused", "--cv-without-heldout"])
