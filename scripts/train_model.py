@@ -509,7 +509,7 @@ def main(argv=None) -> int:
         train, val = train + val, []
     faces = [face_box(rgb, cascade) for _, rgb, _ in train]
     print(f"train {len(train)} (faces found {sum(f is not None for f in faces)}), inner-val {len(val)}, "
-          f"held-out {len(test)}; loaded in {time.time() - t0:.1f}s", flush=True)
+          f"{'evaluated fold' if cv is not None else 'held-out'} {len(test)}; loaded in {time.time() - t0:.1f}s", flush=True)
 
     def batch_float(imgs):
         return np.stack([normalize(i, pre) for i in imgs]).astype(np.float32)
