@@ -96,13 +96,22 @@ def out_size(padding: int, image: int, filter_size: int, stride: int, dilation: 
     return 0
 
 
+def _total_pad(stride: int, dilation: int, image: int, filter_size: int, out: int) -> int:
+    eff = (filter_size - 1) * dilation + 1
+    return max((out - 1) * stride + eff - image, 0)
+
+
 def leading_pad(stride: int, dilation: int, image: int, filter_size: int, out: int) -> int:
     """TFLite ComputePadding (tensorflow/lite/kernels/padding.h): total // 2, the odd
     remainder goes to the bottom/right and is not passed to esp-nn (a 3x3 stride-2 SAME
     conv over an even extent arrives with pad 0)."""
-    eff = (filter_size - 1) * dilation + 1
-    total = max((out - 1) * stride + eff - image, 0)
-    return total // 2
+    return _total_pad(stride, dilation, image, filter_size, out) // 2
+
+
+def same_pads(image: int, filter_size: int, stride: int, dilation: int = 1) -> tuple[int, int]:
+    """SAME padding of one axis as TFLite applies it: (leading, trailing)."""
+    total = _total_pad(stride, dilation, image, filter_size, out_size(_SAME, image, filter_size, stride, dilation))
+    return total // 2, total - total // 2
 
 
 # ---------------------------------------------------------------------------------------------

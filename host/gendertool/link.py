@@ -85,6 +85,11 @@ class BenchRun:
         return self.summary is not None and len(self.invoke_us) == self.summary.n == self.n
 
 
+def _ends_upload(r: object) -> bool:
+    """The device's last word on an upload: its result, or an error answering ``infer``."""
+    return (isinstance(r, p.Result) and r.source == "upload") or (isinstance(r, p.ErrorRecord) and r.cmd == "infer")
+
+
 class DeviceClient:
     """Talk to a gendertool firmware (or the virtual device) over ``transport``."""
 
@@ -300,10 +305,8 @@ class DeviceClient:
                 self._stash([it])
                 if isinstance(it, p.Ack) and it.cmd == "infer":
                     until = time.monotonic() + idle  # a late ack: the device now waits for a payload
-                elif (isinstance(it, p.ErrorRecord) and it.cmd == "infer") or (
-                    isinstance(it, p.Result) and it.source == "upload"
-                ):
-                    until = 0.0  # the upload is over
+                elif _ends_upload(it):
+                    until = 0.0
         token = f"sync{secrets.randbits(32):08x}"
         self._send(p.encode_sync(token))
         try:
@@ -363,12 +366,7 @@ class DeviceClient:
         try:
             self._expect_ack("infer", ACK_TIMEOUT)
             self._send(payload)
-            rec = self._wait(
-                lambda r: (isinstance(r, p.Result) and r.source == "upload")
-                or (isinstance(r, p.ErrorRecord) and r.cmd == "infer"),
-                timeout,
-                "result for the uploaded image",
-            )
+            rec = self._wait(_ends_upload, timeout, "result for the uploaded image")
         except ReplyTimeout:
             self._upload_may_pend = True
             raise

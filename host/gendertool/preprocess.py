@@ -31,6 +31,11 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pg
 CROP_MODES = ("center", "none")
 
 
+def check_crop_mode(crop: str) -> None:
+    if crop not in CROP_MODES:  # a typo must not silently fall back to the centre square
+        raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {crop!r}")
+
+
 @dataclass(frozen=True)
 class Preprocessing:
     """How a model wants its pixels: part of each model's profile, rendered into the firmware."""
@@ -43,8 +48,7 @@ class Preprocessing:
     resize: str = field(default="bilinear")
 
     def __post_init__(self) -> None:
-        if self.crop not in CROP_MODES:
-            raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {self.crop!r}")
+        check_crop_mode(self.crop)
         if self.resize != "bilinear":
             raise ValueError(f"only 'bilinear' resize is implemented, not {self.resize!r}")
         if not 0.1 <= self.crop_fraction <= 1.0:
@@ -104,8 +108,7 @@ def _axis_taps(out_size: int, in_size: int) -> tuple[np.ndarray, np.ndarray, np.
 def crop_rect(height: int, width: int, crop_fraction: float = 1.0, crop: str = "center") -> tuple[int, int, int, int]:
     """``(y0, x0, h, w)`` of the source region: the centred square (``"center"``) or the
     whole frame, scaled by ``crop_fraction`` on both axes (``"none"``: stretched to the output)."""
-    if crop not in CROP_MODES:  # a typo must not silently fall back to the centre square
-        raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {crop!r}")
+    check_crop_mode(crop)
     if crop == "none":
         h, w = max(1, int(height * crop_fraction)), max(1, int(width * crop_fraction))
         return (height - h) // 2, (width - w) // 2, h, w

@@ -28,6 +28,7 @@ BSAMPLE_BATCH = 32
 SELFTEST_MAX_RESULTS = 16
 UPLOAD_IDLE_MS = 2000
 SOURCES = ("sample", "upload", "camera")
+BUSY = "busy"  # virtual device only: another TCP client is connected (docs/protocol.md §3)
 ERROR_CODES = (
     "unknown_cmd",
     "bad_args",
@@ -40,9 +41,8 @@ ERROR_CODES = (
     "invoke_failed",
     "camera_failed",
     "internal",
-    "busy",  # virtual device only: another TCP client is connected (docs/protocol.md §3)
+    BUSY,
 )
-BUSY = "busy"
 
 _TYPE_RE = re.compile(rb"[a-z][a-z0-9_]{0,15}\Z")
 _CRC_RE = re.compile(rb"[0-9a-f]{8}\Z")

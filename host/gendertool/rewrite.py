@@ -29,14 +29,6 @@ class PaddedConv:
     pads: tuple[int, int, int, int]  # top, bottom, left, right
 
 
-def _same_pads(in_size: int, filt: int, stride: int, dilation: int) -> tuple[int, int]:
-    """TFLite's SAME padding (tensorflow/lite/kernels/padding.h): (leading, trailing)."""
-    eff = (filt - 1) * dilation + 1
-    out = (in_size + stride - 1) // stride
-    total = max((out - 1) * stride + eff - in_size, 0)
-    return total // 2, total - total // 2
-
-
 def _aligned_pack(fb):
     """A BufferT subclass whose data vector starts on a 16-byte boundary."""
 
@@ -100,8 +92,8 @@ def explicit_conv_padding(data: bytes, where: str = "model") -> tuple[bytes, lis
         if name != "CONV_2D" or int(o.padding) != fb.Padding.SAME or len(x.shape) != 4 or len(w.shape) != 4:
             raise ModelError(f"{where}: node {i} ({name}) is flagged but is not a 4-D SAME CONV_2D")
         _, in_h, in_w, ch = (int(d) for d in x.shape)
-        top, bottom = _same_pads(in_h, int(w.shape[1]), int(o.strideH), int(o.dilationHFactor or 1))
-        left, right = _same_pads(in_w, int(w.shape[2]), int(o.strideW), int(o.dilationWFactor or 1))
+        top, bottom = espnn.same_pads(in_h, int(w.shape[1]), int(o.strideH), int(o.dilationHFactor or 1))
+        left, right = espnn.same_pads(in_w, int(w.shape[2]), int(o.strideW), int(o.dilationWFactor or 1))
 
         buf = fb.BufferT()
         buf.data = np.array([[0, 0], [top, bottom], [left, right], [0, 0]], dtype="<i4").view(np.uint8).reshape(-1)
@@ -175,10 +167,9 @@ def fix_padding(model, output, *, compare: int = 64, seed: int = 0) -> PaddingFi
     TFLM host runtime that ``compare`` random inputs give identical outputs, then write it to
     ``output`` with a sidecar carrying the model's labels and preprocessing."""
     import hashlib
-    import json
-    import os
     from pathlib import Path
 
+    from gendertool.files import write_bytes_atomic, write_json_atomic
     from gendertool.model import load_model, load_model_bytes
     from gendertool.runtime import TflmRunner
 
@@ -203,15 +194,11 @@ def fix_padding(model, output, *, compare: int = 64, seed: int = 0) -> PaddingFi
     if identical != compare:
         raise ModelError(f"the rewritten model differs from {info.name} on {compare - identical} of {compare} "
                          "inputs; nothing written (please report this)")  # fmt: skip
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sidecar = {
+    write_bytes_atomic(out, new)
+    write_json_atomic(out.with_suffix(".json"), {
         "name": out.stem,
         "labels": list(info.labels),
         "preprocessing": info.preprocessing.to_dict(),
         "source": f"gendertool model fix-padding of {info.name} (sha256 {info.sha256})",
-    }
-    for path, payload in ((out, new), (out.with_suffix(".json"), (json.dumps(sidecar, indent=2) + "\n").encode())):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_bytes(payload)
-        os.replace(tmp, path)
+    }, indent=2)
     return PaddingFix(str(info.path), str(out), tuple(convs), info.sha256, sha, info.size, len(new), compare, identical)

@@ -515,10 +515,13 @@ class SimServer:
         """Accept clients one at a time; one that connects while another is being served gets
         an ``error busy`` record and is closed, as a serial port opened twice is refused."""
         worker: threading.Thread | None = None
+
+        def serving() -> bool:
+            return worker is not None and worker.is_alive()
+
         try:
             while not self._stop.is_set():
-                serving = worker is not None and worker.is_alive()
-                if not serving and self.max_clients is not None and self.clients >= self.max_clients:
+                if not serving() and self.max_clients is not None and self.clients >= self.max_clients:
                     return
                 try:
                     ready, _, _ = select.select([self._sock], [], [], 0.2)
@@ -530,9 +533,9 @@ class SimServer:
                     conn, _ = self._sock.accept()
                 except OSError:
                     return
-                if worker is not None and worker.is_alive():
+                if serving():
                     worker.join(timeout=0.5)  # a client that just hung up is still being cleaned up
-                if worker is not None and worker.is_alive():
+                if serving():
                     self._refuse(conn)
                     continue
                 self.clients += 1
