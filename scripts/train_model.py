@@ -102,7 +102,8 @@ def rect_region(rgb: np.ndarray, cx: float, cy: float, rh: float, rw: float) -> 
 
 
 def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0,
-            crop_fraction: float = 1.0, crop: str = "center") -> np.ndarray:
+            crop_fraction: float = 1.0, crop: str = "center", face_zoom: tuple[float, float] = (1.3, 2.4),
+            p_gray: float = 0.1, cast: float = 0.0) -> np.ndarray:
     """One random 64x64 training view. Geometry happens on the full image, before
     ``crop_resize``, so the pixels come out of the firmware's resize; colour jitter is
     per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
@@ -116,7 +117,7 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
         # the deployed pipeline stretches the whole frame: views keep the photo's aspect ratio
         if face is not None and rng.random() < p_face:
             cx, cy, fs = face
-            k = fs * rng.uniform(1.3, 2.4) / m
+            k = fs * rng.uniform(*face_zoom) / m
             cx += rng.uniform(-0.12, 0.12) * fs
             cy += rng.uniform(-0.12, 0.12) * fs
         else:
@@ -126,7 +127,7 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
         region = rect_region(rgb, cx, cy, h * k, w * k)
     elif face is not None and rng.random() < p_face:
         cx, cy, fs = face
-        side = fs * rng.uniform(1.3, 2.4)
+        side = fs * rng.uniform(*face_zoom)
         cx += rng.uniform(-0.12, 0.12) * fs
         cy += rng.uniform(-0.12, 0.12) * fs
     else:
@@ -146,13 +147,16 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
         out = out[:, ::-1]
     # colour jitter: brightness, contrast, saturation, occasional grey
     gray = out.mean(axis=2, keepdims=True)
-    if rng.random() < 0.1:
+    if rng.random() < p_gray:
         out = np.repeat(gray, 3, axis=2)
     else:
         out = gray + (out - gray) * rng.uniform(0.6, 1.4)
     mean = out.mean()
     out = mean + (out - mean) * rng.uniform(0.7, 1.3)
     out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
+    if cast > 0:
+        # colour cast (white balance): an independent gain per channel
+        out = out * rng.uniform(1 - cast, 1 + cast, size=3)
     if rng.random() < p_erase:
         # random erasing: an occluded rectangle filled with noise
         eh, ew = rng.integers(10, 33, size=2)
@@ -189,6 +193,60 @@ def ema_callback(tf, model, decay: float):
             return [a.numpy() for a in self.avg]
 
     return Ema()
+
+
+# ---------------------------------------------------------------- out-of-distribution checks (no TF)
+FACE_ZOOMS = (1.0, 1.3, 1.6)
+
+
+def to_gray(img: np.ndarray) -> np.ndarray:
+    """BT.601 luma in all three channels (a grey photo as a colour camera delivers it)."""
+    y = np.round(img.astype(np.float32) @ np.array([0.299, 0.587, 0.114], np.float32))
+    return np.repeat(np.clip(y, 0, 255)[..., None], 3, axis=2).astype(np.uint8)
+
+
+def desaturate(img: np.ndarray, keep: float) -> np.ndarray:
+    g = to_gray(img).astype(np.float32)
+    return np.clip(np.round(g + keep * (img.astype(np.float32) - g)), 0, 255).astype(np.uint8)
+
+
+def colour_cast(img: np.ndarray, gains) -> np.ndarray:
+    return np.clip(np.round(img.astype(np.float32) * np.asarray(gains, np.float32)), 0, 255).astype(np.uint8)
+
+
+def face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
+    """A square of ``zoom`` x the landmark face size around the face, resized like the firmware:
+    the face fills the frame as in a studio face photo."""
+    from gendertool.preprocess import crop_resize
+
+    cx, cy, fs = landmark_face_box(marks)
+    return crop_resize(np.ascontiguousarray(square_region(rgb, cx, cy, fs * zoom)), SIZE, SIZE, 1.0, "center")
+
+
+def ood_conditions(rgbs, found, marks, crop_fraction: float = 1.0, crop: str = "center"):
+    """name -> (64x64 views, mask of the images they come from). Face crops only where dlib
+    found a face; every other condition transforms the deployed centre crop of every image."""
+    base = [plain(rgb, crop_fraction, crop) for rgb in rgbs]
+    every = np.ones(len(rgbs), bool)
+    found = np.asarray(found, bool)
+    out = {"plain": (base, every)}
+    for z in FACE_ZOOMS:
+        out[f"face_x{z}"] = ([face_crop(r, m, z) for r, m, ok in zip(rgbs, marks, found) if ok], found)
+    out["face_x1.3_gray"] = ([to_gray(v) for v in out["face_x1.3"][0]], found)
+    out["gray"] = ([to_gray(v) for v in base], every)
+    out["desaturated_50"] = ([desaturate(v, 0.5) for v in base], every)
+    out["cast_warm"] = ([colour_cast(v, (1.15, 1.0, 0.85)) for v in base], every)
+    out["cast_cool"] = ([colour_cast(v, (0.85, 1.0, 1.15)) for v in base], every)
+    return out
+
+
+def class_counts(pred: np.ndarray, labels: np.ndarray) -> dict:
+    """Correct and per-class recall counts (what a balance check needs)."""
+    d = {"n": int(len(labels)), "correct": int(np.sum(pred == labels))}
+    for k, name in enumerate(LABELS):
+        d[f"{name}_n"] = int(np.sum(labels == k))
+        d[f"{name}_correct"] = int(np.sum((pred == labels) & (labels == k)))
+    return d
 
 
 # ---------------------------------------------------------------- face teacher (dlib)
@@ -321,11 +379,29 @@ def reestimate_bn(tf, model, images: np.ndarray, momentum: float) -> None:
         layer.momentum = momentum
 
 
-def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
+def load_backbone_weights(base, path: Path) -> int:
+    """Assign ``LAYER/WEIGHT`` arrays (../shared/weights README) to every layer that has weights."""
+    z = np.load(path)
+    n = 0
+    for layer in base.layers:
+        if layer.weights:
+            layer.set_weights([z[f"{layer.name}/{w.name}"] for w in layer.weights])
+            n += len(layer.weights)
+    if n != len(z.files):
+        raise SystemExit(f"{path}: assigned {n} of {len(z.files)} arrays")
+    return n
+
+
+def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float,
+                pretrained: Path | None = None, cut: str | None = None):
+    """MobileNetV2 alpha 0.35 (ImageNet weights from ``pretrained``, else random), optionally
+    truncated after layer ``cut`` (e.g. ``block_12_add``), then average pooling and the head."""
     keras = tf.keras
     base = keras.applications.MobileNetV2(
-        input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None, pooling="avg"
+        input_shape=(SIZE, SIZE, 3), alpha=0.35, include_top=False, weights=None
     )
+    if pretrained is not None:
+        load_backbone_weights(base, pretrained)
     reg = keras.regularizers.l2(weight_decay) if weight_decay > 0 else None
     for layer in base.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
@@ -336,7 +412,7 @@ def build_model(tf, bn_momentum: float, dropout: float, weight_decay: float):
                 layer.depthwise_regularizer = reg
             else:
                 layer.kernel_regularizer = reg
-    x = base.output
+    x = keras.layers.GlobalAveragePooling2D(name="pool")(base.get_layer(cut).output if cut else base.output)
     if dropout > 0:
         x = keras.layers.Dropout(dropout)(x)
     out = keras.layers.Dense(len(LABELS), activation="softmax", kernel_regularizer=reg, name="logits")(x)
@@ -445,6 +521,19 @@ def main(argv=None) -> int:
                     help="deployed crop: centred square, or none (the whole frame stretched to 64x64)")
     ap.add_argument("--crop-fraction", type=float, default=1.0,
                     help="deployed centre crop (Preprocessing.crop_fraction, written to the sidecar)")
+    ap.add_argument("--pretrained", type=Path,
+                    help="ImageNet MobileNetV2 0.35 backbone weights (.npz, ../shared/weights) to fine-tune from")
+    ap.add_argument("--cut", help="truncate the backbone after this Keras layer (e.g. block_12_add)")
+    ap.add_argument("--face-boxes", choices=("haar", "dlib"), default="haar",
+                    help="where face-centred training views come from: OpenCV's Haar cascade, or dlib's "
+                         "detector + five landmarks (the face teacher's, cached with --teacher-cache)")
+    ap.add_argument("--face-zoom", default="1.3,2.4", help="face-centred views: square side LO,HI x the face size")
+    ap.add_argument("--p-gray", type=float, default=0.1, help="share of training views turned grey")
+    ap.add_argument("--cast", type=float, default=0.0, help="colour cast: per-channel gain 1 +- CAST (0 = off)")
+    ap.add_argument("--ood", action="store_true",
+                    help="also evaluate out-of-distribution versions of the evaluated images (tight face "
+                         "crops, grey, desaturated, colour casts), INT8 on TFLM, per class")
+    ap.add_argument("--metrics-out", type=Path, help="also write the metrics JSON here (e.g. for CV runs)")
     ap.add_argument("--save-weights", type=Path, help="save the trained Keras weights (.weights.h5)")
     ap.add_argument("--load-weights", type=Path, help="skip training: load Keras weights (.weights.h5)")
     ap.add_argument("--calib-images", type=int, default=200, help="representative images for INT8 calibration")
@@ -507,7 +596,12 @@ def main(argv=None) -> int:
             (test if is_heldout(path.name) else val if is_inner_val(path.name) else train).append(rec)
     if args.final:
         train, val = train + val, []
-    faces = [face_box(rgb, cascade) for _, rgb, _ in train]
+    face_zoom = tuple(float(v) for v in args.face_zoom.split(","))
+    if args.face_boxes == "dlib":
+        _, found_tr, marks_tr = face_embeddings(train, args.teacher_cache)
+        faces = [landmark_face_box(mk) if ok else None for ok, mk in zip(found_tr, marks_tr)]
+    else:
+        faces = [face_box(rgb, cascade) for _, rgb, _ in train]
     print(f"train {len(train)} (faces found {sum(f is not None for f in faces)}), inner-val {len(val)}, "
           f"{'evaluated fold' if cv is not None else 'held-out'} {len(test)}; loaded in {time.time() - t0:.1f}s", flush=True)
 
@@ -550,9 +644,9 @@ def main(argv=None) -> int:
         if args.face_swap > 0 and f_tr[k] and rng.random() < args.face_swap:
             j = int(partners[lab][rng.integers(len(partners[lab]))])
             rgb, face = face_swap(rgb, m_tr[k], train[j][1], m_tr[j]), landmark_face_box(m_tr[j])
-        return augment(rgb, face, rng, args.p_face, args.erase, cf, args.crop)
+        return augment(rgb, face, rng, args.p_face, args.erase, cf, args.crop, face_zoom, args.p_gray, args.cast)
 
-    model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
+    model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay, args.pretrained, args.cut)
     trainer = model
     if args.emb_weight > 0:
         if kd_face is None:
@@ -573,7 +667,7 @@ def main(argv=None) -> int:
     )
     teachers = []
     for wpath in filter(None, args.teachers.split(",")):
-        t = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay)
+        t = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay, args.pretrained, args.cut)
         t.load_weights(wpath)
         teachers.append(t)
         if val_x is not None:
@@ -586,7 +680,8 @@ def main(argv=None) -> int:
     def reestimate_bn_on_views(seed):
         """BN statistics of averaged weights, from one pass of fresh augmented training views."""
         rng_bn = np.random.default_rng(seed)
-        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop) for (_, rgb, _), f in zip(train, faces)]
+        aug = [augment(rgb, f, rng_bn, args.p_face, args.erase, cf, args.crop, face_zoom, args.p_gray, args.cast)
+               for (_, rgb, _), f in zip(train, faces)]
         reestimate_bn(tf, model, batch_float(aug), args.bn_momentum)
 
     def one_epoch(fit_callbacks):
@@ -734,10 +829,22 @@ def main(argv=None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers", "teacher_cache")},
     }
+    if args.ood:
+        _, found_ev, marks_ev = face_embeddings(evaluated, args.teacher_cache)
+        conds = ood_conditions([rgb for _, rgb, _ in evaluated], found_ev, marks_ev, cf, args.crop)
+        metrics["ood"] = {}
+        for cname, (imgs, keep) in conds.items():
+            xo = np.stack([quantize(img, lut) for img in imgs]).astype(np.int8)
+            pred = np.array([tflm.invoke(x[None]).reshape(-1).argmax() for x in xo])
+            metrics["ood"][cname] = class_counts(pred, y_test[keep])
+        print("out-of-distribution (INT8, TFLM): " + ", ".join(
+            f"{k} {v['correct']}/{v['n']}" for k, v in metrics["ood"].items()), flush=True)
     if cv is not None:  # per image, to pool the folds: name, label, INT8 (TFLM) and float class
         metrics["predictions"] = [[name, int(lab), int(q), int(fp)]
                                   for (name, _, lab), q, fp in zip(evaluated, q_tflm.argmax(1), float_pred)]
-    print(json.dumps(metrics, indent=2), flush=True)
+    print(json.dumps({k: v for k, v in metrics.items() if k != "predictions"}, indent=2), flush=True)
+    if args.metrics_out:
+        args.metrics_out.write_text(json.dumps(metrics, indent=2) + "\n")
     if args.no_write:
         tmp_path.unlink()
         return 0
