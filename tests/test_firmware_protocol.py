@@ -50,6 +50,8 @@ def _record_code(i: int, vec: dict) -> str:
         return f"""
         static const char* const labels{i}[] = {{{labels}}};
         static const int32_t shape{i}[] = {{{shape}}};
+        static const char* const names{i}[] = {{{", ".join(_c_str(x) for x in f["sample_names"]) or "nullptr"}}};
+        static const int32_t truth{i}[] = {{{", ".join(str(x) for x in f["sample_truth"]) or "0"}}};
         gt::HelloInfo h{{}};
         h.fw = {_c_str(f['fw'])}; h.board = {_c_str(f['board'])}; h.chip = {_c_str(f['chip'])};
         h.model = {_c_str(f['model'])}; h.model_sha256 = {_c_str(f['model_sha256'])};
@@ -61,6 +63,7 @@ def _record_code(i: int, vec: dict) -> str:
                                      {f['cpu_mhz']}u, {_c_str(f['idf'])}}};
         h.tflm = {_c_str(f['tflm'])}; h.esp_nn = {_c_str(f['esp_nn'])};
         h.samples = {f['samples']}u; h.source = {_c_str(f['source'])};
+        h.sample_names = names{i}; h.sample_truth = truth{i};
         h.running = {_c_bool(f['running'])}; h.simulated = {sim};
         ok = gt::write_hello(w, h);"""
     if t == "result":

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import zlib
 from pathlib import Path
 
 import pytest
@@ -26,6 +27,8 @@ from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
 from gendertool.present import CsvAppender, JsonLinesWriter
 from gendertool.stats import RateMeter, RollingStats, percentile
 from gendertool.simdevice import SimDevice, SimFaults, SimServer
+
+from conftest import REPO
 
 PY = sys.executable
 
@@ -692,3 +695,63 @@ def test_monitor_real_board(board_ports):
     assert summary.error is None and summary.results == 10
     assert sink.results and not sink.results[-1].simulated
     assert 0 < summary.invoke_ms["p50"] < 1000
+
+
+# --------------------------------------------------------------------------- built-in sample verdicts
+
+NAMED = p.Hello(**{**HELLO.__dict__, "samples": 3, "sample_names": ("female_a", "male_b", "odd"),
+                   "sample_truth": (0, 1, -1)})
+
+
+def test_monitor_names_samples_and_marks_wrong_answers(cli, scripted, tmp_path):
+    """Each sample result names its sample and true label; a wrong answer says WRONG (text,
+    JSON, CSV), an unlabelled sample has no verdict, and the summary counts right and wrong."""
+
+    def script(conn, n):
+        conn.sendall(p.encode_record(NAMED))
+        # sample 0 is female but answered male (wrong); 1 male answered male (right); 2 unknown
+        for seq, (sample, label) in enumerate([(0, "male"), (1, "male"), (2, "female"), (0, "female")]):
+            r = _result(seq, label)
+            conn.sendall(p.encode_record(p.Result(**{**r.__dict__, "sample": sample})))
+        time.sleep(1)
+
+    dev = scripted(script)
+    out = tmp_path / "r.csv"
+    res = cli("monitor", "--port", dev.url, "--count", "4", "--csv", out)
+    assert res.exit_code == 0, res.output
+    lines = [ln for ln in res.stdout.splitlines() if ln.startswith("#")]
+    assert "sample female_a (true female) WRONG" in lines[0]
+    assert "sample male_b (true male) ok" in lines[1]
+    assert "sample odd (true label unknown)" in lines[2] and "WRONG" not in lines[2]
+    assert "sample female_a (true female) ok" in lines[3]
+    assert "built-in samples  2/3 right, 1 WRONG" in res.stdout
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["sample_name"], r["truth"], r["correct"]) for r in rows] == [
+        ("female_a", "female", "False"), ("male_b", "male", "True"), ("odd", "", ""), ("female_a", "female", "True")]
+
+
+def test_monitor_json_verdicts_from_the_virtual_device(cli, sim_url):
+    """The sim names the shipped samples like the firmware (file stem, label prefix): every
+    JSON row's verdict is the row's own class against the label in the sample's name."""
+    res = cli("monitor", "--port", sim_url, "--count", "8", "--json")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert {r["sample_name"] for r in rows} == {p.stem for p in (REPO / "firmware" / "samples").glob("*.png")}
+    for r in rows:
+        assert r["truth"] == r["sample_name"].split("_")[0]
+        assert r["correct"] is (r["label"] == r["truth"])
+
+
+def test_hello_without_sample_names_still_parses():
+    """Hellos from firmware rendered before sample names were added parse, with no verdicts."""
+    from gendertool.monitor import sample_verdict
+
+    line = p.encode_record(HELLO).decode()
+    body = json.loads(line[line.index("{"): line.rindex("*")])
+    for key in ("sample_names", "sample_truth"):
+        del body[key]
+    payload = "hello " + json.dumps(body, separators=(",", ":"))
+    old = f"@GT {payload}*{zlib.crc32(payload.encode()):08x}\n".encode()
+    (rec,) = [item for item in p.StreamParser().feed(old)]
+    assert isinstance(rec, p.Hello) and rec.sample_names == () and rec.labels == ("female", "male")
+    assert sample_verdict(_result(0), rec) is None

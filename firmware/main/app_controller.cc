@@ -45,6 +45,8 @@ void AppController::SendHello() {
   h.tflm = kTflmVersion;
   h.esp_nn = kEspNnVersion;
   h.samples = kNumSampleImages;
+  h.sample_names = kSampleNames;
+  h.sample_truth = kSampleTruth;
   h.source = source_name(source_);
   h.running = running_;
   h.simulated = false;

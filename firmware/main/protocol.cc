@@ -288,6 +288,8 @@ bool write_hello(RecordWriter& w, const HelloInfo& h) {
   w.field_str("tflm", h.tflm);
   w.field_str("esp_nn", h.esp_nn);
   w.field_uint("samples", h.samples);
+  w.field_str_array("sample_names", h.sample_names, h.samples);
+  w.field_int32_array("sample_truth", h.sample_truth, h.samples);
   w.field_str("source", h.source);
   w.field_bool("running", h.running);
   w.field_bool("simulated", h.simulated);

@@ -113,6 +113,8 @@ struct HelloInfo {
   const char* tflm;
   const char* esp_nn;
   uint32_t samples;
+  const char* const* sample_names;  // `samples` entries each
+  const int32_t* sample_truth;      // true class of each sample, -1 when unknown
   const char* source;
   bool running;
   bool simulated;

@@ -187,6 +187,8 @@ class MonitorSummary:
     invoke_ms: dict[str, float] = field(default_factory=dict)
     pre_ms: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
+    samples_right: int = 0
+    samples_wrong: int = 0
     parser: dict[str, int] = field(default_factory=dict)
     simulated: bool | None = None
     device: dict[str, Any] = field(default_factory=dict)
@@ -225,6 +227,8 @@ class MonitorSession:
         self.lost = 0
         self.reconnects = 0
         self.panics = 0
+        self.samples_right = 0  # results on built-in samples of known label
+        self.samples_wrong = 0
         self._last_seq: int | None = None
         self.started = time.monotonic()
 
@@ -242,6 +246,10 @@ class MonitorSession:
         self.all_pre_ms.append(pre)
         self.rate.tick()
         self.classes[r.label] += 1
+        v = sample_verdict(r, self.hello)
+        if v is not None and v.correct is not None:
+            self.samples_right += v.correct
+            self.samples_wrong += not v.correct
 
     def device_rebooted(self) -> None:
         self._last_seq = None
@@ -259,6 +267,8 @@ class MonitorSession:
             invoke_ms=_ms_stats(self.all_invoke_ms),
             pre_ms=_ms_stats(self.all_pre_ms),
             classes=dict(self.classes),
+            samples_right=self.samples_right,
+            samples_wrong=self.samples_wrong,
             parser=dict(parser_stats or {}),
             simulated=(self.latest.simulated if self.latest is not None else getattr(hello, "simulated", None)),
             device=(
@@ -269,17 +279,46 @@ class MonitorSession:
         )
 
 
-def result_row(r: Any) -> dict[str, Any]:
-    """One result as a flat dict for --json / --csv (protocol key names)."""
+@dataclass(frozen=True)
+class SampleVerdict:
+    """A result on a built-in sample, checked against the true label the device's hello gives."""
+
+    name: str
+    truth: str | None  # None: the sample's name gives no label
+    correct: bool | None
+
+
+def sample_verdict(r: Any, hello: Any) -> SampleVerdict | None:
+    """The built-in sample behind result ``r`` and whether the model got it right (None for
+    uploads, the camera, or a device whose hello does not name its samples)."""
+    if r.source != "sample" or hello is None:
+        return None
+    info = hello.sample_info(r.sample)
+    if info is None:
+        return None
+    name, truth = info
+    if truth < 0:
+        return SampleVerdict(name, None, None)
+    return SampleVerdict(name, hello.labels[truth], r.class_index == truth)
+
+
+def result_row(r: Any, hello: Any = None) -> dict[str, Any]:
+    """One result as a flat dict for --json / --csv (protocol key names, plus the built-in
+    sample's name, true label and verdict when the input was one)."""
     from gendertool.protocol import record_to_dict
 
     row = record_to_dict(r)
     row["confidence"] = round(r.confidence, 4) if not math.isnan(r.confidence) else None
+    v = sample_verdict(r, hello)
+    row["sample_name"] = v.name if v else None
+    row["truth"] = v.truth if v else None
+    row["correct"] = v.correct if v else None
     row["t"] = round(time.time(), 3)
     return row
 
 
-CSV_FIELDS = ("t", "seq", "source", "sample", "class", "label", "confidence", "probs", "scores", "pre_us", "invoke_us", "simulated")
+CSV_FIELDS = ("t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label", "confidence",
+              "probs", "scores", "pre_us", "invoke_us", "simulated")
 
 
 class _AtomicRecords:

@@ -150,8 +150,11 @@ def _dec_object(cls: type, data: Any) -> Any:
     if not isinstance(data, dict):
         raise _FieldError("object")
     kwargs = {}
+    optional = getattr(cls, "OPTIONAL", frozenset())
     for key, attr, kind in cls.SPEC:
         if key not in data:
+            if key in optional:
+                continue
             raise _FieldError(key)
         kwargs[attr] = _dec_value(data[key], kind)
     try:
@@ -177,8 +180,11 @@ class Hello:
         ("arena_used", "arena_used", "i"), ("heap_internal", "heap_internal", "i"),
         ("heap_psram", "heap_psram", "i"), ("cpu_mhz", "cpu_mhz", "i"), ("idf", "idf", "s"),
         ("tflm", "tflm", "s"), ("esp_nn", "esp_nn", "s"), ("samples", "samples", "i"),
+        ("sample_names", "sample_names", "[s]"), ("sample_truth", "sample_truth", "[i]"),
         ("source", "source", "s"), ("running", "running", "b"), ("simulated", "simulated", "b"),
     )
+    # added after version 1 first shipped: a hello without them still parses (as empty)
+    OPTIONAL: ClassVar[frozenset] = frozenset({"sample_names", "sample_truth"})
     proto: int
     fw: str
     board: str
@@ -203,6 +209,16 @@ class Hello:
     source: str
     running: bool
     simulated: bool
+    # built-in sample k is sample_names[k]; sample_truth[k] its true class, -1 when unknown
+    sample_names: tuple[str, ...] = ()
+    sample_truth: tuple[int, ...] = ()
+
+    def sample_info(self, index: int) -> tuple[str, int] | None:
+        """(name, true class or -1) of built-in sample ``index``, None if the device did not say."""
+        if 0 <= index < len(self.sample_names):
+            truth = self.sample_truth[index] if index < len(self.sample_truth) else -1
+            return self.sample_names[index], truth if 0 <= truth < len(self.labels) else -1
+        return None
 
 
 @dataclass(frozen=True)

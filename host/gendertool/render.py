@@ -195,6 +195,11 @@ def _load_samples(paths: list[Path]) -> list[tuple[str, Any]]:
     return images
 
 
+def sample_truth(name: str, labels) -> int:
+    """True class of a built-in sample named ``<label>_...`` (firmware/samples' rule), else -1."""
+    return next((k for k, label in enumerate(labels) if name.startswith(f"{label}_")), -1)
+
+
 def _default_sample_paths() -> list[Path]:
     from gendertool.resources import resource_path
 
@@ -225,6 +230,7 @@ def _samples_context(model: "ModelInfo", images: list[tuple[str, Any]], arena: i
                 "rgb_hex": hex_lines(np.ascontiguousarray(rgb, dtype=np.uint8).tobytes()),
                 "expected": [int(v) for v in scores],
                 "expected_class": int(np.argmax(scores)),
+                "truth": sample_truth(name, model.labels),
             }
         )
     return out

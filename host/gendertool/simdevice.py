@@ -141,7 +141,7 @@ class SimDevice:
         if paths is None:
             folder = resource_path("firmware") / "samples"
             paths = list_images(folder) if folder.is_dir() else []
-        images = [(Path(pth).name, load_rgb(pth)) for pth in paths]
+        images = [(Path(pth).stem, load_rgb(pth)) for pth in paths]  # names as the firmware's
         if not images:  # deterministic stand-ins when no sample images ship
             yy, xx = np.mgrid[0:96, 0:96]
             for k in range(2):
@@ -186,6 +186,7 @@ class SimDevice:
 
     def hello(self) -> p.Hello:
         from gendertool import __version__
+        from gendertool.render import sample_truth
 
         m = self.model
         return p.Hello(
@@ -193,6 +194,7 @@ class SimDevice:
             float(m.input.scale), int(m.input.zero_point), float(m.output.scale), int(m.output.zero_point),
             int(m.arena_bytes or 0), int(m.arena_host_bytes or 0), 0, 0, 0, "", _tflm_version(), "",
             len(self._samples), self.source, self.running, True,
+            tuple(s.name for s in self._samples), tuple(sample_truth(s.name, m.labels) for s in self._samples),
         )  # fmt: skip
 
     def selftest_record(self) -> p.SelfTest:

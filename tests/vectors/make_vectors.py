@@ -35,7 +35,8 @@ RECORDS = [
         "hello_device",
         p.Hello(1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", SHA, ("female", "male"), (1, 64, 64, 3),
                 0.0078125, -1, 0.00390625, -128, 262144, 181234, 301020, 8123456, 240, "v5.5.5", "1.3.4", "1.1.2", 4,
-                "sample", True, False),
+                "sample", True, False,
+                ("female_art-4979554", "female_girl-1037886", "male_ai-generated-7934910", "x@\u00e9"), (0, 0, 1, -1)),
     ),
     (
         "hello_utf8_labels",
@@ -200,6 +201,8 @@ def commands() -> list[dict]:
     add("line_at_bound", "ping" + " " * 124 + "\n", {"cmd": "ping"})
     add("line_over_bound", "ping" + " " * 125 + "\n", {"error": "line_too_long", "word": ""})
     add("line_at_bound_crlf", "ping" + " " * 124 + "\r\n", {"cmd": "ping"})
+    # DeviceClient's barrier after a reply timeout: the reply echoes the word (docs/protocol.md §4)
+    add("sync_barrier", "sync0123abcd\n", {"error": "unknown_cmd", "word": "sync0123abcd"})
     return c
 
 

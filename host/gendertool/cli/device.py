@@ -303,6 +303,15 @@ def _elf_from_build(build: Optional[Path]) -> Optional[Path]:
     return path.parent / elf if isinstance(elf, str) and elf else None
 
 
+def _verdict_text(v) -> str:
+    """`  sample NAME (true LABEL) ok|WRONG` for a built-in sample, '' otherwise."""
+    if v is None:
+        return ""
+    if v.truth is None:
+        return f"  sample {v.name} (true label unknown)"
+    return f"  sample {v.name} (true {v.truth}) {'ok' if v.correct else 'WRONG'}"
+
+
 class _MonitorView:
     """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
 
@@ -323,18 +332,20 @@ class _MonitorView:
                 view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
 
             def result(self, r, session) -> None:
-                from gendertool.monitor import result_row
+                from gendertool.monitor import result_row, sample_verdict
 
                 view.session = session
                 if view.json_out is not None or view.csv_out is not None:
-                    row = result_row(r)
+                    row = result_row(r, session.hello)
                     if view.json_out is not None:
                         view.json_out.write(row)
                     if view.csv_out is not None:
                         view.csv_out.write(row)
                 if view.text_results and (view._live is None or not console.is_terminal):
                     console.print(
-                        f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms",
+                        f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms"
+                        + _verdict_text(sample_verdict(r, session.hello)),
+                        soft_wrap=True,
                         markup=False,
                         highlight=False,
                     )
@@ -408,8 +419,10 @@ class _MonitorView:
         r = s.latest
         rows = []
         if r is not None:
+            from gendertool.monitor import sample_verdict
+
             rows += [
-                ("result", f"#{r.seq}  {r.label}  (class {r.class_index})"),
+                ("result", f"#{r.seq}  {r.label}  (class {r.class_index})" + _verdict_text(sample_verdict(r, s.hello))),
                 ("confidence", f"{r.confidence:.1%}"),
                 ("invoke", f"{r.invoke_us / 1000:.2f} ms"),
             ]
@@ -448,6 +461,9 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
         rows.append(("classes", "  ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(summary.classes.items()))))
     lost = summary.lost + summary.parser.get("bad_crc", 0) + summary.parser.get("bad_frame", 0) + summary.parser.get("overlong", 0) + summary.parser.get("partial", 0)
     rows.append(("lost / damaged", f"{summary.lost} missing seq, parser {summary.parser.get('bad_crc', 0)} bad crc, {summary.parser.get('bad_frame', 0)} bad frame, {summary.parser.get('overlong', 0)} overlong, {summary.parser.get('partial', 0)} cut" if lost else "none"))
+    if summary.samples_right or summary.samples_wrong:
+        n = summary.samples_right + summary.samples_wrong
+        rows.append(("built-in samples", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
     if summary.reconnects:
         rows.append(("reconnects", str(summary.reconnects)))
     if summary.panics:
