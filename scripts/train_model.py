@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Train, quantise and evaluate the default model ``models/gender_mbv2_035_64.tflite``.
 
-Keras MobileNetV2 (alpha 0.35, 64x64x3, random init: no downloads) with a 2-class softmax
-head, trained on the portraits data set with the firmware's own preprocessing
+Keras MobileNetV2 (alpha 0.35, 64x64x3; ImageNet weights from a local .npz with
+``--pretrained``, optionally truncated with ``--cut``; nothing is downloaded) with a 2-class
+softmax head, trained on the portraits data set with the firmware's own preprocessing
 (:func:`gendertool.preprocess.crop_resize` + :func:`gendertool.preprocess.normalize`), then
 converted to a full-integer INT8 TFLite file and checked on LiteRT (reference kernels) and
 the TFLM host runtime.
 
     pip install -e .[train]
-    python scripts/train_model.py --data ../shared/datasets/portraits
+    python scripts/train_model.py --data ../shared/datasets/portraits ...
+
+models/README.md ("Reproducing") gives the exact command of the shipped model.
 
 The split helpers (:func:`is_heldout`, :func:`is_inner_val`) import without TensorFlow.
 """
@@ -853,8 +856,10 @@ def main(argv=None) -> int:
         "name": NAME,
         "labels": list(LABELS),
         "preprocessing": pre.to_dict(),
-        "architecture": "Keras MobileNetV2 alpha=0.35, 64x64x3, global average pooling, dropout, "
-                        "Dense(2, softmax); full-integer INT8 (int8 in/out)",
+        "architecture": (f"Keras MobileNetV2 alpha=0.35, 64x64x3"
+                         + (", ImageNet-pretrained" if args.pretrained else ", random init")
+                         + (f", truncated after {args.cut}" if args.cut else "")
+                         + ", global average pooling, dropout, Dense(2, softmax); full-integer INT8 (int8 in/out)"),
         "trained_on": "portraits (Pixabay License): 760 photos, female/ male/; held-out = sha1(file name) % 100 < 20",
         "source": "scripts/train_model.py",
     }

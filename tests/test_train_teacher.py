@@ -104,3 +104,54 @@ def test_cv_fold_option_is_checked_before_tensorflow_loads(tm):
 def test_cv_without_heldout_needs_a_fold(tm):
     with pytest.raises(SystemExit, match="--cv-without-heldout needs --cv-fold"):
         tm.main(["--data", "unused", "--cv-without-heldout"])
+
+
+# ---------------------------------------------------------------- out-of-distribution checks
+
+
+def test_grey_is_bt601_luma_in_every_channel(tm):
+    img = np.array([[[255, 0, 0], [0, 255, 0], [0, 0, 255], [10, 200, 30]]], np.uint8)
+    g = tm.to_gray(img)
+    assert g.shape == img.shape and (g[..., 0] == g[..., 1]).all() and (g[..., 1] == g[..., 2]).all()
+    # 0.299 R + 0.587 G + 0.114 B, rounded: 76, 150, 29, 0.299*10+0.587*200+0.114*30 = 123.81
+    assert g[0, :, 0].tolist() == [76, 150, 29, 124]
+
+
+def test_desaturate_and_casts(tm):
+    img = np.array([[[200, 100, 0]]], np.uint8)
+    grey = int(tm.to_gray(img)[0, 0, 0])  # 118
+    assert tm.desaturate(img, 0.0).tolist() == tm.to_gray(img).tolist()
+    assert tm.desaturate(img, 1.0).tolist() == img.tolist()
+    assert tm.desaturate(img, 0.5)[0, 0].tolist() == [round((grey + 200) / 2), round((grey + 100) / 2), round(grey / 2)]
+    # a warm cast raises red, lowers blue, clips at 255
+    assert tm.colour_cast(np.array([[[240, 100, 100]]], np.uint8), (1.15, 1.0, 0.85))[0, 0].tolist() == [255, 100, 85]
+
+
+def test_face_crop_is_centred_on_the_landmark_face(tm):
+    """A bright square where the landmarks put the face: a tight crop is mostly that square,
+    a wider one shows the dark surround too."""
+    img = np.zeros((200, 300, 3), np.uint8)
+    img[60:140, 110:190] = 255  # 80 px face centred at (150, 100)
+    # five landmarks: eye corners at x 130/140 and 160/170, y 90; nose tip (150, 110)
+    marks = np.array([[130, 90], [140, 90], [160, 90], [170, 90], [150, 110]], float)
+    cx, cy, size = tm.landmark_face_box(marks)
+    assert (cx, cy) == (150, 105) and size == 69
+    tight, wide = tm.face_crop(img, marks, 1.0), tm.face_crop(img, marks, 1.6)
+    assert tight.shape == wide.shape == (64, 64, 3)
+    assert tight.mean() > 0.95 * 255 and wide.mean() < 0.75 * 255
+
+
+def test_class_counts_give_per_class_recall(tm):
+    d = tm.class_counts(np.array([0, 1, 1, 1, 0]), np.array([0, 0, 1, 1, 1]))
+    assert d == {"n": 5, "correct": 3, "female_n": 2, "female_correct": 1, "male_n": 3, "male_correct": 2}
+
+
+def test_ood_conditions_keep_only_images_with_a_face_for_face_crops(tm):
+    rgbs = [np.full((80, 100, 3), v, np.uint8) for v in (50, 150)]
+    marks = np.array([[[30, 30], [35, 30], [55, 30], [60, 30], [45, 45]]] * 2, float)
+    conds = tm.ood_conditions(rgbs, [True, False], marks)
+    assert len(conds["plain"][0]) == 2 and conds["plain"][1].tolist() == [True, True]
+    for name in ("face_x1.0", "face_x1.3", "face_x1.6", "face_x1.3_gray"):
+        views, keep = conds[name]
+        assert len(views) == 1 and keep.tolist() == [True, False]
+    assert set(conds) >= {"gray", "desaturated_50", "cast_warm", "cast_cool"}
