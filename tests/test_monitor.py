@@ -724,7 +724,7 @@ def test_monitor_names_samples_and_marks_wrong_answers(cli, scripted, tmp_path):
     assert "sample male_b (true male) ok" in lines[1]
     assert "sample odd (true label unknown)" in lines[2] and "WRONG" not in lines[2]
     assert "sample female_a (true female) ok" in lines[3]
-    assert "built-in samples  2/3 right, 1 WRONG" in res.stdout
+    assert "sample checks     2/3 right, 1 WRONG" in res.stdout
     rows = list(csv.DictReader(out.open()))
     assert [(r["sample_name"], r["truth"], r["correct"]) for r in rows] == [
         ("female_a", "female", "False"), ("male_b", "male", "True"), ("odd", "", ""), ("female_a", "female", "True")]

@@ -463,7 +463,7 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     rows.append(("lost / damaged", f"{summary.lost} missing seq, parser {summary.parser.get('bad_crc', 0)} bad crc, {summary.parser.get('bad_frame', 0)} bad frame, {summary.parser.get('overlong', 0)} overlong, {summary.parser.get('partial', 0)} cut" if lost else "none"))
     if summary.samples_right or summary.samples_wrong:
         n = summary.samples_right + summary.samples_wrong
-        rows.append(("built-in samples", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
+        rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
     if summary.reconnects:
         rows.append(("reconnects", str(summary.reconnects)))
     if summary.panics:
