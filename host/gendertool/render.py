@@ -35,6 +35,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import jinja2
 
     from gendertool.boards import Board
+    from gendertool.protocol import Hello
     from gendertool.model import ModelInfo
 
 PROJECT_NAME = "gendertool"
@@ -83,6 +84,7 @@ class RenderResult:
     out_dir: Path
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the arena fits only in PSRAM
 
     @property
     def files(self) -> list[Path]:
@@ -289,9 +291,19 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     if not arena:
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16
+    placement = options.get("arena_placement", "auto")
+    if placement not in ("auto", "internal", "psram"):
+        raise GendertoolError(f"arena_placement must be auto, internal or psram, not {placement!r}")
+    # Before anything else is computed or written: an arena that fits nowhere stops here.
+    from gendertool.memory_budget import check_fit
+
+    memory = check_fit(model, board, arena_bytes=arena, arena_placement=placement,
+                       model_in_psram=bool(options.get("model_in_psram", False)))  # fmt: skip
+    memory.raise_if_unfit()
 
     sample_paths = [Path(p) for p in (options["samples"] if "samples" in options else _default_sample_paths())]
     images = _load_samples(sample_paths)
+    check_hello_fits(model, board, arena, len(images))
     samples = _samples_context(model, images, model.arena_host_bytes)
     sample_bytes = sum(s["width"] * s["height"] * 3 for s in samples)
 
@@ -300,9 +312,6 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     if crop not in CROP_MODES_CPP:
         raise GendertoolError(f"model {model.name}: the firmware has no crop mode {crop!r}")
     header, source = c_array_source(model.data, "g_model_data", model_banner(model.name, model.sha256, model.size))
-    placement = options.get("arena_placement", "auto")
-    if placement not in ("auto", "internal", "psram"):
-        raise GendertoolError(f"arena_placement must be auto, internal or psram, not {placement!r}")
 
     return {
         "gendertool_version": __version__,
@@ -351,7 +360,45 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
         "samples": samples,
         "model_array": {"header": header, "source": source},
         "sdkconfig_board": [f"{k}={v}" for k, v in sorted(board.sdkconfig.items())],
+        "memory": memory,
     }
+
+
+# ESP-IDF's IDF_VER is `git describe` (e.g. "v5.5.3", "v5.5.3-12-g0123abcd-dirty"): room for 32.
+IDF_VERSION_WIDTH = 32
+
+
+def firmware_hello(model: "ModelInfo", board: "Board", arena_bytes: int, samples: int) -> "Hello":
+    """The widest hello the rendered firmware can send (app_controller.cc SendHello): the
+    rendered constants, and the run-time figures at their widest (u32 heap sizes, an
+    IDF_VERSION_WIDTH-character IDF version, source "sample", running false)."""
+    from gendertool import __version__
+    from gendertool import protocol as p
+
+    widest_u32 = 0xFFFFFFFF
+    return p.Hello(
+        p.PROTO_VERSION, __version__, board.name, board.idf_target, model.name, model.sha256,
+        tuple(model.labels), tuple(model.input.shape), float(model.input.scale), int(model.input.zero_point),
+        float(model.output.scale), int(model.output.zero_point), int(arena_bytes), widest_u32, widest_u32,
+        widest_u32, 240, "v" + "9" * (IDF_VERSION_WIDTH - 1), COMPONENTS["esp_tflite_micro"], COMPONENTS["esp_nn"],
+        int(samples), "sample", False, False,
+    )  # fmt: skip
+
+
+def check_hello_fits(model: "ModelInfo", board: "Board", arena_bytes: int, samples: int) -> int:
+    """Refuse labels/names whose hello record would not fit one protocol line; return its length."""
+    from gendertool import protocol as p
+
+    line = len(p.encode_record(firmware_hello(model, board, arena_bytes, samples))) - 1  # without "\n"
+    if line > p.MAX_RECORD:
+        longest = max(model.labels, key=len) if model.labels else ""
+        raise GendertoolError(
+            f"model {model.name}: the device's hello record would be {line:,} bytes, over the protocol's "
+            f"{p.MAX_RECORD:,}-byte record line (docs/protocol.md; {p.MAX_LINE:,} with its line end), so the host "
+            f"could not read it; shorten the labels ({len(model.labels)} labels, {sum(map(len, model.labels)):,} "
+            f"characters, longest {len(longest):,}) or the model name"
+        )
+    return line
 
 
 def _boards():
@@ -411,7 +458,7 @@ def render_project(
     if clash:
         raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
     files.update(rendered)
-    result = RenderResult(out_dir=out_dir)
+    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings))
     for rel in sorted(files):
         _write(out_dir / rel, files[rel], result)
     return result
