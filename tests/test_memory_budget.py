@@ -56,7 +56,7 @@ def test_psram_only_fit_warns_naming_the_speed_cost():
     assert info.arena_bytes == 1_156_096
     assert fit.ok and fit.arena_region == "psram"
     (warning,) = fit.warnings
-    assert "1,156,096-byte tensor arena does not fit in internal RAM" in warning
+    assert "1,156,096-byte tensor arena does not fit in the about 262,144 bytes of internal RAM" in warning
     assert "goes to PSRAM" in warning and "octal SPI bus at 80 MHz" in warning and "slower" in warning
     assert fit.psram_used == 1_156_096 + 640 * 640 * 3
 

@@ -184,8 +184,8 @@ def check_fit(
         )
     if region == "psram" and arena_placement == "auto":
         warnings.append(
-            f"{where}: the {arena:,}-byte tensor arena does not fit in internal RAM ({internal_desc}) "
-            f"and goes to PSRAM: {PSRAM_SPEED_COST}"
+            f"{where}: the {arena:,}-byte tensor arena does not fit in the about {internal:,} bytes of internal "
+            f"RAM the firmware has for it (ESP32-S3 memory layout, see docs/building.md) and goes to PSRAM: {PSRAM_SPEED_COST}"
         )
     allocations = list(fixed)
     if region is not None:
