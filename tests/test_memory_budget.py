@@ -138,14 +138,21 @@ def test_hello_size_is_the_real_encoded_record():
 
     board = get_board("xiao_esp32s3")
     info = load_model_bytes(tiny_model(height=16, width=16), name="m", labels=["x" * 700, "y" * 700])
-    hello = firmware_hello(info, board, 4096, 3)
+    names = ["x_one", "y_two", "other"]
+    hello = firmware_hello(info, board, 4096, names)
     assert p.decode_line(p.encode_record(hello).rstrip(b"\n")) == hello
-    size = check_hello_fits(info, board, 4096, 3)
+    assert hello.sample_names == tuple(names) and hello.sample_truth == (-1, -1, -1) and hello.samples == 3
+    short = load_model_bytes(tiny_model(height=16, width=16), name="m", labels=["x", "y"])
+    assert firmware_hello(short, board, 4096, names).sample_truth == (0, 1, -1)  # "<label>_..." names
+    size = check_hello_fits(info, board, 4096, names)
     assert size == len(p.encode_record(hello)) - 1 <= p.MAX_RECORD
     # one character more than the line has room for pushes the same record over it
     longer = load_model_bytes(tiny_model(height=16, width=16), name="m", labels=["x" * (700 + p.MAX_RECORD - size + 1), "y" * 700])
     with pytest.raises(GendertoolError, match="over the protocol's 2,046-byte record line"):
-        check_hello_fits(longer, board, 4096, 3)
+        check_hello_fits(longer, board, 4096, names)
+    # the sample names are in the record too: longer ones push it over as well
+    with pytest.raises(GendertoolError, match="or the sample names"):
+        check_hello_fits(info, board, 4096, ["x_one" + "n" * (p.MAX_RECORD - size + 1), "y_two", "other"])
 
 
 def test_one_class_model_is_refused_with_the_reason(cli, model_file):

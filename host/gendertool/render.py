@@ -32,6 +32,8 @@ from gendertool.errors import BuildError, GendertoolError
 from gendertool.files import write_if_changed
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
     import jinja2
 
     from gendertool.boards import Board
@@ -303,7 +305,7 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
 
     sample_paths = [Path(p) for p in (options["samples"] if "samples" in options else _default_sample_paths())]
     images = _load_samples(sample_paths)
-    check_hello_fits(model, board, arena, len(images))
+    check_hello_fits(model, board, arena, [name for name, _ in images])
     samples = _samples_context(model, images, model.arena_host_bytes)
     sample_bytes = sum(s["width"] * s["height"] * 3 for s in samples)
 
@@ -368,35 +370,39 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
 IDF_VERSION_WIDTH = 32
 
 
-def firmware_hello(model: "ModelInfo", board: "Board", arena_bytes: int, samples: int) -> "Hello":
+def firmware_hello(model: "ModelInfo", board: "Board", arena_bytes: int, sample_names: "Sequence[str]") -> "Hello":
     """The widest hello the rendered firmware can send (app_controller.cc SendHello): the
-    rendered constants, and the run-time figures at their widest (u32 heap sizes, an
-    IDF_VERSION_WIDTH-character IDF version, source "sample", running false)."""
+    rendered constants (model, labels, built-in sample names and their true classes), and
+    the run-time figures at their widest (u32 heap sizes, an IDF_VERSION_WIDTH-character IDF
+    version, source "sample", running false)."""
     from gendertool import __version__
     from gendertool import protocol as p
 
     widest_u32 = 0xFFFFFFFF
     return p.Hello(
-        p.PROTO_VERSION, __version__, board.name, board.idf_target, model.name, model.sha256,
-        tuple(model.labels), tuple(model.input.shape), float(model.input.scale), int(model.input.zero_point),
-        float(model.output.scale), int(model.output.zero_point), int(arena_bytes), widest_u32, widest_u32,
-        widest_u32, 240, "v" + "9" * (IDF_VERSION_WIDTH - 1), COMPONENTS["esp_tflite_micro"], COMPONENTS["esp_nn"],
-        int(samples), "sample", False, False,
+        proto=p.PROTO_VERSION, fw=__version__, board=board.name, chip=board.idf_target, model=model.name,
+        model_sha256=model.sha256, labels=tuple(model.labels), input=tuple(model.input.shape),
+        in_scale=float(model.input.scale), in_zp=int(model.input.zero_point), out_scale=float(model.output.scale),
+        out_zp=int(model.output.zero_point), arena_bytes=int(arena_bytes), arena_used=widest_u32,
+        heap_internal=widest_u32, heap_psram=widest_u32, cpu_mhz=240, idf="v" + "9" * (IDF_VERSION_WIDTH - 1),
+        tflm=COMPONENTS["esp_tflite_micro"], esp_nn=COMPONENTS["esp_nn"], samples=len(sample_names),
+        sample_names=tuple(sample_names), sample_truth=tuple(sample_truth(n, model.labels) for n in sample_names),
+        source="sample", running=False, simulated=False,
     )  # fmt: skip
 
 
-def check_hello_fits(model: "ModelInfo", board: "Board", arena_bytes: int, samples: int) -> int:
+def check_hello_fits(model: "ModelInfo", board: "Board", arena_bytes: int, sample_names: "Sequence[str]") -> int:
     """Refuse labels/names whose hello record would not fit one protocol line; return its length."""
     from gendertool import protocol as p
 
-    line = len(p.encode_record(firmware_hello(model, board, arena_bytes, samples))) - 1  # without "\n"
+    line = len(p.encode_record(firmware_hello(model, board, arena_bytes, sample_names))) - 1  # without "\n"
     if line > p.MAX_RECORD:
         longest = max(model.labels, key=len) if model.labels else ""
         raise GendertoolError(
             f"model {model.name}: the device's hello record would be {line:,} bytes, over the protocol's "
             f"{p.MAX_RECORD:,}-byte record line (docs/protocol.md; {p.MAX_LINE:,} with its line end), so the host "
             f"could not read it; shorten the labels ({len(model.labels)} labels, {sum(map(len, model.labels)):,} "
-            f"characters, longest {len(longest):,}) or the model name"
+            f"characters, longest {len(longest):,}), the model name or the sample names"
         )
     return line
 
