@@ -249,6 +249,11 @@ def test_folder_problems(cli, tiny, tmp_path):
     _image(flat / "a.png", (10, 10), 1)
     r = cli("validate", "--model", tiny, "--images", flat)
     assert r.exit_code == 2
+    assert (f"{flat}: 1 image(s) lie directly in the folder (a.png); images go in one sub-folder per label: "
+            f"{flat / 'female'}/, {flat / 'male'}/") in " ".join(r.stderr.split())  # fmt: skip
+    (flat / "a.png").unlink()
+    r = cli("validate", "--model", tiny, "--images", flat)
+    assert r.exit_code == 2
     assert "no label sub-folders; expected one sub-folder per label: female, male" in " ".join(r.stderr.split())
     empty = tmp_path / "empty"
     (empty / "female").mkdir(parents=True)
@@ -262,14 +267,28 @@ def test_folder_problems(cli, tiny, tmp_path):
     (bad / "male" / "b.txt").write_text("text")
     r = cli("validate", "--model", tiny, "--images", bad)
     assert r.exit_code == 2
-    assert "no readable images (2 file(s) skipped: male/a.jpg, male/b.txt)" in " ".join(r.stderr.split())
+    assert "no readable images (2 file(s) skipped: male/a.jpg, male/b.txt; male/a.jpg: not a readable image" in " ".join(r.stderr.split())
     assert "Traceback" not in r.output
 
 
 def test_loose_image_at_top_is_reported(tiny, images):
     _image(images / "loose.png", (20, 20), 9)
     rep = validate_host(images, tiny)
-    assert SkippedFile("loose.png", "outside the label sub-folders") in rep.skipped
+    where = f"images go in one sub-folder per label: {images / 'female'}/, {images / 'male'}/"
+    assert SkippedFile("loose.png", f"outside the label sub-folders; {where}", "outside") in rep.skipped
+
+
+def test_loose_image_and_empty_label_folder_warn_through_cli(cli, tiny, images):
+    _image(images / "loose.png", (20, 20), 9)
+    for f in (images / "male").iterdir():
+        f.unlink()
+    r = cli("validate", "--model", tiny, "--images", images)
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "warning: label folder male/ is empty: no image of class 'male' is validated" in err
+    assert (f"warning: skipped 1 image(s) outside the label sub-folders (loose.png): images go in one "
+            f"sub-folder per label: {images / 'female'}/, {images / 'male'}/") in err  # fmt: skip
+    assert err.count("loose.png") == 1  # not also called unreadable
 
 
 def test_unknown_kernels(cli, tiny, images):

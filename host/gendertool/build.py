@@ -189,6 +189,9 @@ def build(
         written=list(rendered.written),
         unchanged=list(rendered.unchanged),
     )
+    for warning in getattr(rendered, "warnings", ()):  # memory: e.g. the arena goes to PSRAM
+        result.warnings.append(warning)
+        stage(f"warning: {warning}")
     if (options or {}).get("esp_nn", True):
         for warning in info.espnn_warnings:  # upstream ESP-NN kernel problems this model meets
             result.warnings.append(warning)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -275,6 +276,13 @@ def _make_logger_class():
             self.index = 0
             self._finished = False
             self.messages: list[str] = []
+            self.verified = 0  # images whose MD5 esptool checked right after writing them
+            self.written_to: int | None = None  # flash address the stub acknowledged up to
+            self.sent: dict[int, float] = {}  # image index -> share of its data sent
+
+        def board_state(self) -> str:
+            """What the board's flash holds now, from esptool's own progress and MD5 lines."""
+            return board_state(self.images, self.verified, self.written_to, self.sent.get(self.verified))
 
         def _text(self, args) -> str:
             return " ".join(str(a) for a in args).strip()
@@ -283,6 +291,8 @@ def _make_logger_class():
             text = self._text(args)
             if text:
                 self.messages.append(text)
+                if text.startswith(_IMAGE_VERIFIED):
+                    self.verified += 1
                 self.reporter.message(text)
 
         def note(self, *args) -> None:
@@ -316,14 +326,52 @@ def _make_logger_class():
             if self._finished:
                 self.index += 1
                 self._finished = False
+            at = _WRITING_AT.search(f"{prefix} {suffix}")
+            if at:
+                self.written_to = int(at.group(1), 16)
             if not self.images:
                 return
             image = self.images[min(self.index, len(self.images) - 1)]
+            if total_iters > 0:
+                self.sent[min(self.index, len(self.images) - 1)] = cur_iter / total_iters
             self.reporter.progress(image, int(cur_iter), int(total_iters))
             if total_iters >= 0 and cur_iter >= total_iters:
                 self._finished = True
 
     return _EsptoolBridge
+
+
+# esptool 5 write_flash: "Hash of data verified." after each image's MD5 check; its write
+# progress says "Writing at 0x..." with the address written (and acknowledged) so far.
+_IMAGE_VERIFIED = "Hash of data verified"
+_WRITING_AT = re.compile(r"Writing at (0x[0-9a-fA-F]+)")
+
+
+def board_state(images: Sequence[FlashImage], verified: int, written_to: int | None, sent: float | None = None) -> str:
+    """The board's flash after a flash stopped: images verified, the one cut short, the rest."""
+    images = list(images)
+    parts = []
+    done = images[:verified]
+    if done:
+        parts.append(", ".join(f"{im.name} ({im.offset:#x})" for im in done) + " written and verified")
+    if verified < len(images):
+        cur = images[verified]
+        end = cur.offset + cur.size
+        if written_to is not None and cur.offset < written_to <= end:
+            got = written_to - cur.offset
+            if got >= cur.size:
+                parts.append(f"{cur.name} ({cur.offset:#x}) written but not verified")
+            else:
+                parts.append(f"{cur.name} ({cur.offset:#x}, {cur.size:,} bytes) written up to {written_to:#x} "
+                             f"({got:,} bytes, {got / cur.size:.0%})")  # fmt: skip
+        elif sent:  # no address from esptool: the share of the image's data sent
+            parts.append(f"{cur.name} ({cur.offset:#x}) partly written ({sent:.0%} of its data sent)")
+        else:
+            parts.append(f"{cur.name} ({cur.offset:#x}) not written (its sectors may be erased)")
+        rest = images[verified + 1:]
+        if rest:
+            parts.append(", ".join(f"{im.name} ({im.offset:#x})" for im in rest) + " not written")
+    return "; ".join(parts)
 
 
 def _make_router_class():
@@ -423,18 +471,23 @@ def _esptool_logger(reporter: FlashReporter, images: Sequence[FlashImage]) -> It
 # --------------------------------------------------------------------------- error mapping
 
 
-def _explain(exc: BaseException, port: str, stage: str) -> DeviceError:
-    """One clear message for an esptool / pyserial failure at ``stage``."""
+def _explain(exc: BaseException, port: str, stage: str, board: str | None = None) -> DeviceError:
+    """One clear message for an esptool / pyserial failure at ``stage``; ``board``: what the
+    flash holds when the failure came while writing (board_state)."""
     text = str(exc)
     low = text.lower()
+    first_line = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
+    codes = {int(n) for n in re.findall(r"errno (\d+)", low)}  # "errno 11" must not match 111
+    if errno.ECONNREFUSED in codes or "connection refused" in low:
+        return DeviceError(f"nothing answers at {port} (connection refused): is the serial bridge or loader running there?")
     if isinstance(exc, PermissionError) or "permission denied" in low or getattr(exc, "errno", None) == errno.EACCES:
         return DeviceError(f"permission denied opening {port}; {PERMISSION_HINT}")
     busy = (
         "could not exclusively lock" in low
         or "resource busy" in low
         or "resource temporarily unavailable" in low
-        or "errno 16" in low
-        or "errno 11" in low
+        or errno.EBUSY in codes
+        or errno.EAGAIN in codes
         or "access is denied" in low
         or getattr(exc, "errno", None) in (errno.EBUSY, errno.EAGAIN)
     )
@@ -444,7 +497,7 @@ def _explain(exc: BaseException, port: str, stage: str) -> DeviceError:
             "screen, a browser tab...); close it and try again"
         )
     missing = (
-        "errno 2" in low
+        errno.ENOENT in codes
         or "no such file" in low
         or "filenotfounderror" in low
         or getattr(exc, "errno", None) == errno.ENOENT
@@ -454,20 +507,35 @@ def _explain(exc: BaseException, port: str, stage: str) -> DeviceError:
     vanished = (
         missing
         or "device disconnected" in low
+        or "socket disconnected" in low
+        or "connection reset" in low
+        or "broken pipe" in low
         or "device reports readiness to read but returned no data" in low
         or "input/output error" in low
-        or "errno 5" in low
-        or "errno 6" in low
-        or "errno 19" in low
-        or getattr(exc, "errno", None) in (errno.EIO, errno.ENXIO, errno.ENODEV)
+        or errno.EIO in codes
+        or errno.ENXIO in codes
+        or errno.ENODEV in codes
+        or getattr(exc, "errno", None) in (errno.EIO, errno.ENXIO, errno.ENODEV, errno.ECONNRESET, errno.EPIPE)
     )
+    if vanished and board:
+        return DeviceError(
+            f"the link to {port} dropped while {stage} ({first_line}); on the board: {board}. "
+            "It holds an incomplete firmware and will not boot it: reconnect it (hold BOOT while plugging "
+            "it in if it does not enter download mode) and run `gendertool flash` again, which rewrites every image"
+        )
     if vanished:
         return DeviceError(
             f"{port} vanished while {stage} (unplugged or reset?); the flash may be incomplete: "
             "reconnect the board and run `gendertool flash` again"
         )
     if "md5 of file does not match" in low or "verification failed" in low or "written flash region is empty" in low:
-        return DeviceError(f"verification failed on {port}: the flash does not hold what was written ({text.splitlines()[0]}); try again with a lower --baud or another cable")
+        where = f"; on the board: {board}" if board else ""
+        return DeviceError(f"verification failed on {port}: the flash does not hold what was written ({text.splitlines()[0]}){where}; try again with a lower --baud or another cable")
+    if port.startswith("socket://") and stage == "connecting" and ("failed to connect" in low or "no serial data received" in low):
+        return DeviceError(
+            f"no ESP ROM loader answered on {port} ({first_line}); a socket:// port must lead to a board's "
+            "serial loader (a `gendertool sim serve` virtual device has no flash)"
+        )
     if "failed to connect" in low or "no serial data received" in low or "wrong boot mode" in low or "timed out" in low:
         return DeviceError(
             f"no ESP chip answered on {port} ({text.splitlines()[0].strip()}); "
@@ -475,8 +543,8 @@ def _explain(exc: BaseException, port: str, stage: str) -> DeviceError:
         )
     if "unexpected chip" in low or "failed to autodetect" in low:
         return DeviceError(f"the chip on {port} is not one esptool knows ({text.splitlines()[0].strip()}); gendertool needs an {REQUIRED_CHIP}")
-    first = text.strip().splitlines()[0] if text.strip() else type(exc).__name__
-    return DeviceError(f"esptool failed while {stage} on {port}: {first}")
+    where = f"; on the board: {board}; run `gendertool flash` again" if board else ""
+    return DeviceError(f"esptool failed while {stage} on {port}: {first_line}{where}")
 
 
 # --------------------------------------------------------------------------- flashing
@@ -504,8 +572,10 @@ class FlashResult:
 
 
 def check_flashable(port: str, baud: int) -> None:
-    """Refuse what cannot be flashed before touching any port."""
-    if port == "sim" or port.startswith("socket://"):
+    """Refuse what cannot be flashed before touching any port. socket:// is esptool's too (a
+    remote serial bridge, the tests' emulated ROM loader); a `gendertool sim serve` there
+    does not answer the ROM's sync, which _explain names."""
+    if port == "sim":
         raise DeviceError(f"cannot flash {port}: the virtual device has no flash; flash a real board's serial port")
     if baud <= 0:
         raise DeviceError(f"--baud must be positive, got {baud}")
@@ -594,7 +664,8 @@ def flash(
         except DeviceError:
             raise
         except (FatalError, serial.SerialException, OSError) as exc:
-            raise _explain(exc, port, stage) from None
+            board = bridge.board_state() if stage in ("writing", "verifying") else None
+            raise _explain(exc, port, stage, board) from None
         finally:
             try:
                 esp._port.close()

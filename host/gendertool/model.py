@@ -466,6 +466,13 @@ def check_model(model, data: bytes, where: str = "model") -> None:
     oshape = _shape(tout)
     if not oshape or oshape[-1] < 1 or math.prod(oshape) != oshape[-1]:
         raise ModelError(f"{where}: output shape {list(oshape)}; expected [1, classes]")
+    if oshape[-1] < 2:
+        # argmax over one score always picks it and its softmax is always 1.0: no decision
+        raise ModelError(
+            f"{where}: the model has 1 output class; a classifier needs at least 2 (with one output every "
+            "image gets the same class at probability 1.0). A single sigmoid output (the probability of "
+            "one class) must be exported as 2 softmax outputs"
+        )
     for role, t in (("input", tin), ("output", tout)):
         scales = _scales(t)
         if len(scales) != 1 or not (math.isfinite(scales[0]) and scales[0] > 0):

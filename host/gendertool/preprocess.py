@@ -70,17 +70,52 @@ class Preprocessing:
         )
 
 
+# Largest image (width x height, as its header says) gendertool decodes: 10000 x 10000.
+MAX_IMAGE_PIXELS = 100_000_000
+# Big images are reduced while decoding as long as both sides stay at least this large (above
+# the 640-pixel upload side, far above any model input), so memory stays bounded: JPEGs at
+# 1/2, 1/4 or 1/8 scale in libjpeg (Pillow's draft mode: 8000 x 8000 decodes at 2000 x 2000),
+# other formats by an integer box reduction right after decoding, before any copy.
+DECODE_MIN_SIDE = 1024
+
+
+def _too_large(path, pixels: str) -> ImageError:
+    return ImageError(f"{path}: too large ({pixels}, over the {MAX_IMAGE_PIXELS:,}-pixel limit); scale it down first")
+
+
 def load_rgb(path: str | Path) -> np.ndarray:
-    """Decode an image file to an ``HxWx3`` uint8 RGB array (EXIF orientation applied)."""
+    """Decode an image file to an ``HxWx3`` uint8 RGB array (EXIF orientation applied).
+
+    Images over MAX_IMAGE_PIXELS are refused as too large; big ones are decoded at reduced
+    size (DECODE_MIN_SIDE)."""
+    import re
+    import warnings
+
     from PIL import Image, ImageOps
 
     try:
-        with Image.open(path) as im:
-            im = ImageOps.exif_transpose(im)
-            return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+        with warnings.catch_warnings():
+            # Pillow warns from 89 MP on; the limit below decides
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            with Image.open(path) as im:
+                w, h = im.size
+                if w * h > MAX_IMAGE_PIXELS:
+                    raise _too_large(path, f"{w}x{h} = {w * h:,} pixels")
+                if im.format == "JPEG":
+                    im.draft("RGB", (DECODE_MIN_SIDE, DECODE_MIN_SIDE))
+                else:
+                    factor = min(w, h) // DECODE_MIN_SIDE
+                    if factor >= 2:
+                        if im.mode not in ("L", "LA", "RGB", "RGBA", "I", "F"):  # reduce() cannot average palettes
+                            im = im.convert("RGBA" if "transparency" in im.info or im.mode.endswith("A") else "RGB")
+                        im = im.reduce(factor)
+                im = ImageOps.exif_transpose(im)
+                return np.asarray(im.convert("RGB"), dtype=np.uint8).copy()
+    except Image.DecompressionBombError as exc:  # raised by open() itself, from 179 MP on
+        m = re.search(r"\((\d+) pixels\)", str(exc))
+        raise _too_large(path, f"{int(m.group(1)):,} pixels" if m else str(exc)) from exc
     # what Pillow's decoders raise for damaged or hostile files; anything else is a bug
-    except (OSError, ValueError, SyntaxError, EOFError, NotImplementedError, OverflowError,
-            Image.DecompressionBombError) as exc:
+    except (OSError, ValueError, SyntaxError, EOFError, NotImplementedError, OverflowError) as exc:
         raise ImageError(f"{path}: not a readable image ({exc.__class__.__name__}: {exc})") from exc
 
 
@@ -124,11 +159,17 @@ def crop_resize(rgb: np.ndarray, out_h: int, out_w: int, crop_fraction: float = 
     y0, x0, h, w = crop_rect(rgb.shape[0], rgb.shape[1], crop_fraction, crop)
     ylo, yhi, fy = _axis_taps(out_h, h)
     xlo, xhi, fx = _axis_taps(out_w, w)
-    src = rgb[y0 : y0 + h, x0 : x0 + w].astype(np.int64)
+    src = rgb[y0 : y0 + h, x0 : x0 + w]
     fx_ = fx[None, :, None]
     fy_ = fy[:, None, None]
-    top = src[ylo][:, xlo] * (256 - fx_) + src[ylo][:, xhi] * fx_
-    bottom = src[yhi][:, xlo] * (256 - fx_) + src[yhi][:, xhi] * fx_
+    # gather the taps first (uint8) and widen only those: memory follows the output, not the source
+    rlo, rhi = src[ylo], src[yhi]
+
+    def taps(rows, cols):
+        return rows[:, cols].astype(np.int64)
+
+    top = taps(rlo, xlo) * (256 - fx_) + taps(rlo, xhi) * fx_
+    bottom = taps(rhi, xlo) * (256 - fx_) + taps(rhi, xhi) * fx_
     out = (top * (256 - fy_) + bottom * fy_ + 32768) >> 16
     return out.astype(np.uint8)
 

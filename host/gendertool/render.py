@@ -32,9 +32,12 @@ from gendertool.errors import BuildError, GendertoolError
 from gendertool.files import write_if_changed
 
 if TYPE_CHECKING:  # pragma: no cover
+    from collections.abc import Sequence
+
     import jinja2
 
     from gendertool.boards import Board
+    from gendertool.protocol import Hello
     from gendertool.model import ModelInfo
 
 PROJECT_NAME = "gendertool"
@@ -83,6 +86,7 @@ class RenderResult:
     out_dir: Path
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)  # e.g. the arena fits only in PSRAM
 
     @property
     def files(self) -> list[Path]:
@@ -289,9 +293,19 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     if not arena:
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16
+    placement = options.get("arena_placement", "auto")
+    if placement not in ("auto", "internal", "psram"):
+        raise GendertoolError(f"arena_placement must be auto, internal or psram, not {placement!r}")
+    # Before anything else is computed or written: an arena that fits nowhere stops here.
+    from gendertool.memory_budget import check_fit
+
+    memory = check_fit(model, board, arena_bytes=arena, arena_placement=placement,
+                       model_in_psram=bool(options.get("model_in_psram", False)))  # fmt: skip
+    memory.raise_if_unfit()
 
     sample_paths = [Path(p) for p in (options["samples"] if "samples" in options else _default_sample_paths())]
     images = _load_samples(sample_paths)
+    check_hello_fits(model, board, arena, [name for name, _ in images])
     samples = _samples_context(model, images, model.arena_host_bytes)
     sample_bytes = sum(s["width"] * s["height"] * 3 for s in samples)
 
@@ -300,9 +314,6 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     if crop not in CROP_MODES_CPP:
         raise GendertoolError(f"model {model.name}: the firmware has no crop mode {crop!r}")
     header, source = c_array_source(model.data, "g_model_data", model_banner(model.name, model.sha256, model.size))
-    placement = options.get("arena_placement", "auto")
-    if placement not in ("auto", "internal", "psram"):
-        raise GendertoolError(f"arena_placement must be auto, internal or psram, not {placement!r}")
 
     return {
         "gendertool_version": __version__,
@@ -351,7 +362,49 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
         "samples": samples,
         "model_array": {"header": header, "source": source},
         "sdkconfig_board": [f"{k}={v}" for k, v in sorted(board.sdkconfig.items())],
+        "memory": memory,
     }
+
+
+# ESP-IDF's IDF_VER is `git describe` (e.g. "v5.5.3", "v5.5.3-12-g0123abcd-dirty"): room for 32.
+IDF_VERSION_WIDTH = 32
+
+
+def firmware_hello(model: "ModelInfo", board: "Board", arena_bytes: int, sample_names: "Sequence[str]") -> "Hello":
+    """The widest hello the rendered firmware can send (app_controller.cc SendHello): the
+    rendered constants (model, labels, built-in sample names and their true classes), and
+    the run-time figures at their widest (u32 heap sizes, an IDF_VERSION_WIDTH-character IDF
+    version, source "sample", running false)."""
+    from gendertool import __version__
+    from gendertool import protocol as p
+
+    widest_u32 = 0xFFFFFFFF
+    return p.Hello(
+        proto=p.PROTO_VERSION, fw=__version__, board=board.name, chip=board.idf_target, model=model.name,
+        model_sha256=model.sha256, labels=tuple(model.labels), input=tuple(model.input.shape),
+        in_scale=float(model.input.scale), in_zp=int(model.input.zero_point), out_scale=float(model.output.scale),
+        out_zp=int(model.output.zero_point), arena_bytes=int(arena_bytes), arena_used=widest_u32,
+        heap_internal=widest_u32, heap_psram=widest_u32, cpu_mhz=240, idf="v" + "9" * (IDF_VERSION_WIDTH - 1),
+        tflm=COMPONENTS["esp_tflite_micro"], esp_nn=COMPONENTS["esp_nn"], samples=len(sample_names),
+        sample_names=tuple(sample_names), sample_truth=tuple(sample_truth(n, model.labels) for n in sample_names),
+        source="sample", running=False, simulated=False,
+    )  # fmt: skip
+
+
+def check_hello_fits(model: "ModelInfo", board: "Board", arena_bytes: int, sample_names: "Sequence[str]") -> int:
+    """Refuse labels/names whose hello record would not fit one protocol line; return its length."""
+    from gendertool import protocol as p
+
+    line = len(p.encode_record(firmware_hello(model, board, arena_bytes, sample_names))) - 1  # without "\n"
+    if line > p.MAX_RECORD:
+        longest = max(model.labels, key=len) if model.labels else ""
+        raise GendertoolError(
+            f"model {model.name}: the device's hello record would be {line:,} bytes, over the protocol's "
+            f"{p.MAX_RECORD:,}-byte record line (docs/protocol.md; {p.MAX_LINE:,} with its line end), so the host "
+            f"could not read it; shorten the labels ({len(model.labels)} labels, {sum(map(len, model.labels)):,} "
+            f"characters, longest {len(longest):,}), the model name or the sample names"
+        )
+    return line
 
 
 def _boards():
@@ -411,7 +464,7 @@ def render_project(
     if clash:
         raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
     files.update(rendered)
-    result = RenderResult(out_dir=out_dir)
+    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings))
     for rel in sorted(files):
         _write(out_dir / rel, files[rel], result)
     return result

@@ -98,6 +98,8 @@ class ImageResult:
 class SkippedFile:
     path: str
     reason: str
+    # "unreadable" | "outside" (loose in the images root) | "empty_folder" (a label folder)
+    kind: str = "unreadable"
 
 
 @dataclass(frozen=True)
@@ -212,19 +214,22 @@ def collect_images(
             f"{root}: sub-folder(s) {', '.join(repr(u) for u in unknown)} are not labels of the model; "
             f"its labels are: {', '.join(labels)} (choose others with --labels a,b)"
         )
+    loose = [p for p in sorted(root.iterdir()) if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES]
+    where = "images go in one sub-folder per label: " + ", ".join(f"{root / label}/" for label in labels)
     if not subdirs:
+        if loose:
+            names = ", ".join(p.name for p in loose[:5]) + (", ..." if len(loose) > 5 else "")
+            raise ImageError(f"{root}: {len(loose)} image(s) lie directly in the folder ({names}); {where}")
         raise ImageError(f"{root}: no label sub-folders; expected one sub-folder per label: {', '.join(labels)}")
 
-    skipped = [
-        SkippedFile(p.name, "outside the label sub-folders")
-        for p in sorted(root.iterdir())
-        if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
-    ]
+    skipped = [SkippedFile(p.name, f"outside the label sub-folders; {where}", "outside") for p in loose]
     per_label: list[list[tuple[Path, str]]] = []
     for d in subdirs:
         files = sorted(
             p for p in d.rglob("*") if p.is_file() and not any(part.startswith(".") for part in p.relative_to(d).parts)
         )
+        if not files:
+            skipped.append(SkippedFile(f"{d.name}/", f"empty label folder: no image of class {d.name!r}", "empty_folder"))
         per_label.append([(p, d.name) for p in files])
     if limit is not None:
         if limit < 1:
@@ -246,8 +251,10 @@ def collect_images(
 
 def no_readable_images(root: Path, skipped: Sequence[SkippedFile]) -> ImageError:
     """The error for a folder in which no image could be decoded."""
-    names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-    return ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+    files = [s for s in skipped if s.kind != "empty_folder"]
+    names = ", ".join(s.path for s in files[:5]) + (", ..." if len(files) > 5 else "")
+    first = f"; {files[0].path}: {files[0].reason}" if files else ""
+    return ImageError(f"{root}: no readable images ({len(files)} file(s) skipped: {names}{first})")
 
 
 def skip_reason(exc: ImageError, path: Path) -> str:

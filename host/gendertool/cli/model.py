@@ -25,17 +25,24 @@ def inspect(
 
     info = load_model(model, labels=labels, board=board, measure_arena=arena)
     board_name, partition = app_partition_bytes(board)
+    memory = None
+    if info.arena_bytes is not None:
+        from gendertool.boards import get_board
+        from gendertool.memory_budget import check_fit
+
+        memory = check_fit(info, get_board(board_name))
     if as_json:
         import json
 
         data = info.to_dict()
         data["board"] = {"name": board_name, "app_partition_bytes": partition, "model_fits": info.size <= partition}
+        data["memory"] = memory.to_dict() if memory is not None else None
         typer.echo(json.dumps(data, indent=2))
         return
-    _print_tables(info, board_name, partition)
+    _print_tables(info, board_name, partition, memory)
 
 
-def _print_tables(info, board_name: str, partition: int) -> None:
+def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
     from rich.table import Table
 
     from gendertool.model import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN_BYTES
@@ -79,6 +86,8 @@ def _print_tables(info, board_name: str, partition: int) -> None:
             )
     else:
         summary.add_row("arena", "not measured (--no-arena)")
+    if memory is not None:
+        summary.add_row(f"memory ({board_name})", _memory_text(memory))
     console.print(summary)
 
     tensors = Table(title="Tensors", title_justify="left")
@@ -94,6 +103,20 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     for op in info.operators:
         ops.add_row(op.name, str(op.version), str(op.count), op.resolver_method or "-")
     console.print(ops)
+
+
+def _memory_text(memory) -> str:
+    from rich.markup import escape
+
+    if memory.errors:
+        return "[red]does not fit:[/] " + escape("; ".join(memory.errors))
+    where = {"internal": "internal RAM", "psram": "PSRAM"}[memory.arena_region]
+    room = memory.internal_bytes if memory.arena_region == "internal" else memory.psram_bytes
+    text = (f"arena in {where} ({memory.arena_bytes:,} of about {room:,} bytes); "
+            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes")  # fmt: skip
+    for warning in memory.warnings:
+        text += f"\n[yellow]warning:[/] {escape(warning)}"
+    return text
 
 
 @app.command()

@@ -90,14 +90,29 @@ class _progress:
 
 
 def warn_skipped(skipped: "Sequence[SkippedFile]") -> None:
-    """One warning line on stderr naming the files a validation skipped (host or device run)."""
-    if skipped:
-        names = ", ".join(s.path for s in skipped[:10]) + (", ..." if len(skipped) > 10 else "")
-        from rich.markup import escape
+    """Warning lines on stderr naming what a validation skipped (host or device run): empty
+    label folders, images outside the label folders, files that could not be decoded."""
+    from rich.markup import escape
 
-        err_console.print(
-            f"warning: skipped {len(skipped)} file(s) that are not readable images: {escape(names)}", soft_wrap=True
-        )
+    def names(items) -> str:
+        return escape(", ".join(s.path for s in items[:10]) + (", ..." if len(items) > 10 else ""))
+
+    def warn(text: str) -> None:
+        err_console.print(f"warning: {text}", soft_wrap=True, highlight=False)
+
+    for s in skipped:
+        if s.kind == "empty_folder":
+            warn(f"label folder {escape(s.path)} is empty: no image of class {escape(s.path.rstrip('/'))!r} is validated")
+    outside = [s for s in skipped if s.kind == "outside"]
+    if outside:
+        where = outside[0].reason.split("; ", 1)[-1]
+        warn(f"skipped {len(outside)} image(s) outside the label sub-folders ({names(outside)}): {escape(where)}")
+    too_large = [s for s in skipped if s.kind == "unreadable" and s.reason.startswith("too large")]
+    for s in too_large[:10]:
+        warn(f"skipped {escape(s.path)}: {escape(s.reason)}")
+    rest = [s for s in skipped if s.kind == "unreadable" and s not in too_large]
+    if rest:
+        warn(f"skipped {len(rest)} file(s) that are not readable images: {names(rest)}")
 
 
 def present(report: "ValidationReport", out: "Console", *, show_images: bool = False) -> None:
