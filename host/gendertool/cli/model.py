@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app, console
+from ._options import reject_flag_value
 
 _MODEL_HELP = "Model: a .tflite file or a pulled profile name (default: the shipped default model)."
 
@@ -23,6 +24,7 @@ def inspect(
     """Check an INT8 TFLite classifier and report its tensors, operators, size, MACs and arena."""
     from gendertool.model import app_partition_bytes, load_model
 
+    reject_flag_value(model, "MODEL", "flags such as --json and --arena")
     info = load_model(model, labels=labels, board=board, measure_arena=arena)
     board_name, partition = app_partition_bytes(board)
     if as_json:
