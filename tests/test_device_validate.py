@@ -213,4 +213,4 @@ def test_an_image_whose_result_times_out_is_uploaded_again(sim_server, images, d
     # every image compared once, and each against its own result (a late reply would shift them)
     assert len(board.report.images) == board.uploaded == 6
     assert board.parity().identical == 6
-    assert any("uploaded 1 image(s) twice after a timeout" in n for n in board.report.notes)
+    assert any("uploaded 1 image twice after a timeout" in n for n in board.report.notes)

@@ -161,9 +161,9 @@ def test_cli_tables(cli, tiny, images):
     assert "int8 output parity with tflm" in out
     assert "OpResolverType.BUILTIN_REF (reference kernels)" in out
     assert "TFLM host runtime" in out
-    assert "6 image(s)" in out
+    assert "6 images" in out
     warn = " ".join(r.stderr.split())
-    assert "skipped 3 file(s) that are not readable images:" in warn
+    assert "skipped 3 files that are not readable images:" in warn
     for name in ("female/broken.jpg", "male/cut.jpg", "male/notes.txt"):
         assert name in warn
     assert ".DS_Store" not in r.output and "README.md" not in r.output
@@ -262,7 +262,7 @@ def test_folder_problems(cli, tiny, tmp_path):
     (bad / "male" / "b.txt").write_text("text")
     r = cli("validate", "--model", tiny, "--images", bad)
     assert r.exit_code == 2
-    assert "no readable images (2 file(s) skipped: male/a.jpg, male/b.txt)" in " ".join(r.stderr.split())
+    assert "no readable images (2 files skipped: male/a.jpg, male/b.txt)" in " ".join(r.stderr.split())
     assert "Traceback" not in r.output
 
 

@@ -23,6 +23,7 @@ import numpy as np
 
 from gendertool.errors import DeviceError, GendertoolError, ImageError
 from gendertool.link import INFER_TIMEOUT, ReplyTimeout
+from gendertool.wording import count
 
 DEVICE = "device"
 DEVICE_KERNELS = "the board's firmware: its preprocessing + TFLM Invoke() (ESP-NN kernels when built in)"
@@ -249,7 +250,7 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
         if out.error is not None:
             notes.append(f"stopped after {len(results)} of {len(refs)} images: {out.error}")
         if out.retried:
-            notes.append(f"uploaded {len(out.retried)} image(s) twice after a timeout; first: {out.retried[0]}")
+            notes.append(f"uploaded {count(len(out.retried), 'image')} twice after a timeout; first: {out.retried[0]}")
         out.report = build_report(
             model=model_summary(info),
             images_dir=images_dir,

@@ -21,6 +21,7 @@ import numpy as np
 
 from gendertool.errors import GendertoolError, ImageError
 from gendertool.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
+from gendertool.wording import count
 
 REFERENCE = "tflm"
 
@@ -247,7 +248,7 @@ def collect_images(
 def no_readable_images(root: Path, skipped: Sequence[SkippedFile]) -> ImageError:
     """The error for a folder in which no image could be decoded."""
     names = ", ".join(s.path for s in skipped[:5]) + (", ..." if len(skipped) > 5 else "")
-    return ImageError(f"{root}: no readable images ({len(skipped)} file(s) skipped: {names})")
+    return ImageError(f"{root}: no readable images ({count(len(skipped), 'file')} skipped: {names})")
 
 
 def skip_reason(exc: ImageError, path: Path) -> str:

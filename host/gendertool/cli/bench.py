@@ -11,6 +11,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from gendertool.wording import count
+
 from ._app import app, console, err_console
 from ._options import port_option, resolve_ports
 
@@ -77,7 +79,7 @@ def _failure(failed: list["BenchResult"]):
 
     parts = []
     for r in failed:
-        kept = f"; {r.completed} sample(s) kept in {r.path}" if r.path else ""
+        kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
         parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
     return DeviceError("; ".join(parts))
 
@@ -290,7 +292,7 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             st = b.selftest
             state = "PASS" if st.get("pass") else "FAIL"
             origin = "boot self-test" if st.get("origin") == "boot" else "self-test (run now; the boot record was not seen)"
-            out.print(f"{sim}{origin}: {state}, {st.get('n', 0)} sample(s), {st.get('failed', 0)} failed")
+            out.print(f"{sim}{origin}: {state}, {count(st.get('n', 0), 'sample')}, {st.get('failed', 0)} failed")
             for e in st.get("results", []):
                 if not e.get("ok", True):
                     out.print(f"  sample {e.get('sample')}: expected class {e.get('expect')}, got {e.get('got')}, "

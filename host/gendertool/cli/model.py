@@ -48,7 +48,6 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     summary.add_column(overflow="fold")
     summary.add_row("file", str(info.path) if info.path else "-")
     summary.add_row("size", f"{info.size:,} bytes ({info.size / partition:.0%} of the {board_name} app partition, {partition:,} bytes)")
-    summary.add_row("sha256", info.sha256)
     summary.add_row("labels", ", ".join(info.labels))
     pre = info.preprocessing
     crop = (f"centre square crop {pre.crop_fraction:g}" if pre.crop == "center"
@@ -82,6 +81,8 @@ def _print_tables(info, board_name: str, partition: int) -> None:
     else:
         summary.add_row("arena", "not measured (--no-arena)")
     console.print(summary)
+    # its own line, never folded: 71 characters fit an 80-column terminal whole (copyable)
+    console.print(f"sha256 {info.sha256}", soft_wrap=True)
 
     tensors = Table(title="Tensors", title_justify="left")
     for col in ("", "name", "shape", "dtype", "scale", "zero point"):

@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from gendertool.wording import count
+
 from ._app import app, console, err_console
 from ._options import port_option, resolve_ports
 
@@ -96,7 +98,7 @@ def warn_skipped(skipped: "Sequence[SkippedFile]") -> None:
         from rich.markup import escape
 
         err_console.print(
-            f"warning: skipped {len(skipped)} file(s) that are not readable images: {escape(names)}", soft_wrap=True
+            f"warning: skipped {count(len(skipped), 'file')} that are not readable images: {escape(names)}", soft_wrap=True
         )
 
 
@@ -108,7 +110,7 @@ def present(report: "ValidationReport", out: "Console", *, show_images: bool = F
     m = report.model
     out.print(
         f"model {escape(m['name'])} (sha256 {m['sha256'][:12]}), labels {escape(', '.join(report.labels))}; "
-        f"{len(report.images)} image(s) from {escape(report.images_dir)}"
+        f"{count(len(report.images), 'image')} from {escape(report.images_dir)}"
     )
 
     acc = Table(title="accuracy")
