@@ -294,7 +294,59 @@ def test_monitor_reconnects_after_disconnect(cli, fast_device):
     assert res.exit_code == 0, res.stderr
     assert len(res.stdout.splitlines()) == 15
     assert "disconnected" in res.stderr and "reconnected" in res.stderr
-    assert "reconnects      1" in res.stderr
+    assert _summary_row(res.stderr, "port lost") == "1 time, back 1 time"
+
+
+def _summary_row(text: str, key: str) -> str:
+    """The value of one row of the monitor summary (a two-column table after its title)."""
+    lines = text.split("Monitor summary", 1)[1].splitlines()
+    (row,) = [ln for ln in lines if ln.startswith(key + "  ")]
+    return " ".join(row[len(key):].split())
+
+
+def _ten_results(conn, n):
+    # 10 results 0.1 s apart: invoke 10..100 ms, pre 0.8 ms, 3 female + 7 male, seq 4 and 5 lost
+    conn.sendall(p.encode_record(HELLO))
+    for i, seq in enumerate((0, 1, 2, 3, 6, 7, 8, 9, 10, 11)):
+        label = "female" if i < 3 else "male"
+        conn.sendall(p.encode_record(_result(seq, label, invoke_us=10_000 * (i + 1))))
+        time.sleep(0.1)
+    time.sleep(1)
+
+
+def test_monitor_summary_figures_are_the_streams(cli, scripted):
+    res = cli("monitor", "--port", scripted(_ten_results).url, "--count", "10")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert _summary_row(out, "results").startswith("10 in ")
+    fps = _summary_row(out, "FPS")
+    assert fps.endswith("s)") and "first to last result" in fps
+    assert 7.0 < float(fps.split()[0]) <= 10.5  # 9 intervals of ~0.1 s (sleep only ever overshoots)
+    assert _summary_row(out, "invoke ms") == "p50 55.00 p90 91.00 p99 99.10 mean 55.00 min 10.00 max 100.00"
+    assert _summary_row(out, "preprocess ms") == "p50 0.80 p90 0.80"
+    assert _summary_row(out, "classes") == "female 3 (30%) male 7 (70%)"
+    lost = _summary_row(out, "lost / damaged")
+    assert lost.startswith("2 missing seq") and "0 bad crc" in lost
+    for absent in ("port lost", "panics", "stopped", "csv"):  # nothing of the kind happened
+        assert not any(ln.startswith(absent) for ln in out.split("Monitor summary")[1].splitlines())
+
+
+def test_monitor_summary_of_one_result_has_no_rate(cli, scripted):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO) + p.encode_record(_result(0)))
+        time.sleep(1)
+
+    res = cli("monitor", "--port", scripted(script).url, "--count", "1")
+    assert res.exit_code == 0, res.output
+    assert _summary_row(res.stdout, "FPS") == "- (needs two results)"
+    assert _summary_row(res.stdout, "lost / damaged") == "none"
+
+
+def test_monitor_summary_names_the_csv(cli, sim_url, tmp_path):
+    out = tmp_path / "r.csv"
+    res = cli("monitor", "--port", sim_url, "--count", "2", "--csv", out)
+    assert res.exit_code == 0, res.output
+    assert _summary_row(res.stdout, "csv") == str(out)
 
 
 def test_monitor_gives_up_when_port_does_not_return(cli, scripted):
@@ -312,6 +364,8 @@ def test_monitor_gives_up_when_port_does_not_return(cli, scripted):
     assert "did not come back within 1 s" in res.stderr and "giving up" in res.stderr
     assert len(res.stdout.splitlines()) == 3  # what arrived is kept
     assert "Monitor summary" in res.stderr  # summary still shown
+    # it vanished once and never came back: no reconnect to report
+    assert _summary_row(res.stderr, "port lost") == "1 time, back 0 times"
 
 
 def test_monitor_silent_device_times_out(cli, scripted):

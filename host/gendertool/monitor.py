@@ -180,10 +180,12 @@ class MonitorSummary:
     port: str
     results: int = 0
     lost: int = 0  # gaps in result sequence numbers
-    reconnects: int = 0
+    reconnects: int = 0  # times the port came back after it vanished
+    disconnects: int = 0  # times the port vanished (one more than reconnects when it never returned)
     panics: int = 0
-    seconds: float = 0.0
-    fps: float = 0.0
+    seconds: float = 0.0  # the whole session, connecting included
+    fps: float = 0.0  # (results - 1) / span_s; 0 with fewer than two results
+    span_s: float = 0.0  # first to last result
     invoke_ms: dict[str, float] = field(default_factory=dict)
     pre_ms: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
@@ -226,6 +228,7 @@ class MonitorSession:
         self.results = 0
         self.lost = 0
         self.reconnects = 0
+        self.disconnects = 0
         self.panics = 0
         self.samples_right = 0  # results on built-in samples of known label
         self.samples_wrong = 0
@@ -261,9 +264,11 @@ class MonitorSession:
             results=self.results,
             lost=self.lost,
             reconnects=self.reconnects,
+            disconnects=self.disconnects,
             panics=self.panics,
             seconds=time.monotonic() - self.started,
             fps=self.rate.overall(),
+            span_s=(self.rate.latest - self.rate.first) if self.rate.first is not None else 0.0,
             invoke_ms=_ms_stats(self.all_invoke_ms),
             pre_ms=_ms_stats(self.all_pre_ms),
             classes=dict(self.classes),
@@ -462,8 +467,9 @@ def run_monitor(
         nonlocal last_data
         if ev.kind == "disconnected":
             panics.flush()
-            session.reconnects += 1
+            session.disconnects += 1
         else:
+            session.reconnects += 1
             last_data = clock()
             send("info")
         sink.status(ev.message)

@@ -433,8 +433,8 @@ class _MonitorView:
             ("results", f"{s.results}" + (f"  (lost {s.lost})" if s.lost else "")),
             ("classes", "  ".join(f"{k} {v}" for k, v in s.classes.most_common())),
         ]
-        if s.reconnects:
-            rows.append(("reconnects", str(s.reconnects)))
+        if s.disconnects:
+            rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
         if r is not None and r.simulated:
             rows.append(("", "virtual device: host latency"))
         grid = Table.grid(expand=True, padding=(0, 2))
@@ -447,10 +447,15 @@ class _MonitorView:
 def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     from gendertool.present import format_duration, format_ms, kv_table
 
+    from gendertool.wording import count
+
     inv, pre = summary.invoke_ms, summary.pre_ms
     rows = [
         ("port", summary.port + ("  (virtual device: latency is this computer's)" if summary.simulated else "")),
-        ("results", f"{summary.results} in {format_duration(summary.seconds)}, {summary.fps:.1f} FPS"),
+        ("results", f"{summary.results} in {format_duration(summary.seconds)} (connecting included)"),
+        # a rate needs two results; over the span it is measured on, not the whole session
+        ("FPS", f"{summary.fps:.1f} (first to last result, {format_duration(summary.span_s)})" if summary.results >= 2
+         else "- (needs two results)"),
     ]
     if inv:
         rows.append(("invoke ms", f"p50 {format_ms(inv['p50'], 2)}  p90 {format_ms(inv['p90'], 2)}  p99 {format_ms(inv['p99'], 2)}  mean {format_ms(inv['mean'], 2)}  min {format_ms(inv['min'], 2)}  max {format_ms(inv['max'], 2)}"))
@@ -464,8 +469,8 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     if summary.samples_right or summary.samples_wrong:
         n = summary.samples_right + summary.samples_wrong
         rows.append(("built-in samples", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
-    if summary.reconnects:
-        rows.append(("reconnects", str(summary.reconnects)))
+    if summary.disconnects:
+        rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:
