@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import closed_port_url
 from gendertool import protocol as p
 from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
 from gendertool.present import CsvAppender, JsonLinesWriter
@@ -248,7 +249,47 @@ def test_monitor_csv_appends_with_one_header(cli, sim_url, tmp_path):
     assert len(rows) == 7  # appended, header written once
     assert out.read_text().count("seq,") == 1
     assert all(r["label"] in ("female", "male") and int(r["invoke_us"]) > 0 for r in rows)
-    assert len(rows[0]["probs"].split()) == 2
+    assert list(rows[0]) == ["run", "t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label",
+                             "confidence", "p_female", "p_male", "score_female", "score_male", "pre_us", "invoke_us",
+                             "simulated"]
+    for r in rows:  # one number per cell, the chosen class's probability is the confidence
+        assert math.isclose(float(r["p_female"]) + float(r["p_male"]), 1.0, abs_tol=2e-3)
+        assert math.isclose(float(r[f"p_{r['label']}"]), float(r["confidence"]), abs_tol=1e-4)
+        int(r["score_female"]), int(r["score_male"])
+    runs = [r["run"] for r in rows]
+    assert runs[:4] == [runs[0]] * 4 and runs[4:] == [runs[4]] * 3 and runs[0] != runs[4]  # appended runs apart
+
+
+def test_monitor_csv_keeps_results_that_precede_the_hello(cli, scripted, tmp_path):
+    def script(conn, n):  # already streaming: two results arrive before the reply to `info`
+        conn.sendall(p.encode_record(_result(0)) + p.encode_record(_result(1, "female")) + p.encode_record(HELLO))
+        conn.sendall(p.encode_record(_result(2)))
+        time.sleep(1)
+
+    out = tmp_path / "early.csv"
+    res = cli("monitor", "--port", scripted(script).url, "--count", "3", "--csv", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["seq"], r["label"], r["p_female"], r["score_male"]) for r in rows] == [
+        ("0", "male", "0.1", "80"), ("1", "female", "0.9", "-80"), ("2", "male", "0.1", "80")]
+
+
+def test_monitor_csv_with_other_labels_refused(cli, sim_url, tmp_path):
+    from gendertool.monitor import csv_fields
+
+    out = tmp_path / "cats.csv"
+    out.write_text(",".join(csv_fields(("cat", "dog"))) + "\n")
+    res = cli("monitor", "--port", sim_url, "--count", "1", "--csv", out)
+    assert res.exit_code == 2 and "already has different columns" in res.stderr and "p_cat" in res.stderr
+    assert out.read_text().count("\n") == 1  # nothing appended
+
+
+def test_monitor_csv_unwritable_refused_before_connecting(cli, tmp_path):
+    target = tmp_path / "a-folder.csv"
+    target.mkdir()
+    res = cli("monitor", "--port", closed_port_url(), "--count", "1", "--csv", target)
+    assert res.exit_code == 2 and f"cannot write --csv {target}" in res.stderr
+    assert "cannot connect" not in res.stderr
 
 
 def test_monitor_csv_header_mismatch_refused(cli, sim_url, tmp_path):

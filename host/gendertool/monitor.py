@@ -322,8 +322,33 @@ def result_row(r: Any, hello: Any = None) -> dict[str, Any]:
     return row
 
 
-CSV_FIELDS = ("t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label", "confidence",
-              "probs", "scores", "pre_us", "invoke_us", "simulated")
+# --csv columns: a run id (appended runs stay apart; seq restarts with every device boot),
+# then one probability and one score column per class, named from the device's labels.
+CSV_HEAD = ("run", "t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label", "confidence")
+CSV_TAIL = ("pre_us", "invoke_us", "simulated")
+
+
+def csv_fields(labels: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    return (*CSV_HEAD, *(f"p_{lab}" for lab in labels), *(f"score_{lab}" for lab in labels), *CSV_TAIL)
+
+
+def csv_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str) -> dict[str, Any]:
+    """A :func:`result_row` spread over :func:`csv_fields` (a missing class value stays empty)."""
+    out: dict[str, Any] = {k: row.get(k) for k in CSV_HEAD}
+    out["run"] = run
+    probs, scores = list(row.get("probs") or ()), list(row.get("scores") or ())
+    for i, lab in enumerate(labels):
+        out[f"p_{lab}"] = probs[i] if i < len(probs) else None
+        out[f"score_{lab}"] = scores[i] if i < len(scores) else None
+    out.update({k: row.get(k) for k in CSV_TAIL})
+    return out
+
+
+def new_run_id() -> str:
+    """UTC start time plus a random suffix: sortable, and unique for runs started in one second."""
+    import secrets
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 class _AtomicRecords:
