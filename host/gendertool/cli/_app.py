@@ -82,6 +82,16 @@ app = HonestTyper(
 console = Console(highlight=False, emoji=False)  # user text like ":x:" stays text
 err_console = Console(stderr=True, highlight=False, emoji=False)
 
+EXIT_USER_ERROR = 2
+
+
+def print_error(message: str) -> None:
+    """The one way an error is shown (``main`` for a raised GendertoolError, or a command that
+    reports a failure before the results it still shows)."""
+    from rich.markup import escape
+
+    err_console.print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
+
 
 def _print_version(value: bool) -> None:
     if value:
