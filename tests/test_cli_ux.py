@@ -68,6 +68,8 @@ def _help_row(text: str, option: str) -> str:
     [
         (["bench"], "--port", "PORT"), (["bench"], "--runs", "N"), (["bench"], "--out", "DIR"),
         (["bench"], "--compare", "PATH"), (["monitor"], "--timeout", "SECONDS"), (["monitor"], "--csv", "PATH"),
+        (["build"], "--backend", "pio|idf"), (["monitor"], "--source", "sample|camera"), (["convert"], "--output", "DIR"),
+        (["model", "fix-padding"], "--output", "PATH"),
         (["validate"], "--images", "DIR"), (["validate"], "--model", "MODEL"), (["inspect"], "--board", "BOARD"),
     ],
 )

@@ -12,7 +12,7 @@ from rich.console import Console
 # Option metavars that say more than the type would (PATH, N, TEXT).
 _METAVARS = {
     "--images": "DIR", "--out": "DIR", "--build": "DIR", "--listen": "HOST:PORT", "--timeout": "SECONDS",
-    "--min-parity": "PERCENT", "--kernels": "KERNEL", "--labels": "LABEL,LABEL", "--period-ms": "MS",
+    "--min-parity": "PERCENT", "--labels": "LABEL,LABEL", "--period-ms": "MS",
     "--reply-delay-ms": "MS",
 }
 

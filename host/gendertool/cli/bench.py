@@ -29,7 +29,7 @@ def bench_cmd(
     n: int = typer.Option(200, "-n", "--runs", help="Timed runs, each preprocessing + Invoke() (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
     input_source: str = typer.Option(
-        "sample", "--input", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
+        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
     ),
     profile: bool = typer.Option(False, "--profile", help="Also time every operator of one Invoke()."),
     out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),

@@ -102,7 +102,7 @@ def _print_tables(info, board_name: str, partition: int) -> None:
 @app.command()
 def convert(
     model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for model_data.h and model_data.cc."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder for model_data.h and model_data.cc."),
     board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
 ) -> None:
     """Check a model and write it as an aligned C array (model_data.h / model_data.cc)."""

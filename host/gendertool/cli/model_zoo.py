@@ -95,7 +95,7 @@ def list_(
 @model_app.command("fix-padding")
 def fix_padding(
     model: str = typer.Argument(..., help="A .tflite path or a profile name."),
-    output: str = typer.Option(..., "--output", "-o", help="The rewritten .tflite (a sidecar .json is written beside it)."),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="The rewritten .tflite (a sidecar .json is written beside it)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Give each conv that ESP-NN mis-pads (espressif/esp-nn#31) an explicit PAD: same outputs, proven on TFLM."""

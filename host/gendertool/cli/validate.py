@@ -35,6 +35,7 @@ def validate(
         ["reference"],
         "--kernels",
         "-k",
+        metavar="reference|default|builtin",
         help="LiteRT kernels to compare with TFLM: reference (BUILTIN_REF, the parity reference), "
         "default (XNNPACK) or builtin (BUILTIN_WITHOUT_DEFAULT_DELEGATES). Repeat to compare several.",
     ),
