@@ -356,9 +356,11 @@ def _ten_results(conn, n):
 
 
 def test_monitor_summary_figures_are_the_streams(cli, scripted):
-    res = cli("monitor", "--port", scripted(_ten_results).url, "--count", "10")
+    url = scripted(_ten_results).url
+    res = cli("monitor", "--port", url, "--count", "10")
     assert res.exit_code == 0, res.output
     out = res.stdout
+    assert _summary_row(out, "port") == url  # a board's figures: no virtual-device note
     assert _summary_row(out, "results").startswith("10 in ")
     fps = _summary_row(out, "FPS")
     assert fps.endswith("s)") and "first to last result" in fps
