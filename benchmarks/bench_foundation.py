@@ -1,9 +1,9 @@
-"""Foundation figures: CLI start time, inspect time (cold / cached arena), convert vs ``xxd -i``.
+"""Foundation figures: CLI start and Tab-completion time, inspect time (cold / cached arena), convert vs ``xxd -i``.
 
     python benchmarks/bench_foundation.py [MODEL] [--runs N]
 
 Prints medians of N subprocess runs (wall clock). Nothing is asserted: the goals are
-``gendertool --help`` < 0.5 s and ``convert`` no slower than ``xxd -i``.
+``gendertool --help`` < 0.3 s, a completion request as fast, and ``convert`` no slower than ``xxd -i``.
 """
 
 from __future__ import annotations
@@ -52,6 +52,10 @@ def main() -> int:
 
     help_t = _time([*gt, "--help"], args.runs)
     print(f"gendertool --help            {_fmt(help_t)}")
+    # what the shell runs on every Tab once completion is installed
+    tab_env = dict(os.environ, _GENDERTOOL_COMPLETE="complete_bash", COMP_WORDS="gendertool bench --", COMP_CWORD="2")
+    tab_t = _time(gt, args.runs, env=tab_env)
+    print(f"completion (Tab, bash)       {_fmt(tab_t)}")
 
     cold = _time([*gt, "inspect", str(model), "--json"], max(3, args.runs // 2), fresh_cache=True)
     print(f"inspect (cold arena probe)   {_fmt(cold)}")

@@ -217,3 +217,77 @@ def test_port_from_environment(cli, sim_server, tmp_path, monkeypatch):
     assert r.exit_code == 0, r.output
     data = json.loads((tmp_path / "bench.json").read_text())
     assert data["port"] == server.url and data["completed"] == 4
+
+
+# --------------------------------------------------------------------------- output order and --json
+
+
+def _lines(text: str) -> list[str]:
+    return text.splitlines()
+
+
+def test_output_order_table_then_paths(cli, sim_server, tmp_path):
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "10", "--warmup", "0", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    lines = _lines(r.stdout)
+    assert lines[0].startswith("SIMULATED latency on sim")  # no leading blank line, no paths first
+    assert r.stderr == ""  # nothing before it on stderr either (no progress on a non-terminal)
+    table = next(i for i, ln in enumerate(lines) if "Invoke()" in ln)
+    report = next(i for i, ln in enumerate(lines) if ln.startswith("bench.json: "))
+    plots = next(i for i, ln in enumerate(lines) if ln.startswith("plots: "))
+    assert table < report < plots == len(lines) - 1
+    assert str(tmp_path / "latency_hist.png") in lines[plots]
+
+
+def test_failure_is_said_first_then_what_was_kept(cli, sim_server, tmp_path):
+    from gendertool.simdevice import SimFaults
+
+    server = sim_server(autostart=False, faults=SimFaults(disconnect_after=8))
+    r = cli("bench", "--port", server.url, "-n", "200", "--warmup", "0", "--out", tmp_path)
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and "runs completed" in r.stderr
+    assert r.stderr.count("error: ") == 1  # said once
+    lines = _lines(r.stdout)
+    assert lines[0].startswith("SIMULATED latency on sim")
+    assert lines[-2].startswith("bench.json: ") and "INCOMPLETE" in lines[-2]
+    assert lines[-1].startswith("plots: ")
+
+
+def test_no_samples_failure_first(cli, tmp_path):
+    refused = closed_port_url()
+    r = cli("bench", "--port", refused, "-n", "5", "--warmup", "0", "--out", tmp_path)
+    assert r.exit_code == 2
+    assert r.stderr.startswith("error: ") and refused in r.stderr
+    assert "no samples received" in r.stdout
+    assert not any(ln.startswith("plots: ") for ln in _lines(r.stdout))
+
+
+def test_json_on_stdout(cli, sim_server, tmp_path):
+    server = sim_server()
+    old = tmp_path / "old.json"
+    assert cli("bench", "--port", server.url, "-n", "6", "--warmup", "0", "--out", tmp_path / "a",
+               "--no-plots").exit_code == 0
+    (tmp_path / "a" / "bench.json").rename(old)
+    r = cli("bench", "--port", server.url, "-n", "8", "--warmup", "0", "--out", tmp_path / "b", "--json",
+            "--compare", old)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(r.stdout)  # stdout is one JSON document, nothing else
+    (board,) = doc["boards"]
+    assert board == {**json.loads((tmp_path / "b" / "bench.json").read_text()), "path": board["path"],
+                     "plots": board["plots"], "compare": board["compare"]}
+    assert board["path"] == str(tmp_path / "b" / "bench.json")
+    assert board["plots"] == [str(tmp_path / "b" / "latency_hist.png")]
+    assert board["completed"] == 8 and len(board["samples"]) == 8
+    assert board["compare"]["old"] == str(old)
+    assert {(row["metric"], row["stat"]) for row in board["compare"]["rows"]} >= {("invoke_us", "p50"), ("fps", "")}
+
+
+def test_json_failure_keeps_stdout_json(cli, sim_server, tmp_path):
+    good, refused = sim_server(), closed_port_url()
+    r = cli("bench", "--port", good.url, "--port", refused, "-n", "5", "--warmup", "0", "--no-plots", "--json",
+            "--out", tmp_path)
+    assert r.exit_code == 2
+    boards = {b["port"]: b for b in json.loads(r.stdout)["boards"]}
+    assert boards[good.url]["complete"] and boards[refused]["error"]
+    assert r.stderr.startswith("error: ") and refused in r.stderr

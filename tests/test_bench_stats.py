@@ -174,3 +174,65 @@ def test_zero_latency_has_no_fps_and_still_writes(tmp_path):
     assert "fps" not in st and st["invoke_us"].mean == 0
     bench.write_json_atomic(tmp_path / "b.json", r.to_json())  # no inf/NaN in the file
     assert "fps" not in json.loads((tmp_path / "b.json").read_text())["stats"]
+
+
+def test_latency_axis_fits_the_data_and_leaves_a_far_reference_off():
+    from gendertool.plots import latency_axis
+
+    left, right, on_scale = latency_axis([8.4, 9.1, 10.6])  # a board at ~10 ms: 40 ms is far off
+    assert not on_scale and 8.0 < left < 8.4 and 10.6 < right < 11.0
+    left, right, on_scale = latency_axis([30.0, 36.0])  # near 40 ms: the line is drawn, the axis takes it
+    assert on_scale and left < 30.0 and right > 40.0
+    left, right, on_scale = latency_axis([5.0])  # one value still gets a width
+    assert right > left and not on_scale
+    assert latency_axis([0.0, 0.01])[0] == 0.0  # never a negative latency axis
+
+
+def _figure(invoke_us, pre_us):
+    from gendertool import plots
+
+    return plots.latency_figure(_result(pre_us, invoke_us))
+
+
+def test_histogram_marks_an_off_scale_reference():
+    import matplotlib.pyplot as plt
+
+    fig = _figure([8_800 + 10 * (i % 30) for i in range(100)], [1_400] * 100)
+    try:
+        top, bottom = fig.axes
+        assert top.get_xlim() == bottom.get_xlim() and top.get_xlim()[1] < 11.0  # fitted, shared
+        notes = [t.get_text() for t in top.texts]
+        assert len(notes) == 1 and "off scale →" in notes[0] and "40 ms" in notes[0]
+        assert not any(line.get_xdata()[0] == 40.0 for ax in fig.axes for line in ax.get_lines())
+        # one series per panel, in its own colour: nothing drawn over the other
+        colours = [{p.get_facecolor() for p in ax.patches} for ax in fig.axes]
+        assert all(len(c) == 1 for c in colours) and colours[0] != colours[1]
+    finally:
+        plt.close(fig)
+
+
+def test_histogram_draws_a_near_reference_as_a_line():
+    import matplotlib.pyplot as plt
+
+    fig = _figure([33_000 + 50 * i for i in range(60)], [1_500] * 60)
+    try:
+        for ax in fig.axes:
+            assert ax.get_xlim()[1] > 40.0 and len(ax.texts) == 0
+            assert any(line.get_xdata()[0] == 40.0 for line in ax.get_lines())
+    finally:
+        plt.close(fig)
+
+
+def test_histogram_counts_far_outliers_at_the_edge():
+    import matplotlib.pyplot as plt
+
+    fig = _figure([15_000 + 100 * (i % 20) for i in range(199)] + [116_000], [500] * 200)
+    try:
+        top, bottom = fig.axes
+        assert top.get_xlim()[1] < 45.0  # the 116 ms run does not stretch the axis
+        for ax in (top, bottom):
+            notes = [t.get_text() for t in ax.texts]
+            assert any(n.startswith("1 run off scale") and "116." in n for n in notes), notes
+        assert sum(p.get_height() for p in top.patches) == 199  # every other run drawn
+    finally:
+        plt.close(fig)

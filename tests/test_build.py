@@ -136,6 +136,12 @@ if args[:2] == ["pkg", "install"]:
     sys.exit(1)
 if args[0] == "run":
     print("Processing xiao_esp32s3 (platform: espressif32 @ 6.13.0; board: seeed_xiao_esp32s3; framework: espidf)")
+    if mode == "slow-compile-error":  # a long silent step, then a failure
+        import time
+        time.sleep(1.5)
+        print("[1/3] Building CXX object main.cc.obj")
+        time.sleep(0.6)
+        mode = "compile-error"
     if mode == "tool-download-fails":
         print("Tool Manager: Installing espressif/toolchain-xtensa-esp-elf @ 14.2.0+20251107")
         print("HTTPClientError: ")
@@ -155,7 +161,20 @@ sys.exit(3)
 
 
 @pytest.fixture
-def fake_pio(tmp_path, monkeypatch):
+def registry(monkeypatch):
+    """A listening socket standing in for PlatformIO's registry: it can be reached."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(4)
+    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, f"127.0.0.1:{s.getsockname()[1]}")
+    yield s
+    s.close()
+
+
+@pytest.fixture
+def fake_pio(tmp_path, monkeypatch, registry):
     script = tmp_path / "fake_pio.py"
     script.write_text(FAKE_PIO)
     calls = tmp_path / "pio_calls.txt"
@@ -167,6 +186,12 @@ def fake_pio(tmp_path, monkeypatch):
         return calls
 
     return use
+
+
+def _closed_target() -> str:
+    from conftest import closed_port_url
+
+    return closed_port_url().removeprefix("socket://")
 
 
 def ini(path: Path):
@@ -365,6 +390,66 @@ def test_pio_platform_cannot_be_installed(cli, tmp_path, fake_pio):
     assert lines[0].startswith("pkg list -g --only-platforms")
     assert lines[1] == "pkg install -g -p platformio/espressif32@6.13.0"
     assert len(lines) == 2  # pio run is not attempted
+
+
+def test_offline_platform_install_fails_fast(cli, tmp_path, fake_pio, monkeypatch):
+    import time
+
+    calls = fake_pio("not-installed")
+    target = _closed_target()
+    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, target)
+    out = tmp_path / "out"
+    t0 = time.monotonic()
+    r = cli("build", "--out", out)
+    assert time.monotonic() - t0 < 20  # no minute of retries
+    msg = _one_error(r, out)
+    assert "is not installed and its registry cannot be reached" in msg and target in msg
+    assert "pio run -d" in msg  # where the rendered project can be built
+    assert [ln.split()[:2] for ln in calls.read_text().splitlines()] == [["pkg", "list"]]  # no install attempted
+    assert (out / "platformio.ini").is_file()
+
+
+def test_registry_probe(registry, monkeypatch):
+    assert builder.registry_unreachable() is None  # the stand-in listens
+    target = _closed_target()
+    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, target)
+    assert builder.registry_unreachable().startswith(target + ": ")
+    # behind a proxy PlatformIO talks to the proxy: that is what must answer
+    monkeypatch.delenv(builder.PIO_REGISTRY_ENV)
+    monkeypatch.setenv("HTTPS_PROXY", f"http://{target}")
+    assert builder.registry_unreachable().startswith(target + ": ")
+    monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{registry.getsockname()[1]}")
+    assert builder.registry_unreachable() is None
+
+
+def test_piped_build_prints_each_step_and_a_heartbeat(cli, tmp_path, fake_pio, monkeypatch):
+    from gendertool.cli import build as cli_build
+
+    monkeypatch.setattr(cli_build, "HEARTBEAT_S", 0.3)
+    fake_pio("slow-compile-error")
+    out = tmp_path / "out"
+    r = cli("build", "--out", out)
+    assert r.exit_code == 2
+    lines = r.stderr.splitlines()
+    steps = [ln for ln in lines if ln.startswith("- ")]
+    assert steps[0] == "- checking the model" and "- compiling with PlatformIO (pio run)" in steps
+    assert len(steps) == len(set(steps))  # one line per step
+    beats = [ln for ln in lines if ln.startswith("  ... still compiling with PlatformIO (pio run): ")]
+    assert len(beats) >= 3, r.stderr  # ~2 s of pio run at one beat per 0.3 s
+    assert "toolchain lines" in beats[0] and "at [1/3]" in beats[-1]
+    assert not any("\x1b" in ln or "\r" in ln for ln in lines)  # plain lines, no redraws
+
+
+def test_heartbeat_line_says_how_far():
+    from gendertool.cli.build import _BuildView
+
+    view = _BuildView()
+    view.stage("compiling with PlatformIO (pio run)")
+    view.started -= 75
+    for text in ("Compiling a.o", "[7/980] Building CXX object x.obj"):
+        view.line(text)
+    line = view.heartbeat_line(now=view.step_started + 12)
+    assert line == "  ... still compiling with PlatformIO (pio run): 0:12 in this step, 1:27 in all, 2 toolchain lines, at [7/980]"
 
 
 def test_pio_toolchain_download_fails(cli, tmp_path, fake_pio):

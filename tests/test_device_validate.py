@@ -167,6 +167,46 @@ def test_unreachable_port(cli, images):
     assert "Traceback" not in r.output
 
 
+@pytest.fixture
+def reference_calls(monkeypatch):
+    """Records when the host reference is computed (it costs seconds on a real image folder)."""
+    from gendertool import device_validate
+
+    calls = []
+    real = device_validate.prepare_references
+
+    def spy(*args, **kwargs):
+        calls.append(time.monotonic())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(device_validate, "prepare_references", spy)
+    return calls
+
+
+def test_unreachable_port_fails_before_the_host_reference(cli, images, reference_calls):
+    url = closed_port_url()
+    r = cli("validate", "--port", url, "--images", images)
+    assert r.exit_code == 2 and url in r.stderr
+    assert reference_calls == []
+
+
+def test_board_with_another_model_fails_before_the_host_reference(cli, sim_server, images, reference_calls):
+    server = sim_server(OtherModelDevice)
+    r = cli("validate", "--port", server.url, "--images", images)
+    assert r.exit_code == 2 and "runs model other_model" in r.stderr
+    assert reference_calls == []
+
+
+def test_one_bad_port_of_two_still_validates_the_other(cli, sim_server, images, reference_calls):
+    good, url = sim_server(), closed_port_url()
+    r = cli("validate", "--port", good.url, "--port", url, "--images", images, "--json")
+    assert r.exit_code == 2 and url in r.stderr
+    boards = {b["port"]: b for b in json.loads(r.stdout)["boards"]}
+    assert boards[url]["error"] and boards[url]["report"] is None
+    assert boards[good.url]["error"] is None and len(boards[good.url]["report"]["images"]) == 6
+    assert len(reference_calls) == 1
+
+
 def test_fit_upload_keeps_small_images_and_shrinks_large_ones():
     from gendertool.device_validate import fit_upload
 
@@ -213,4 +253,4 @@ def test_an_image_whose_result_times_out_is_uploaded_again(sim_server, images, d
     # every image compared once, and each against its own result (a late reply would shift them)
     assert len(board.report.images) == board.uploaded == 6
     assert board.parity().identical == 6
-    assert any("uploaded 1 image(s) twice after a timeout" in n for n in board.report.notes)
+    assert any("uploaded 1 image twice after a timeout" in n for n in board.report.notes)

@@ -122,7 +122,21 @@ def test_labels_option_overrides(cli, write, tiny):
 
 
 def test_labels_count_must_match_classes(cli, write, tiny):
-    rejected(cli, write(tiny), "--labels name 3 classes", "2 outputs", args=("--labels", "a,b,c", "--no-arena"))
+    rejected(cli, write(tiny), "--labels give 3 labels (a, b, c)", "has 2 outputs", args=("--labels", "a,b,c", "--no-arena"))
+
+
+def test_labels_count_message_counts_in_the_singular(cli, write, tiny):
+    msg = rejected(cli, write(tiny), "--labels give 1 label (female) but", args=("--labels", "female", "--no-arena"))
+    assert "1 labels" not in msg and "classes" not in msg
+
+
+def test_sha256_stays_on_one_line_at_80_columns(cli, write, tiny, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "80")
+    res = cli("inspect", str(write(tiny)), "--no-arena")
+    assert res.exit_code == 0, res.output
+    digest = hashlib.sha256(tiny).hexdigest()
+    assert f"sha256 {digest}" in res.stdout.splitlines()
+    assert max(len(line) for line in res.stdout.splitlines()) <= 80
 
 
 def test_firmware_margin():

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from conftest import closed_port_url
 from gendertool import protocol as p
 from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
 from gendertool.present import CsvAppender, JsonLinesWriter
@@ -222,7 +223,7 @@ def test_monitor_garbage_and_10000_results_lose_none(cli, tmp_path):
     seqs = [json.loads(line)["seq"] for line in res.stdout.splitlines()]
     assert len(seqs) == 10000
     assert seqs == list(range(seqs[0], seqs[0] + 10000))
-    assert "lost / damaged  none" in res.stderr
+    assert _summary_row(res.stderr, "lost / damaged") == "none"
 
 
 def test_monitor_reports_resets_and_bad_checksums(cli, fast_device):
@@ -248,7 +249,47 @@ def test_monitor_csv_appends_with_one_header(cli, sim_url, tmp_path):
     assert len(rows) == 7  # appended, header written once
     assert out.read_text().count("seq,") == 1
     assert all(r["label"] in ("female", "male") and int(r["invoke_us"]) > 0 for r in rows)
-    assert len(rows[0]["probs"].split()) == 2
+    assert list(rows[0]) == ["run", "t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label",
+                             "confidence", "p_female", "p_male", "score_female", "score_male", "pre_us", "invoke_us",
+                             "simulated"]
+    for r in rows:  # one number per cell, the chosen class's probability is the confidence
+        assert math.isclose(float(r["p_female"]) + float(r["p_male"]), 1.0, abs_tol=2e-3)
+        assert math.isclose(float(r[f"p_{r['label']}"]), float(r["confidence"]), abs_tol=1e-4)
+        int(r["score_female"]), int(r["score_male"])
+    runs = [r["run"] for r in rows]
+    assert runs[:4] == [runs[0]] * 4 and runs[4:] == [runs[4]] * 3 and runs[0] != runs[4]  # appended runs apart
+
+
+def test_monitor_csv_keeps_results_that_precede_the_hello(cli, scripted, tmp_path):
+    def script(conn, n):  # already streaming: two results arrive before the reply to `info`
+        conn.sendall(p.encode_record(_result(0)) + p.encode_record(_result(1, "female")) + p.encode_record(HELLO))
+        conn.sendall(p.encode_record(_result(2)))
+        time.sleep(1)
+
+    out = tmp_path / "early.csv"
+    res = cli("monitor", "--port", scripted(script).url, "--count", "3", "--csv", out)
+    assert res.exit_code == 0, res.output
+    rows = list(csv.DictReader(out.open()))
+    assert [(r["seq"], r["label"], r["p_female"], r["score_male"]) for r in rows] == [
+        ("0", "male", "0.1", "80"), ("1", "female", "0.9", "-80"), ("2", "male", "0.1", "80")]
+
+
+def test_monitor_csv_with_other_labels_refused(cli, sim_url, tmp_path):
+    from gendertool.monitor import csv_fields
+
+    out = tmp_path / "cats.csv"
+    out.write_text(",".join(csv_fields(("cat", "dog"))) + "\n")
+    res = cli("monitor", "--port", sim_url, "--count", "1", "--csv", out)
+    assert res.exit_code == 2 and "already has different columns" in res.stderr and "p_cat" in res.stderr
+    assert out.read_text().count("\n") == 1  # nothing appended
+
+
+def test_monitor_csv_unwritable_refused_before_connecting(cli, tmp_path):
+    target = tmp_path / "a-folder.csv"
+    target.mkdir()
+    res = cli("monitor", "--port", closed_port_url(), "--count", "1", "--csv", target)
+    assert res.exit_code == 2 and f"cannot write --csv {target}" in res.stderr
+    assert "cannot connect" not in res.stderr
 
 
 def test_monitor_csv_header_mismatch_refused(cli, sim_url, tmp_path):
@@ -294,7 +335,61 @@ def test_monitor_reconnects_after_disconnect(cli, fast_device):
     assert res.exit_code == 0, res.stderr
     assert len(res.stdout.splitlines()) == 15
     assert "disconnected" in res.stderr and "reconnected" in res.stderr
-    assert "reconnects      1" in res.stderr
+    assert _summary_row(res.stderr, "port lost") == "1 time, back 1 time"
+
+
+def _summary_row(text: str, key: str) -> str:
+    """The value of one row of the monitor summary (a two-column table after its title)."""
+    lines = text.split("Monitor summary", 1)[1].splitlines()
+    (row,) = [ln for ln in lines if ln.startswith(key + "  ")]
+    return " ".join(row[len(key):].split())
+
+
+def _ten_results(conn, n):
+    # 10 results 0.1 s apart: invoke 10..100 ms, pre 0.8 ms, 3 female + 7 male, seq 4 and 5 lost
+    conn.sendall(p.encode_record(HELLO))
+    for i, seq in enumerate((0, 1, 2, 3, 6, 7, 8, 9, 10, 11)):
+        label = "female" if i < 3 else "male"
+        conn.sendall(p.encode_record(_result(seq, label, invoke_us=10_000 * (i + 1))))
+        time.sleep(0.1)
+    time.sleep(1)
+
+
+def test_monitor_summary_figures_are_the_streams(cli, scripted):
+    url = scripted(_ten_results).url
+    res = cli("monitor", "--port", url, "--count", "10")
+    assert res.exit_code == 0, res.output
+    out = res.stdout
+    assert _summary_row(out, "port") == url  # a board's figures: no virtual-device note
+    assert _summary_row(out, "results").startswith("10 in ")
+    fps = _summary_row(out, "FPS")
+    assert fps.endswith("s)") and "first to last result" in fps
+    assert 7.0 < float(fps.split()[0]) <= 10.5  # 9 intervals of ~0.1 s (sleep only ever overshoots)
+    assert _summary_row(out, "invoke ms") == "p50 55.00 p90 91.00 p99 99.10 mean 55.00 min 10.00 max 100.00"
+    assert _summary_row(out, "preprocess ms") == "p50 0.80 p90 0.80"
+    assert _summary_row(out, "classes") == "female 3 (30%) male 7 (70%)"
+    lost = _summary_row(out, "lost / damaged")
+    assert lost.startswith("2 missing seq") and "0 bad crc" in lost
+    for absent in ("port lost", "panics", "stopped", "csv"):  # nothing of the kind happened
+        assert not any(ln.startswith(absent) for ln in out.split("Monitor summary")[1].splitlines())
+
+
+def test_monitor_summary_of_one_result_has_no_rate(cli, scripted):
+    def script(conn, n):
+        conn.sendall(p.encode_record(HELLO) + p.encode_record(_result(0)))
+        time.sleep(1)
+
+    res = cli("monitor", "--port", scripted(script).url, "--count", "1")
+    assert res.exit_code == 0, res.output
+    assert _summary_row(res.stdout, "FPS") == "- (needs two results)"
+    assert _summary_row(res.stdout, "lost / damaged") == "none"
+
+
+def test_monitor_summary_names_the_csv(cli, sim_url, tmp_path):
+    out = tmp_path / "r.csv"
+    res = cli("monitor", "--port", sim_url, "--count", "2", "--csv", out)
+    assert res.exit_code == 0, res.output
+    assert _summary_row(res.stdout, "csv") == str(out)
 
 
 def test_monitor_gives_up_when_port_does_not_return(cli, scripted):
@@ -312,6 +407,8 @@ def test_monitor_gives_up_when_port_does_not_return(cli, scripted):
     assert "did not come back within 1 s" in res.stderr and "giving up" in res.stderr
     assert len(res.stdout.splitlines()) == 3  # what arrived is kept
     assert "Monitor summary" in res.stderr  # summary still shown
+    # it vanished once and never came back: no reconnect to report
+    assert _summary_row(res.stderr, "port lost") == "1 time, back 0 times"
 
 
 def test_monitor_silent_device_times_out(cli, scripted):
@@ -684,7 +781,7 @@ def test_monitor_ctrl_c_prints_summary(fast_device):
     out = "".join(lines)
     assert "Monitor summary" in out and "Ctrl-C" in out
     shown = sum(ln.startswith("#") for ln in lines)
-    assert f"results         {shown} in" in out  # the summary counts what was shown
+    assert _summary_row(out, "results").startswith(f"{shown} in ")  # the summary counts what was shown
 
 
 @pytest.mark.hardware
@@ -724,7 +821,7 @@ def test_monitor_names_samples_and_marks_wrong_answers(cli, scripted, tmp_path):
     assert "sample male_b (true male) ok" in lines[1]
     assert "sample odd (true label unknown)" in lines[2] and "WRONG" not in lines[2]
     assert "sample female_a (true female) ok" in lines[3]
-    assert "sample checks     2/3 right, 1 WRONG" in res.stdout
+    assert _summary_row(res.stdout, "sample checks") == "2/3 right, 1 WRONG"
     rows = list(csv.DictReader(out.open()))
     assert [(r["sample_name"], r["truth"], r["correct"]) for r in rows] == [
         ("female_a", "female", "False"), ("male_b", "male", "True"), ("odd", "", ""), ("female_a", "female", "True")]

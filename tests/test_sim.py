@@ -258,7 +258,7 @@ def test_bench_from_an_older_firmware_says_so(serve, monkeypatch):
     client, _ = serve(autostart=False)
     run = client.bench_collect(1, 0, timeout=0.5)
     assert not run.complete and run.invoke_us == []
-    assert "1 malformed record(s)" in run.error and "rebuild and flash" in run.error
+    assert "1 malformed record arrived" in run.error and "rebuild and flash" in run.error
 
 
 def test_bench_interrupted_keeps_what_arrived(serve):

@@ -161,9 +161,9 @@ def test_cli_tables(cli, tiny, images):
     assert "int8 output parity with tflm" in out
     assert "OpResolverType.BUILTIN_REF (reference kernels)" in out
     assert "TFLM host runtime" in out
-    assert "6 image(s)" in out
+    assert "6 images" in out
     warn = " ".join(r.stderr.split())
-    assert "skipped 3 file(s) that are not readable images:" in warn
+    assert "skipped 3 files that are not readable images:" in warn
     for name in ("female/broken.jpg", "male/cut.jpg", "male/notes.txt"):
         assert name in warn
     assert ".DS_Store" not in r.output and "README.md" not in r.output
@@ -249,7 +249,7 @@ def test_folder_problems(cli, tiny, tmp_path):
     _image(flat / "a.png", (10, 10), 1)
     r = cli("validate", "--model", tiny, "--images", flat)
     assert r.exit_code == 2
-    assert (f"{flat}: 1 image(s) lie directly in the folder (a.png); images go in one sub-folder per label: "
+    assert (f"{flat}: 1 image lies directly in the folder (a.png); images go in one sub-folder per label: "
             f"{flat / 'female'}/, {flat / 'male'}/") in " ".join(r.stderr.split())  # fmt: skip
     (flat / "a.png").unlink()
     r = cli("validate", "--model", tiny, "--images", flat)
@@ -267,7 +267,7 @@ def test_folder_problems(cli, tiny, tmp_path):
     (bad / "male" / "b.txt").write_text("text")
     r = cli("validate", "--model", tiny, "--images", bad)
     assert r.exit_code == 2
-    assert "no readable images (2 file(s) skipped: male/a.jpg, male/b.txt; male/a.jpg: not a readable image" in " ".join(r.stderr.split())
+    assert "no readable images (2 files skipped: male/a.jpg, male/b.txt; male/a.jpg: not a readable image" in " ".join(r.stderr.split())
     assert "Traceback" not in r.output
 
 
@@ -286,7 +286,7 @@ def test_loose_image_and_empty_label_folder_warn_through_cli(cli, tiny, images):
     assert r.exit_code == 0, r.stderr
     err = " ".join(r.stderr.split())
     assert "warning: label folder male/ is empty: no image of class 'male' is validated" in err
-    assert (f"warning: skipped 1 image(s) outside the label sub-folders (loose.png): images go in one "
+    assert (f"warning: skipped 1 image outside the label sub-folders (loose.png): images go in one "
             f"sub-folder per label: {images / 'female'}/, {images / 'male'}/") in err  # fmt: skip
     assert err.count("loose.png") == 1  # not also called unreadable
 

@@ -59,6 +59,11 @@ DEFAULT_OUT = Path("build")
 PIO_CMD_ENV = "GENDERTOOL_PIO"
 PIO_INSTALL_TIMEOUT_ENV = "GENDERTOOL_PIO_INSTALL_TIMEOUT"
 PIO_INSTALL_TIMEOUT_S = 90.0
+# Before installing the platform, one quick connection to PlatformIO's registry (or the HTTPS
+# proxy): offline, that fails in seconds where `pio pkg install` retries for a minute.
+PIO_REGISTRY_ENV = "GENDERTOOL_PIO_REGISTRY"
+PIO_REGISTRY = "api.registry.platformio.org:443"
+REGISTRY_PROBE_TIMEOUT_S = 5.0
 
 TAIL_LINES = 200
 
@@ -354,6 +359,31 @@ def _pio_platform_installed(pio: list[str], log: Any) -> bool:
     return any(pattern.search(line) for line in lines)
 
 
+def registry_unreachable(timeout: float = REGISTRY_PROBE_TIMEOUT_S) -> str | None:
+    """Why PlatformIO's registry cannot be reached from here, or None when a connection opens.
+
+    Connects to $GENDERTOOL_PIO_REGISTRY (HOST:PORT), else to the HTTPS proxy when one is set
+    (PlatformIO goes through it), else to the registry itself.
+    """
+    import socket
+    from urllib.parse import urlsplit
+
+    target = os.environ.get(PIO_REGISTRY_ENV)
+    if not target:
+        proxy = os.environ.get("HTTPS_PROXY") or os.environ.get("https_proxy")
+        if proxy:
+            u = urlsplit(proxy if "://" in proxy else "http://" + proxy)
+            target = f"{u.hostname}:{u.port or (443 if u.scheme == 'https' else 80)}"
+        else:
+            target = PIO_REGISTRY
+    host, _, port = target.rpartition(":")
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return None
+    except (OSError, ValueError) as exc:
+        return f"{target}: {getattr(exc, 'strerror', None) or exc}"
+
+
 def _fetch_failure(lines: Sequence[str]) -> str | None:
     """The line saying why PlatformIO could not fetch a package, if that is why it failed."""
     installing = None
@@ -385,6 +415,15 @@ def _build_pio(
         stage(f"checking PlatformIO platform {PIO_PLATFORM} @ {PIO_PLATFORM_VERSION}")
         installed = _pio_platform_installed(pio, log)
         if not installed:
+            stage("checking that the PlatformIO registry can be reached")
+            offline = registry_unreachable()
+            if offline:
+                raise _no_toolchain(
+                    f"PlatformIO platform {PIO_PLATFORM} @ {PIO_PLATFORM_VERSION} (ESP-IDF {IDF_VERSION_STR} + Xtensa toolchain) "
+                    f"is not installed and its registry cannot be reached ({offline})",
+                    out,
+                    hint,
+                )
             timeout = float(os.environ.get(PIO_INSTALL_TIMEOUT_ENV, PIO_INSTALL_TIMEOUT_S))
             stage(f"installing PlatformIO platform {PIO_PLATFORM} @ {PIO_PLATFORM_VERSION}")
             code, lines = run_streaming(

@@ -23,6 +23,7 @@ import numpy as np
 
 from gendertool.errors import DeviceError, GendertoolError, ImageError
 from gendertool.link import INFER_TIMEOUT, ReplyTimeout
+from gendertool.wording import count
 
 DEVICE = "device"
 DEVICE_KERNELS = "the board's firmware: its preprocessing + TFLM Invoke() (ESP-NN kernels when built in)"
@@ -203,12 +204,12 @@ def check_device_model(hello: dict, info: Any, port: str) -> None:
 
 def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Reference], images_dir: Path,
                    skipped: Sequence[Any], progress: Callable[[int, int], None] | None = None,
-                   infer_timeout: float = INFER_TIMEOUT) -> BoardValidation:
+                   infer_timeout: float = INFER_TIMEOUT, device: dict | None = None) -> BoardValidation:
     """Upload every prepared image to one connected board and compare its outputs.
 
     An image whose reply times out is uploaded once more (the client gets back in step
     first); a device lost part way keeps the images already compared in the report and sets
-    ``error``.
+    ``error``. ``device``: the board's hello when :func:`connect_board` already asked for it.
     """
     from gendertool.protocol import record_to_dict
     from gendertool.validate import REFERENCE, TFLM_KERNELS, ImageResult, RuntimeInfo, build_report, compare_outputs, model_summary
@@ -217,7 +218,7 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
     results: list[ImageResult] = []
     t0 = time.perf_counter()
     try:
-        out.device = record_to_dict(client.info())
+        out.device = device if device is not None else record_to_dict(client.info())
         check_device_model(out.device, info, port)
         out.selftest = read_selftest(client)
         labels = info.labels
@@ -249,7 +250,7 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
         if out.error is not None:
             notes.append(f"stopped after {len(results)} of {len(refs)} images: {out.error}")
         if out.retried:
-            notes.append(f"uploaded {len(out.retried)} image(s) twice after a timeout; first: {out.retried[0]}")
+            notes.append(f"uploaded {count(len(out.retried), 'image')} twice after a timeout; first: {out.retried[0]}")
         out.report = build_report(
             model=model_summary(info),
             images_dir=images_dir,
@@ -276,7 +277,7 @@ def read_selftest(client: Any) -> dict:
     return {**record_to_dict(client.selftest()), "origin": "command"}
 
 
-ConnectFn = Callable[[str], Any]  # port -> context manager yielding a DeviceClient
+ConnectFn = Callable[[str], Any]  # port -> an open DeviceClient (closed by the caller)
 BoardProgress = Callable[[str, str, int, int], None]  # (port, phase, done, total)
 
 
@@ -306,24 +307,57 @@ def validate_devices(
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
     items, skipped = collect_images(root, info.labels, limit)
-    refs, unreadable = prepare_references(
-        info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
-    skipped = list(skipped) + unreadable
-    if not refs:
-        raise no_readable_images(root, skipped)
 
+    # Ports first: a typo or a board running another model fails in a second, not after the
+    # host reference (seconds per hundred images).
     results: dict[str, BoardValidation] = {}
+    clients: dict[str, tuple[Any, dict]] = {}
 
-    def work(port: str) -> None:
+    def open_board(port: str) -> None:
+        if progress:
+            progress(port, "connecting", 0, 0)
         try:
-            with connect(port) as client:
+            clients[port] = connect_board(connect, port, info)
+        except GendertoolError as exc:
+            results[port] = BoardValidation(port=port, error=str(exc))
+
+    try:
+        run_parallel(ports, open_board)
+        if not clients:
+            raise DeviceError("; ".join(results[p].error or "" for p in ports))
+        refs, unreadable = prepare_references(
+            info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
+        skipped = list(skipped) + unreadable
+        if not refs:
+            raise no_readable_images(root, skipped)
+
+        def work(port: str) -> None:
+            client, device = clients[port]
+            try:
                 results[port] = validate_board(
                     client, port=port, info=info, refs=refs, images_dir=root, skipped=skipped,
                     progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None,
-                    infer_timeout=infer_timeout)
-        except GendertoolError as exc:  # could not even connect
-            results[port] = BoardValidation(port=port, error=str(exc))
+                    infer_timeout=infer_timeout, device=device)
+            except GendertoolError as exc:
+                results[port] = BoardValidation(port=port, error=str(exc))
 
-    run_parallel(ports, work)
+        run_parallel(list(clients), work)
+    finally:
+        for client, _ in clients.values():
+            client.close()
     return DeviceValidation(min_parity=min_parity, boards=[results[p] for p in ports], skipped=skipped,
                             model=model_summary(info))
+
+
+def connect_board(connect: "ConnectFn", port: str, info: Any) -> tuple[Any, dict]:
+    """Open ``port``, ask the firmware who it is and check it runs ``info``'s model: (client, hello)."""
+    from gendertool.protocol import record_to_dict
+
+    client = connect(port)
+    try:
+        device = record_to_dict(client.info())
+        check_device_model(device, info, port)
+    except BaseException:
+        client.close()
+        raise
+    return client, device

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from gendertool import protocol as p
 from gendertool.errors import DeviceError
 from gendertool.transport import PortVanished, Transport, open_port
+from gendertool.wording import count
 
 if TYPE_CHECKING:
     import numpy as np
@@ -396,7 +397,7 @@ class DeviceClient:
             except DeviceError as exc:
                 bad = self.parser.stats.bad_record - bad_before
                 if bad:  # e.g. bsample records without pre_us from a firmware older than this host
-                    raise DeviceError(f"{exc}; {bad} malformed record(s) arrived meanwhile: rebuild and flash the "
+                    raise DeviceError(f"{exc}; {count(bad, 'malformed record')} arrived meanwhile: rebuild and flash the "
                                       "firmware with this gendertool") from None
                 raise
             if isinstance(rec, p.ErrorRecord):

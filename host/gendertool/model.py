@@ -19,6 +19,7 @@ from typing import Any
 
 from gendertool.errors import ModelError
 from gendertool.preprocess import Preprocessing
+from gendertool.wording import count
 
 TFLITE_SCHEMA_VERSION = 3
 
@@ -271,7 +272,7 @@ def load_model_bytes(
         labels = tuple(labels)
         if len(labels) != classes:
             src = labels_origin or "the labels"
-            raise ModelError(f"{where}: {src} name {len(labels)} classes ({', '.join(labels)}) but the model has {classes} outputs")
+            raise ModelError(f"{where}: {src} give {count(len(labels), 'label')} ({', '.join(labels)}) but the model has {count(classes, 'output')}")
     else:
         labels = tuple(f"class_{i}" for i in range(classes))
 

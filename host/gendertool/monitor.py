@@ -180,10 +180,12 @@ class MonitorSummary:
     port: str
     results: int = 0
     lost: int = 0  # gaps in result sequence numbers
-    reconnects: int = 0
+    reconnects: int = 0  # times the port came back after it vanished
+    disconnects: int = 0  # times the port vanished (one more than reconnects when it never returned)
     panics: int = 0
-    seconds: float = 0.0
-    fps: float = 0.0
+    seconds: float = 0.0  # the whole session, connecting included
+    fps: float = 0.0  # (results - 1) / span_s; 0 with fewer than two results
+    span_s: float = 0.0  # first to last result
     invoke_ms: dict[str, float] = field(default_factory=dict)
     pre_ms: dict[str, float] = field(default_factory=dict)
     classes: dict[str, int] = field(default_factory=dict)
@@ -226,6 +228,7 @@ class MonitorSession:
         self.results = 0
         self.lost = 0
         self.reconnects = 0
+        self.disconnects = 0
         self.panics = 0
         self.samples_right = 0  # results on built-in samples of known label
         self.samples_wrong = 0
@@ -261,9 +264,11 @@ class MonitorSession:
             results=self.results,
             lost=self.lost,
             reconnects=self.reconnects,
+            disconnects=self.disconnects,
             panics=self.panics,
             seconds=time.monotonic() - self.started,
             fps=self.rate.overall(),
+            span_s=(self.rate.latest - self.rate.first) if self.rate.first is not None else 0.0,
             invoke_ms=_ms_stats(self.all_invoke_ms),
             pre_ms=_ms_stats(self.all_pre_ms),
             classes=dict(self.classes),
@@ -317,8 +322,33 @@ def result_row(r: Any, hello: Any = None) -> dict[str, Any]:
     return row
 
 
-CSV_FIELDS = ("t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label", "confidence",
-              "probs", "scores", "pre_us", "invoke_us", "simulated")
+# --csv columns: a run id (appended runs stay apart; seq restarts with every device boot),
+# then one probability and one score column per class, named from the device's labels.
+CSV_HEAD = ("run", "t", "seq", "source", "sample", "sample_name", "truth", "correct", "class", "label", "confidence")
+CSV_TAIL = ("pre_us", "invoke_us", "simulated")
+
+
+def csv_fields(labels: "tuple[str, ...] | list[str]") -> tuple[str, ...]:
+    return (*CSV_HEAD, *(f"p_{lab}" for lab in labels), *(f"score_{lab}" for lab in labels), *CSV_TAIL)
+
+
+def csv_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str) -> dict[str, Any]:
+    """A :func:`result_row` spread over :func:`csv_fields` (a missing class value stays empty)."""
+    out: dict[str, Any] = {k: row.get(k) for k in CSV_HEAD}
+    out["run"] = run
+    probs, scores = list(row.get("probs") or ()), list(row.get("scores") or ())
+    for i, lab in enumerate(labels):
+        out[f"p_{lab}"] = probs[i] if i < len(probs) else None
+        out[f"score_{lab}"] = scores[i] if i < len(scores) else None
+    out.update({k: row.get(k) for k in CSV_TAIL})
+    return out
+
+
+def new_run_id() -> str:
+    """UTC start time plus a random suffix: sortable, and unique for runs started in one second."""
+    import secrets
+
+    return time.strftime("%Y%m%dT%H%M%SZ", time.gmtime()) + "-" + secrets.token_hex(3)
 
 
 class _AtomicRecords:
@@ -462,8 +492,9 @@ def run_monitor(
         nonlocal last_data
         if ev.kind == "disconnected":
             panics.flush()
-            session.reconnects += 1
+            session.disconnects += 1
         else:
+            session.reconnects += 1
             last_data = clock()
             send("info")
         sink.status(ev.message)

@@ -39,24 +39,106 @@ def _png(path: Path, figsize: tuple[float, float]) -> Iterator:
         plt.close(fig)
 
 
-def latency_histogram(result: "BenchResult", path: Path) -> Path:
-    """Histogram of total and Invoke() latency in ms with the 40 ms reference line."""
+# Draw the reference line when it lies within this many data spans of the data (the data keeps
+# at least half the width); farther away it would squeeze the data into a corner, so it is
+# annotated at the edge instead.
+REFERENCE_REACH = 1.0
+
+
+def latency_axis(values: "Sequence[float]", reference: float = REFERENCE_MS) -> tuple[float, float, bool]:
+    """x-axis limits fitted to ``values`` (ms) and whether ``reference`` is drawn on that scale."""
+    lo, hi = min(values), max(values)
+    span = max(hi - lo, 0.05 * abs(hi), 0.01)  # a single value still gets a readable width
+    pad = 0.05 * span
+    left, right = lo - pad, hi + pad
+    on_scale = lo - REFERENCE_REACH * span <= reference <= hi + REFERENCE_REACH * span
+    if on_scale:
+        left, right = min(left, reference - pad), max(right, reference + pad)
+    return max(0.0, left), right, on_scale
+
+
+# Runs beyond Q3 + this many interquartile ranges are counted at the edge, not drawn: one
+# 100 ms hiccup would otherwise squeeze 199 runs into a few bins.
+OUTLIER_IQR = 3.0
+
+
+def outlier_fence(values: "Sequence[float]") -> float:
+    """The largest value drawn on the latency axis (Tukey's far-out fence, or the maximum)."""
+    import statistics
+
+    if len(values) < 4:
+        return max(values)
+    q1, _, q3 = statistics.quantiles(values, n=4)
+    return q3 + OUTLIER_IQR * (q3 - q1) if q3 > q1 else max(values)
+
+
+def _bins(lo: float, hi: float, n: int = 40) -> list[float]:
+    if hi <= lo:
+        half = max(0.005, 0.025 * abs(lo))
+        lo, hi = lo - half, hi + half
+    return [lo + (hi - lo) * i / n for i in range(n + 1)]
+
+
+def latency_figure(result: "BenchResult"):
+    """Invoke() and total latency, one panel each on a shared x-axis fitted to the data; the
+    40 ms reference is a line when near the data, else an arrow at the edge saying how far."""
+    import statistics
+
+    plt = _pyplot()
+    from matplotlib.ticker import MaxNLocator
+
     invoke = [s.invoke_us / 1000.0 for s in result.samples]
     total = [s.total_us / 1000.0 for s in result.samples]
-    with _png(path, (8, 4.5)) as ax:
-        values = invoke + total
-        if values:
-            lo, hi = min(values), max(values)
-            bins = [lo + (hi - lo) * i / 40 for i in range(41)] if hi > lo else 1
-            ax.hist(invoke, bins=bins, alpha=0.6, label=f"Invoke() (n={len(invoke)})", color="tab:blue")
-            ax.hist(total, bins=bins, alpha=0.6, label=f"preprocessing + Invoke() (n={len(total)})", color="tab:orange")
-        ax.axvline(REFERENCE_MS, color="tab:red", linestyle="--", linewidth=1.5, label=REFERENCE_LABEL)
-        ax.set_xlabel("latency [ms]")
+    series = [("Invoke()", invoke, "tab:blue"), ("preprocessing + Invoke()", total, "tab:orange")]
+    fig, axes = plt.subplots(2, 1, sharex=True, figsize=(8, 5.5), dpi=100)
+    values = invoke + total
+    fence = outlier_fence(values) if values else 0.0
+    shown = [v for v in values if v <= fence]
+    left, right, on_scale = latency_axis(shown) if values else (0.0, REFERENCE_MS * 1.1, True)
+    bins = _bins(min(shown), max(shown)) if values else 1
+    for ax, (name, data, colour) in zip(axes, series):
+        if data:
+            ax.hist([v for v in data if v <= fence], bins=bins, color=colour, edgecolor="white", linewidth=0.4,
+                    label=f"{name} (n={len(data)})")
+            med = statistics.median(data)
+            ax.axvline(med, color="black", linestyle=":", linewidth=1.2, label=f"p50 {med:.2f} ms")
+            beyond = [v for v in data if v > fence]
+            if beyond:
+                runs = f"{len(beyond)} run{'' if len(beyond) == 1 else 's'}"
+                ax.annotate(f"{runs} off scale → (up to {max(beyond):.1f} ms)", xy=(0.99, 0.55), xycoords="axes fraction",
+                            ha="right", fontsize=8, color="dimgray",
+                            bbox={"boxstyle": "round", "fc": "white", "ec": "none", "alpha": 0.85})
+        if on_scale:
+            ax.axvline(REFERENCE_MS, color="tab:red", linestyle="--", linewidth=1.5, label=REFERENCE_LABEL)
         ax.set_ylabel("runs")
-        status = "" if result.complete else f" (incomplete: {result.completed}/{result.n} runs)"
-        ax.set_title(_title(f"Latency on {result.board} ({result.port}){status}", result.simulated), fontsize=10)
-        ax.legend(fontsize=8)
+        ax.yaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_ylim(top=ax.get_ylim()[1] * 1.3)  # headroom so the legend finds a place off the bars
+        ax.legend(fontsize=8, loc="best")
         ax.grid(alpha=0.3)
+    axes[0].set_xlim(left, right)
+    if values and not on_scale:
+        med_total = statistics.median(total)
+        right_side = REFERENCE_MS > right
+        where = (0.99, 1.0) if right_side else (0.01, 1.0)
+        text = f"{REFERENCE_LABEL} off scale {'→' if right_side else '←'}  ({REFERENCE_MS / med_total:.1f}x the p50 total)"
+        axes[0].annotate(text, xy=where, xycoords="axes fraction", ha="right" if right_side else "left", va="bottom",
+                         fontsize=8, color="tab:red")
+    axes[1].set_xlabel("latency [ms]")
+    status = "" if result.complete else f" (incomplete: {result.completed}/{result.n} runs)"
+    fig.suptitle(_title(f"Latency on {result.board} ({result.port}){status}", result.simulated), fontsize=10)
+    return fig
+
+
+def latency_histogram(result: "BenchResult", path: Path) -> Path:
+    """Write :func:`latency_figure` as a PNG."""
+    plt = _pyplot()
+    fig = latency_figure(result)
+    try:
+        fig.tight_layout()
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    finally:
+        plt.close(fig)
     return path
 
 

@@ -48,12 +48,14 @@ INPUT_SOURCES = ("sample", "upload", "camera")
 # Component versions the rendered idf_component.yml pins (reasons in firmware/README.md):
 # - ESP-IDF 5.5.x: the release line of PlatformIO espressif32 6.13.0's framework-espidf; refdata
 #   idf-v5.5.5 is what every API name and Kconfig symbol is checked against.
-# - esp-tflite-micro 1.3.8: newest 1.3.x tag; refdata's TFLM names come from v1.3.8-11.
+# - esp-tflite-micro 1.3.8: newest 1.3.x tag; refdata's TFLM names come from v1.3.8-11; the tag's
+#   manifest asks for idf >= 5.0 (master, after the tag: >= 5.1); 5.5 meets both.
 # - esp-nn 1.1.2: the last release before the 1.2.x kernel rewrites that regressed ESP32-S3
 #   inference 2-12x (esp-nn #26: 0.5 s -> 6.5 s on 1.2.3; #36: 2x on 1.2.6 and 1.3.1) and
 #   before the FULLY_CONNECTED misalignment bug of the 1.2.4+ dispatcher (#34, out_ch = 2 like
 #   ours). esp-tflite-micro accepts it (esp-nn >= 1.1.1). ESPHome pins the same 1.1.2.
-# - esp32-camera 2.1.5: newest 2.x tag (refdata's esp32-camera names), idf >= 5.1.
+# - esp32-camera 2.1.5: newest 2.x tag (refdata's esp32-camera names), idf >= 5.1; it pulls in
+#   espressif/esp_jpeg ^1.3.1 itself (listed in the docs' pin tables, not pinned here).
 COMPONENTS = {
     "idf": ">=5.5.0,<5.6.0",
     "idf_series": "5.5",

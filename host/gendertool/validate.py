@@ -21,6 +21,7 @@ import numpy as np
 
 from gendertool.errors import GendertoolError, ImageError
 from gendertool.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
+from gendertool.wording import count
 
 REFERENCE = "tflm"
 
@@ -219,7 +220,7 @@ def collect_images(
     if not subdirs:
         if loose:
             names = ", ".join(p.name for p in loose[:5]) + (", ..." if len(loose) > 5 else "")
-            raise ImageError(f"{root}: {len(loose)} image(s) lie directly in the folder ({names}); {where}")
+            raise ImageError(f"{root}: {count(len(loose), 'image')} {'lies' if len(loose) == 1 else 'lie'} directly in the folder ({names}); {where}")
         raise ImageError(f"{root}: no label sub-folders; expected one sub-folder per label: {', '.join(labels)}")
 
     skipped = [SkippedFile(p.name, f"outside the label sub-folders; {where}", "outside") for p in loose]
@@ -254,7 +255,7 @@ def no_readable_images(root: Path, skipped: Sequence[SkippedFile]) -> ImageError
     files = [s for s in skipped if s.kind != "empty_folder"]
     names = ", ".join(s.path for s in files[:5]) + (", ..." if len(files) > 5 else "")
     first = f"; {files[0].path}: {files[0].reason}" if files else ""
-    return ImageError(f"{root}: no readable images ({len(files)} file(s) skipped: {names}{first})")
+    return ImageError(f"{root}: no readable images ({count(len(files), 'file')} skipped: {names}{first})")
 
 
 def skip_reason(exc: ImageError, path: Path) -> str:

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import sys
 
-from rich.markup import escape
-
 from gendertool.errors import GendertoolError
 
-from ._app import app, err_console
+from ._app import EXIT_USER_ERROR, app, err_console, print_error
 
 # Importing the command modules registers their commands on ``app``.
 from . import model as _model  # noqa: F401,E402
@@ -24,15 +22,12 @@ from . import device as _device  # noqa: F401,E402
 from . import bench as _bench  # noqa: F401,E402
 from . import sim as _sim  # noqa: F401,E402
 
-EXIT_USER_ERROR = 2
-
-
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
         app(args=argv, prog_name="gendertool")
     except GendertoolError as exc:
-        err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
+        print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
     except KeyboardInterrupt:
         err_console.print("interrupted")

@@ -41,3 +41,20 @@ def resolve_ports(
     from gendertool.flash import resolve_port
 
     return [resolve_port(None, finder, repeatable=several)]
+
+
+# What a user who writes `--json true` means: the flag, not a file called "true".
+_FLAG_WORDS = frozenset({"true", "false", "yes", "no", "on", "off", "1", "0"})
+
+
+def reject_flag_value(value: str | None, argument: str, flags: str) -> None:
+    """A clear error when a flag's would-be value ended up as the positional ``argument``."""
+    from pathlib import Path
+
+    if value is not None and value.lower() in _FLAG_WORDS and not Path(value).exists():
+        from gendertool.errors import GendertoolError
+
+        raise GendertoolError(
+            f"{value!r} was taken as the {argument} argument: {flags} take no value "
+            f"(write `--json`, not `--json {value}`)"
+        )

@@ -11,7 +11,9 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from ._app import app, console, err_console
+from gendertool.wording import count
+
+from ._app import EXIT_USER_ERROR, app, console, err_console, print_error
 from ._options import port_option, resolve_ports
 
 if TYPE_CHECKING:
@@ -27,7 +29,7 @@ def bench_cmd(
     n: int = typer.Option(200, "-n", "--runs", help="Timed runs, each preprocessing + Invoke() (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
     input_source: str = typer.Option(
-        "sample", "--input", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
+        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
     ),
     profile: bool = typer.Option(False, "--profile", help="Also time every operator of one Invoke()."),
     out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),
@@ -37,6 +39,7 @@ def bench_cmd(
     board: Optional[str] = typer.Option(None, "--board", help="Board for --matrix builds (default: xiao_esp32s3)."),
     variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (every board's bench.json, paths, compare)."),
 ) -> None:
     """Benchmark the model on the board: latency statistics from every run, FPS, memory, profile."""
     from gendertool.bench import check_request, load_bench
@@ -46,7 +49,7 @@ def bench_cmd(
     old = load_bench(compare) if compare is not None else None  # fail before touching a device
     if matrix:
         _matrix(ports, n=n, warmup=warmup, input_source=input_source, out=out, model=model, board=board,
-                variants=variant, plots=plots)
+                variants=variant, plots=plots, as_json=as_json)
         return
 
     from gendertool.bench import bench_boards
@@ -56,20 +59,49 @@ def bench_cmd(
             ports, n=n, warmup=warmup, input_source=input_source, profile=profile, out_dir=out,
             progress=progress,
         )
-    for r in results:
-        if plots and r.samples:
-            from gendertool.plots import write_plots
-
-            r_plots = write_plots(r, (r.path.parent if r.path else out))
-            err_console.print(f"plots: {', '.join(str(p) for p in r_plots)}", soft_wrap=True)
-        present_bench(r, console)
-        if old is not None and r.samples:
-            present_compare(old, r, console)
-    if len(results) > 1:
-        present_boards(results, console)
+    # What failed first, then the statistics, then where the files are.
     failed = [r for r in results if r.error is not None]
     if failed:
-        raise _failure(failed)
+        print_error(str(_failure(failed)))
+    written = {id(r): _plots(r, out) if plots else [] for r in results}
+    if as_json:
+        _print_json(results, written, old)
+    else:
+        for r in results:
+            present_bench(r, console)
+            if old is not None and r.samples:
+                present_compare(old, r, console)
+        if len(results) > 1:
+            present_boards(results, console)
+        for r in results:
+            present_paths(r, written[id(r)], console)
+    if failed:
+        raise typer.Exit(EXIT_USER_ERROR)  # said above, before the results it still shows
+
+
+def _plots(r: "BenchResult", out: Path) -> list[Path]:
+    if not r.samples:
+        return []
+    from gendertool.plots import write_plots
+
+    return write_plots(r, r.path.parent if r.path else out)
+
+
+def _print_json(results: list["BenchResult"], written: dict, old: "Optional[BenchResult]") -> None:
+    import json
+
+    from gendertool.bench import compare_results
+
+    boards = []
+    for r in results:
+        doc = r.to_json()
+        doc["path"] = str(r.path) if r.path else None
+        doc["plots"] = [str(p) for p in written.get(id(r), [])]
+        if old is not None and r.samples:
+            doc["compare"] = {"old": str(old.path) if old.path else None,
+                              "rows": [row.to_dict() for row in compare_results(old, r)]}
+        boards.append(doc)
+    typer.echo(json.dumps({"boards": boards}, indent=2))
 
 
 def _failure(failed: list["BenchResult"]):
@@ -77,7 +109,7 @@ def _failure(failed: list["BenchResult"]):
 
     parts = []
     for r in failed:
-        kept = f"; {r.completed} sample(s) kept in {r.path}" if r.path else ""
+        kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
         parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
     return DeviceError("; ".join(parts))
 
@@ -93,7 +125,7 @@ class _BoardProgress:
 
         self.progress = Progress(
             TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-            console=err_console, transient=False,
+            console=err_console, transient=True,  # gone when done: the output starts with the results
         )
         self.tasks = {p: self.progress.add_task(f"{p}: connecting", total=None) for p in ports}
 
@@ -104,12 +136,14 @@ class _BoardProgress:
         self.progress.update(task, description=f"{port}: {phase}", completed=done, total=total or None)
 
     def __enter__(self):
-        if err_console.is_terminal:
+        self.started = err_console.is_terminal
+        if self.started:
             self.progress.start()
         return self
 
     def __exit__(self, *exc) -> None:
-        self.progress.stop()
+        if self.started:  # stopping a Progress never started prints an empty line
+            self.progress.stop()
 
 
 # --------------------------------------------------------------------------- presentation
@@ -179,11 +213,19 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
         for row in r.profile:
             p.add_row(escape(row.op), str(row.count), str(row.total_us), f"{row.share * 100:.1f} %")
         out.print(p)
-    if r.path:
-        state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
-        out.print(f"bench.json: {escape(str(r.path))} ({state})")
     if r.simulated:
         out.print(SIM_NOTE)
+
+
+def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None:
+    """Where a run's report and plots are (the last lines of the output)."""
+    from rich.markup import escape
+
+    if r.path:
+        state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
+        out.print(f"bench.json: {escape(str(r.path))} ({state})", soft_wrap=True)
+    if plots:
+        out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:
@@ -231,7 +273,7 @@ def present_boards(results: list["BenchResult"], out: "Console") -> None:
 
 
 def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Path,
-            model: Optional[str], board: Optional[str], variants: list[str], plots: bool) -> None:
+            model: Optional[str], board: Optional[str], variants: list[str], plots: bool, as_json: bool = False) -> None:
     from gendertool.bench import get_variants, run_matrix
 
     if len(ports) != 1:
@@ -243,16 +285,20 @@ def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Pa
 
     results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
                          out_dir=out, on_step=step)
-    for r in results:
-        present_bench(r, console)
-        if plots and r.samples and r.path:
-            from gendertool.plots import write_plots
-
-            write_plots(r, r.path.parent)
-    present_matrix(results, console)
     failed = [r for r in results if r.error is not None]
     if failed:
-        raise _failure(failed)
+        print_error(str(_failure(failed)))
+    written = {id(r): _plots(r, out) if plots and r.path else [] for r in results}
+    if as_json:
+        _print_json(results, written, None)
+    else:
+        for r in results:
+            present_bench(r, console)
+        present_matrix(results, console)
+        for r in results:
+            present_paths(r, written[id(r)], console)
+    if failed:
+        raise typer.Exit(EXIT_USER_ERROR)
 
 
 def present_matrix(results: list["BenchResult"], out: "Console") -> None:
@@ -290,7 +336,7 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             st = b.selftest
             state = "PASS" if st.get("pass") else "FAIL"
             origin = "boot self-test" if st.get("origin") == "boot" else "self-test (run now; the boot record was not seen)"
-            out.print(f"{sim}{origin}: {state}, {st.get('n', 0)} sample(s), {st.get('failed', 0)} failed")
+            out.print(f"{sim}{origin}: {state}, {count(st.get('n', 0), 'sample')}, {st.get('failed', 0)} failed")
             for e in st.get("results", []):
                 if not e.get("ok", True):
                     out.print(f"  sample {e.get('sample')}: expected class {e.get('expect')}, got {e.get('got')}, "

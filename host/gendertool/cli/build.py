@@ -18,6 +18,8 @@ SHOWN_LINES = 8
 FAILURE_LINES = 15
 # ninja's "[12/980] Building C object ..." gives a real fraction of the work done.
 _NINJA_STEP = re.compile(r"^\[(\d+)/(\d+)\]")
+# Without a terminal (CI logs, pipes): a line on stderr this often while a step runs silently.
+HEARTBEAT_S = 5.0
 
 
 @app.command("build")
@@ -25,8 +27,8 @@ def build(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
     board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...)."),
     out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
-    backend: str = typer.Option("pio", "--backend", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
-    input_source: str = typer.Option("sample", "--input", help="Default input source: sample, upload or camera (Sense board)."),
+    backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
+    input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Only render the project (offline, deterministic)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (PlatformIO)."),
@@ -64,7 +66,11 @@ def build(
 
 
 class _BuildView:
-    """Progress on stderr: a spinner with the current step, ninja's [n/total], the last lines."""
+    """Progress on stderr: a spinner with the current step, ninja's [n/total], the last lines.
+
+    Without a terminal: one line per step, then a heartbeat line every HEARTBEAT_S seconds
+    saying the step is still running, for how long, and how far the toolchain got.
+    """
 
     def __init__(self) -> None:
         self.lines: deque[str] = deque(maxlen=200)
@@ -75,6 +81,9 @@ class _BuildView:
         self.started = time.monotonic()
         self._live = None
         self._last_draw = 0.0
+        self.step_started = self.started
+        self._stop = None
+        self._beat = None
 
     def __enter__(self):
         if err_console.is_terminal:
@@ -82,13 +91,40 @@ class _BuildView:
 
             self._live = Live(console=err_console, refresh_per_second=8, transient=True)
             self._live.__enter__()
+        else:
+            import threading
+
+            self._stop = threading.Event()
+            self._beat = threading.Thread(target=self._heartbeat, name="build-heartbeat", daemon=True)
+            self._beat.start()
         return self
 
     def __exit__(self, *exc):
         if self._live is not None:
             self._live.__exit__(*exc)
             self._live = None
+        if self._beat is not None:
+            self._stop.set()
+            self._beat.join()
+            self._beat = None
         return False
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            err_console.print(self.heartbeat_line(), markup=False, highlight=False, soft_wrap=True)
+
+    def heartbeat_line(self, now: Optional[float] = None) -> str:
+        now = time.monotonic() if now is None else now
+        step = int(now - self.step_started)
+        total = int(now - self.started)
+        if self.fraction:
+            done = f", at [{self.fraction[0]}/{self.fraction[1]}]"
+        elif self.compiled:
+            done = f", {self.compiled} compiled"
+        else:
+            done = ""
+        return (f"  ... still {self.step}: {step // 60}:{step % 60:02d} in this step, {total // 60}:{total % 60:02d} in all, "
+                f"{self.count} toolchain lines{done}")
 
     def stage(self, text: str) -> None:
         from rich.markup import escape
@@ -97,6 +133,7 @@ class _BuildView:
             message = f"[yellow]warning:[/] {escape(text[len('warning: '):])}"
         else:
             self.step = text
+            self.step_started = time.monotonic()
             message = f"[dim]- {escape(text)}[/]"
         # Steps stay in the scrollback; the live area only shows the current one.
         (self._live.console if self._live is not None else err_console).print(message, highlight=False, soft_wrap=True)

@@ -244,14 +244,14 @@ def monitor_cmd(
     ),
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
     build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
-    source: Optional[str] = typer.Option(None, "--source", help="Input source to select on the device: sample or camera."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
     import sys
 
     from gendertool.errors import DeviceError, GendertoolError
-    from gendertool.monitor import CSV_FIELDS, check_options, run_monitor
-    from gendertool.present import CsvAppender, JsonLinesWriter
+    from gendertool.monitor import check_options, new_run_id, run_monitor
+    from gendertool.present import JsonLinesWriter
 
     if as_json and csv_file is not None:
         raise GendertoolError("choose one of --json and --csv")
@@ -261,12 +261,7 @@ def monitor_cmd(
     if elf is not None and not elf.is_file():
         raise GendertoolError(f"--elf {elf} does not exist")
 
-    writer_csv = None
-    if csv_file is not None:
-        try:
-            writer_csv = CsvAppender(csv_file, CSV_FIELDS)
-        except (ValueError, OSError) as exc:
-            raise GendertoolError(f"cannot write --csv {csv_file}: {exc}") from None
+    writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
     sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
     try:
@@ -284,6 +279,75 @@ def monitor_cmd(
     _present_summary(summary, err_console if as_json else console, csv_file)
     if summary.error:
         raise DeviceError(summary.error)
+
+
+class _MonitorCsv:
+    """``monitor --csv``: the class columns come from the device's labels, so the file gets its
+    header when the hello arrives; results that come before it wait in memory."""
+
+    def __init__(self, path: Path, run: str) -> None:
+        from gendertool.monitor import CSV_HEAD, CSV_TAIL
+
+        self.path, self.run = path, run
+        self.writer = None
+        self.labels: tuple[str, ...] = ()
+        self.pending: list[dict] = []
+        # before connecting: a file we cannot write, or one with other columns, fails now
+        header = _csv_header(path)
+        if header is not None and (tuple(header[:len(CSV_HEAD)]) != CSV_HEAD or tuple(header[-len(CSV_TAIL):]) != CSV_TAIL):
+            self._refuse(f"{path} already has different columns ({','.join(header)}); choose another file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            open(path, "a", encoding="utf-8").close()
+        except OSError as exc:
+            self._refuse(exc.strerror or str(exc))
+
+    def _refuse(self, why: str):
+        from gendertool.errors import GendertoolError
+
+        raise GendertoolError(f"cannot write --csv {self.path}: {why}")
+
+    def start(self, labels) -> None:
+        from gendertool.monitor import csv_fields
+        from gendertool.present import CsvAppender
+
+        if self.writer is not None:
+            return
+        try:
+            self.writer = CsvAppender(self.path, csv_fields(labels))
+        except (ValueError, OSError) as exc:
+            self._refuse(str(exc))
+        self.labels = tuple(labels)
+        for row in self.pending:
+            self.write(row)
+        self.pending.clear()
+
+    def write(self, row: dict) -> None:
+        from gendertool.monitor import csv_row
+
+        if self.writer is None:
+            self.pending.append(row)
+            return
+        self.writer.write(csv_row(row, self.labels, self.run))
+
+    def close(self) -> None:
+        if self.writer is None and self.pending:  # no hello ever came: number the classes
+            self.start(tuple(f"class_{i}" for i in range(len(self.pending[0].get("probs") or ()))))
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _csv_header(path: Path) -> Optional[list[str]]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            first = fh.readline()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError:
+        return None  # the open for appending says why
+    return next(csv.reader([first])) if first.strip() else None
 
 
 def _elf_from_build(build: Optional[Path]) -> Optional[Path]:
@@ -328,6 +392,8 @@ class _MonitorView:
 
         class _Sink(MonitorSink):
             def hello(self, h) -> None:
+                if view.csv_out is not None:
+                    view.csv_out.start(h.labels)
                 sim = " [virtual device: latency is this computer's]" if h.simulated else ""
                 view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
 
@@ -433,8 +499,8 @@ class _MonitorView:
             ("results", f"{s.results}" + (f"  (lost {s.lost})" if s.lost else "")),
             ("classes", "  ".join(f"{k} {v}" for k, v in s.classes.most_common())),
         ]
-        if s.reconnects:
-            rows.append(("reconnects", str(s.reconnects)))
+        if s.disconnects:
+            rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
         if r is not None and r.simulated:
             rows.append(("", "virtual device: host latency"))
         grid = Table.grid(expand=True, padding=(0, 2))
@@ -447,10 +513,15 @@ class _MonitorView:
 def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     from gendertool.present import format_duration, format_ms, kv_table
 
+    from gendertool.wording import count
+
     inv, pre = summary.invoke_ms, summary.pre_ms
     rows = [
         ("port", summary.port + ("  (virtual device: latency is this computer's)" if summary.simulated else "")),
-        ("results", f"{summary.results} in {format_duration(summary.seconds)}, {summary.fps:.1f} FPS"),
+        ("results", f"{summary.results} in {format_duration(summary.seconds)} (connecting included)"),
+        # a rate needs two results; over the span it is measured on, not the whole session
+        ("FPS", f"{summary.fps:.1f} (first to last result, {format_duration(summary.span_s)})" if summary.results >= 2
+         else "- (needs two results)"),
     ]
     if inv:
         rows.append(("invoke ms", f"p50 {format_ms(inv['p50'], 2)}  p90 {format_ms(inv['p90'], 2)}  p99 {format_ms(inv['p99'], 2)}  mean {format_ms(inv['mean'], 2)}  min {format_ms(inv['min'], 2)}  max {format_ms(inv['max'], 2)}"))
@@ -464,8 +535,8 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     if summary.samples_right or summary.samples_wrong:
         n = summary.samples_right + summary.samples_wrong
         rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
-    if summary.reconnects:
-        rows.append(("reconnects", str(summary.reconnects)))
+    if summary.disconnects:
+        rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:

@@ -8,6 +8,7 @@ from typing import Optional
 import typer
 
 from ._app import app, console
+from ._options import reject_flag_value
 
 _MODEL_HELP = "Model: a .tflite file or a pulled profile name (default: the shipped default model)."
 
@@ -23,6 +24,7 @@ def inspect(
     """Check an INT8 TFLite classifier and report its tensors, operators, size, MACs and arena."""
     from gendertool.model import app_partition_bytes, load_model
 
+    reject_flag_value(model, "MODEL", "flags such as --json and --arena")
     info = load_model(model, labels=labels, board=board, measure_arena=arena)
     board_name, partition = app_partition_bytes(board)
     memory = None
@@ -53,7 +55,6 @@ def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
     summary.add_column(overflow="fold")
     summary.add_row("file", str(info.path) if info.path else "-")
     summary.add_row("size", f"{info.size:,} bytes ({info.size / partition:.0%} of the {board_name} app partition, {partition:,} bytes)")
-    summary.add_row("sha256", info.sha256)
     summary.add_row("labels", ", ".join(info.labels))
     pre = info.preprocessing
     crop = (f"centre square crop {pre.crop_fraction:g}" if pre.crop == "center"
@@ -89,6 +90,8 @@ def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
     if memory is not None:
         summary.add_row(f"memory ({board_name})", _memory_text(memory))
     console.print(summary)
+    # its own line, never folded: 71 characters fit an 80-column terminal whole (copyable)
+    console.print(f"sha256 {info.sha256}", soft_wrap=True)
 
     tensors = Table(title="Tensors", title_justify="left")
     for col in ("", "name", "shape", "dtype", "scale", "zero point"):
@@ -122,7 +125,7 @@ def _memory_text(memory) -> str:
 @app.command()
 def convert(
     model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", help="Folder for model_data.h and model_data.cc."),
+    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder for model_data.h and model_data.cc."),
     board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
 ) -> None:
     """Check a model and write it as an aligned C array (model_data.h / model_data.cc)."""

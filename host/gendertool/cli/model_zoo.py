@@ -6,9 +6,10 @@ import json
 
 import typer
 
-from ._app import app, console, err_console
+from ._app import HonestTyper, app, console, err_console
+from ._options import reject_flag_value
 
-model_app = typer.Typer(
+model_app = HonestTyper(
     help="Registered reference models (list, pull into the cache) and model rewrites for the firmware.",
     no_args_is_help=True,
 )
@@ -94,7 +95,7 @@ def list_(
 @model_app.command("fix-padding")
 def fix_padding(
     model: str = typer.Argument(..., help="A .tflite path or a profile name."),
-    output: str = typer.Option(..., "--output", "-o", help="The rewritten .tflite (a sidecar .json is written beside it)."),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="The rewritten .tflite (a sidecar .json is written beside it)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
     """Give each conv that ESP-NN mis-pads (espressif/esp-nn#31) an explicit PAD: same outputs, proven on TFLM."""
@@ -102,6 +103,7 @@ def fix_padding(
 
     from gendertool.rewrite import fix_padding as run
 
+    reject_flag_value(model, "MODEL", "flags such as --json")
     r = run(model, output)
     if as_json:
         console.print_json(json.dumps(r.to_dict()))

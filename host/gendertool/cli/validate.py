@@ -8,6 +8,8 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from gendertool.wording import count
+
 from ._app import app, console, err_console
 from ._options import port_option, resolve_ports
 
@@ -33,6 +35,7 @@ def validate(
         ["reference"],
         "--kernels",
         "-k",
+        metavar="reference|default|builtin",
         help="LiteRT kernels to compare with TFLM: reference (BUILTIN_REF, the parity reference), "
         "default (XNNPACK) or builtin (BUILTIN_WITHOUT_DEFAULT_DELEGATES). Repeat to compare several.",
     ),
@@ -106,13 +109,13 @@ def warn_skipped(skipped: "Sequence[SkippedFile]") -> None:
     outside = [s for s in skipped if s.kind == "outside"]
     if outside:
         where = outside[0].reason.split("; ", 1)[-1]
-        warn(f"skipped {len(outside)} image(s) outside the label sub-folders ({names(outside)}): {escape(where)}")
+        warn(f"skipped {count(len(outside), 'image')} outside the label sub-folders ({names(outside)}): {escape(where)}")
     too_large = [s for s in skipped if s.kind == "unreadable" and s.reason.startswith("too large")]
     for s in too_large[:10]:
         warn(f"skipped {escape(s.path)}: {escape(s.reason)}")
     rest = [s for s in skipped if s.kind == "unreadable" and s not in too_large]
     if rest:
-        warn(f"skipped {len(rest)} file(s) that are not readable images: {names(rest)}")
+        warn(f"skipped {count(len(rest), 'file')} that are not readable images: {names(rest)}")
 
 
 def present(report: "ValidationReport", out: "Console", *, show_images: bool = False) -> None:
@@ -123,7 +126,7 @@ def present(report: "ValidationReport", out: "Console", *, show_images: bool = F
     m = report.model
     out.print(
         f"model {escape(m['name'])} (sha256 {m['sha256'][:12]}), labels {escape(', '.join(report.labels))}; "
-        f"{len(report.images)} image(s) from {escape(report.images_dir)}"
+        f"{count(len(report.images), 'image')} from {escape(report.images_dir)}"
     )
 
     acc = Table(title="accuracy")
