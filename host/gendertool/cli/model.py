@@ -53,7 +53,8 @@ def _print_tables(info, board_name: str, partition: int) -> None:
             else f"no crop (whole frame x {pre.crop_fraction:g}, stretched)")
     summary.add_row(
         "preprocessing",
-        f"{crop}, {pre.resize} resize, (pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
+        f"{crop}, {pre.resize} resize, channels {pre.channel_order.upper()}, "
+        f"(pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
     )
     summary.add_row("parameters", f"{info.parameters:,}")
     summary.add_row("MACs", f"{info.macs:,}")
