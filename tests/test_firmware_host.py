@@ -344,20 +344,23 @@ def _render(model, board: str, out: Path) -> None:
     render_project(model, get_board(board), out)
 
 
-@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr"])
+@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr", "seed"])
 def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     from gendertool.model import load_model, load_model_bytes
     from gendertool.preprocess import load_rgb, preprocess
     from gendertool.render import _default_sample_paths
     from gendertool.runtime import TflmRunner, softmax_probs
 
-    from tflite_fab import tiny_model
+    from tflite_fab import seed_shaped_model, tiny_model
 
     if which == "default":
         model = load_model(None)
     elif which == "crop_none":  # whole frame stretched, on the non-square built-in samples
         pre = Preprocessing(crop_fraction=0.9, mean=(120.0, 110.0, 100.0), std=(60.0, 61.0, 62.0), crop="none")
         model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="whole", labels=["a", "b"], preprocessing=pre)
+    elif which == "seed":  # the Seeed card's graph (LOGISTIC output) with the seeed-gender preprocessing
+        pre = Preprocessing(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="bgr")
+        model = load_model_bytes(seed_shaped_model(), name="seed", labels=["female", "male"], preprocessing=pre)
     elif which == "bgr":  # the seeed-gender profile's order, with per-channel rows that differ
         pre = Preprocessing(mean=(0.0, 10.0, 20.0), std=(255.0, 250.0, 245.0), channel_order="bgr")
         model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="bgr", labels=["a", "b"], preprocessing=pre)
