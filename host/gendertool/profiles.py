@@ -35,8 +35,9 @@ DOWNLOAD_TIMEOUT_S = 30.0
 
 # The Seeed gender model's input, by its training config and a measurement (issue 13):
 # - Seeed-Studio/ModelAssistant configs/classification/mobnetv2_0.35_rep_1bx16_300e_custom.py
-#   (and its base mobnetv2_1.0_1bx16_300e_custom.py) normalise with mean 0, std 255, and its
-#   mmcv-based pipeline loads images as BGR (no to_rgb);
+#   inherits mobnetv2_1.0_1bx16_300e_custom.py, whose model-level data_preprocessor
+#   (mmdet.DetDataPreprocessor, mean 0, std 255, no bgr_to_rgb) is the one training uses (the
+#   top-level one with to_rgb=True is overridden); LoadImageFromFile (mmcv) reads BGR;
 # - the card's float weights (from a public port) on 183 portraits, centre crop: RGB + ImageNet
 #   mean/std 49.7 % (chance), RGB + x/255 51.4 %, BGR + ImageNet 67.2 %, BGR + x/255 62.8 %
 #   (67.2 % once quantised to INT8 with x/255 input, 68.3 % on face crops).
