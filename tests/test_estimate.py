@@ -176,15 +176,22 @@ def test_a_board_run_is_compared_and_becomes_a_calibration_point(tmp_path, model
     from gendertool.bench import BenchResult, Sample
     from gendertool.cli.bench import present_estimate
 
+    from gendertool.bench import OpTiming
+
     res = BenchResult(port="/dev/ttyACM0", n=3, warmup=0, input="sample", simulated=False,
                       device={"board": "xiao_esp32s3", "model_sha256": model_info.sha256, "fw": "0.1.0", "cpu_mhz": 240},
-                      samples=[Sample(i, 900, 60000 + 1000 * i) for i in range(3)], path=tmp_path / "bench.json")
+                      samples=[Sample(i, 900, 60000 + 1000 * i) for i in range(3)], path=tmp_path / "bench.json",
+                      profile=[OpTiming("CONV_2D", 35, 41230, 0.7), OpTiming("DEPTHWISE_CONV_2D", 17, 17000, 0.3)])
     buf = io.StringIO()
     present_estimate(res, None, Console(file=buf, width=300))
     out = buf.getvalue()
     est = model_info.latency
     assert f"Invoke() mean 61.00 ms MEASURED vs ESTIMATE {est.internal_ms:.2f} ms" in out
     assert f"measured/estimate {61.0 / est.internal_ms:.2f}" in out
+    conv = next(row for row in est.by_op() if row[0] == "CONV_2D")
+    assert "per operator: profiled Invoke() MEASURED vs ESTIMATE" in out
+    cells = [[c for c in line.replace("│", " ").split()] for line in out.splitlines()]
+    assert ["CONV_2D", "41.23", f"{conv[2]:.2f}", f"{conv[3]:.2f}"] in cells
     entry = json.loads((tmp_path / "calibration_point.json").read_text())
     assert entry["published_ms"] == 61.0 and entry["arena"] == E.UNKNOWN_ARENA
     assert sum(w["amount"] for w in entry["workload"] if w["kind"] in ("conv", "conv_stem", "depthwise", "fc")) == model_info.macs

@@ -219,6 +219,17 @@ def present_estimate(r: "BenchResult", model: str | None, out: "Console") -> Non
     out.print(f"Invoke() mean {measured:.2f} ms MEASURED vs ESTIMATE {est.internal_ms:.2f} ms (arena in internal RAM, "
               f"measured/estimate {measured / est.internal_ms:.2f}) / {est.psram_ms:.2f} ms (PSRAM, "
               f"{measured / est.psram_ms:.2f})")
+    if r.profile and not r.profile_estimated:
+        from rich.table import Table
+
+        measured_op = {row.op: row.total_us for row in r.profile}
+        t = Table(title="per operator: profiled Invoke() MEASURED vs ESTIMATE", title_justify="left")
+        for col in ("operator", "measured ms", "estimate ms (internal)", "estimate ms (PSRAM)"):
+            t.add_column(col, justify="left" if col == "operator" else "right")
+        for name, _, internal, psram in est.by_op():
+            got = measured_op.get(name)
+            t.add_row(escape(name), "-" if got is None else f"{got / 1000:.2f}", f"{internal:.2f}", f"{psram:.2f}")
+        out.print(t)
     if r.path is not None:
         conditions = (f"gendertool bench, {r.completed} runs, firmware {r.device.get('fw', '?')}, "
                       f"CPU {r.device.get('cpu_mhz', '?')} MHz")
