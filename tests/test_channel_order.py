@@ -146,6 +146,12 @@ def test_validate_host_feeds_bgr(tmp_path, images):
     assert rep.model["preprocessing"]["channel_order"] == "bgr"
 
 
+def test_validate_text_names_the_channel_order(cli, tmp_path, images):
+    r = cli("validate", "--model", str(_bgr_model(tmp_path)), "--images", str(images))
+    assert r.exit_code == 0, r.output
+    assert "preprocessing: crop center x 1, bilinear, channels BGR, mean 0/0/0 std 255/255/255" in " ".join(r.stdout.split())
+
+
 def test_sim_and_validate_port_feed_bgr(cli, tmp_path, images):
     from gendertool.model import load_model
     from gendertool.runtime import TflmRunner
