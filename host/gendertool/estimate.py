@@ -298,6 +298,7 @@ class LatencyEstimate:
     fit: Fit
     loo_errors: tuple[float, ...]  # relative errors of the calibration points left out
     points: int
+    table: tuple[PointCheck, ...] = ()
 
     @property
     def error_range(self) -> tuple[float, float]:
@@ -332,7 +333,7 @@ class LatencyEstimate:
                             "psram_factor": round(self.fit.psram_factor, 4),
                             "psram_factor_unclamped": (None if self.fit.psram_factor_unclamped is None
                                                        else round(self.fit.psram_factor_unclamped, 4)),
-                            "file": CALIBRATION_FILE.name},
+                            "file": CALIBRATION_FILE.name, "table": [r.to_dict() for r in self.table]},
             "operators": [dict(e.work.to_dict(), internal_ms=round(e.internal_ms, 4), psram_ms=round(e.psram_ms, 4))
                           for e in self.ops],
         }
@@ -349,7 +350,7 @@ def estimate(work, cal: Calibration | None = None) -> LatencyEstimate:
         ms = cycles(w, cal) / cal.cpu_hz * 1000 * f.scale
         ops.append(OpEstimate(w, ms, ms * f.psram_factor))
     return LatencyEstimate(tuple(ops), sum(o.internal_ms for o in ops), sum(o.psram_ms for o in ops), f,
-                           tuple(r.loo_error for r in table), len(points))
+                           tuple(r.loo_error for r in table), len(points), tuple(table))
 
 
 def estimate_model(model) -> LatencyEstimate:
