@@ -2,8 +2,8 @@
 
 - firmware/main/image_preprocess.cc must give byte-identical int8 input tensors to
   gendertool.preprocess for odd, landscape, portrait and tiny images, RGB888 and RGB565, with
-  either crop mode ("center" square, "none" = whole frame stretched), and the same crop
-  rectangle as crop_rect for any size and fraction.
+  either crop mode ("center" square, "none" = whole frame stretched), either channel order
+  ("rgb", "bgr"), and the same crop rectangle as crop_rect for any size and fraction.
 No stand-ins for ESP-IDF or TFLM headers: only files that include neither are compiled here.
 """
 
@@ -28,7 +28,7 @@ CXXFLAGS = ["-std=c++17", "-Wall", "-Wextra", "-Werror", "-O1"]
 
 # Reads one job from stdin, writes the int8 tensor to stdout:
 #   u32 width, u32 height, u32 format (0 rgb888, 1 rgb565be), u32 crop mode (gt::CropMode),
-#   f64 crop fraction, u32 out_h, u32 out_w, 768 lut bytes, pixel bytes.
+#   u32 channel order (gt::ChannelOrder), f64 crop fraction, u32 out_h, u32 out_w, 768 lut bytes, pixel bytes.
 # With no job on stdin it answers CropRect queries instead: lines "h w fraction-hex mode" ->
 # "y0 x0 h w" (argv[1] == "rect").
 DRIVER = r"""
@@ -52,23 +52,25 @@ static int Rects() {
 
 int main(int argc, char** argv) {
   if (argc > 1 && std::strcmp(argv[1], "rect") == 0) return Rects();
-  uint32_t w, h, fmt, mode, oh, ow;
+  uint32_t w, h, fmt, mode, order, oh, ow;
   double crop;
   int8_t lut[3][256];
-  if (!ReadAll(&w, 4) || !ReadAll(&h, 4) || !ReadAll(&fmt, 4) || !ReadAll(&mode, 4) || !ReadAll(&crop, 8) ||
+  if (!ReadAll(&w, 4) || !ReadAll(&h, 4) || !ReadAll(&fmt, 4) || !ReadAll(&mode, 4) || !ReadAll(&order, 4) ||
+      !ReadAll(&crop, 8) ||
       !ReadAll(&oh, 4) || !ReadAll(&ow, 4) || !ReadAll(lut, sizeof lut)) return 3;
   const gt::PixelFormat pf = fmt == 0 ? gt::PixelFormat::kRgb888 : gt::PixelFormat::kRgb565Be;
   const gt::CropMode cm = static_cast<gt::CropMode>(mode);
+  const gt::ChannelOrder co = static_cast<gt::ChannelOrder>(order);
   std::vector<uint8_t> px(static_cast<size_t>(w) * h * gt::BytesPerPixel(pf));
   if (!ReadAll(px.data(), px.size())) return 4;
   std::vector<int8_t> out(static_cast<size_t>(oh) * ow * 3);
   const gt::ImageView view{px.data(), static_cast<int>(w), static_cast<int>(h), pf};
-  if (!gt::Preprocess(view, cm, crop, static_cast<int>(oh), static_cast<int>(ow), lut, out.data())) return 5;
+  if (!gt::Preprocess(view, cm, crop, static_cast<int>(oh), static_cast<int>(ow), lut, co, out.data())) return 5;
   // The two-step path (CropResize + Quantize) must agree with the fused one.
   std::vector<uint8_t> rgb(out.size());
   std::vector<int8_t> out2(out.size());
   if (!gt::CropResize(view, cm, crop, static_cast<int>(oh), static_cast<int>(ow), rgb.data())) return 6;
-  gt::Quantize(rgb.data(), rgb.size() / 3, lut, out2.data());
+  if (!gt::Quantize(rgb.data(), rgb.size() / 3, lut, co, out2.data())) return 8;
   if (std::memcmp(out.data(), out2.data(), out.size()) != 0) return 7;
   std::fwrite(out.data(), 1, out.size(), stdout);
   return 0;
@@ -102,16 +104,19 @@ def from_rgb565be(px: np.ndarray) -> np.ndarray:
 
 # gt::CropMode enumerators, in declaration order, for each Preprocessing.crop
 CROP_MODE = {"center": 0, "none": 1}
+# gt::ChannelOrder enumerators for each Preprocessing.channel_order
+CHANNEL_ORDER = {"rgb": 0, "bgr": 1}
 
 
-def job_header(w: int, h: int, fmt: int, mode: int, crop: float, oh: int, ow: int) -> bytes:
-    return struct.pack("<IIIIdII", w, h, fmt, mode, crop, oh, ow)
+def job_header(w: int, h: int, fmt: int, mode: int, crop: float, oh: int, ow: int, order: int = 0) -> bytes:
+    return struct.pack("<IIIIIdII", w, h, fmt, mode, order, crop, oh, ow)
 
 
 def run_device(exe: Path, pixels: np.ndarray, fmt: int, crop: float, oh: int, ow: int, lut: np.ndarray,
-               mode: str = "center") -> np.ndarray:
+               mode: str = "center", order: str = "rgb") -> np.ndarray:
     h, w = pixels.shape[:2]
-    job = job_header(w, h, fmt, CROP_MODE[mode], crop, oh, ow) + lut.astype(np.int8).tobytes() + pixels.tobytes()
+    job = (job_header(w, h, fmt, CROP_MODE[mode], crop, oh, ow, CHANNEL_ORDER[order]) + lut.astype(np.int8).tobytes()
+           + pixels.tobytes())
     proc = subprocess.run([str(exe)], input=job, capture_output=True)
     assert proc.returncode == 0, f"driver exit {proc.returncode}"
     return np.frombuffer(proc.stdout, dtype=np.int8).reshape(oh, ow, 3)
@@ -120,30 +125,56 @@ def run_device(exe: Path, pixels: np.ndarray, fmt: int, crop: float, oh: int, ow
 SIZES = [(37, 53), (48, 96), (120, 70), (64, 64), (1, 1), (2, 3), (5, 200)]  # (h, w): odd, landscape, portrait, tiny
 
 
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
 @pytest.mark.parametrize("mode", ["center", "none"])
 @pytest.mark.parametrize("h,w", SIZES)
 @pytest.mark.parametrize("crop", [1.0, 0.875, 0.3])
-def test_preprocess_matches_python_rgb888(preprocess_exe, mode, h, w, crop):
+def test_preprocess_matches_python_rgb888(preprocess_exe, mode, h, w, crop, order):
     rng = np.random.default_rng(h * 1000 + w)
     rgb = rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8)
-    pre = Preprocessing(crop_fraction=crop, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), crop=mode)
+    pre = Preprocessing(crop_fraction=crop, mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375), crop=mode,
+                        channel_order=order)
     lut = quant_lut(pre, scale=0.018658447, zero_point=-14)
     for oh, ow in [(64, 64), (7, 5)]:
-        expected = quantize(crop_resize(rgb, oh, ow, crop, mode), lut)
-        got = run_device(preprocess_exe, rgb, 0, crop, oh, ow, lut, mode)
+        expected = quantize(crop_resize(rgb, oh, ow, crop, mode), lut, order)
+        got = run_device(preprocess_exe, rgb, 0, crop, oh, ow, lut, mode, order)
         np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.parametrize("order", ["rgb", "bgr"])
 @pytest.mark.parametrize("mode", ["center", "none"])
 @pytest.mark.parametrize("h,w", [(240, 320), (31, 17)])
-def test_preprocess_matches_python_rgb565(preprocess_exe, mode, h, w):
+def test_preprocess_matches_python_rgb565(preprocess_exe, mode, h, w, order):
     rng = np.random.default_rng(7)
     px = to_rgb565be(rng.integers(0, 256, size=(h, w, 3), dtype=np.uint8))
-    pre = Preprocessing(crop=mode)
-    lut = quant_lut(pre, scale=1 / 128, zero_point=0)
+    pre = Preprocessing(crop=mode, mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order=order)
+    lut = quant_lut(pre, scale=1 / 255, zero_point=-128)
     for crop in (1.0, 0.9):
-        expected = quantize(crop_resize(from_rgb565be(px), 64, 64, crop, mode), lut)
-        np.testing.assert_array_equal(run_device(preprocess_exe, px, 1, crop, 64, 64, lut, mode), expected)
+        expected = quantize(crop_resize(from_rgb565be(px), 64, 64, crop, mode), lut, order)
+        np.testing.assert_array_equal(run_device(preprocess_exe, px, 1, crop, 64, 64, lut, mode, order), expected)
+
+
+@pytest.mark.parametrize("fmt", [0, 1])
+def test_bgr_puts_blue_first(preprocess_exe, fmt):
+    # pure red, green, blue thirds through one channel-symmetric table: BGR is RGB reversed
+    rgb = np.zeros((30, 30, 3), dtype=np.uint8)
+    rgb[:10, :, 0] = rgb[10:20, :, 1] = rgb[20:, :, 2] = 255
+    px = rgb if fmt == 0 else to_rgb565be(rgb)
+    lut = quant_lut(Preprocessing(), scale=1 / 128, zero_point=0)
+    as_rgb = run_device(preprocess_exe, px, fmt, 1.0, 15, 15, lut, "center", "rgb")
+    as_bgr = run_device(preprocess_exe, px, fmt, 1.0, 15, 15, lut, "center", "bgr")
+    assert (as_rgb[0, :, 0] == 127).all() and (as_bgr[0, :, 2] == 127).all() and (as_bgr[0, :, 0] == -128).all()
+    np.testing.assert_array_equal(as_bgr, as_rgb[..., ::-1])
+
+
+def test_bgr_uses_each_tensor_channels_own_row(preprocess_exe):
+    # rows differ per tensor channel: tensor channel 0 of a BGR model is blue through row 0
+    rgb = np.zeros((4, 4, 3), dtype=np.uint8)
+    rgb[..., 0], rgb[..., 1], rgb[..., 2] = 10, 20, 30
+    lut = np.zeros((3, 256), dtype=np.int8)
+    lut[0, 30], lut[1, 20], lut[2, 10] = 1, 2, 3
+    got = run_device(preprocess_exe, rgb, 0, 1.0, 2, 2, lut, "center", "bgr")
+    assert got.reshape(-1, 3).tolist() == [[1, 2, 3]] * 4
 
 
 def test_whole_frame_keeps_what_the_centre_square_drops(preprocess_exe):
@@ -201,6 +232,13 @@ def test_preprocess_rejects_bad_arguments(preprocess_exe, w, h, mode, crop):
     assert proc.returncode == 5
 
 
+@pytest.mark.parametrize("order", [2, 255])
+def test_preprocess_rejects_an_unknown_channel_order(preprocess_exe, order):
+    job = job_header(4, 4, 0, 0, 1.0, 2, 2, order) + bytes(768) + bytes(4 * 4 * 3)
+    proc = subprocess.run([str(preprocess_exe)], input=job, capture_output=True)
+    assert proc.returncode == 5
+
+
 # ---------------------------------------------------------------------------------------------
 # generated sources (model data, settings, samples) compiled with the portable firmware parts
 
@@ -230,8 +268,8 @@ int main(int argc, char** argv) {
   std::printf("align %d\n", static_cast<int>(reinterpret_cast<uintptr_t>(g_model_data) % 16));
   std::printf("shape");
   for (int i = 0; i < gt::kInputDims; ++i) std::printf(" %d", static_cast<int>(gt::kInputShape[i]));
-  std::printf("\nquant %a %d %a %d %a %d\n", gt::kInputScale, gt::kInputZeroPoint, gt::kOutputScale,
-              gt::kOutputZeroPoint, gt::kCropFraction, static_cast<int>(gt::kCropMode));
+  std::printf("\nquant %a %d %a %d %a %d %d\n", gt::kInputScale, gt::kInputZeroPoint, gt::kOutputScale,
+              gt::kOutputZeroPoint, gt::kCropFraction, static_cast<int>(gt::kCropMode), static_cast<int>(gt::kChannelOrder));
   std::printf("meta %s %s %s %u %u\n", gt::kModelName, gt::kModelSha256, gt::kBoardName, gt::kModelBytes,
               gt::kDefaultArenaBytes);
   for (int c = 0; c < gt::kNumClasses; ++c) {
@@ -244,7 +282,8 @@ int main(int argc, char** argv) {
   for (int i = 0; i < gt::kNumSampleImages; ++i) {
     const gt::SampleImage& s = gt::kSampleImages[i];
     const gt::ImageView view{s.rgb, s.width, s.height, gt::PixelFormat::kRgb888};
-    if (!gt::Preprocess(view, gt::kCropMode, gt::kCropFraction, gt::kInputHeight, gt::kInputWidth, gt::kInputLut, tensor.data()))
+    if (!gt::Preprocess(view, gt::kCropMode, gt::kCropFraction, gt::kInputHeight, gt::kInputWidth, gt::kInputLut,
+                        gt::kChannelOrder, tensor.data()))
       return 3;
     std::printf("sample %s %d %d %d ", s.name, s.width, s.height, s.expected_class);
     hex(tensor.data(), tensor.size());
@@ -305,20 +344,26 @@ def _render(model, board: str, out: Path) -> None:
     render_project(model, get_board(board), out)
 
 
-@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none"])
+@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr", "seed"])
 def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     from gendertool.model import load_model, load_model_bytes
     from gendertool.preprocess import load_rgb, preprocess
     from gendertool.render import _default_sample_paths
     from gendertool.runtime import TflmRunner, softmax_probs
 
-    from tflite_fab import tiny_model
+    from tflite_fab import seed_shaped_model, tiny_model
 
     if which == "default":
         model = load_model(None)
     elif which == "crop_none":  # whole frame stretched, on the non-square built-in samples
         pre = Preprocessing(crop_fraction=0.9, mean=(120.0, 110.0, 100.0), std=(60.0, 61.0, 62.0), crop="none")
         model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="whole", labels=["a", "b"], preprocessing=pre)
+    elif which == "seed":  # the Seeed card's graph (LOGISTIC output) with the seeed-gender preprocessing
+        pre = Preprocessing(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), channel_order="bgr")
+        model = load_model_bytes(seed_shaped_model(), name="seed", labels=["female", "male"], preprocessing=pre)
+    elif which == "bgr":  # the seeed-gender profile's order, with per-channel rows that differ
+        pre = Preprocessing(mean=(0.0, 10.0, 20.0), std=(255.0, 250.0, 245.0), channel_order="bgr")
+        model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="bgr", labels=["a", "b"], preprocessing=pre)
     else:
         model = load_model_bytes(tiny_model(height=24, width=20, classes=len(WEIRD_LABELS)), name="weird", labels=WEIRD_LABELS)
     _render(model, "xiao_esp32s3", tmp_path / "proj")
@@ -330,10 +375,12 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     assert (tmp_path / "model.bin").read_bytes() == model.data
     assert got["align"] == "0"
     assert [int(v) for v in got["shape"].split()] == list(model.input.shape)
-    in_scale, in_zp, out_scale, out_zp, crop, mode = got["quant"].split()
-    assert (float.fromhex(in_scale), int(in_zp), float.fromhex(out_scale), int(out_zp), float.fromhex(crop), int(mode)) == (
+    in_scale, in_zp, out_scale, out_zp, crop, mode, order = got["quant"].split()
+    assert (float.fromhex(in_scale), int(in_zp), float.fromhex(out_scale), int(out_zp), float.fromhex(crop), int(mode),
+            int(order)) == (
         model.input.scale, model.input.zero_point, model.output.scale, model.output.zero_point,
-        model.preprocessing.crop_fraction, CROP_MODE[model.preprocessing.crop])
+        model.preprocessing.crop_fraction, CROP_MODE[model.preprocessing.crop],
+        CHANNEL_ORDER[model.preprocessing.channel_order])
     assert got["meta"].split() == [model.name, model.sha256, "xiao_esp32s3", str(model.size), str(model.arena_bytes)]
     assert got["label"] == list(model.labels)  # quotes, backslashes, newlines, UTF-8 survive
     from gendertool.preprocess import quant_lut
@@ -353,6 +400,9 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
         if model.preprocessing.crop == "none":  # the whole frame reached the pixels, not the centre square
             square = dataclasses.replace(model.preprocessing, crop="center")
             assert tensor != preprocess(img, square, height, width, model.input.scale, model.input.zero_point).tobytes()
+        if model.preprocessing.channel_order == "bgr":  # the reorder reached the tensor
+            as_rgb = dataclasses.replace(model.preprocessing, channel_order="rgb")
+            assert tensor != preprocess(img, as_rgb, height, width, model.input.scale, model.input.zero_point).tobytes()
         ref = np.asarray(runner.invoke(q), dtype=np.int8).reshape(-1)
         np.testing.assert_array_equal(expected, ref)
         assert cls == int(np.argmax(ref)) == int(stats[0])

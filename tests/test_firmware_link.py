@@ -143,7 +143,7 @@ class HostPlatform : public gt::Platform {
  private:
   bool Pre(const uint8_t* rgb, int w, int h, int8_t* out) {
     return gt::Preprocess(gt::ImageView{rgb, w, h, gt::PixelFormat::kRgb888}, gt::kCropMode, gt::kCropFraction,
-                          gt::kInputHeight, gt::kInputWidth, gt::kInputLut, out);
+                          gt::kInputHeight, gt::kInputWidth, gt::kInputLut, gt::kChannelOrder, out);
   }
   std::vector<int8_t> input_;
   int8_t output_[gt::kNumClasses] = {};

@@ -96,6 +96,7 @@ def test_wheel_ships_firmware_templates_and_models(wheel):
         for f in files:
             assert f"gendertool/_data/{f}" in names, f"{f} is missing from the wheel"
     assert "gendertool/_data/docs/protocol.md" in names
+    assert "gendertool/data/latency_calibration.json" in names  # gendertool.estimate reads it at run time
 
 
 def test_resources_resolve_from_an_unpacked_wheel(wheel, tmp_path):

@@ -110,6 +110,10 @@ def test_sidecar_without_labels_falls_back_to_labels_txt(tmp_path):
         ('{"preprocessing": {"std": [0, 1, 1]}}', "bad 'preprocessing' (std must be positive)"),
         ('{"preprocessing": {"crop": "top"}}', "bad 'preprocessing' (crop must be one of 'center', 'none', not 'top')"),
         ('{"preprocessing": {"resize": "nearest"}}', "bad 'preprocessing' (only 'bilinear' resize is implemented"),
+        ('{"preprocessing": {"channel_order": "rbg"}}',
+         "bad 'preprocessing' (channel_order must be one of 'rgb', 'bgr', not 'rbg')"),
+        ('{"preprocessing": {"channel_order": "BGR"}}',
+         "bad 'preprocessing' (channel_order must be one of 'rgb', 'bgr', not 'BGR')"),
         ('{"preprocessing": [1]}', "'preprocessing' must be an object"),
     ],
 )
@@ -160,10 +164,11 @@ def test_seeed_profile_is_the_cards_file():
     )
     assert p.checksum == "md5:853967d1e961a9fdef02122437efa239"
     assert p.host == "files.seeedstudio.com"
-    assert p.labels == ("Not a person", "Person")
-    assert p.preprocessing.mean == (123.675, 116.28, 103.53)
-    assert p.preprocessing.std == (58.395, 57.12, 57.375)
-    assert "female,male" in p.note
+    # the training config's x / 255 on mmcv's BGR images, centre crop (evidence in profiles.py)
+    assert p.labels == ("female", "male")
+    assert p.preprocessing == Preprocessing(mean=(0.0, 0.0, 0.0), std=(255.0, 255.0, 255.0), crop="center",
+                                            resize="bilinear", channel_order="bgr")
+    assert "'Not a person', 'Person'" in p.note and "copy error" in p.note
 
 
 def test_unknown_profile():
@@ -261,7 +266,8 @@ def test_model_list(cli):
     r = cli("model", "list")
     assert r.exit_code == 0
     assert "seeed-gender" in r.stdout
-    assert "Not a person" in r.stdout
+    assert "female, male" in r.stdout and "BGR" in r.stdout
+    assert "'Not a person', 'Person', a copy error" in " ".join(r.stdout.split())
     r = cli("model", "list", "--json")
     assert r.exit_code == 0
     doc = json.loads(r.stdout)
@@ -269,7 +275,9 @@ def test_model_list(cli):
     assert entry["name"] == "seeed-gender"
     assert entry["cached"] is False
     assert entry["checksum"] == "md5:853967d1e961a9fdef02122437efa239"
-    assert entry["labels"] == ["Not a person", "Person"]
+    assert entry["labels"] == ["female", "male"]
+    assert entry["preprocessing"] == {"crop_fraction": 1.0, "mean": [0.0, 0.0, 0.0], "std": [255.0, 255.0, 255.0],
+                                      "crop": "center", "resize": "bilinear", "channel_order": "bgr"}
     assert doc["cache_dir"] == str(profiles.cache_dir())
 
 

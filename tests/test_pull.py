@@ -68,7 +68,7 @@ def test_pull_success_then_usable_as_model(cli, server, monkeypatch):
     assert r.exit_code == 0, r.output
     dest = profiles.cache_dir() / "seeed-gender.tflite"
     assert f"seeed-gender: downloaded to {dest} ({p.checksum} verified)" in r.stdout
-    assert "--labels female,male" in r.stdout  # the card's label caveat is repeated
+    assert "a copy error" in r.stdout and "BGR, x / 255" in " ".join(r.stdout.split())  # the profile note is repeated
     assert dest.read_bytes() == PAYLOAD
     assert _leftovers() == [dest]  # no temporary file left behind
     src = profiles.resolve("seeed-gender")
@@ -172,7 +172,7 @@ def test_pull_truncated_transfer(monkeypatch):
 
 
 def test_pulled_profile_validates_with_its_labels_and_preprocessing(cli, server, monkeypatch, tmp_path):
-    """`--model seeed-gender` after a pull: the card's labels by default, --labels chooses."""
+    """`--model seeed-gender` after a pull: (female, male) and BGR x/255 by default, --labels chooses."""
     import json
 
     import numpy as np
@@ -190,16 +190,18 @@ def test_pulled_profile_validates_with_its_labels_and_preprocessing(cli, server,
     for i, label in enumerate(("female", "male")):
         (imgs / label).mkdir(parents=True)
         Image.fromarray(np.full((24, 24, 3), 60 * (i + 1), np.uint8)).save(imgs / label / "a.png")
-    r = cli("validate", "--model", "seeed-gender", "--images", imgs)
+    r = cli("validate", "--model", "seeed-gender", "--images", imgs, "--labels", "Not a person,Person")
     assert r.exit_code == 2
     assert "its labels are: Not a person, Person" in " ".join(r.stderr.split())
 
-    r = cli("validate", "--model", "seeed-gender", "--images", imgs, "--labels", "female,male", "--json")
+    r = cli("validate", "--model", "seeed-gender", "--images", imgs, "--json")
     assert r.exit_code == 0, r.output
     doc = json.loads(r.stdout)
     assert doc["model"]["name"] == "seeed-gender"
-    assert doc["model"]["preprocessing"]["mean"] == [123.675, 116.28, 103.53]
-    assert doc["model"]["preprocessing"]["std"] == [58.395, 57.12, 57.375]
+    assert doc["model"]["preprocessing"]["mean"] == [0.0, 0.0, 0.0]
+    assert doc["model"]["preprocessing"]["std"] == [255.0, 255.0, 255.0]
+    assert doc["model"]["preprocessing"]["channel_order"] == "bgr"
+    assert doc["model"]["preprocessing"]["crop"] == "center"
     assert doc["labels"] == ["female", "male"]
 
 

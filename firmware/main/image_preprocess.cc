@@ -85,6 +85,11 @@ bool Resample(const ImageView& src, CropMode mode, double crop_fraction, int out
   return true;
 }
 
+bool KnownOrder(ChannelOrder order) { return order == ChannelOrder::kRgb || order == ChannelOrder::kBgr; }
+
+// Tensor channel of source channel ch (0 R, 1 G, 2 B).
+inline int TensorChannel(ChannelOrder order, int ch) { return order == ChannelOrder::kBgr ? 2 - ch : ch; }
+
 }  // namespace
 
 int BytesPerPixel(PixelFormat format) { return format == PixelFormat::kRgb888 ? 3 : 2; }
@@ -119,15 +124,22 @@ bool CropResize(const ImageView& src, CropMode mode, double crop_fraction, int o
                   [out_rgb](size_t i, int, uint8_t v) { out_rgb[i] = v; });
 }
 
-void Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], int8_t* out) {
-  for (size_t i = 0; i < pixels * 3; ++i) out[i] = lut[i % 3][rgb[i]];
+bool Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], ChannelOrder order, int8_t* out) {
+  if (!KnownOrder(order)) return false;
+  for (size_t i = 0; i < pixels * 3; ++i) {
+    const int c = TensorChannel(order, static_cast<int>(i % 3));
+    out[i - i % 3 + c] = lut[c][rgb[i]];
+  }
+  return true;
 }
 
 bool Preprocess(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
-                const int8_t (*lut)[256], int8_t* out) {
-  if (out == nullptr || lut == nullptr) return false;
-  return Resample(src, mode, crop_fraction, out_h, out_w,
-                  [out, lut](size_t i, int ch, uint8_t v) { out[i] = lut[ch][v]; });
+                const int8_t (*lut)[256], ChannelOrder order, int8_t* out) {
+  if (out == nullptr || lut == nullptr || !KnownOrder(order)) return false;
+  return Resample(src, mode, crop_fraction, out_h, out_w, [out, lut, order](size_t i, int ch, uint8_t v) {
+    const int c = TensorChannel(order, ch);
+    out[i - ch + c] = lut[c][v];
+  });
 }
 
 }  // namespace gt

@@ -27,6 +27,13 @@ enum class CropMode : uint8_t {
   kWholeFrame,    // "none": centred floor(h * crop_fraction) x floor(w * crop_fraction), stretched
 };
 
+// The tensor's channel order (Preprocessing.channel_order): the LUT stage writes the resized
+// R, G, B bytes in this order; kInputLut's rows follow the tensor's channels.
+enum class ChannelOrder : uint8_t {
+  kRgb,  // "rgb"
+  kBgr,  // "bgr": OpenCV/mmcv-trained models
+};
+
 struct CropBox {
   int y0;
   int x0;
@@ -49,12 +56,13 @@ void Rgb565BeToRgb888(const uint8_t* src, uint8_t* rgb);
 bool CropResize(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
                 uint8_t* out_rgb);
 
-// Per-channel 3 x 256 lookup to int8 (preprocess.quantize).
-void Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], int8_t* out);
+// Per-channel 3 x 256 lookup to int8 in the tensor's channel order (preprocess.quantize):
+// tensor channel c of a pixel is lut[c][its source byte]. False on an unknown order.
+bool Quantize(const uint8_t* rgb, size_t pixels, const int8_t (*lut)[256], ChannelOrder order, int8_t* out);
 
 // The whole pipeline into the model's int8 input tensor (crop_resize then quantize), without
 // an intermediate RGB888 buffer.
 bool Preprocess(const ImageView& src, CropMode mode, double crop_fraction, int out_h, int out_w,
-                const int8_t (*lut)[256], int8_t* out);
+                const int8_t (*lut)[256], ChannelOrder order, int8_t* out);
 
 }  // namespace gt

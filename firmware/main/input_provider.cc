@@ -22,7 +22,8 @@ int g_upload_h = 0;
 
 bool Run(const ImageView& view, int8_t* tensor, int64_t* pre_us) {
   const int64_t t0 = esp_timer_get_time();
-  const bool ok = Preprocess(view, kCropMode, kCropFraction, kInputHeight, kInputWidth, kInputLut, tensor);
+  const bool ok = Preprocess(view, kCropMode, kCropFraction, kInputHeight, kInputWidth, kInputLut, kChannelOrder,
+                             tensor);
   if (pre_us != nullptr) *pre_us = esp_timer_get_time() - t0;
   return ok;
 }

@@ -15,11 +15,14 @@ import struct
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from gendertool.errors import ModelError
 from gendertool.preprocess import Preprocessing
 from gendertool.wording import count
+
+if TYPE_CHECKING:  # pragma: no cover
+    from gendertool.estimate import LatencyEstimate
 
 TFLITE_SCHEMA_VERSION = 3
 
@@ -97,6 +100,7 @@ class ModelInfo:
     espnn_scratch_node: tuple[int, str] | None = None  # (operator index, operator name)
     arena: "ArenaBudget | None" = None  # how arena_bytes is made up (None: not measured)
     espnn_scratch: tuple = ()  # espnn.NodeScratch per node with a request
+    latency: "LatencyEstimate | None" = None  # estimated Invoke() on the XIAO ESP32S3 (gendertool.estimate)
 
     @property
     def espnn_warnings(self) -> list[str]:
@@ -150,6 +154,7 @@ class ModelInfo:
                 "margin": f"+{ARENA_MARGIN_FRACTION:.0%} of tail + head (at least {ARENA_MARGIN_MIN_BYTES} bytes), "
                 f"rounded up to {ARENA_ROUND_BYTES} bytes",
             },
+            "latency_estimate": self.latency.to_dict() if self.latency else None,
         }
 
 
@@ -289,6 +294,9 @@ def load_model_bytes(
     entries = espnn.model_scratch(model)
     top = espnn.largest(entries)
     scratch = top.bytes if top else 0
+    from gendertool.estimate import estimate_model
+
+    latency = estimate_model(model)
     host = fw = budget = None
     if measure_arena:
         from gendertool._arena_probe import measure_arena_host
@@ -317,6 +325,7 @@ def load_model_bytes(
         espnn_scratch_node=(top.node, top.op) if top else None,
         arena=budget,
         espnn_scratch=tuple(e for e in entries if e.bytes > 0),
+        latency=latency,
     )
 
 

@@ -9,9 +9,11 @@ Pipeline (RGB888 in, the model's int8 input tensor out):
 2. **resize**: bilinear with half-pixel centres in integer fixed point (8 fractional
    bits, taps computed per axis), so that ``firmware/main/image_preprocess.cc`` computes the
    same bytes.
-3. **normalise + quantise**: per channel ``q = clamp(round((v - mean) / std / scale) + zp)``,
-   precomputed for every byte value into a 3 x 256 int8 table. The firmware receives the
-   table generated from the model's input tensor, so no float arithmetic runs on the device.
+3. **channel order + normalise + quantise**: the resized R, G, B bytes go to the tensor in
+   the model's ``channel_order`` (``"rgb"``, or ``"bgr"`` for OpenCV/mmcv-trained models), then
+   per tensor channel ``q = clamp(round((v - mean) / std / scale) + zp)``, precomputed for every
+   byte value into a 3 x 256 int8 table. The firmware receives the table generated from the
+   model's input tensor, so no float arithmetic runs on the device.
 
 Training uses :func:`crop_resize` and :func:`normalize` so the model learns on exactly the
 pixels the device will see.
@@ -31,6 +33,15 @@ IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".ppm", ".pg
 CROP_MODES = ("center", "none")
 
 
+# the order the model's input tensor holds the colour channels in
+CHANNEL_ORDERS = ("rgb", "bgr")
+
+
+def check_channel_order(order: str) -> None:
+    if order not in CHANNEL_ORDERS:  # "rbg" or "BGR" must not fall back to rgb
+        raise ValueError(f"channel_order must be one of {', '.join(map(repr, CHANNEL_ORDERS))}, not {order!r}")
+
+
 def check_crop_mode(crop: str) -> None:
     if crop not in CROP_MODES:  # a typo must not silently fall back to the centre square
         raise ValueError(f"crop must be one of {', '.join(map(repr, CROP_MODES))}, not {crop!r}")
@@ -41,14 +52,16 @@ class Preprocessing:
     """How a model wants its pixels: part of each model's profile, rendered into the firmware."""
 
     crop_fraction: float = 1.0
-    # float = (pixel - mean) / std, pixel in 0..255, channel order R, G, B
+    # float = (pixel - mean) / std, pixel in 0..255, per tensor channel (in channel_order)
     mean: tuple[float, float, float] = (127.5, 127.5, 127.5)
     std: tuple[float, float, float] = (127.5, 127.5, 127.5)
     crop: str = field(default="center")  # one of CROP_MODES
     resize: str = field(default="bilinear")
+    channel_order: str = field(default="rgb")  # one of CHANNEL_ORDERS
 
     def __post_init__(self) -> None:
         check_crop_mode(self.crop)
+        check_channel_order(self.channel_order)
         if self.resize != "bilinear":
             raise ValueError(f"only 'bilinear' resize is implemented, not {self.resize!r}")
         if not 0.1 <= self.crop_fraction <= 1.0:
@@ -67,6 +80,7 @@ class Preprocessing:
             std=tuple(float(v) for v in data.get("std", (127.5,) * 3)),  # type: ignore[arg-type]
             crop=data.get("crop", "center"),
             resize=data.get("resize", "bilinear"),
+            channel_order=data.get("channel_order", "rgb"),
         )
 
 
@@ -174,15 +188,21 @@ def crop_resize(rgb: np.ndarray, out_h: int, out_w: int, crop_fraction: float = 
     return out.astype(np.uint8)
 
 
+def to_channel_order(rgb: np.ndarray, order: str = "rgb") -> np.ndarray:
+    """An ``HxWx3`` RGB image with its channels in the tensor's ``order`` (a view, no copy)."""
+    check_channel_order(order)
+    return rgb[..., ::-1] if order == "bgr" else rgb
+
+
 def normalize(rgb: np.ndarray, pre: Preprocessing) -> np.ndarray:
-    """uint8 RGB -> float32 model input (before quantisation)."""
+    """uint8 RGB -> float32 model input in ``pre.channel_order`` (before quantisation)."""
     mean = np.asarray(pre.mean, dtype=np.float32)
     std = np.asarray(pre.std, dtype=np.float32)
-    return (rgb.astype(np.float32) - mean) / std
+    return (to_channel_order(rgb, pre.channel_order).astype(np.float32) - mean) / std
 
 
 def quant_lut(pre: Preprocessing, scale: float, zero_point: int) -> np.ndarray:
-    """The 3 x 256 int8 table mapping each channel's byte value to the quantised input."""
+    """The 3 x 256 int8 table mapping each tensor channel's byte value to the quantised input."""
     if not scale > 0:
         raise ValueError("input scale must be positive")
     v = np.arange(256, dtype=np.float64)
@@ -194,15 +214,17 @@ def quant_lut(pre: Preprocessing, scale: float, zero_point: int) -> np.ndarray:
     return np.stack(rows).astype(np.int8)
 
 
-def quantize(rgb: np.ndarray, lut: np.ndarray) -> np.ndarray:
-    """Apply a :func:`quant_lut` table to an ``HxWx3`` uint8 image -> ``HxWx3`` int8."""
-    return np.stack([lut[c][rgb[..., c]] for c in range(3)], axis=-1)
+def quantize(rgb: np.ndarray, lut: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """Apply a :func:`quant_lut` table to an ``HxWx3`` uint8 RGB image -> ``HxWx3`` int8 in
+    ``channel_order``."""
+    src = to_channel_order(rgb, channel_order)
+    return np.stack([lut[c][src[..., c]] for c in range(3)], axis=-1)
 
 
 def preprocess(rgb: np.ndarray, pre: Preprocessing, height: int, width: int, scale: float, zero_point: int) -> np.ndarray:
     """The whole pipeline: ``HxWx3`` uint8 -> ``1 x height x width x 3`` int8 input tensor."""
     resized = crop_resize(rgb, height, width, pre.crop_fraction, pre.crop)
-    return quantize(resized, quant_lut(pre, scale, zero_point))[None, ...]
+    return quantize(resized, quant_lut(pre, scale, zero_point), pre.channel_order)[None, ...]
 
 
 def list_images(folder: str | Path) -> list[Path]:

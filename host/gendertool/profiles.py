@@ -1,6 +1,6 @@
 """Where a model comes from: the shipped default, a file, or a registered profile.
 
-A model travels with its labels and its preprocessing (crop, resize, mean/std). For a file
+A model travels with its labels and its preprocessing (crop, resize, channel order, mean/std). For a file
 they come from a sidecar ``<stem>.json`` beside it (``{"labels": [...], "preprocessing":
 {...}}``), else from ``<stem>.labels.txt`` / ``labels.txt`` (one label per line). A profile
 (``seeed-gender``) names a downloadable model with its checksum, labels and preprocessing;
@@ -33,9 +33,20 @@ CACHE_ENV = "GENDERTOOL_CACHE_DIR"
 MAX_DOWNLOAD_BYTES = 64 * 1024 * 1024
 DOWNLOAD_TIMEOUT_S = 30.0
 
-IMAGENET = Preprocessing(
-    mean=(123.675, 116.28, 103.53),
-    std=(58.395, 57.12, 57.375),
+# The Seeed gender model's input, by its training config and a measurement (issue 13):
+# - Seeed-Studio/ModelAssistant configs/classification/mobnetv2_0.35_rep_1bx16_300e_custom.py
+#   inherits mobnetv2_1.0_1bx16_300e_custom.py, whose model-level data_preprocessor
+#   (mmdet.DetDataPreprocessor, mean 0, std 255, no bgr_to_rgb) is the one training uses (the
+#   top-level one with to_rgb=True is overridden); LoadImageFromFile (mmcv) reads BGR;
+# - the card's float weights (from a public port) on 183 portraits, centre crop: RGB + ImageNet
+#   mean/std 49.7 % (chance), RGB + x/255 51.4 %, BGR + ImageNet 67.2 %, BGR + x/255 62.8 %
+#   (67.2 % once quantised to INT8 with x/255 input, 68.3 % on face crops).
+SEEED_GENDER = Preprocessing(
+    mean=(0.0, 0.0, 0.0),
+    std=(255.0, 255.0, 255.0),
+    crop="center",
+    resize="bilinear",
+    channel_order="bgr",
 )
 
 
@@ -90,15 +101,16 @@ PROFILES: dict[str, Profile] = {
         # From the zoo's classification/gender/mbv2_0_35_64.json. The SHA-1 in the file name
         # is shared with the vela file, so it is not this file's hash.
         checksum="md5:853967d1e961a9fdef02122437efa239",
-        # The card's class list (its title and data set say Gender: the list is a card error,
-        # kept as the default so the profile matches its source; use --labels female,male).
-        labels=("Not a person", "Person"),
-        # A public port of this model normalises with ImageNet mean/std (0..255 units).
-        preprocessing=IMAGENET,
-        description="Seeed SenseCraft model zoo: MobileNetV2 0.35, 64x64x3 INT8, gender (2 classes)",
+        # (female, male): a public port reads them so, and on the portraits above the reversed
+        # order scores 33 %. The card's 'Not a person', 'Person' is copied from its
+        # person-classification sibling (same template, same algorithm link).
+        labels=("female", "male"),
+        preprocessing=SEEED_GENDER,
+        description="Seeed SenseCraft model zoo: MobileNetV2 0.35 Rep, 64x64x3 INT8, gender (2 classes)",
         note=(
-            "the card lists its classes as 'Not a person', 'Person' although the model is a gender "
-            "classifier; a public port reads its outputs as (female, male): pass --labels female,male"
+            "the card lists the classes as 'Not a person', 'Person', a copy error from its "
+            "person-classification sibling; the outputs are (female, male). Input: BGR, x / 255, "
+            "centre crop (the training config's normalisation and mmcv's BGR loading)"
         ),
     ),
 }

@@ -13,7 +13,7 @@ The context (:func:`build_context`) is what every template sees; BUILD's
 size, input/output shape + quantisation, labels, ``labels_c`` (C string literals), operators,
 ``resolver_methods``, ``num_ops``, ``lut`` (3 rows of 256 int8), ``crop_fraction`` +
 ``crop_fraction_hex``, ``crop`` (the profile's mode) + ``crop_mode_cpp`` (its ``gt::CropMode``
-enumerator)), ``board`` (the :class:`~gendertool.boards.Board`), ``camera``
+enumerator), ``channel_order`` + ``channel_order_cpp`` (its ``gt::ChannelOrder``)), ``board`` (the :class:`~gendertool.boards.Board`), ``camera``
 (:class:`~gendertool.boards.CameraPins` or None), ``input_source``, ``components`` (pinned
 component versions), ``app`` (arena_bytes, inference_period_ms, selftest_tolerance,
 app_partition_bytes, autostart, selftest_on_boot, model_in_psram, arena_placement),
@@ -43,6 +43,8 @@ if TYPE_CHECKING:  # pragma: no cover
 PROJECT_NAME = "gendertool"
 # Preprocessing.crop -> gt::CropMode enumerator (firmware/main/image_preprocess.h)
 CROP_MODES_CPP = {"center": "kCenterSquare", "none": "kWholeFrame"}
+# Preprocessing.channel_order -> gt::ChannelOrder enumerator
+CHANNEL_ORDERS_CPP = {"rgb": "kRgb", "bgr": "kBgr"}
 INPUT_SOURCES = ("sample", "upload", "camera")
 
 # Component versions the rendered idf_component.yml pins (reasons in firmware/README.md):
@@ -315,6 +317,9 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     crop = model.preprocessing.crop
     if crop not in CROP_MODES_CPP:
         raise GendertoolError(f"model {model.name}: the firmware has no crop mode {crop!r}")
+    order = model.preprocessing.channel_order
+    if order not in CHANNEL_ORDERS_CPP:
+        raise GendertoolError(f"model {model.name}: the firmware has no channel order {order!r}")
     header, source = c_array_source(model.data, "g_model_data", model_banner(model.name, model.sha256, model.size))
 
     return {
@@ -343,6 +348,8 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
             "crop_fraction_hex": _float_hex(model.preprocessing.crop_fraction),
             "crop": crop,
             "crop_mode_cpp": CROP_MODES_CPP[crop],
+            "channel_order": order,
+            "channel_order_cpp": CHANNEL_ORDERS_CPP[order],
             "arena_host_bytes": model.arena_host_bytes,
             "espnn_scratch_bytes": scratch,
         },

@@ -121,11 +121,13 @@ class SimDevice:
         m = self.model
         self._lut = quant_lut(m.preprocessing, m.input.scale, m.input.zero_point)
         self._crop = (m.preprocessing.crop_fraction, m.preprocessing.crop)
+        self._channel_order = m.preprocessing.channel_order
         self._crop_resize, self._quantize, self._softmax = crop_resize, quantize, softmax_probs
 
     def _preprocess(self, rgb: "np.ndarray") -> "np.ndarray":
         """The reference preprocessing (gendertool.preprocess.preprocess) with the cached table."""
-        return self._quantize(self._crop_resize(rgb, self.height, self.width, *self._crop), self._lut)[None, ...]
+        resized = self._crop_resize(rgb, self.height, self.width, *self._crop)
+        return self._quantize(resized, self._lut, self._channel_order)[None, ...]
 
     def _timed_preprocess(self, rgb: "np.ndarray") -> tuple["np.ndarray", int]:
         t0 = time.perf_counter()

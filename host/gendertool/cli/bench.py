@@ -35,7 +35,9 @@ def bench_cmd(
     out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: show deltas and the speed-up."),
     matrix: bool = typer.Option(False, "--matrix", help="Build, flash and bench every firmware variant on the board."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model for --matrix builds (default: the shipped model)."),
+    model: Optional[str] = typer.Option(
+        None, "--model", "-m", help="Model for --matrix builds and for the latency estimate (default: the shipped model)."
+    ),
     board: Optional[str] = typer.Option(None, "--board", help="Board for --matrix builds (default: xiao_esp32s3)."),
     variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
@@ -69,6 +71,7 @@ def bench_cmd(
     else:
         for r in results:
             present_bench(r, console)
+            present_estimate(r, model, console)
             if old is not None and r.samples:
                 present_compare(old, r, console)
         if len(results) > 1:
@@ -226,6 +229,55 @@ def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None
         out.print(f"bench.json: {escape(str(r.path))} ({state})", soft_wrap=True)
     if plots:
         out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
+
+
+def present_estimate(r: "BenchResult", model: str | None, out: "Console") -> None:
+    """A board's measured Invoke() against gendertool.estimate (a virtual device gets no comparison)."""
+    from rich.markup import escape
+
+    if r.simulated:
+        out.print("estimate: no comparison on a virtual device (host timings; "
+                  "`gendertool inspect` shows the board estimate)")
+        return
+    st = r.stats()
+    if "invoke_us" not in st:
+        return
+    from gendertool.errors import GendertoolError
+    from gendertool.model import load_model
+
+    try:
+        info = load_model(model, measure_arena=False)
+    except GendertoolError as exc:  # the bench results are in; a bad --model only costs the comparison
+        out.print(f"estimate: not compared ({escape(str(exc))})")
+        return
+    if info.sha256 != r.model_sha256 or info.latency is None:
+        out.print(f"estimate: not compared, the board runs model sha256 {escape(r.model_sha256[:12])} and the estimate "
+                  f"is for {escape(info.name)} ({info.sha256[:12]}); pass its file with --model")
+        return
+    from gendertool.estimate import CALIBRATION_FILE, save_calibration_point
+
+    est = info.latency
+    measured = st["invoke_us"].mean / 1000
+    out.print(f"Invoke() mean {measured:.2f} ms MEASURED vs ESTIMATE {est.internal_ms:.2f} ms (arena in internal RAM, "
+              f"measured/estimate {measured / est.internal_ms:.2f}) / {est.psram_ms:.2f} ms (PSRAM, "
+              f"{measured / est.psram_ms:.2f})")
+    if r.profile and not r.profile_estimated:
+        from rich.table import Table
+
+        measured_op = {row.op: row.total_us for row in r.profile}
+        t = Table(title="per operator: profiled Invoke() MEASURED vs ESTIMATE", title_justify="left")
+        for col in ("operator", "measured ms", "estimate ms (internal)", "estimate ms (PSRAM)"):
+            t.add_column(col, justify="left" if col == "operator" else "right")
+        for name, _, internal, psram in est.by_op():
+            got = measured_op.get(name)
+            t.add_row(escape(name), "-" if got is None else f"{got / 1000:.2f}", f"{internal:.2f}", f"{psram:.2f}")
+        out.print(t)
+    if r.path is not None:
+        conditions = (f"gendertool bench, {r.completed} runs, firmware {r.device.get('fw', '?')}, "
+                      f"CPU {r.device.get('cpu_mhz', '?')} MHz")
+        path = save_calibration_point(r.path.parent, f"{info.name} on {r.board}", measured, est, conditions)
+        out.print(f"calibration point: {escape(str(path))} (set its arena, then add it to the points of "
+                  f"{escape(str(CALIBRATION_FILE))} to recalibrate the estimate)")
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:

@@ -61,7 +61,8 @@ def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
             else f"no crop (whole frame x {pre.crop_fraction:g}, stretched)")
     summary.add_row(
         "preprocessing",
-        f"{crop}, {pre.resize} resize, (pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
+        f"{crop}, {pre.resize} resize, channels {pre.channel_order.upper()}, "
+        f"(pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
     )
     summary.add_row("parameters", f"{info.parameters:,}")
     summary.add_row("MACs", f"{info.macs:,}")
@@ -89,6 +90,8 @@ def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
         summary.add_row("arena", "not measured (--no-arena)")
     if memory is not None:
         summary.add_row(f"memory ({board_name})", _memory_text(memory))
+    if info.latency is not None:
+        summary.add_row("Invoke() estimate", _latency_line(info.latency))
     console.print(summary)
     # its own line, never folded: 71 characters fit an 80-column terminal whole (copyable)
     console.print(f"sha256 {info.sha256}", soft_wrap=True)
@@ -106,6 +109,30 @@ def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
     for op in info.operators:
         ops.add_row(op.name, str(op.version), str(op.count), op.resolver_method or "-")
     console.print(ops)
+    if info.latency is not None:
+        _print_latency(info.latency)
+
+
+def _latency_line(est) -> str:
+    lo, hi = est.error_range
+    r_int, r_ps = est.ms_range("internal"), est.ms_range("psram")
+    return (f"ESTIMATE on the XIAO ESP32S3 (240 MHz, ESP-NN), not a measurement: {est.internal_ms:.1f} ms with the "
+            f"arena in internal RAM (range {r_int[0]:.0f}-{r_int[1]:.0f} ms), {est.psram_ms:.1f} ms in PSRAM "
+            f"(range {r_ps[0]:.0f}-{r_ps[1]:.0f} ms); ranges from the leave-one-out errors of its {est.points} "
+            f"calibration points ({lo:+.0%} to {hi:+.0%}); docs/latency-estimate.md")
+
+
+def _print_latency(est) -> None:
+    from rich.table import Table
+
+    t = Table(title="Estimated Invoke() time per operator (estimate, XIAO ESP32S3, 240 MHz, ESP-NN)", title_justify="left")
+    for col in ("operator", "count", "internal RAM ms", "PSRAM ms", "share"):
+        t.add_column(col, justify="left" if col == "operator" else "right")
+    total = est.psram_ms or 1.0
+    for name, n, internal, psram in est.by_op():
+        t.add_row(name, str(n), f"{internal:.2f}", f"{psram:.2f}", f"{psram / total:.1%}")
+    t.add_row("total (estimate)", str(len(est.ops)), f"{est.internal_ms:.2f}", f"{est.psram_ms:.2f}", "100.0%")
+    console.print(t)
 
 
 def _memory_text(memory) -> str:

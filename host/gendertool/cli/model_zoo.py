@@ -75,13 +75,14 @@ def list_(
         console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
         return
     table = Table(title=f"model profiles (cache: {escape(str(profiles.cache_dir()))})")
-    for col in ("name", "labels", "mean / std", "cached", "description"):
+    for col in ("name", "labels", "channels", "mean / std", "cached", "description"):
         table.add_column(col)
     for r in rows:
         pre = r["preprocessing"]
         table.add_row(
             r["name"],
             ", ".join(r["labels"]),
+            pre["channel_order"].upper(),
             f"{tuple(pre['mean'])} / {tuple(pre['std'])}",
             "yes" if r["cached"] else "no",
             r["description"],

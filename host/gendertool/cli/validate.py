@@ -128,6 +128,11 @@ def present(report: "ValidationReport", out: "Console", *, show_images: bool = F
         f"model {escape(m['name'])} (sha256 {m['sha256'][:12]}), labels {escape(', '.join(report.labels))}; "
         f"{count(len(report.images), 'image')} from {escape(report.images_dir)}"
     )
+    pre = m.get("preprocessing") or {}
+    if pre:
+        nums = lambda vs: "/".join(f"{float(v):g}" for v in vs)  # noqa: E731
+        out.print(f"preprocessing: crop {pre['crop']} x {pre['crop_fraction']:g}, {pre['resize']}, "
+                  f"channels {pre.get('channel_order', 'rgb').upper()}, mean {nums(pre['mean'])} std {nums(pre['std'])}")
 
     acc = Table(title="accuracy")
     acc.add_column("runtime")
