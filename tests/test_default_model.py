@@ -83,7 +83,9 @@ def test_heldout_list_covers_the_dataset_split(portraits):
     assert sorted(HELDOUT.read_text().split()) == expected
 
 
-TARGET = 0.85
+# Issue 10's bar for portraits like these (its hidden-set target), and per-class recall.
+TARGET = 0.92
+MIN_RECALL = 0.80
 
 
 @pytest.fixture(scope="module")
@@ -95,18 +97,21 @@ def heldout_run(portraits, info):
     tflm = TflmRunner(info.data)
     lite = LiteRtRunner(info.data, kernels="reference")
     correct = identical = total = 0
+    per_class = np.zeros((2, 2), int)  # [class] -> (correct, n)
     for rel in HELDOUT.read_text().split():
         label = info.labels.index(rel.split("/")[0])
         x = preprocess(load_rgb(portraits / rel), info.preprocessing, 64, 64, info.input.scale, info.input.zero_point)
         q = tflm.invoke(x)
-        correct += int(np.argmax(q) == label)
+        ok = int(np.argmax(q) == label)
+        correct += ok
+        per_class[label] += (ok, 1)
         identical += int(np.array_equal(q, lite.invoke(x)))
         total += 1
-    return correct, identical, total
+    return correct, identical, total, per_class
 
 
 def test_heldout_figures_match_the_card(heldout_run):
-    correct, identical, total = heldout_run
+    correct, identical, total, _ = heldout_run
     metrics = json.loads((MODELS / "gender_mbv2_035_64.metrics.json").read_text())
     assert total == metrics["heldout_images"] >= 100
     assert identical == total, f"TFLM vs LiteRT reference kernels: {identical}/{total} bit-identical"
@@ -115,10 +120,50 @@ def test_heldout_figures_match_the_card(heldout_run):
     assert f"{100 * correct / total:.1f} %" in CARD.read_text()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="known gap: the shipped model reaches 84.0 % (131/156) INT8 held-out accuracy, below the 85 % target; see models/README.md",
-)
-def test_heldout_int8_accuracy_meets_target(heldout_run):
-    correct, _, total = heldout_run
+def test_heldout_int8_accuracy_and_recall_meet_the_bar(heldout_run):
+    correct, _, total, per_class = heldout_run
     assert correct / total >= TARGET, f"held-out INT8 accuracy {correct}/{total} = {correct / total:.3f}"
+    for name, (ok, n) in zip(("female", "male"), per_class):
+        assert ok / n >= MIN_RECALL, f"{name} recall {ok}/{n}"
+
+
+def test_out_of_distribution_figures_reproduce(portraits, info):
+    """Every out-of-distribution figure of the card (face crops from the shipped landmarks,
+    grey, desaturated, colour casts; per class) recomputed on TFLM: exactly the recorded counts."""
+    from gendertool.preprocess import load_rgb, quant_lut, quantize
+    from gendertool.runtime import TflmRunner
+
+    tm = _train_script()
+    rels = HELDOUT.read_text().split()
+    faces = json.loads((MODELS / "heldout_faces.json").read_text())["landmarks"]
+    assert set(faces) == set(rels)
+    found = np.array([faces[r] is not None for r in rels])
+    marks = np.array([faces[r] or [[0, 0]] * 5 for r in rels], float)
+    labels = np.array([info.labels.index(r.split("/")[0]) for r in rels])
+    conds = tm.ood_conditions([load_rgb(portraits / r) for r in rels], found, marks)
+    lut = quant_lut(info.preprocessing, info.input.scale, info.input.zero_point)
+    tflm = TflmRunner(info.data)
+    recorded = json.loads((MODELS / "gender_mbv2_035_64.metrics.json").read_text())["ood"]
+    assert set(conds) == set(recorded)
+    for name, (views, keep) in conds.items():
+        pred = np.array([np.argmax(tflm.invoke(quantize(v, lut)[None])) for v in views])
+        got = tm.class_counts(pred, labels[keep])
+        assert got == recorded[name], name
+        assert got["female_correct"] / got["female_n"] >= MIN_RECALL and got["male_correct"] / got["male_n"] >= MIN_RECALL, name
+
+
+def test_builtin_samples_are_classified_right(info):
+    """The firmware's four built-in samples (held-out portraits, named <label>_...): the
+    shipped model gets each one right, as monitor's verdicts show on the device."""
+    from gendertool.preprocess import load_rgb, preprocess
+    from gendertool.render import sample_truth
+    from gendertool.runtime import TflmRunner
+
+    tflm = TflmRunner(info.data)
+    samples = sorted((REPO / "firmware" / "samples").glob("*.png"))
+    assert len(samples) == 4
+    for path in samples:
+        truth = sample_truth(path.stem, info.labels)
+        assert truth >= 0, path.name
+        x = preprocess(load_rgb(path), info.preprocessing, 64, 64, info.input.scale, info.input.zero_point)
+        assert int(np.argmax(tflm.invoke(x))) == truth, path.name
