@@ -457,7 +457,9 @@ def check_model(model, data: bytes, where: str = "model") -> None:
     _check_indices(model, data, where)
     sg = subgraphs[0]
     tensors = sg.tensors
-    ins, outs = list(sg.inputs), list(sg.outputs)
+    # a damaged vector offset reads back as None: that is a model with no inputs, not a crash
+    ins = [] if sg.inputs is None else list(sg.inputs)
+    outs = [] if sg.outputs is None else list(sg.outputs)
     if len(ins) != 1 or len(outs) != 1:
         raise ModelError(f"{where}: the model has {len(ins)} inputs and {len(outs)} outputs; an image classifier has one of each")
     tin, tout = tensors[ins[0]], tensors[outs[0]]
