@@ -291,3 +291,110 @@ def test_json_failure_keeps_stdout_json(cli, sim_server, tmp_path):
     boards = {b["port"]: b for b in json.loads(r.stdout)["boards"]}
     assert boards[good.url]["complete"] and boards[refused]["error"]
     assert r.stderr.startswith("error: ") and refused in r.stderr
+
+
+# --- figures tied to what the device sent ------------------------------------------------------
+
+
+class ScriptedClient:
+    """A device whose bench records are given: pre_us 10+k and invoke_us 5000+7k for run k."""
+
+    def __init__(self, n: int, summary_overrides: dict | None = None, warmup_run: int | None = None):
+        from gendertool import protocol as p
+
+        self.p = p
+        pre = tuple(10 + k for k in range(n))
+        inv = tuple(5000 + 7 * k for k in range(n))
+        self.records = [p.BenchSample(0, pre[:3], inv[:3], False), p.BenchSample(3, pre[3:], inv[3:], False)]
+        fields = dict(n=n, warmup=warmup_run, min_us=min(inv), max_us=max(inv), mean_us=round(sum(inv) / n, 1),
+                      total_us=sum(inv), simulated=False)
+        fields.update(summary_overrides or {})
+        self.fields = fields
+
+    def info(self):
+        return self.p.Hello(1, "t", "board", "esp32s3", "m", "0" * 64, ("a", "b"), (1, 8, 8, 3), 0.1, 0, 0.1, 0,
+                            1, 1, 1, 1, 240, "i", "t", "e", 4, "sample", False, False)
+
+    def boot_selftest(self):
+        return None
+
+    def set_source(self, source):
+        pass
+
+    def bench(self, n, warmup):
+        yield from self.records
+        f = dict(self.fields)
+        if f["warmup"] is None:
+            f["warmup"] = warmup
+        yield self.p.BenchSummary(**f)
+
+
+def test_samples_keep_preprocessing_and_invoke_in_their_own_columns(tmp_path):
+    r = bench.run_bench(ScriptedClient(6), port="x", n=6, warmup=2, out_json=tmp_path / "bench.json")
+    assert r.error is None and r.complete
+    assert [(s.seq, s.pre_us, s.invoke_us) for s in r.samples] == [(k, 10 + k, 5000 + 7 * k) for k in range(6)]
+    st = r.stats()
+    assert (st["pre_us"].min, st["pre_us"].max) == (10, 15)
+    assert (st["invoke_us"].min, st["invoke_us"].max) == (5000, 5035)
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert [s["pre_us"] for s in data["samples"]] == list(range(10, 16))
+    assert data["stats"]["invoke_us"]["mean"] == pytest.approx(5017.5)
+    assert data["device_summary"]["warmup"] == 2 and data["request"]["warmup"] == 2
+
+
+@pytest.mark.parametrize(
+    "overrides, message",
+    [
+        ({"total_us": 1}, "its Invoke() total is 1 us, the samples' is 30105 us"),
+        ({"min_us": 10}, "its Invoke() min is 10 us, the samples' is 5000 us"),
+        ({"max_us": 15}, "its Invoke() max is 15 us, the samples' is 5035 us"),
+        ({"mean_us": 5017.7}, "its Invoke() mean is 5017.7 us, the samples' is 5017.5 us"),
+    ],
+)
+def test_a_summary_that_disagrees_with_the_samples_is_reported(tmp_path, overrides, message):
+    r = bench.run_bench(ScriptedClient(6, overrides), port="x", n=6, warmup=2, out_json=tmp_path / "bench.json")
+    assert r.error == f"the device's bsummary disagrees with its samples: {message}"
+    assert r.completed == 6 and not r.complete  # the samples are kept, the run is marked
+    assert json.loads((tmp_path / "bench.json").read_text())["error"] == r.error
+
+
+def test_a_device_that_skips_warmups_is_reported(cli, sim_server, tmp_path):
+    from gendertool.simdevice import SimFaults
+
+    server = sim_server(faults=SimFaults(skip_warmup=True))
+    r = cli("bench", "--port", server.url, "-n", "10", "--warmup", "5", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 2
+    assert "the device ran 0 warm-up run(s), 5 requested" in r.stderr
+    assert "warm-up runs: 0 on the device (5 requested)" in r.stdout
+    data = json.loads((tmp_path / "bench.json").read_text())
+    assert data["device_summary"]["warmup"] == 0 and data["request"]["warmup"] == 5
+    assert data["completed"] == 10 and data["complete"] is False
+
+
+def test_a_device_that_swaps_the_timing_columns_is_caught_by_its_own_summary(cli, sim_server, tmp_path):
+    from gendertool.simdevice import SimFaults
+
+    server = sim_server(faults=SimFaults(swap_timings=True))
+    r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "0", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 2
+    assert "bsummary disagrees with its samples: its Invoke() " in r.stderr
+    data = json.loads((tmp_path / "bench.json").read_text())
+    # the summary's total is the sum of what the device timed as Invoke(): here the pre_us column
+    assert data["device_summary"]["total_us"] == sum(s["pre_us"] for s in data["samples"])
+    assert data["completed"] == 40
+
+
+def test_a_correct_device_summary_matches_its_samples(cli, sim_server, tmp_path):
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "3", "--no-plots", "--out", tmp_path)
+    assert r.exit_code == 0, r.output
+    data = json.loads((tmp_path / "bench.json").read_text())
+    d, inv = data["device_summary"], [s["invoke_us"] for s in data["samples"]]
+    assert (d["n"], d["warmup"], d["min_us"], d["max_us"], d["total_us"]) == (40, 3, min(inv), max(inv), sum(inv))
+    assert "warm-up runs: 3 on the device (3 requested)" in r.stdout
+
+
+def test_sim_fault_option_names_the_known_faults(cli):
+    r = cli("sim", "--fault", "nope", "--listen", "127.0.0.1:0")
+    assert r.exit_code == 2
+    assert "--fault 'nope' is not a fault; known: score-off-by-one, wrong-class, selftest-fail, skip-warmup, swap-timings" in r.stderr

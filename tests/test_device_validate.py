@@ -254,3 +254,77 @@ def test_an_image_whose_result_times_out_is_uploaded_again(sim_server, images, d
     assert len(board.report.images) == board.uploaded == 6
     assert board.parity().identical == 6
     assert any("uploaded 1 image twice after a timeout" in n for n in board.report.notes)
+
+
+# --- verdicts follow the device's data: a virtual device that is wrong on purpose --------------
+
+
+def _device_confusion(rep, labels=("female", "male")):
+    """The confusion matrix recomputed here from the device's own scores in the report."""
+    cm = [[0] * len(labels) for _ in labels]
+    for im in rep["images"]:
+        cm[labels.index(im["label"])][int(np.argmax(im["scores"]["device"]))] += 1
+    return cm
+
+
+def _runtime(rep, name):
+    return next(x for x in rep["runtimes"] if x["name"] == name)
+
+
+def test_scores_off_by_one_are_not_bit_exact(cli, sim_server, images):
+    server = sim_server(faults=SimFaults(score_off_by_one=True))
+    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    assert r.exit_code == 2
+    (board,) = json.loads(r.stdout)["boards"]
+    assert board["passed"] is False and board["parity_pct"] == 0.0 and board["selftest_passed"] is True
+    rep = board["report"]
+    for im in rep["images"]:
+        ref, dev = im["scores"]["tflm"], im["scores"]["device"]
+        assert dev[1:] == ref[1:] and abs(dev[0] - ref[0]) == 1
+        assert im["identical"] is False and im["max_diff"] == 1
+    (par,) = rep["parity"]
+    assert (par["compared"], par["identical"], par["max_diff"]) == (6, 0, 1)
+    assert _runtime(rep, "device")["confusion"] == _device_confusion(rep)
+    assert "parity 0.0 % is below --min-parity 100 %" in r.stderr
+
+
+def test_wrong_classes_show_in_the_devices_own_confusion_matrix(cli, sim_server, images):
+    server = sim_server(faults=SimFaults(wrong_class=True))
+    r = cli("validate", "--port", server.url, "--images", images, "--json", "--min-parity", "0")
+    (board,) = json.loads(r.stdout)["boards"]
+    rep = board["report"]
+    dev, ref = _runtime(rep, "device"), _runtime(rep, "tflm")
+    for im in rep["images"]:
+        assert im["scores"]["device"] == im["scores"]["tflm"][::-1]
+        assert im["predicted"]["device"] == ("female", "male")[int(np.argmax(im["scores"]["device"]))]
+    assert dev["confusion"] == _device_confusion(rep) and dev["confusion"] != ref["confusion"]
+    # two classes, every prediction flipped: the device's columns are the reference's swapped
+    assert dev["confusion"] == [row[::-1] for row in ref["confusion"]]
+    assert dev["correct"] == 6 - ref["correct"]
+
+
+def test_a_failing_selftest_fails_the_validation(cli, sim_server, images):
+    server = sim_server(faults=SimFaults(selftest_fail=True))
+    r = cli("validate", "--port", server.url, "--images", images)
+    assert r.exit_code == 2
+    assert "boot self-test: FAIL" in r.stdout and "6/6 images bit-exact (100.0 %)" in r.stdout
+    assert "self-test FAILED (1 of 4 samples)" in r.stderr and "Traceback" not in r.output
+    j = cli("validate", "--port", server.url, "--images", images, "--json")  # self-test run by command now
+    doc = json.loads(j.stdout)
+    assert j.exit_code == 2 and doc["passed"] is False
+    (board,) = doc["boards"]
+    assert board["selftest_passed"] is False and board["parity_pct"] == 100.0 and board["passed"] is False
+
+
+class OtherShapeDevice(SimDevice):
+    """The right model's hash, but a firmware built for another input shape."""
+
+    def hello(self):
+        return dataclasses.replace(super().hello(), input=(1, 32, 32, 3))
+
+
+def test_device_with_another_input_shape_is_refused(cli, sim_server, images):
+    server = sim_server(OtherShapeDevice)
+    r = cli("validate", "--port", server.url, "--images", images)
+    assert r.exit_code == 2
+    assert "device input shape (1, 32, 32, 3) differs from the model's (1, 64, 64, 3)" in r.stderr

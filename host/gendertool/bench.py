@@ -374,6 +374,9 @@ def run_bench(
         lost = int(result.device_summary.get("n", n)) - result.completed
         if result.completed < n or lost > 0:
             raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
+        mismatch = summary_mismatches(result)
+        if mismatch:
+            raise DeviceError("the device's bsummary disagrees with its samples: " + "; ".join(mismatch))
         flush(force=True)
         if profile:
             progress("profile", 0, 1)
@@ -385,6 +388,29 @@ def run_bench(
         result.finished = _now()
         flush(force=True)
     return result
+
+
+def summary_mismatches(result: BenchResult) -> list[str]:
+    """Where the device's own ``bsummary`` disagrees with the samples that arrived or with the
+    request: its n, its warm-up count, and min / max / total / mean of the ``Invoke()`` column
+    (the firmware sums Invoke() times only, so swapped columns show here). Empty: consistent."""
+    d = result.device_summary
+    if not d:
+        return []
+    out = []
+    if int(d.get("warmup", result.warmup)) != result.warmup:
+        out.append(f"the device ran {d.get('warmup')} warm-up run(s), {result.warmup} requested")
+    inv = [s.invoke_us for s in result.samples]
+    if not inv or int(d.get("n", len(inv))) != len(inv):
+        return out  # a count mismatch is reported by run_bench; the figures cannot be compared
+    dev = {k: d.get(k) for k in ("min_us", "max_us", "total_us", "mean_us")}
+    got = {"min_us": min(inv), "max_us": max(inv), "total_us": sum(inv), "mean_us": sum(inv) / len(inv)}
+    for k in ("min_us", "max_us", "total_us"):
+        if dev[k] is not None and int(dev[k]) != got[k]:
+            out.append(f"its Invoke() {k[:-3]} is {dev[k]} us, the samples' is {got[k]} us")
+    if dev["mean_us"] is not None and abs(float(dev["mean_us"]) - got["mean_us"]) > 0.05 + 1e-9:  # sent with 1 decimal
+        out.append(f"its Invoke() mean is {dev['mean_us']} us, the samples' is {got['mean_us']:.1f} us")
+    return out
 
 
 def profile_from_records(records: tuple[list[ProfileOp], ProfileSummary]) -> tuple[list[OpTiming], bool]:

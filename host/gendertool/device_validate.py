@@ -85,9 +85,18 @@ class BoardValidation:
         p = self.parity()
         return 100.0 * p.identical / p.compared if p is not None and p.compared else 0.0
 
-    def passed(self, min_parity: float) -> bool:
+    @property
+    def selftest_passed(self) -> bool | None:
+        """The device's own self-test verdict; None when no self-test record came."""
+        return bool(self.selftest.get("pass")) if self.selftest else None
+
+    def parity_ok(self, min_parity: float) -> bool:
         p = self.parity()
-        return self.error is None and p is not None and p.compared > 0 and self.parity_pct >= min_parity
+        return p is not None and p.compared > 0 and self.parity_pct >= min_parity
+
+    def passed(self, min_parity: float) -> bool:
+        # a device that fails its own self-test fails, however its uploads compared
+        return self.error is None and self.selftest_passed is not False and self.parity_ok(min_parity)
 
     def latency_stats(self) -> dict:
         from gendertool.stats import latency_stats
@@ -113,6 +122,7 @@ class BoardValidation:
             "simulated": self.simulated,
             "device": self.device,
             "selftest": self.selftest,
+            "selftest_passed": self.selftest_passed,
             "parity_pct": self.parity_pct,
             "min_parity": min_parity,
             "passed": self.passed(min_parity),

@@ -9,7 +9,9 @@ runtime has no per-operator profiler, so ``profile`` splits one measured invoke 
 nodes by their MAC share and marks every figure ``estimated``.
 
 Fault injection (:class:`SimFaults`) exercises the host's parser and link: garbage bytes,
-resets in the middle of a record, corrupted checksums, disconnects and slow replies.
+resets in the middle of a record, corrupted checksums, disconnects and slow replies; and the
+host's verdicts: scores off by one, wrong classes, a failing self-test, skipped warm-ups,
+swapped timings (``gendertool sim --fault NAME``).
 """
 
 from __future__ import annotations
@@ -52,6 +54,16 @@ class SimFaults:
     reply_delay_ms: int = 0  # wait before answering each command
     result_delay_ms: int = 0  # wait before an upload's result (after its last byte)
     seed: int = 0
+    # a wrong device, so tests can check that the host's verdicts follow what the device sent
+    score_off_by_one: bool = False  # every result's first score moves by exactly 1 (class unchanged)
+    wrong_class: bool = False  # every result's scores reversed: the device predicts another class
+    selftest_fail: bool = False  # the self-test's first sample comes back wrong (pass: false)
+    skip_warmup: bool = False  # bench runs no warm-ups (and says so: bsummary warmup 0)
+    swap_timings: bool = False  # bsample records carry pre_us and invoke_us swapped
+
+
+# `gendertool sim --fault NAME` -> the SimFaults flag it sets
+DEVICE_FAULTS = ("score-off-by-one", "wrong-class", "selftest-fail", "skip-warmup", "swap-timings")
 
 
 @dataclass
@@ -177,6 +189,12 @@ class SimDevice:
             if self.replay and sample >= 0:
                 self._cache[sample] = cached
         scores, probs, pre_us, invoke_us = cached
+        f = self.faults
+        if f.score_off_by_one:
+            scores = [scores[0] + (1 if scores[0] < 127 else -1), *scores[1:]]
+        if f.wrong_class:
+            scores = scores[::-1]
+            probs = probs[::-1]
         cls = max(range(len(scores)), key=lambda i: scores[i])
         labels = self.model.labels
         label = labels[cls] if cls < len(labels) else str(cls)
@@ -206,6 +224,8 @@ class SimDevice:
             expect = int(max(range(len(s.expect_scores)), key=lambda k: int(s.expect_scores[k])))
             got = max(range(len(scores)), key=lambda k: scores[k])
             diff = max(abs(int(a) - int(b)) for a, b in zip(scores, s.expect_scores))
+            if self.faults.selftest_fail and i == 0:
+                got, diff = (expect + 1) % max(len(scores), 2), 255
             entries.append(p.SelfTestEntry(i, expect, got, diff, got == expect and diff <= 1))
         failed = sum(not e.ok for e in entries)
         return p.SelfTest(failed == 0, len(entries), failed, tuple(entries[: p.SELFTEST_MAX_RESULTS]), True)
@@ -409,6 +429,8 @@ class _Session:
         if rgb is None:
             return
         dev = self.dev
+        if dev.faults.skip_warmup:
+            warmup = 0
         for _ in range(warmup):
             dev.runner.invoke(dev._preprocess(rgb))
         pre: list[int] = []
@@ -420,7 +442,8 @@ class _Session:
             pre.append(pre_us)
             inv.append(invoke_us)
             if len(inv) - first == p.BSAMPLE_BATCH or i == n - 1:
-                self.send(p.BenchSample(first, tuple(pre[first:]), tuple(inv[first:]), True))
+                cols = (inv, pre) if dev.faults.swap_timings else (pre, inv)
+                self.send(p.BenchSample(first, tuple(cols[0][first:]), tuple(cols[1][first:]), True))
                 first = len(inv)
         total = sum(inv)
         self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True))

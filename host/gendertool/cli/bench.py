@@ -199,6 +199,8 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
                   f"mean total {mean_ms:.2f} ms is {verdict}")
     if not st:
         out.print(f"{_sim(r.simulated)}no samples received from {escape(r.port)}")
+    if r.device_summary:  # the device's count, not the request's
+        out.print(f"warm-up runs: {r.device_summary.get('warmup', '?')} on the device ({r.warmup} requested)")
     mem = {k: v for k, v in r.memory.items() if v}
     if mem:
         out.print("memory: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()))
@@ -417,7 +419,7 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             out.print(t)
         p = b.parity()
         if p is not None:
-            verdict = "ok" if b.passed(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
+            verdict = "ok" if b.parity_ok(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
             out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
                       f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
         if b.error:
@@ -431,7 +433,8 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             t.add_row(escape(b.port), escape(b.board), str(p.compared if p else 0), str(p.identical if p else 0),
                       f"{b.parity_pct:.1f} %", str(p.max_diff if p else "-"),
                       ("pass" if b.selftest.get("pass") else "FAIL") if b.selftest else "-",
-                      "ok" if b.passed(dv.min_parity) else escape(b.error or "below --min-parity"))
+                      "ok" if b.passed(dv.min_parity) else escape(b.error or ("self-test FAIL" if b.selftest_passed is False
+                                                                                else "below --min-parity")))
         out.print(t)
 
 
@@ -447,7 +450,10 @@ def device_validation_failure(dv: "DeviceValidation"):
             continue
         if b.error:
             parts.append(f"{b.port}: {b.error}")
-        else:
+        if b.selftest_passed is False:
+            parts.append(f"{b.port}: the device's self-test FAILED ({b.selftest.get('failed', '?')} of "
+                         f"{b.selftest.get('n', '?')} samples)")
+        if not b.error and not b.parity_ok(dv.min_parity):
             parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
     return GendertoolError("; ".join(parts))
 

@@ -32,6 +32,9 @@ def sim(
     disconnect_after: int = typer.Option(0, "--disconnect-after", hidden=True, min=0),
     reply_delay_ms: int = typer.Option(0, "--reply-delay-ms", hidden=True, min=0),
     seed: int = typer.Option(0, "--seed", hidden=True),
+    fault: Optional[list[str]] = typer.Option(None, "--fault", hidden=True,
+                                              help="Behave like a wrong device (repeatable): score-off-by-one, wrong-class, "
+                                                   "selftest-fail, skip-warmup, swap-timings."),
     max_clients: Optional[int] = typer.Option(None, "--max-clients", hidden=True, min=1, help="Exit after serving N connections."),
 ) -> None:
     """Run the virtual device: the firmware's serial protocol over TCP, inference on this computer.
@@ -39,9 +42,13 @@ def sim(
     Connect with `--port socket://HOST:PORT` (or use `--port sim` to run one in-process).
     Every record says simulated=true: latencies are this computer's, not a board's.
     """
-    from gendertool.simdevice import SimDevice, SimFaults, SimServer
+    from gendertool.simdevice import DEVICE_FAULTS, SimDevice, SimFaults, SimServer
 
     host, port = _parse_listen(listen)
+    unknown = [f for f in fault or () if f not in DEVICE_FAULTS]
+    if unknown:
+        raise GendertoolError(f"--fault {unknown[0]!r} is not a fault; known: {', '.join(DEVICE_FAULTS)}")
+    device_faults = {f.replace("-", "_"): True for f in fault or ()}
     faults = SimFaults(
         garbage_every=garbage_every,
         reset_every=reset_every,
@@ -49,6 +56,7 @@ def sim(
         disconnect_after=disconnect_after,
         reply_delay_ms=reply_delay_ms,
         seed=seed,
+        **device_faults,
     )
     device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults)
     server = SimServer(device, host, port, max_clients=max_clients)
