@@ -181,3 +181,27 @@ def test_bsample_arrays_must_have_one_length():
 
 def _frame_body(body: bytes) -> bytes:
     return body + b"*%08x\n" % zlib.crc32(body)
+
+
+def test_every_digit_of_the_crc_is_checked():
+    """Each of the 8 hex digits, replaced by each other hex digit, is a bad_crc (not a record)."""
+    line = p.encode_record(p.Ack("info", False)).rstrip(b"\n")
+    star = line.rindex(b"*")
+    assert p.decode_line(line) == p.Ack("info", False)
+    for pos in range(star + 1, star + 9):
+        for digit in b"0123456789abcdef":
+            if digit == line[pos]:
+                continue
+            bad = line[:pos] + bytes([digit]) + line[pos + 1 :]
+            with pytest.raises(p.FrameError) as info:
+                p.decode_line(bad)
+            assert info.value.kind == "bad_crc", (pos - star, chr(digit))
+
+
+def test_crc_is_the_zlib_crc32_of_type_and_payload():
+    # an independent computation of the trailer: zlib over everything between "@GT " and "*"
+    import zlib
+
+    line = p.encode_record(p.Ack("bench", True))
+    body = line[len(b"@GT ") : line.rindex(b"*")]
+    assert line.endswith(b"*%08x\n" % zlib.crc32(body)) and body.startswith(b"ack {")
