@@ -344,7 +344,7 @@ def _render(model, board: str, out: Path) -> None:
     render_project(model, get_board(board), out)
 
 
-@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr", "seed"])
+@pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr", "seed", "ties"])
 def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     from gendertool.model import load_model, load_model_bytes
     from gendertool.preprocess import load_rgb, preprocess
@@ -364,6 +364,9 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
     elif which == "bgr":  # the seeed-gender profile's order, with per-channel rows that differ
         pre = Preprocessing(mean=(0.0, 10.0, 20.0), std=(255.0, 250.0, 245.0), channel_order="bgr")
         model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="bgr", labels=["a", "b"], preprocessing=pre)
+    elif which == "ties":  # input scale 1/128: v/2, (v-255)/2 and v-127.5 are exact ties
+        pre = Preprocessing(mean=(0.0, 255.0, 127.5), std=(256.0, 256.0, 128.0))
+        model = load_model_bytes(tiny_model(height=24, width=20, classes=2), name="ties", labels=["a", "b"], preprocessing=pre)
     else:
         model = load_model_bytes(tiny_model(height=24, width=20, classes=len(WEIRD_LABELS)), name="weird", labels=WEIRD_LABELS)
     _render(model, "xiao_esp32s3", tmp_path / "proj")
@@ -387,6 +390,20 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
 
     lut = quant_lut(model.preprocessing, model.input.scale, model.input.zero_point)
     assert bytes.fromhex(got["lut"]) == lut.tobytes()
+    # the firmware's table against the exact formula, not only against the Python that made it
+    from test_preprocess import reference_lut
+
+    pre = model.preprocessing
+    ref = reference_lut(pre.mean, pre.std, model.input.scale, model.input.zero_point)
+    fw = np.frombuffer(bytes.fromhex(got["lut"]), dtype=np.int8).reshape(3, 256)
+    if which == "ties":
+        np.testing.assert_array_equal(fw, ref)
+        assert (fw[0][1], fw[1][254], fw[2][0], fw[2][128]) == (1, -1, -128, 1)  # 0.5, -0.5, -127.5, 0.5
+    else:  # float scales: a value within float error of a tie may go either way
+        v = np.arange(256)
+        x = (v[None, :] - np.array(pre.mean)[:, None]) / np.array(pre.std)[:, None] / model.input.scale
+        away = np.abs(np.abs(x) % 1 - 0.5) > 1e-6
+        np.testing.assert_array_equal(fw[away], ref[away])
 
     paths = _default_sample_paths()
     assert [s[0] for s in got["sample"]] == [p.stem for p in paths]
