@@ -129,3 +129,37 @@ def test_ansi_c_scratch(default_model):
     assert ansi[names.index("SOFTMAX")] == (4 * info.classes,)
     assert ansi[names.index("MEAN")] == ap.reference_scratch(info)[names.index("MEAN")]
     assert ap.plan_head_bytes(info) <= ap.plan_head_bytes(info, ansi) < ap.plan_head_bytes(info, ap.firmware_scratch(info))
+
+
+# --- absolute figures, derived by hand (not read back from the code) ------------------------------
+
+
+@pytest.mark.parametrize("tail, head, want", [
+    (0, 1, 9216),  # 1 + the 8 KiB floor = 8193 -> rounded up to 9 KiB
+    (0, 81_920, 90_112),  # 10 % of 81,920 is the 8 KiB floor itself: 90,112 is already a KiB multiple
+    (0, 100_000, 110_592),  # + 10 % = 110,000 -> 108 KiB
+    (200_000, 21_000, 243_712),  # 221,000 + 22,100 = 243,100 -> 238 KiB
+])
+def test_firmware_arena_rule_in_figures(tail, head, want):
+    assert gm.firmware_arena_bytes(tail, head) == want
+
+
+# tiny_model(h, w): int8 input h*w*3, CONV_2D stride 2 -> (h/2)*(w/2)*4, then tiny tensors; the planned
+# head at the CONV node is input + conv output + ESP-NN's conv scratch (624 bytes here, 0 with ANSI C)
+@pytest.mark.parametrize("size, host_head, head, ansi_head, firmware, ansi_firmware, tails", [
+    # 12,288 + 4,096 (+ 624); used < 80 KiB: + the 8 KiB floor, rounded up to 27 KiB (ANSI C: 26 KiB)
+    (64, 16_384, 17_008, 16_384, 27_648, 26_624, (1424, 2048)),
+    # 76,800 + 25,600 (+ 624); used > 80 KiB: + 10 %, rounded up to 113 KiB (ANSI C: 112 KiB)
+    (160, 102_400, 103_024, 102_400, 115_712, 114_688, (1238, 1861)),
+])
+def test_firmware_arena_of_known_models(size, host_head, head, ansi_head, firmware, ansi_firmware, tails):
+    data = tflite_fab.tiny_model(height=size, width=size)
+    info = gm.load_model_bytes(data)
+    a = info.arena
+    assert (a.host_head_bytes, a.head_bytes) == (host_head, head)
+    # the tail is TFLM's persistent part measured on the host (1632 bytes with tflite-micro today);
+    # both firmware figures hold for any tail in this range
+    assert tails[0] < a.tail_bytes <= tails[1], a.tail_bytes
+    assert info.arena_bytes == a.firmware_bytes == firmware
+    ansi = gm.arena_budget(data, info.arena_host_bytes, esp_nn=False)
+    assert (ansi.head_bytes, ansi.firmware_bytes) == (ansi_head, ansi_firmware)
