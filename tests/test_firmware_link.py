@@ -40,6 +40,7 @@ HOST_DEVICE = r"""
 #include <cstdlib>
 #include <cstring>
 #include <new>
+#include <utility>
 #include <vector>
 
 #include "app_controller.h"
@@ -52,6 +53,8 @@ namespace {
 
 int g_client = -1;
 bool g_restart = false;
+int g_score_fault = 0;  // argv[3]
+bool g_count_invokes = false;  // argv[4]: invoke_us = Invoke() calls so far
 
 class HostPlatform : public gt::Platform {
  public:
@@ -109,10 +112,12 @@ class HostPlatform : public gt::Platform {
     return Pre(rgb, width, height, input_.data());
   }
   bool Invoke(int64_t* invoke_us) override {
-    *invoke_us = 1234;
+    ++invokes_;
+    *invoke_us = g_count_invokes ? invokes_ : 1234;
     for (int i = 0; i < gt::kNumSampleImages; ++i) {
       if (std::memcmp(sample_tensors_[i].data(), input_.data(), input_.size()) == 0) {
         std::memcpy(output_, gt::kSampleImages[i].expected, sizeof output_);
+        Damage(gt::kSampleImages[i].expected_class);
         return true;
       }
     }
@@ -141,6 +146,17 @@ class HostPlatform : public gt::Platform {
   void Restart() override { g_restart = true; }
 
  private:
+  // g_score_fault > 0: a class other than the expected one moves by that much (the class stays);
+  // < 0: the scores come back reversed (another class wins)
+  void Damage(int expected_class) {
+    if (g_score_fault < 0) {
+      for (int a = 0, b = gt::kNumClasses - 1; a < b; ++a, --b) std::swap(output_[a], output_[b]);
+    } else if (g_score_fault > 0) {
+      const int c = expected_class == 0 ? 1 : 0;
+      const int v = output_[c] - g_score_fault >= -128 ? output_[c] - g_score_fault : output_[c] + g_score_fault;
+      output_[c] = static_cast<int8_t>(v);
+    }
+  }
   bool Pre(const uint8_t* rgb, int w, int h, int8_t* out) {
     return gt::Preprocess(gt::ImageView{rgb, w, h, gt::PixelFormat::kRgb888}, gt::kCropMode, gt::kCropFraction,
                           gt::kInputHeight, gt::kInputWidth, gt::kInputLut, gt::kChannelOrder, out);
@@ -152,12 +168,15 @@ class HostPlatform : public gt::Platform {
   int upload_w_, upload_h_;
   int next_sample_ = 0;
   int64_t preprocessed_ = 0;
+  int64_t invokes_ = 0;
 };
 
 }  // namespace
 
 int main(int argc, char** argv) {
   if (argc < 3) return 2;
+  if (argc > 3) g_score_fault = std::atoi(argv[3]);
+  if (argc > 4) g_count_invokes = std::atoi(argv[4]) != 0;
   const gt::ControllerConfig cfg{gt::Source::kSample, static_cast<uint32_t>(std::atoi(argv[1])), 1, true, false,
                                  std::atoi(argv[2]) != 0};
   const int srv = socket(AF_INET, SOCK_STREAM, 0);
@@ -223,8 +242,10 @@ def device_exe(model, tmp_path_factory) -> Path:
 
 
 class Device:
-    def __init__(self, exe: Path, period_ms: int = 50, autostart: bool = False):
-        self.proc = subprocess.Popen([str(exe), str(period_ms), "1" if autostart else "0"], stdout=subprocess.PIPE,
+    def __init__(self, exe: Path, period_ms: int = 50, autostart: bool = False, score_fault: int = 0,
+                 count_invokes: bool = False):
+        self.proc = subprocess.Popen([str(exe), str(period_ms), "1" if autostart else "0", str(score_fault),
+                                      "1" if count_invokes else "0"], stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         self.port = int(self.proc.stdout.readline())
         self.url = f"socket://127.0.0.1:{self.port}"
@@ -412,3 +433,50 @@ def test_reset_reboots_with_a_new_hello(device):
         _records_until(c, lambda r: isinstance(r, p.Result))
         hello = c.reset()
         assert hello.running is False and hello.source == "sample"
+
+
+# --- the platform is wrong on purpose: the firmware's own verdicts must say so ------------------
+
+
+def _selftest_of(exe: Path, score_fault: int) -> p.SelfTest:
+    dev = Device(exe, score_fault=score_fault)
+    try:
+        with _client(dev.url) as c:
+            boot = _records_until(c, lambda r: isinstance(r, p.SelfTest))[-1]
+            assert c.selftest() == boot  # the command runs the same check
+            return boot
+    finally:
+        dev.close()
+
+
+def test_selftest_fails_every_sample_whose_scores_differ_by_more_than_the_tolerance(device_exe):
+    st = _selftest_of(device_exe, 2)
+    assert (st.passed, st.n, st.failed) == (False, 4, 4)
+    assert all(not e.ok and e.diff == 2 and e.got == e.expect for e in st.results)
+
+
+def test_selftest_accepts_a_difference_within_the_tolerance(device_exe):
+    st = _selftest_of(device_exe, 1)  # APP_SELFTEST_TOLERANCE is 1 in this controller's config
+    assert st.passed and st.failed == 0 and all(e.ok and e.diff == 1 for e in st.results)
+
+
+def test_selftest_fails_a_wrong_class(device_exe):
+    st = _selftest_of(device_exe, -1)
+    assert not st.passed and st.failed == 4
+    assert all(not e.ok and e.got != e.expect for e in st.results)
+
+
+def test_bench_runs_the_requested_warmups(device_exe):
+    """invoke_us is the device's Invoke() count: the gap between two benches is the warm-ups + 1."""
+    dev = Device(device_exe, count_invokes=True)
+    try:
+        with _client(dev.url) as c:
+            _records_until(c, lambda r: isinstance(r, p.SelfTest))
+            first = c.bench_collect(5, 0)
+            assert first.invoke_us == list(range(first.invoke_us[0], first.invoke_us[0] + 5))
+            warm = c.bench_collect(5, 7)
+            assert warm.invoke_us[0] - first.invoke_us[-1] == 8 and warm.summary.warmup == 7
+            again = c.bench_collect(3, 0)
+            assert again.invoke_us[0] - warm.invoke_us[-1] == 1 and again.summary.warmup == 0
+    finally:
+        dev.close()
