@@ -11,10 +11,36 @@ from gendertool.errors import GendertoolError
 def test_xiao_esp32s3_facts():
     b = get_board("xiao_esp32s3")
     assert (b.idf_target, b.pio_board, b.flash_size_mb, b.psram_mb, b.psram_mode) == ("esp32s3", "seeed_xiao_esp32s3", 8, 8, "octal")
-    assert b.usb_vid_pid == (0x303A, 0x1001)
     assert b.camera is None and not b.has_camera
-    assert b.app_partition_bytes == 8 * 1024 * 1024 - 0x10000
-    assert b.sdkconfig["CONFIG_SPIRAM_MODE_OCT"] == "y" and b.sdkconfig["CONFIG_ESPTOOLPY_FLASHSIZE_8MB"] == "y"
+
+
+@pytest.mark.parametrize("name", sorted(BOARDS))
+def test_board_facts_agree_with_esptool_and_with_each_other(name):
+    from esptool.loader import ESPRESSIF_VID
+    from esptool.targets.esp32s3 import ESP32S3ROM
+
+    b = get_board(name)
+    # the USB ids the port finder matches are esptool's own for the S3's USB-Serial/JTAG
+    assert b.usb_vid_pid == (ESPRESSIF_VID, ESP32S3ROM.USB_JTAG_SERIAL_PID)
+    # the sdkconfig fragment says what the facts say
+    assert b.sdkconfig[f"CONFIG_ESPTOOLPY_FLASHSIZE_{b.flash_size_mb}MB"] == "y"
+    if b.psram_mb:
+        assert b.sdkconfig[{"octal": "CONFIG_SPIRAM_MODE_OCT", "quad": "CONFIG_SPIRAM_MODE_QUAD"}[b.psram_mode]] == "y"
+
+
+def test_app_partition_is_what_the_rendered_partition_table_leaves(tmp_path):
+    """The largest app partition = flash - where templates/partitions.csv.j2 starts the app."""
+    import csv
+
+    from gendertool.model import load_model
+    from gendertool.render import render_project
+
+    b = get_board("xiao_esp32s3")
+    render_project(load_model(None), b, tmp_path / "p")
+    rows = [r for r in csv.reader((tmp_path / "p" / "partitions.csv").read_text().splitlines())
+            if r and not r[0].startswith("#")]
+    (app,) = [[c.strip() for c in r] for r in rows if r[1].strip() == "app"]
+    assert b.app_partition_bytes == b.flash_size_mb * 1024 * 1024 - int(app[3], 16)
 
 
 def test_sense_has_seeed_camera_pins():

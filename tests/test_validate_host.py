@@ -83,6 +83,9 @@ def test_compare_outputs():
     assert not c.identical and c.max_diff == 255 and not c.same_class  # no int8 wrap-around
     c = compare_outputs([10, 5, 0], [9, 5, 3])
     assert (c.identical, c.max_diff, c.same_class) == (False, 3, True)
+    for a, b in (([10, 5], [11, 5]), ([-128, 3], [-128, 2]), ([127], [126])):  # "bit-exact" has no tolerance
+        c = compare_outputs(a, b)
+        assert (c.identical, c.max_diff, c.same_class) == (False, 1, True)
     with pytest.raises(ValueError, match="cannot compare outputs of 2 and 3 scores"):
         compare_outputs([1, 2], [1, 2, 3])
 
