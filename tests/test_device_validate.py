@@ -328,3 +328,38 @@ def test_device_with_another_input_shape_is_refused(cli, sim_server, images):
     r = cli("validate", "--port", server.url, "--images", images)
     assert r.exit_code == 2
     assert "device input shape (1, 32, 32, 3) differs from the model's (1, 64, 64, 3)" in r.stderr
+
+
+class ExtraScoreDevice(SimDevice):
+    """Sends one score more than the model has outputs."""
+
+    def _result(self, rgb, source, sample):
+        rec = super()._result(rgb, source, sample)
+        return dataclasses.replace(rec, scores=(*rec.scores, 0)) if source == "upload" else rec
+
+
+def test_a_device_sending_more_scores_than_the_model_has_is_refused(cli, sim_server, images):
+    server = sim_server(ExtraScoreDevice)
+    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    assert r.exit_code == 2
+    (board,) = json.loads(r.stdout)["boards"]
+    assert board["error"] == f"{server.url}: the device sent 3 scores, the model has 2"
+
+
+def test_another_model_is_named_by_both_hashes_and_nothing_is_compared(cli, sim_server, images, model_info):
+    server = sim_server(OtherModelDevice)
+    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    assert r.exit_code == 2
+    (board,) = json.loads(r.stdout)["boards"]
+    assert board["report"] is None and board["uploaded"] == 0
+    assert f"(sha256 ffffffffffff), the host reference is {model_info.name} (sha256 {model_info.sha256[:12]});" in board["error"]
+
+
+def test_progress_counts_every_image_once(sim_server, images, default_model):
+    from gendertool.device_validate import validate_devices
+
+    server = sim_server()
+    seen = []
+    validate_devices([server.url], images, default_model, progress=lambda port, phase, d, t: seen.append((port, phase, d, t)))
+    assert [(d, t) for port, phase, d, t in seen if phase == "validate"] == [(k, 6) for k in range(1, 7)]
+    assert [(d, t) for port, phase, d, t in seen if phase == "TFLM reference"] == [(k, 7) for k in range(1, 8)]

@@ -123,3 +123,12 @@ def test_normalize_is_the_direct_float_formula():
     for c in range(3):
         want = [(v - pre.mean[c]) / pre.std[c] for v in rgb[..., c].ravel()]
         np.testing.assert_allclose(got[..., c].ravel(), want, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape, dtype", [((4, 4, 3, 1), np.uint8), ((4, 4), np.uint8), ((4, 4, 4), np.uint8),
+                                          ((4, 4, 3), np.float32)])
+def test_crop_resize_refuses_what_is_not_an_rgb_image(shape, dtype):
+    from gendertool.errors import ImageError
+
+    with pytest.raises(ImageError, match=r"expected an HxWx3 uint8 RGB image, got shape"):
+        crop_resize(np.zeros(shape, dtype), 2, 2)

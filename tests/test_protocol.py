@@ -205,3 +205,19 @@ def test_crc_is_the_zlib_crc32_of_type_and_payload():
     line = p.encode_record(p.Ack("bench", True))
     body = line[len(b"@GT ") : line.rindex(b"*")]
     assert line.endswith(b"*%08x\n" % zlib.crc32(body)) and body.startswith(b"ack {")
+
+
+def test_frame_without_a_type_and_a_crlf_line():
+    body = b'ack{"cmd":"x","simulated":false}'  # no space after the type
+    with pytest.raises(p.FrameError, match="no record type"):
+        p.decode_line(b"@GT %s*%08x" % (body, zlib.crc32(body)))
+    line = p.encode_record(p.Ack("info", False))
+    assert p.decode_line(line.rstrip(b"\n") + b"\r\n") == p.Ack("info", False)  # a CRLF terminal
+
+
+def test_max_buffered_is_the_longest_unfinished_line():
+    parser = p.StreamParser(max_line=256)
+    parser.feed(b"x" * 40)
+    parser.feed(b"y" * 60)  # 100 pending
+    parser.feed(b"\n" + b"z" * 30)  # line done, 30 pending
+    assert parser.stats.max_buffered == 100 and parser.buffered == 30

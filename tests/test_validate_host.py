@@ -88,6 +88,8 @@ def test_compare_outputs():
         assert (c.identical, c.max_diff, c.same_class) == (False, 1, True)
     with pytest.raises(ValueError, match="cannot compare outputs of 2 and 3 scores"):
         compare_outputs([1, 2], [1, 2, 3])
+    lone = ImageResult(path="a/1", label="a", scores={"tflm": (1, 2)}, predicted={"tflm": "b"}, comparisons={})
+    assert lone.identical and lone.max_diff == 0  # nothing compared: no difference invented
 
 
 def _result(path, label, ref, dev, labels=("a", "b")):
