@@ -161,5 +161,6 @@ def test_firmware_arena_of_known_models(size, host_head, head, ansi_head, firmwa
     # both firmware figures hold for any tail in this range
     assert tails[0] < a.tail_bytes <= tails[1], a.tail_bytes
     assert info.arena_bytes == a.firmware_bytes == firmware
+    assert a.margin_bytes == firmware - a.tail_bytes - head  # what the margin and the rounding add
     ansi = gm.arena_budget(data, info.arena_host_bytes, esp_nn=False)
     assert (ansi.head_bytes, ansi.firmware_bytes) == (ansi_head, ansi_firmware)

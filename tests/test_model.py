@@ -201,8 +201,23 @@ def test_softmax_condition_matches_tflm(tiny):
     assert run_probe(ok)["arena_total"] > 0
     with pytest.raises(ModelError, match="SIGABRT"):
         run_probe(at)
-    with pytest.raises(ModelError, match="QuantizeMultiplierGreaterThanOne"):
+    with pytest.raises(ModelError, match="QuantizeMultiplierGreaterThanOne") as info:
         gm.load_model_bytes(at, measure_arena=False)
+    assert "must exceed 2^-26 (1.49e-08)" in str(info.value)
+
+
+@pytest.mark.parametrize("shape, ok", [((2,), True), ((1, 2), True), ((1, 1, 2), True), ((2, 1), False), ((1, 0), False)])
+def test_output_shape_must_be_one_row_of_classes(tiny, shape, ok):
+    def reshape(m):
+        sg = m.subgraphs[0]
+        sg.tensors[sg.outputs[0]].shape = list(shape)
+
+    data = edit(tiny, reshape)
+    if ok:
+        assert gm.load_model_bytes(data, measure_arena=False).classes == 2
+    else:
+        with pytest.raises(ModelError, match=rf"output shape \[{', '.join(map(str, shape))}\]; expected \[1, classes\]"):
+            gm.load_model_bytes(data, measure_arena=False)
 
 
 # ---------------------------------------------------------------------------------------------
