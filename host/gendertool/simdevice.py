@@ -55,7 +55,7 @@ class SimFaults:
     result_delay_ms: int = 0  # wait before an upload's result (after its last byte)
     seed: int = 0
     # a wrong device, so tests can check that the host's verdicts follow what the device sent
-    score_off_by_one: bool = False  # every result's first score moves by exactly 1 (class unchanged)
+    score_off_by_one: bool = False  # every result's first score moves by exactly 1
     wrong_class: bool = False  # every result's scores reversed: the device predicts another class
     selftest_fail: bool = False  # the self-test's first sample comes back wrong (pass: false)
     skip_warmup: bool = False  # bench runs no warm-ups (and says so: bsummary warmup 0)
