@@ -398,3 +398,13 @@ def test_sim_fault_option_names_the_known_faults(cli):
     r = cli("sim", "--fault", "nope", "--listen", "127.0.0.1:0")
     assert r.exit_code == 2
     assert "--fault 'nope' is not a fault; known: score-off-by-one, wrong-class, selftest-fail, skip-warmup, swap-timings" in r.stderr
+
+
+def test_every_fault_name_sets_its_own_flag():
+    from dataclasses import asdict
+
+    from gendertool.simdevice import DEVICE_FAULTS, SimFaults
+
+    for name in DEVICE_FAULTS:
+        on = {k for k, v in asdict(SimFaults(**{name.replace("-", "_"): True})).items() if v is True}
+        assert on == {name.replace("-", "_")}
