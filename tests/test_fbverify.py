@@ -166,3 +166,21 @@ def test_a_tensor_name_is_checked_like_any_string(good):
     bad = bytearray(good)
     bad[start + 9] = ord("!")
     rejects(bytes(bad), f"the name of tensor 0 of subgraph 0 at byte {start + 4} is not zero-terminated")
+
+
+def test_operator_inputs_and_metadata_buffers_are_bounded(good):
+    op = Loc(good).model.Subgraphs(0).Operators(0)
+    pos = op._tab.Pos + op._tab.Offset(6)  # Operator field 1: inputs
+    start = pos + struct.unpack_from("<I", good, pos)[0]
+    assert struct.unpack_from("<I", good, start)[0] == 3  # conv: input, weights, bias
+    rejects(put(good, "<I", start, 1 << 20), f"the inputs of operator 0 of subgraph 0 (1048576 elements) at byte "
+            f"{start + 4} needs 4194304 bytes, past the end of the file ({len(good)} bytes)", True)
+
+    from tflite_fab import edit
+
+    with_meta = edit(good, lambda m: setattr(m, "metadataBuffer", [0, 0]))
+    loc = Loc(with_meta)
+    start = loc.target(5)
+    assert struct.unpack_from("<I", with_meta, start)[0] == 2
+    rejects(put(with_meta, "<I", start, 1 << 20), f"the metadata_buffer vector (1048576 elements) at byte {start + 4} "
+            f"needs 4194304 bytes, past the end of the file ({len(with_meta)} bytes)", True)
