@@ -48,7 +48,7 @@ GROUPS: dict[str, Group] = {
                                                         "ImageResult.max_diff"),
                       ("tests/test_validate_host.py", "tests/test_device_validate.py")),
     "device_validate": Group("host/gendertool/device_validate.py",
-                             ("check_device_model", "validate_board", "BoardValidation.passed",
+                             ("check_device_model", "connect_board", "validate_board", "BoardValidation.passed",
                               "BoardValidation.parity_pct", "BoardValidation.parity", "read_selftest"),
                              ("tests/test_device_validate.py",)),
     "bench": Group("host/gendertool/bench.py", ("summarize", "run_bench", "check_request", "summary_mismatches",

@@ -347,12 +347,14 @@ def test_a_device_sending_more_scores_than_the_model_has_is_refused(cli, sim_ser
 
 
 def test_another_model_is_named_by_both_hashes_and_nothing_is_compared(cli, sim_server, images, model_info):
-    server = sim_server(OtherModelDevice)
-    r = cli("validate", "--port", server.url, "--images", images, "--json")
+    good, other = sim_server(), sim_server(OtherModelDevice)
+    r = cli("validate", "--port", good.url, "--port", other.url, "--images", images, "--json")
     assert r.exit_code == 2
-    (board,) = json.loads(r.stdout)["boards"]
-    assert board["report"] is None and board["uploaded"] == 0
-    assert f"(sha256 ffffffffffff), the host reference is {model_info.name} (sha256 {model_info.sha256[:12]});" in board["error"]
+    boards = {b["port"]: b for b in json.loads(r.stdout)["boards"]}
+    assert boards[other.url]["report"] is None and boards[other.url]["uploaded"] == 0
+    assert boards[good.url]["uploaded"] == 6
+    want = f"(sha256 ffffffffffff), the host reference is {model_info.name} (sha256 {model_info.sha256[:12]});"
+    assert want in boards[other.url]["error"]
 
 
 def test_progress_counts_every_image_once(sim_server, images, default_model):
