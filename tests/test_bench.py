@@ -408,3 +408,10 @@ def test_every_fault_name_sets_its_own_flag():
     for name in DEVICE_FAULTS:
         on = {k for k, v in asdict(SimFaults(**{name.replace("-", "_"): True})).items() if v is True}
         assert on == {name.replace("-", "_")}
+
+
+def test_one_run_is_a_valid_request_and_a_short_run_is_an_error(tmp_path):
+    bench.check_request(1, 0, "sample")  # the firmware's lower limit
+    r = bench.run_bench(ScriptedClient(4), port="x", n=6, warmup=0, out_json=tmp_path / "bench.json")
+    assert r.completed == 4 and not r.complete
+    assert r.error == "the device reported 4 runs but 4 arrived (6 requested)"

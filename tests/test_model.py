@@ -498,3 +498,23 @@ def test_inspect_names_the_crop_mode(cli, write, tiny, crop, shown):
     assert shown in " ".join(res.stdout.split())
     res = cli("inspect", str(path), "--json", "--no-arena")
     assert json.loads(res.stdout)["preprocessing"]["crop"] == crop
+
+
+@pytest.mark.parametrize("where, index, message", [
+    ("subgraph output", 50, "subgraph output refers to tensor 50 of 10"),
+    ("subgraph output", 10, "subgraph output refers to tensor 10 of 10"),
+    ("operator output", 99, "operator 0 refers to tensor 99 of 10"),
+    ("operator input", -2, "operator 0 refers to tensor -2 of 10"),
+])
+def test_tensor_indices_past_the_end_are_refused(tiny, where, index, message):
+    def damage(m):
+        sg = m.subgraphs[0]
+        if where == "subgraph output":
+            sg.outputs = [index]
+        elif where == "operator output":
+            sg.operators[0].outputs = [index]
+        else:
+            sg.operators[0].inputs = [0, 1, index]
+
+    with pytest.raises(ModelError, match=f"corrupt model: {message}$"):
+        gm.load_model_bytes(edit(tiny, damage), measure_arena=False)

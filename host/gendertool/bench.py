@@ -373,7 +373,8 @@ def run_bench(
                 result.device_summary = record_to_dict(rec)
         lost = int(result.device_summary.get("n", n)) - result.completed
         if result.completed < n or lost > 0:
-            raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived")
+            raise DeviceError(f"the device reported {result.device_summary.get('n', '?')} runs but {result.completed} arrived "
+                              f"({n} requested)")
         mismatch = summary_mismatches(result)
         if mismatch:
             raise DeviceError("the device's bsummary disagrees with its samples: " + "; ".join(mismatch))
