@@ -11,7 +11,7 @@ import sys
 
 from rich.markup import escape
 
-from gendertool.errors import GendertoolError
+from gendertool.errors import GendertoolError, Interrupted
 
 from ._app import app, err_console
 
@@ -25,6 +25,7 @@ from . import bench as _bench  # noqa: F401,E402
 from . import sim as _sim  # noqa: F401,E402
 
 EXIT_USER_ERROR = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -34,6 +35,7 @@ def main(argv: list[str] | None = None) -> None:
     except GendertoolError as exc:
         err_console.print(f"[bold red]error:[/] {escape(str(exc))}", soft_wrap=True)
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: a Ctrl-C outside any command
+        done = str(exc) if isinstance(exc, Interrupted) else ""
+        err_console.print(f"interrupted (Ctrl-C){': ' + done if done else ''}", markup=False, soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)

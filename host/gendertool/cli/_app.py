@@ -4,8 +4,24 @@ from __future__ import annotations
 
 import typer
 from rich.console import Console
+from typer.core import TyperGroup
+
+
+class _Group(TyperGroup):
+    """Typer turns Ctrl-C into a silent exit 130 before ``cli.main`` sees it; this hands it on as
+    :class:`~gendertool.errors.Interrupted` so every command says what it finished."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from gendertool.errors import Interrupted
+
+            raise Interrupted() from None
+
 
 app = typer.Typer(
+    cls=_Group,
     name="gendertool",
     help="Put an INT8 TFLite image classifier on an ESP32-S3 and measure how fast and how right it runs.",
     no_args_is_help=True,

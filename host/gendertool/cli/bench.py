@@ -50,12 +50,17 @@ def bench_cmd(
         return
 
     from gendertool.bench import bench_boards
+    from gendertool.errors import Interrupted
 
-    with _BoardProgress(ports) as progress:
-        results = bench_boards(
-            ports, n=n, warmup=warmup, input_source=input_source, profile=profile, out_dir=out,
-            progress=progress,
-        )
+    try:
+        with _BoardProgress(ports) as progress:
+            results = bench_boards(
+                ports, n=n, warmup=warmup, input_source=input_source, profile=profile, out_dir=out,
+                progress=progress,
+            )
+    except Interrupted as exc:
+        _present_partial(exc.partial or [])
+        raise
     for r in results:
         if plots and r.samples:
             from gendertool.plots import write_plots
@@ -70,6 +75,15 @@ def bench_cmd(
     failed = [r for r in results if r.error is not None]
     if failed:
         raise _failure(failed)
+
+
+def _present_partial(results: list["BenchResult"]) -> None:
+    """After Ctrl-C: the samples so far with their statistics (no plots: they would be a partial run's)."""
+    for r in results:
+        if r.samples:
+            present_bench(r, console)
+    if len(results) > 1:
+        present_boards(results, console)
 
 
 def _failure(failed: list["BenchResult"]):
@@ -180,7 +194,8 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
             p.add_row(escape(row.op), str(row.count), str(row.total_us), f"{row.share * 100:.1f} %")
         out.print(p)
     if r.path:
-        state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
+        state = ("complete" if r.complete else
+                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.completed} of {r.n} runs")
         out.print(f"bench.json: {escape(str(r.path))} ({state})")
     if r.simulated:
         out.print(SIM_NOTE)
@@ -241,8 +256,14 @@ def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Pa
     def step(variant: str, message: str) -> None:
         err_console.print(f"[{variant}] {message}", markup=False, highlight=False)
 
-    results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
-                         out_dir=out, on_step=step)
+    from gendertool.errors import Interrupted
+
+    try:
+        results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup,
+                             input_source=input_source, out_dir=out, on_step=step)
+    except Interrupted as exc:
+        _present_partial(exc.partial or [])
+        raise
     for r in results:
         present_bench(r, console)
         if plots and r.samples and r.path:
