@@ -244,3 +244,41 @@ def test_full_disk_while_writing_a_plot(cli, tmp_path, monkeypatch):
     assert r.exit_code == 2 and "cannot write plot" in r.stderr and "No space left" in r.stderr
     assert not (tmp_path / "latency_hist.png").exists()
     assert _load(tmp_path / "bench.json")["complete"] is True
+
+
+@pytest.fixture
+def small_images(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(3)
+    for i in range(6):
+        label = ("female", "male")[i % 2]
+        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"i{i}.png")
+    return tmp_path / "imgs"
+
+
+def test_ctrl_c_during_host_validate_prints_the_images_compared(cli, small_images, tmp_path, monkeypatch):
+    from gendertool.cli import validate as cli_validate
+
+    def update(self, done, total):
+        if done >= 4:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_validate._progress, "update", update)
+    out = tmp_path / "host.json"
+    r = cli("validate", "--images", small_images, "--out", out)
+    assert r.exit_code == 130, r.output
+    assert "4 image(s) from" in r.stdout and "interrupted (Ctrl-C) after 4 of 6 images" in r.stdout
+    assert f"4 of 6 images compared on this computer; partial report {out}" in r.stderr.replace("\n", "")
+    doc = json.loads(out.read_text())
+    assert doc["partial"] is True and len(doc["images"]) == 4
+
+
+def test_host_validate_report_file(cli, small_images, tmp_path):
+    out = tmp_path / "host.json"
+    r = cli("validate", "--images", small_images, "--out", out)
+    assert r.exit_code == 0, r.output
+    doc = json.loads(out.read_text())
+    assert doc["partial"] is False and len(doc["images"]) == 6

@@ -339,7 +339,11 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
                           _ms(lat.pre_us) if lat else "-", _ms(lat.invoke_us) if lat else "-")
             out.print(t)
         p = b.parity()
-        if p is not None:
+        if p is not None and b.partial:  # no verdict from part of the images
+            why = "interrupted (Ctrl-C)" if b.interrupted else "the run stopped early"
+            out.print(f"{sim}PARTIAL: {escape(b.coverage())}; of those, {p.identical}/{p.compared} bit-exact "
+                      f"({b.parity_pct:.1f} %), largest difference {p.max_diff}; no --min-parity verdict: {why}")
+        elif p is not None:
             verdict = "ok" if b.passed(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
             out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
                       f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
@@ -354,7 +358,8 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             t.add_row(escape(b.port), escape(b.board), str(p.compared if p else 0), str(p.identical if p else 0),
                       f"{b.parity_pct:.1f} %", str(p.max_diff if p else "-"),
                       ("pass" if b.selftest.get("pass") else "FAIL") if b.selftest else "-",
-                      "ok" if b.passed(dv.min_parity) else escape(b.error or "below --min-parity"))
+                      "ok" if b.passed(dv.min_parity) else escape(
+                          b.error or ("interrupted" if b.interrupted else "below --min-parity")))
         out.print(t)
 
 
@@ -369,7 +374,7 @@ def device_validation_failure(dv: "DeviceValidation"):
         if b.passed(dv.min_parity):
             continue
         if b.error:
-            parts.append(f"{b.port}: {b.error}")
+            parts.append(f"{b.port}: {b.error} ({b.coverage()}{'; report ' + str(dv.path) if dv.path else ''})")
         else:
             parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
     return GendertoolError("; ".join(parts))
@@ -377,7 +382,7 @@ def device_validation_failure(dv: "DeviceValidation"):
 
 def validate_on_ports(
     ports: list[str], images: Path, model: Optional[str], labels: Optional[list[str]], *, limit: Optional[int],
-    min_parity: float, as_json: bool, show_images: bool,
+    min_parity: float, as_json: bool, show_images: bool, out: Optional[Path] = None,
 ) -> None:
     """``gendertool validate --port P... --images DIR``: runs on each board, one report per board."""
     import json
@@ -386,13 +391,25 @@ def validate_on_ports(
 
     from .validate import warn_skipped
 
-    with _BoardProgress(ports) as progress:
-        dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity, progress=progress)
+    from gendertool.errors import GendertoolError, Interrupted
+
+    try:
+        with _BoardProgress(ports) as progress:
+            dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity,
+                                  progress=progress, out_path=out)
+    except Interrupted as exc:
+        if exc.partial is not None:
+            present_device_validation(exc.partial, console, show_images=show_images)
+        raise
     if as_json:
         console.print_json(json.dumps(dv.to_dict(), default=str))
     else:
         present_device_validation(dv, console, show_images=show_images)
+        if dv.path is not None:
+            err_console.print(f"report: {dv.path}", markup=False, soft_wrap=True)
     warn_skipped(dv.skipped)
+    if dv.write_error:
+        raise GendertoolError(dv.write_error)
     failure = device_validation_failure(dv)
     if failure is not None:
         raise failure
