@@ -282,3 +282,85 @@ def test_host_validate_report_file(cli, small_images, tmp_path):
     assert r.exit_code == 0, r.output
     doc = json.loads(out.read_text())
     assert doc["partial"] is False and len(doc["images"]) == 6
+
+
+# --------------------------------------------------------------------------- build
+
+
+def test_full_disk_while_rendering_says_how_far_and_the_next_render_repairs(tmp_path, monkeypatch):
+    from gendertool import files
+    from gendertool.boards import get_board
+    from gendertool.errors import BuildError
+    from gendertool.model import load_model_bytes
+    from gendertool.render import render_project
+
+    from tflite_fab import tiny_model
+
+    model = load_model_bytes(tiny_model(height=16, width=16, classes=2), name="tiny", labels=["a", "b"])
+    board = get_board("xiao_esp32s3")
+    clean = render_project(model, board, tmp_path / "clean")
+    total = len(clean.files)
+    real = files.write_bytes_atomic
+    calls = {"n": 0}
+
+    def fill_up(path, data):
+        calls["n"] += 1
+        if calls["n"] > 7:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(path, data)
+
+    monkeypatch.setattr(files, "write_bytes_atomic", fill_up)
+    with pytest.raises(BuildError, match=rf"No space left on device; 7 of {total} project files are in place .*run the build again"):
+        render_project(model, board, tmp_path / "p")
+    assert sum(1 for p in (tmp_path / "p").rglob("*") if p.is_file()) == 7  # whole files only, no temp left
+    monkeypatch.setattr(files, "write_bytes_atomic", real)
+    again = render_project(model, board, tmp_path / "p")
+    assert len(again.written) == total - 7 and len(again.unchanged) == 7
+
+    def tree(root):
+        return {p.relative_to(root).as_posix(): p.read_bytes() for p in root.rglob("*") if p.is_file()}
+
+    assert tree(tmp_path / "p") == tree(tmp_path / "clean")
+
+
+def test_full_disk_during_build_cli(cli, tmp_path, monkeypatch):
+    from gendertool import files
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "write_bytes_atomic", full)
+    r = cli("build", "--no-compile", "--out", tmp_path / "p")
+    assert r.exit_code == 2 and "Traceback" not in r.output
+    assert "No space left on device; 0 of " in r.stderr.replace("\n", "") and "run the build again" in r.stderr
+
+
+def test_ctrl_c_while_rendering_and_while_compiling(cli, tmp_path, monkeypatch):
+    from gendertool import build as builder
+    from gendertool import files
+
+    real = files.write_bytes_atomic
+    calls = {"n": 0}
+
+    def slow(path, data):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise KeyboardInterrupt
+        real(path, data)
+
+    monkeypatch.setattr(files, "write_bytes_atomic", slow)
+    r = cli("build", "--no-compile", "--out", tmp_path / "p")
+    assert r.exit_code == 130
+    import re
+
+    assert re.search(r"interrupted \(Ctrl-C\): while rendering: \d+ of \d+ project files are in place", r.stderr)
+
+    monkeypatch.setattr(files, "write_bytes_atomic", real)
+
+    def compiling(*a, **k):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(builder, "_build_pio", compiling)
+    r = cli("build", "--out", tmp_path / "p")
+    assert r.exit_code == 130
+    assert "no firmware was produced, the rendered project stays in" in r.stderr.replace("\n", "")
