@@ -275,6 +275,9 @@ def monitor_cmd(
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
     build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
     source: Optional[str] = typer.Option(None, "--source", help="Input source to select on the device: sample or camera."),
+    no_record_timeout: float = typer.Option(
+        10.0, "--no-record-timeout",
+        help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
     import sys
@@ -285,7 +288,7 @@ def monitor_cmd(
 
     if as_json and csv_file is not None:
         raise GendertoolError("choose one of --json and --csv")
-    check_options(count=count, timeout=timeout, source=source)
+    check_options(count=count, timeout=timeout, source=source, no_record_timeout=no_record_timeout)
     (port,) = resolve_ports([port] if port else [], several=False)
     elf_path = elf if elf is not None else _elf_from_build(build)
     if elf is not None and not elf.is_file():
@@ -301,7 +304,8 @@ def monitor_cmd(
     sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
     try:
         with sink.live():
-            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path)
+            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
+                                  no_record_timeout=no_record_timeout)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os
