@@ -61,20 +61,30 @@ def bench_cmd(
     except Interrupted as exc:
         _present_partial(exc.partial or [])
         raise
+    from gendertool.errors import GendertoolError
+
+    unwritten = []  # a plot that could not be written does not hide the figures
     for r in results:
-        if plots and r.samples:
+        if plots and r.samples and r.path is not None:  # beside the bench.json they belong to only
             from gendertool.plots import write_plots
 
-            r_plots = write_plots(r, (r.path.parent if r.path else out))
-            err_console.print(f"plots: {', '.join(str(p) for p in r_plots)}", soft_wrap=True)
+            try:
+                r_plots = write_plots(r, r.path.parent)
+                err_console.print(f"plots: {', '.join(str(p) for p in r_plots)}", soft_wrap=True)
+            except GendertoolError as exc:
+                unwritten.append(str(exc))
         present_bench(r, console)
         if old is not None and r.samples:
+            from gendertool.bench import PREV_JSON
+
+            if old.complete and old.path is not None and r.path is not None and old.path.resolve() == r.path.resolve():
+                old.path = r.path.parent / PREV_JSON  # the old report was moved aside by this run
             present_compare(old, r, console)
     if len(results) > 1:
         present_boards(results, console)
     failed = [r for r in results if r.error is not None]
-    if failed:
-        raise _failure(failed)
+    if failed or unwritten:
+        raise _failure(failed, unwritten)
 
 
 def _present_partial(results: list["BenchResult"]) -> None:
@@ -86,10 +96,10 @@ def _present_partial(results: list["BenchResult"]) -> None:
         present_boards(results, console)
 
 
-def _failure(failed: list["BenchResult"]):
+def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
     from gendertool.errors import DeviceError
 
-    parts = []
+    parts = list(unwritten)
     for r in failed:
         kept = f"; {r.completed} sample(s) kept in {r.path}" if r.path else ""
         parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
