@@ -94,7 +94,7 @@ def hello(rng: random.Random) -> p.Hello:
     return p.Hello(
         p.PROTO_VERSION, "0.1.0", _text(rng, 10), "esp32s3", _text(rng, 16), "ab" * 32, (_text(rng, 6), _text(rng, 6)),
         (1, 64, 64, 3), 0.0078125, 0, 0.00390625, -128, 180000, 170000, 250000, 8000000, 240, "v5.5.5", "1.3.8",
-        "1.1.2", 8, "sample", True, False,
+        "1.1.2", 8, "sample", True, False, sample_names=(_text(rng, 8), _text(rng, 8)), sample_truth=(0, -1),
     )
 
 
