@@ -433,7 +433,11 @@ def validate_host(
                 where = f"partial report {out_path}"
             except GendertoolError as exc:
                 where = str(exc)
-        raise Interrupted(f"{len(results)} of {len(items)} images compared on this computer; {where}",
+        planned: dict[str, int] = {}
+        for _, label in items:
+            planned[label] = planned.get(label, 0) + 1
+        folders = ", ".join(f"{lb} {sum(r.label == lb for r in results)} of {n}" for lb, n in planned.items())
+        raise Interrupted(f"{len(results)} of {len(items)} images compared on this computer ({folders}); {where}",
                           partial=report) from None
 
     if not results:
