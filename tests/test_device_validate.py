@@ -59,6 +59,12 @@ class OtherModelDevice(SimDevice):
         return dataclasses.replace(super().hello(), model_sha256="f" * 64, model="other_model")
 
 
+@pytest.fixture(autouse=True)
+def _in_tmp(tmp_path, monkeypatch):
+    """validate --port writes out/validate/device.json by default: not into the repository."""
+    monkeypatch.chdir(tmp_path)
+
+
 @pytest.fixture
 def sim_server(sim_server):
     """conftest's virtual devices, with a slower result stream for these tests."""
@@ -365,3 +371,78 @@ def test_progress_counts_every_image_once(sim_server, images, default_model):
     validate_devices([server.url], images, default_model, progress=lambda port, phase, d, t: seen.append((port, phase, d, t)))
     assert [(d, t) for port, phase, d, t in seen if phase == "validate"] == [(k, 6) for k in range(1, 7)]
     assert [(d, t) for port, phase, d, t in seen if phase == "TFLM reference"] == [(k, 7) for k in range(1, 8)]
+
+
+# --------------------------------------------------------------------------- issue 11.1: partial runs
+
+
+def test_a_disconnect_is_reported_as_partial_not_as_a_verdict(cli, sim_server, images, tmp_path):
+    server = sim_server(autostart=False, faults=SimFaults(disconnect_after=10))
+    out = tmp_path / "dev.json"
+    r = cli("validate", "--port", server.url, "--images", images, "--out", out)
+    assert r.exit_code == 2
+    doc = json.loads(out.read_text())
+    (board,) = doc["boards"]
+    k = board["compared"]
+    assert 0 < k < 6 and board["planned"] == 6 and board["partial"] is True and doc["partial"] is True
+    assert len(board["report"]["images"]) == k and doc["passed"] is False
+    text = r.stdout.replace("\n", " ")
+    assert f"PARTIAL: {k} of 6 images compared (female " in text and "no --min-parity verdict" in text
+    assert "BELOW --min-parity" not in text and "images bit-exact (" not in text
+    err = r.stderr.replace("\n", "")
+    assert f"{k} of 6 images compared" in err and str(out) in err
+
+
+def test_report_file_of_a_complete_run(cli, images, tmp_path):
+    r = cli("validate", "--port", "sim", "--images", images)
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "out" / "validate" / "device.json").read_text())  # the default --out
+    assert doc["passed"] is True and doc["partial"] is False and doc["boards"][0]["compared"] == 6
+    assert "report: out/validate/device.json" in r.stderr
+
+
+def _interrupt_after(monkeypatch, n_images: int):
+    from gendertool.cli import bench as cli_bench
+
+    real = cli_bench._BoardProgress.__call__
+
+    def progress(self, port, phase, done, total):
+        real(self, port, phase, done, total)
+        if phase == "validate" and done >= n_images:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli_bench._BoardProgress, "__call__", progress)
+
+
+def test_ctrl_c_keeps_the_images_compared(cli, images, tmp_path, monkeypatch):
+    _interrupt_after(monkeypatch, 2)
+    out = tmp_path / "r.json"
+    r = cli("validate", "--port", "sim", "--images", images, "--out", out)
+    assert r.exit_code == 130, r.output
+    doc = json.loads(out.read_text())
+    (board,) = doc["boards"]
+    assert doc["interrupted"] is True and board["interrupted"] is True and board["compared"] == 2
+    assert [i["path"] for i in board["report"]["images"]] == ["female/img0.png", "female/img2.png"]
+    assert "PARTIAL: 2 of 6 images compared (female 2 of 3, male 0 of 3)" in r.stdout.replace("\n", " ")
+    assert (f"interrupted (Ctrl-C): sim: 2 of 6 images compared (female 2 of 3, male 0 of 3); partial report {out}"
+            in r.stderr.replace("\n", ""))
+
+
+def test_out_is_a_folder(cli, images, tmp_path):
+    r = cli("validate", "--port", "sim", "--images", images, "--out", tmp_path)
+    assert r.exit_code == 2 and "is a folder" in r.stderr and "Traceback" not in r.output
+
+
+def test_full_disk_writing_the_report_still_shows_the_results(cli, images, tmp_path, monkeypatch):
+    import errno
+
+    from gendertool import files
+
+    def full(path, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(files, "write_json_atomic", full)
+    r = cli("validate", "--port", "sim", "--images", images, "--out", tmp_path / "r.json")
+    assert r.exit_code == 2
+    assert "6/6 images bit-exact" in r.stdout  # the results are shown before the failure
+    assert "No space left on device" in r.stderr and not (tmp_path / "r.json").exists()

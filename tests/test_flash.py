@@ -665,3 +665,19 @@ def test_build_step_writes_the_web_manifest(tmp_path):
     (part,) = web["builds"][0]["parts"]
     assert web["builds"][0]["chipFamily"] == "ESP32-S3" and part["offset"] == 0
     assert (out / part["path"]).stat().st_size >= 0x10000 + 65536  # the merged image spans all
+
+
+# --------------------------------------------------------------------------- Ctrl-C (issue 11.1)
+
+
+@pytest.mark.parametrize(
+    "stage, state",
+    [("write_flash", "may hold a partly written image (bootloader"), ("detect_chip", "nothing was written to the board")],
+)
+def test_ctrl_c_says_what_state_the_board_is_in(build_dir, esptool_api, cli, stage, state):
+    esptool_api["fail"][stage] = KeyboardInterrupt()
+    res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert res.exit_code == 130
+    msg = res.stderr.replace("\n", "")
+    assert "interrupted (Ctrl-C): /dev/ttyACM0: stopped while" in msg and state in msg
+    assert "Traceback" not in res.output

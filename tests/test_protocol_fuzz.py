@@ -81,7 +81,8 @@ def test_records_between_garbage_and_logs_are_never_lost(items, cuts):
         line = p.encode_record(rec)
         if noise is not None:
             stream += noise + (b"\n" if own_line else b"")
-        if len(line) + (0 if own_line or noise is None else len(noise)) <= MAX_LINE:
+        # max_line counts the bytes before the newline
+        if len(line) - 1 + (0 if own_line or noise is None else len(noise)) <= MAX_LINE:
             sent.append(rec)
         stream += line
     parser = p.StreamParser(max_line=MAX_LINE)

@@ -11,14 +11,17 @@ returned objects.
 from __future__ import annotations
 
 import json
+import os
 import re
+import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
-from gendertool.errors import DeviceError, GendertoolError
+from gendertool.errors import DeviceError, GendertoolError, Interrupted
 from gendertool.files import write_json_atomic
 from gendertool.stats import STAT_KEYS, Stats, latency_stats, percentile  # noqa: F401 - bench's API too
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
@@ -32,6 +35,9 @@ REFERENCE_MS = 40.0
 REFERENCE_LABEL = "Seeed card: 40 ms (XIAO ESP32S3)"
 
 METRICS = ("pre_us", "invoke_us", "total_us")
+BENCH_JSON = "bench.json"
+PREV_JSON = "bench.prev.json"  # the last complete report, kept when a new run replaces it
+PLOT_NAMES = ("latency_hist.png", "operators.png")  # gendertool.plots writes these beside bench.json
 METRIC_TITLES = {"pre_us": "preprocessing", "invoke_us": "Invoke()", "total_us": "total"}
 
 
@@ -120,6 +126,7 @@ class BenchResult:
     started: str = ""
     finished: str = ""
     error: str | None = None
+    interrupted: bool = False  # Ctrl-C stopped the run; the samples are the ones received before
     variant: str | None = None
     variant_options: dict = field(default_factory=dict)
     path: Path | None = None  # where bench.json was written
@@ -130,7 +137,7 @@ class BenchResult:
 
     @property
     def complete(self) -> bool:
-        return self.error is None and self.completed >= self.n
+        return self.error is None and not self.interrupted and self.completed >= self.n
 
     @property
     def board(self) -> str:
@@ -187,6 +194,7 @@ class BenchResult:
             "finished": self.finished,
             "completed": self.completed,
             "complete": self.complete,
+            "interrupted": self.interrupted,
             "error": self.error,
             "stats": {k: (v.to_dict() if isinstance(v, Stats) else v) for k, v in stats.items()},
             "device_summary": self.device_summary,
@@ -214,6 +222,7 @@ class BenchResult:
             started=str(data.get("started", "")),
             finished=str(data.get("finished", "")),
             error=data.get("error"),
+            interrupted=bool(data.get("interrupted", False)),
             variant=fw.get("variant"),
             variant_options=dict(fw.get("options", {})),
             path=path,
@@ -324,6 +333,7 @@ def run_bench(
     on_progress: ProgressFn | None = None,
     flush_every_s: float = 0.5,
     variant: "Variant | None" = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> BenchResult:
     """Benchmark a connected :class:`~gendertool.link.DeviceClient`.
 
@@ -333,6 +343,11 @@ def run_bench(
     ``flush_every_s``) and once at the end, so a run that loses the device keeps every
     sample received. A lost device does not raise: the result carries ``error`` and the
     completed count; the CLI decides the exit code.
+
+    A run that received no sample writes nothing (an earlier report stays as it was); the
+    first write moves a complete earlier report aside (:func:`keep_previous`). Ctrl-C (or
+    ``should_stop()`` turning true, for a board in a worker thread) writes what arrived,
+    marked ``interrupted``, and raises :class:`Interrupted` carrying the result.
     """
     check_request(n, warmup, input_source)
     progress = on_progress or (lambda phase, done, total: None)
@@ -340,15 +355,24 @@ def run_bench(
     if variant is not None:
         result.variant, result.variant_options = variant.name, {**variant.options, "sdkconfig": variant.sdkconfig}
     last_flush = 0.0
+    started_writing = False
+    stop = should_stop or (lambda: False)
 
     def flush(force: bool = False) -> None:
-        nonlocal last_flush
-        if out_json is None:
+        nonlocal last_flush, started_writing
+        if out_json is None or not (result.samples or result.profile):
             return
         now = time.monotonic()
         if force or now - last_flush >= flush_every_s:
+            if not started_writing:
+                keep_previous(out_json)
+                started_writing = True
             result.finished = _now()
-            write_json_atomic(out_json, result.to_json())
+            try:
+                write_report(out_json, result.to_json())
+            except GendertoolError:
+                result.path = None  # what is on disk (if anything) is older than what we hold
+                raise
             result.path = out_json
             last_flush = now
 
@@ -363,6 +387,8 @@ def run_bench(
         client.set_source(input_source)
         progress("bench", 0, n)
         for rec in client.bench(n, warmup):
+            if stop():
+                raise KeyboardInterrupt
             if isinstance(rec, BenchSample):
                 result.samples.extend(Sample(rec.first + i, pre, inv)
                                       for i, (pre, inv) in enumerate(zip(rec.pre_us, rec.invoke_us)))
@@ -385,9 +411,17 @@ def run_bench(
             progress("profile", 1, 1)
     except GendertoolError as exc:
         result.error = str(exc)
+    except KeyboardInterrupt:
+        result.interrupted = True
     finally:
         result.finished = _now()
-        flush(force=True)
+        try:
+            flush(force=True)
+        except GendertoolError as exc:
+            if str(exc) not in (result.error or ""):
+                result.error = f"{result.error}; {exc}" if result.error else str(exc)
+    if result.interrupted:
+        raise Interrupted(interrupted_note([result]), partial=result)
     return result
 
 
@@ -412,6 +446,77 @@ def summary_mismatches(result: BenchResult) -> list[str]:
     if dev["mean_us"] is not None and abs(float(dev["mean_us"]) - got["mean_us"]) > 0.05 + 1e-9:  # sent with 1 decimal
         out.append(f"its Invoke() mean is {dev['mean_us']} us, the samples' is {got['mean_us']:.1f} us")
     return out
+
+
+def interrupted_note(results: Sequence[BenchResult]) -> str:
+    """What an interrupted bench finished, per board, and where each partial report is."""
+    parts = []
+    for r in results:
+        where = (f"partial report {r.path} (marked interrupted)" if r.path
+                 else "nothing written" + (f" ({r.error})" if r.error else ""))
+        parts.append(f"{r.port}: {r.completed} of {r.n} runs done, {where}")
+    return "; ".join(parts) or "no board had sent a sample; nothing written"
+
+
+def write_report(path: Path, data: dict) -> None:
+    """bench.json, atomically: a failed write leaves the earlier file as it was, never half a file."""
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise GendertoolError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+def prev_name(name: str) -> str:
+    """bench.json -> bench.prev.json, latency_hist.png -> latency_hist.prev.png."""
+    stem, dot, ext = name.rpartition(".")
+    return f"{stem}.prev.{ext}" if dot else f"{name}.prev"
+
+
+def keep_previous(out_json: Path) -> Path | None:
+    """Called before a run's first write to ``out_json``; returns where the earlier report went.
+
+    A complete earlier report moves to bench.prev.json with its plots (``*.prev.png``); an
+    incomplete one is replaced (a complete bench.prev.json, if any, stays). Either way no plot
+    of an older run is left beside the new bench.json.
+    """
+    folder = out_json.parent
+    try:
+        old = json.loads(out_json.read_text(encoding="utf-8"))
+    except (OSError, ValueError):  # none, unreadable or not JSON: nothing worth keeping
+        old = None
+    keep = isinstance(old, dict) and old.get("kind") == KIND and old.get("complete") is True
+    try:
+        if keep:
+            os.replace(out_json, folder / prev_name(out_json.name))
+        for name in PLOT_NAMES:
+            plot = folder / name
+            if keep:
+                (folder / prev_name(name)).unlink(missing_ok=True)
+                if plot.exists():
+                    os.replace(plot, folder / prev_name(name))
+            else:
+                plot.unlink(missing_ok=True)
+    except OSError as exc:
+        raise GendertoolError(f"cannot move the earlier report in {folder} aside: {exc.strerror or exc}") from None
+    return folder / prev_name(out_json.name) if keep else None
+
+
+def check_out_dir(out: Path) -> None:
+    """Refuse an --out that cannot hold the report, before any device is touched."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GendertoolError(f"--out {out} is a file; give a folder for {BENCH_JSON} and the plots")
+    probe = out
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GendertoolError(f"--out {out}: {probe} is a file, not a folder")
+    try:  # a real write: os.access says yes to root and knows nothing of read-only mounts
+        fd, tmp = tempfile.mkstemp(prefix=".gendertool-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise GendertoolError(f"--out {out}: cannot write into {probe} ({exc.strerror or exc})") from None
 
 
 def profile_from_records(records: tuple[list[ProfileOp], ProfileSummary]) -> tuple[list[OpTiming], bool]:
@@ -449,27 +554,34 @@ def bench_boards(
     """
     ports = check_port_list(ports)
     check_request(n, warmup, input_source)
+    if out_dir is not None:
+        check_out_dir(out_dir)
     connect = connect or _open_client
     results: dict[str, BenchResult] = {}
+    stop = threading.Event()  # Ctrl-C reaches the main thread only: boards in threads are told
 
     def work(port: str) -> None:
         out_json = None
         if out_dir is not None:
-            out_json = (out_dir if len(ports) == 1 else out_dir / port_slug(port)) / "bench.json"
+            out_json = (out_dir if len(ports) == 1 else out_dir / port_slug(port)) / BENCH_JSON
         on_progress = (lambda phase, done, total: progress(port, phase, done, total)) if progress else None
         try:
             with connect(port) as client:
                 results[port] = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
-                                          profile=profile, out_json=out_json, on_progress=on_progress)
-        except GendertoolError as exc:  # could not connect at all: still a per-board result
-            failed = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now(), finished=_now(),
-                                 error=str(exc))
-            if out_json is not None:
-                write_json_atomic(out_json, failed.to_json())
-                failed.path = out_json
-            results[port] = failed
+                                          profile=profile, out_json=out_json, on_progress=on_progress,
+                                          should_stop=stop.is_set)
+        except Interrupted as exc:
+            results[port] = exc.partial
+            raise
+        except GendertoolError as exc:  # could not connect at all: a per-board result, no file
+            results[port] = BenchResult(port=port, n=n, warmup=warmup, input=input_source, started=_now(),
+                                        finished=_now(), error=str(exc))
 
-    run_parallel(ports, work)
+    try:
+        run_parallel(ports, work, stop=stop)
+    except (Interrupted, KeyboardInterrupt):
+        done = [results[p] for p in ports if p in results]
+        raise Interrupted(interrupted_note(done), partial=done) from None
     return [results[p] for p in ports]
 
 
@@ -546,18 +658,25 @@ def run_matrix(
         raise GendertoolError(f"--matrix flashes firmware: {port} is the virtual device, give a board's serial port")
     step = on_step or (lambda variant, message: None)
     connect = connect or _open_client
-    results = []
+    results: list[BenchResult] = []
     for v in variants:
         vdir = out_dir / v.name
-        built = build(model, board=board, out_dir=vdir / "project", input_source=input_source, options=dict(v.options),
-                      on_stage=lambda msg, _v=v.name: step(_v, msg))
-        step(v.name, f"flashing {port}")
-        flash(plan_flash(built.out_dir), port)
-        step(v.name, "benchmarking")
-        client = _connect_when_booted(port, connect, boot_timeout_s)
-        with client:
-            r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
-                          out_json=vdir / "bench.json", variant=v)
+        try:
+            built = build(model, board=board, out_dir=vdir / "project", input_source=input_source,
+                          options=dict(v.options), on_stage=lambda msg, _v=v.name: step(_v, msg))
+            step(v.name, f"flashing {port}")
+            flash(plan_flash(built.out_dir), port)
+            step(v.name, "benchmarking")
+            client = _connect_when_booted(port, connect, boot_timeout_s)
+            with client:
+                r = run_bench(client, port=port, n=n, warmup=warmup, input_source=input_source,
+                              out_json=vdir / BENCH_JSON, variant=v)
+        except Interrupted as exc:
+            results.append(exc.partial)
+            raise Interrupted(interrupted_note(results), partial=results) from None
+        except KeyboardInterrupt:
+            note = f"stopped while building or flashing variant {v.name}"
+            raise Interrupted(f"{interrupted_note(results)}; {note}" if results else note, partial=results) from None
         results.append(r)
         if r.error is not None:
             break

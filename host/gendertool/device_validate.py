@@ -13,6 +13,7 @@ values only multiply the device work, which runs in one thread per board.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -21,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from gendertool.errors import DeviceError, GendertoolError, ImageError
+from gendertool.errors import DeviceError, GendertoolError, ImageError, Interrupted
 from gendertool.link import INFER_TIMEOUT, ReplyTimeout
 from gendertool.wording import count
 
@@ -62,6 +63,25 @@ class BoardValidation:
     error: str | None = None
     uploaded: int = 0
     retried: list[str] = field(default_factory=list)  # "path: why", images uploaded a second time
+    planned: dict[str, int] = field(default_factory=dict)  # label -> images to compare
+    interrupted: bool = False  # Ctrl-C stopped it; the report holds the images compared before
+
+    @property
+    def compared(self) -> int:
+        return len(self.report.images) if self.report is not None else 0
+
+    @property
+    def partial(self) -> bool:
+        """Fewer images compared than planned: the run stopped early (lost board, Ctrl-C)."""
+        return self.compared < sum(self.planned.values())
+
+    def coverage(self) -> str:
+        """'25 of 183 images compared (female 25 of 90, male 0 of 93)'."""
+        done: dict[str, int] = {}
+        for im in self.report.images if self.report is not None else ():
+            done[im.label] = done.get(im.label, 0) + 1
+        folders = ", ".join(f"{label} {done.get(label, 0)} of {n}" for label, n in self.planned.items())
+        return f"{self.compared} of {sum(self.planned.values())} images compared ({folders})"
 
     @property
     def simulated(self) -> bool:
@@ -95,8 +115,10 @@ class BoardValidation:
         return p is not None and p.compared > 0 and self.parity_pct >= min_parity
 
     def passed(self, min_parity: float) -> bool:
-        # a device that fails its own self-test fails, however its uploads compared
-        return self.error is None and self.selftest_passed is not False and self.parity_ok(min_parity)
+        # a device that fails its own self-test fails, however its uploads compared; a partial
+        # run has no verdict
+        return (self.error is None and not self.partial and self.selftest_passed is not False
+                and self.parity_ok(min_parity))
 
     def latency_stats(self) -> dict:
         from gendertool.stats import latency_stats
@@ -129,6 +151,11 @@ class BoardValidation:
             "error": self.error,
             "uploaded": self.uploaded,
             "retried": self.retried,
+            "planned": sum(self.planned.values()),
+            "compared": self.compared,
+            "partial": self.partial,
+            "interrupted": self.interrupted,
+            "coverage": self.coverage(),
             "latency": self.latency_stats(),
             "report": rep,
         }
@@ -142,6 +169,9 @@ class DeviceValidation:
     boards: list[BoardValidation]
     skipped: list[Any]  # validate.SkippedFile, shared by every board
     model: dict
+    path: Path | None = None  # the report file, once written
+    interrupted: bool = False
+    write_error: str | None = None  # the report file could not be written
 
     @property
     def passed(self) -> bool:
@@ -153,6 +183,8 @@ class DeviceValidation:
             "kind": "gendertool-device-validate",
             "min_parity": self.min_parity,
             "passed": self.passed,
+            "partial": any(b.partial for b in self.boards) or self.interrupted,
+            "interrupted": self.interrupted,
             "model": self.model,
             "skipped": [{"path": s.path, "reason": s.reason} for s in self.skipped],
             "boards": [b.to_dict(self.min_parity) for b in self.boards],
@@ -214,18 +246,22 @@ def check_device_model(hello: dict, info: Any, port: str) -> None:
 
 def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Reference], images_dir: Path,
                    skipped: Sequence[Any], progress: Callable[[int, int], None] | None = None,
-                   infer_timeout: float = INFER_TIMEOUT, device: dict | None = None) -> BoardValidation:
+                   infer_timeout: float = INFER_TIMEOUT, device: dict | None = None,
+                   should_stop: Callable[[], bool] | None = None) -> BoardValidation:
     """Upload every prepared image to one connected board and compare its outputs.
 
     An image whose reply times out is uploaded once more (the client gets back in step
     first); a device lost part way keeps the images already compared in the report and sets
     ``error``. ``device``: the board's hello when :func:`connect_board` already asked for it.
+    Ctrl-C (or ``should_stop()``, for a board in a worker thread) keeps them too and raises
+    :class:`Interrupted` carrying the board's result.
     """
     from gendertool.protocol import record_to_dict
     from gendertool.validate import REFERENCE, TFLM_KERNELS, ImageResult, RuntimeInfo, build_report, compare_outputs, model_summary
 
-    out = BoardValidation(port=port)
+    out = BoardValidation(port=port, planned=planned_by_label(refs, info.labels))
     results: list[ImageResult] = []
+    stop = should_stop or (lambda: False)
     t0 = time.perf_counter()
     try:
         out.device = device if device is not None else record_to_dict(client.info())
@@ -233,6 +269,8 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
         out.selftest = read_selftest(client)
         labels = info.labels
         for done, ref in enumerate(refs, start=1):
+            if stop():
+                raise KeyboardInterrupt
             try:
                 rec = client.infer_rgb(ref.rgb, timeout=infer_timeout)
             except ReplyTimeout as exc:
@@ -254,11 +292,15 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
                 progress(done, len(refs))
     except GendertoolError as exc:
         out.error = str(exc)
-    if results or out.error is None:
+    except KeyboardInterrupt:
+        out.interrupted = True
+    if results or (out.error is None and not out.interrupted):
         kernels = SIM_KERNELS if out.simulated else DEVICE_KERNELS
         notes = []
         if out.error is not None:
             notes.append(f"stopped after {len(results)} of {len(refs)} images: {out.error}")
+        if out.interrupted:
+            notes.append(f"interrupted (Ctrl-C) after {len(results)} of {len(refs)} images")
         if out.retried:
             notes.append(f"uploaded {count(len(out.retried), 'image')} twice after a timeout; first: {out.retried[0]}")
         out.report = build_report(
@@ -271,7 +313,17 @@ def validate_board(client: Any, *, port: str, info: Any, refs: Sequence[Referenc
             elapsed_s=time.perf_counter() - t0,
             notes=notes,
         )
+    if out.interrupted:
+        raise Interrupted(f"{port}: interrupted", partial=out)
     return out
+
+
+def planned_by_label(refs: Sequence[Reference], labels: Sequence[str]) -> dict[str, int]:
+    """Images to compare per label folder, in label order (folders with none are named too)."""
+    counts = {label: 0 for label in labels}
+    for r in refs:
+        counts[r.label] = counts.get(r.label, 0) + 1
+    return counts
 
 
 def read_selftest(client: Any) -> dict:
@@ -302,17 +354,28 @@ def validate_devices(
     connect: ConnectFn | None = None,
     progress: BoardProgress | None = None,
     infer_timeout: float = INFER_TIMEOUT,
+    out_path: str | Path | None = None,
 ) -> DeviceValidation:
-    """Validate the model on every board in ``ports`` (one thread per board)."""
+    """Validate the model on every board in ``ports`` (one thread per board).
+
+    With ``out_path`` the report (every per-image result of every board) is written there
+    atomically at the end, also when a board is lost or Ctrl-C stops the run (then
+    :class:`Interrupted` carries the DeviceValidation).
+    """
     from gendertool.model import load_model
     from gendertool.validate import collect_images, model_summary, no_readable_images
 
     from gendertool.link import DeviceClient
     from gendertool.transport import check_port_list, run_parallel
 
+    from gendertool.files import check_report_file, write_report_atomic
+
     ports = check_port_list(ports)
     if not 0.0 <= min_parity <= 100.0:
         raise GendertoolError(f"--min-parity must be within 0..100, got {min_parity}")
+    if out_path is not None:
+        out_path = Path(out_path)
+        check_report_file(out_path)
     connect = connect or DeviceClient.open
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
@@ -322,6 +385,9 @@ def validate_devices(
     # host reference (seconds per hundred images).
     results: dict[str, BoardValidation] = {}
     clients: dict[str, tuple[Any, dict]] = {}
+    stop = threading.Event()  # Ctrl-C reaches the main thread only: boards in threads are told
+    planned: dict[str, int] = {}
+    refs: list = []
 
     def open_board(port: str) -> None:
         if progress:
@@ -331,32 +397,53 @@ def validate_devices(
         except GendertoolError as exc:
             results[port] = BoardValidation(port=port, error=str(exc))
 
+    def work(port: str) -> None:
+        client, device = clients[port]
+        try:
+            results[port] = validate_board(
+                client, port=port, info=info, refs=refs, images_dir=root, skipped=skipped,
+                progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None,
+                infer_timeout=infer_timeout, device=device, should_stop=stop.is_set)
+        except Interrupted as exc:
+            results[port] = exc.partial
+            raise
+        except GendertoolError as exc:
+            results[port] = BoardValidation(port=port, error=str(exc), planned=dict(planned))
+
+    def finish(interrupted: bool) -> DeviceValidation:
+        boards = [results.get(p) or BoardValidation(port=p, planned=dict(planned), interrupted=True) for p in ports]
+        dv = DeviceValidation(min_parity=min_parity, boards=boards, skipped=skipped, model=model_summary(info),
+                              interrupted=interrupted)
+        if out_path is not None:
+            try:
+                write_report_atomic(out_path, dv.to_dict())
+                dv.path = out_path
+            except GendertoolError as exc:  # the results are still presented; the CLI then fails
+                dv.write_error = str(exc)
+        return dv
+
     try:
         run_parallel(ports, open_board)
         if not clients:
             raise DeviceError("; ".join(results[p].error or "" for p in ports))
-        refs, unreadable = prepare_references(
+        found, unreadable = prepare_references(
             info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
+        refs.extend(found)
         skipped = list(skipped) + unreadable
         if not refs:
             raise no_readable_images(root, skipped)
-
-        def work(port: str) -> None:
-            client, device = clients[port]
-            try:
-                results[port] = validate_board(
-                    client, port=port, info=info, refs=refs, images_dir=root, skipped=skipped,
-                    progress=(lambda d, t: progress(port, "validate", d, t)) if progress else None,
-                    infer_timeout=infer_timeout, device=device)
-            except GendertoolError as exc:
-                results[port] = BoardValidation(port=port, error=str(exc))
-
-        run_parallel(list(clients), work)
+        planned.update(planned_by_label(refs, info.labels))
+        for res in results.values():  # a board that could not connect planned the same images
+            res.planned = dict(planned)
+        try:
+            run_parallel(list(clients), work, stop=stop)
+        except (Interrupted, KeyboardInterrupt):
+            dv = finish(True)
+            raise Interrupted(interrupted_note(dv), partial=dv) from None
+        return finish(False)
     finally:
         for client, _ in clients.values():
             client.close()
-    return DeviceValidation(min_parity=min_parity, boards=[results[p] for p in ports], skipped=skipped,
-                            model=model_summary(info))
 
 
 def connect_board(connect: "ConnectFn", port: str, info: Any) -> tuple[Any, dict]:
@@ -371,3 +458,9 @@ def connect_board(connect: "ConnectFn", port: str, info: Any) -> tuple[Any, dict
         client.close()
         raise
     return client, device
+
+
+def interrupted_note(dv: DeviceValidation) -> str:
+    """What an interrupted device validation compared, per board, and where the report is."""
+    where = (f"partial report {dv.path}" if dv.path else dv.write_error or "no report file (pass --out FILE to keep one)")
+    return "; ".join(f"{b.port}: {b.coverage()}" for b in dv.boards) + f"; {where}"

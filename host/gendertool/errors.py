@@ -27,3 +27,16 @@ class DeviceError(GendertoolError):
 
 class NetworkError(GendertoolError):
     """A download failed (offline, unreachable host, bad checksum)."""
+
+
+class Interrupted(Exception):
+    """Ctrl-C stopped a command. Not a GendertoolError: the CLI exits 130, not 2.
+
+    ``partial`` is what was finished before the interrupt (for the CLI to present) and the
+    message says what was done and where the partial report is. An operation that holds
+    results catches KeyboardInterrupt, saves them, and raises this instead.
+    """
+
+    def __init__(self, message: str = "", partial: object = None) -> None:
+        super().__init__(message)
+        self.partial = partial

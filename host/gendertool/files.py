@@ -40,3 +40,36 @@ def write_if_changed(path: Path, data: bytes) -> bool:
         pass
     write_bytes_atomic(path, data)
     return True
+
+
+def check_report_file(path: Path, option: str = "--out") -> None:
+    """Refuse a report path that cannot be written, before any work starts (GendertoolError).
+
+    Probes with a real temp file: os.access says yes to root and knows nothing of read-only mounts.
+    """
+    from gendertool.errors import GendertoolError
+
+    path = Path(path)
+    if path.is_dir():
+        raise GendertoolError(f"{option} {path} is a folder; give a file name for the report")
+    probe = path.parent
+    while not probe.exists() and probe != probe.parent:
+        probe = probe.parent
+    if not probe.is_dir():
+        raise GendertoolError(f"{option} {path}: {probe} is a file, not a folder")
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=".gendertool-probe-", dir=probe)
+        os.close(fd)
+        os.unlink(tmp)
+    except OSError as exc:
+        raise GendertoolError(f"{option} {path}: cannot write into {probe} ({exc.strerror or exc})") from None
+
+
+def write_report_atomic(path: Path, data: Any) -> None:
+    """A JSON report, atomically; a failed write is one GendertoolError and leaves no half file."""
+    from gendertool.errors import GendertoolError
+
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise GendertoolError(f"cannot write {path}: {exc.strerror or exc}") from None

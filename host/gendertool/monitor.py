@@ -28,6 +28,8 @@ from gendertool.errors import DeviceError, GendertoolError
 from gendertool.stats import RateMeter, RollingStats, latency_stats
 
 DEFAULT_TIMEOUT_S = 10.0  # protocol.md §4: device back after a reset or USB drop
+DEFAULT_NO_RECORD_S = 10.0  # a gendertool firmware answers `info` at once and streams results
+SHOWN_LINE = 400  # characters of one device log line shown (escaped); the rest is counted
 READ_SLICE_S = 0.05  # read granularity: keeps Ctrl-C and the live view responsive
 TOOLCHAIN_PREFIX = "xtensa-esp32s3-elf-"
 LOG_TAIL = 200
@@ -443,12 +445,72 @@ class _PanicTracker:
         self.sink.panic(report)
 
 
-def check_options(*, count: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, source: str | None = None) -> None:
+# What an ESP32 ROM bootloader prints (esp-rom: "ESP-ROM:esp32s3-20210327", "rst:0x1 (POWERON),boot:0x0
+# (DOWNLOAD(USB/UART0))", "waiting for download"): the chip is there, the gendertool firmware is not running.
+_ROM_BANNER = re.compile(r"ESP-ROM:\S+|rst:0x[0-9a-f]+ \([A-Z_]+\)|waiting for download")
+
+
+class StreamSeen:
+    """What a port sent that was not a record, to say what it is when no record comes."""
+
+    def __init__(self) -> None:
+        self.lines = 0
+        self.chars = 0
+        self.odd_chars = 0  # controls (tab and ESC aside: colour logs use it) and undecodable bytes
+        self.escapes = 0
+        self.rom: str | None = None
+        self.download_mode = False
+        self.first_text: str | None = None
+
+    def line(self, text: str) -> None:
+        self.lines += 1
+        self.chars += len(text)
+        odd = sum(1 for c in text if (c < " " and c not in "\t\x1b") or "\x7f" <= c <= "\x9f" or c == "\ufffd")
+        self.odd_chars += odd
+        self.escapes += text.count("\x1b")
+        m = _ROM_BANNER.search(text)
+        if m:
+            if m.group().startswith("waiting for download"):
+                self.download_mode = True
+            elif m.group().startswith("ESP-ROM") or self.rom is None:
+                self.rom = m.group()
+        if self.first_text is None and text.strip() and odd <= len(text) // 10:
+            self.first_text = text.strip()
+
+    def describe(self, stats: dict[str, int]) -> str:
+        total = stats.get("bytes", 0)
+        damaged = stats.get("bad_crc", 0) + stats.get("bad_frame", 0) + stats.get("bad_record", 0)
+        if total == 0:
+            return "it sent nothing"
+        if self.download_mode:
+            what = ("an ESP32 ROM bootloader waiting for download (the chip is in download mode): "
+                    "reset it into its app, or `gendertool flash` it")
+        elif self.rom is not None:
+            what = f"an ESP32 ROM bootloader banner ({self.rom}) and no gendertool firmware after it: flash it"
+        elif self.lines == 0 or self.odd_chars * 10 > self.chars:
+            what = (f"binary noise ({total} bytes, {stats.get('overlong', 0)} overlong lines, {self.odd_chars} "
+                    "control or undecodable characters): a wrong baud rate, or not a gendertool firmware")
+        else:
+            from gendertool.safetext import shown_line
+
+            extra = f", {stats['overlong']} overlong lines dropped" if stats.get("overlong") else ""
+            extra += f", {self.escapes} escape sequences (shown escaped)" if self.escapes else ""
+            what = (f"text without records ({self.lines} lines, {total} bytes{extra}; first: "
+                    f"\"{shown_line(self.first_text or '', 60)}\"): another firmware?")
+        if damaged:
+            what += f"; {damaged} damaged record line(s) (bad checksum or frame)"
+        return what
+
+
+def check_options(*, count: int | None = None, timeout: float = DEFAULT_TIMEOUT_S, source: str | None = None,
+                  no_record_timeout: float = DEFAULT_NO_RECORD_S) -> None:
     """The monitor's option checks, also made by the CLI before it opens any output file."""
     if count is not None and count < 1:
         raise GendertoolError(f"--count must be at least 1, got {count}")
     if timeout <= 0:
         raise GendertoolError(f"--timeout must be positive, got {timeout}")
+    if no_record_timeout <= 0:
+        raise GendertoolError(f"--no-record-timeout must be positive, got {no_record_timeout}")
     if source is not None and source not in ("sample", "camera"):  # upload: nothing would arrive to show
         raise GendertoolError(f"--source must be sample or camera, not {source!r}")
 
@@ -464,20 +526,27 @@ def run_monitor(
     opener: Callable[[str], Any] | None = None,
     toolchain_prefix: str = TOOLCHAIN_PREFIX,
     clock: Callable[[], float] = time.monotonic,
+    no_record_timeout: float = DEFAULT_NO_RECORD_S,
 ) -> MonitorSummary:
     """Follow ``port`` until ``count`` results, Ctrl-C, or a failure (then ``summary.error``).
 
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
-    may stay silent before the monitor gives up.
+    may stay silent before the monitor gives up. ``no_record_timeout``: how long a port may
+    send bytes without one valid record (noise, another firmware, a ROM bootloader, a flood
+    of log lines) before the monitor stops, saying what it saw. Log lines reach the sink
+    escaped (gendertool.safetext) and at most SHOWN_LINE characters long.
     """
+    from gendertool.safetext import shown_line
+
     from gendertool.link import DeviceClient, LinkEvent, LinkLost
     from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result
 
-    check_options(count=count, timeout=timeout, source=source)
+    check_options(count=count, timeout=timeout, source=source, no_record_timeout=no_record_timeout)
     session = MonitorSession(port)
+    seen = StreamSeen()
     panics = _PanicTracker(PanicDecoder(elf, toolchain_prefix), sink, session)
     we_started = False
-    last_data = clock()
+    last_data = last_record = clock()
     last_tick = 0.0
     info_reply_due = False
 
@@ -489,13 +558,13 @@ def run_monitor(
 
     def on_event(ev: LinkEvent) -> None:
         # The XIAO's USB-Serial-JTAG port disappears on every reset: the client waits for it.
-        nonlocal last_data
+        nonlocal last_data, last_record
         if ev.kind == "disconnected":
             panics.flush()
             session.disconnects += 1
         else:
             session.reconnects += 1
-            last_data = clock()
+            last_data = last_record = clock()
             send("info")
         sink.status(ev.message)
 
@@ -539,10 +608,13 @@ def run_monitor(
                     continue  # said by on_event as it happened
                 last_data = now
                 if isinstance(item, LogLine):
-                    session.logs.append(item.text)
-                    sink.log(item.text)
+                    seen.line(item.text)
+                    shown = shown_line(item.text, SHOWN_LINE)
+                    session.logs.append(shown)
+                    sink.log(shown)
                     panics.line(item.text)
                     continue
+                last_record = now
                 panics.flush()
                 if isinstance(item, Result):
                     with atomic:
@@ -563,6 +635,15 @@ def run_monitor(
                     f"no data from {port} for {timeout:g} s; is the gendertool firmware running? "
                     "(`gendertool flash`, or raise --timeout)"
                 )
+            if now - last_record > no_record_timeout:
+                stats = client.stats.as_dict()
+                if session.hello is None:
+                    raise DeviceError(
+                        f"{port} is not speaking the gendertool protocol: no valid record in {no_record_timeout:g} s; "
+                        f"it sent {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
+                raise DeviceError(
+                    f"{port} answered as a gendertool device but sent no record for {no_record_timeout:g} s; "
+                    f"meanwhile {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
             if now - last_tick >= 0.1:
                 last_tick = now
                 sink.tick(session)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import TYPE_CHECKING, Iterator, Sequence
 
@@ -33,8 +33,15 @@ def _png(path: Path, figsize: tuple[float, float]) -> Iterator:
     try:
         yield ax
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            fig.savefig(path, format="png")
+        except OSError as exc:  # a full or read-only disk: one clear line, no half PNG kept
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+            from gendertool.errors import GendertoolError
+
+            raise GendertoolError(f"cannot write plot {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
 

@@ -59,7 +59,10 @@ class JsonLinesWriter:
         self.count = 0
 
     def write(self, record: Mapping[str, Any]) -> None:
-        self.stream.write(json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n")
+        from gendertool.safetext import escape_control
+
+        # json escapes C0 controls but not DEL/C1; these become \u escapes, still JSON
+        self.stream.write(escape_control(json.dumps(record, separators=(",", ":"), ensure_ascii=False)) + "\n")
         self.stream.flush()
         self.count += 1
 

@@ -474,6 +474,17 @@ def render_project(
         raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
     files.update(rendered)
     result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings))
-    for rel in sorted(files):
-        _write(out_dir / rel, files[rel], result)
+    try:
+        for rel in sorted(files):
+            _write(out_dir / rel, files[rel], result)
+    except (BuildError, KeyboardInterrupt) as exc:
+        # every file is written whole (temp + rename) and compared before writing, so running
+        # the render again completes the project; say how far this one got
+        state = (f"{len(result.files)} of {len(files)} project files are in place in {out_dir}, "
+                 f"the rest are missing or from an earlier render; run the build again to complete it")
+        if isinstance(exc, KeyboardInterrupt):
+            from gendertool.errors import Interrupted
+
+            raise Interrupted(f"while rendering: {state}") from None
+        raise BuildError(f"{exc}; {state}") from None
     return result

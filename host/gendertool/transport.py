@@ -256,8 +256,13 @@ def check_port_list(ports: Sequence[str]) -> list[str]:
     return ports
 
 
-def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
-    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread."""
+def run_parallel(ports: Sequence[str], work: Callable[[str], None], *, stop: threading.Event | None = None,
+                 grace_s: float = 5.0) -> None:
+    """Run ``work(port)`` for every port, one thread per board; re-raise a bug from any thread.
+
+    Ctrl-C reaches the main thread only: with ``stop`` given, it is set so the workers can save
+    what they hold, they get ``grace_s`` to finish, then KeyboardInterrupt goes on.
+    """
     if len(ports) == 1:
         work(ports[0])
         return
@@ -272,8 +277,16 @@ def run_parallel(ports: Sequence[str], work: Callable[[str], None]) -> None:
     threads = [threading.Thread(target=guarded, args=(p,), name=f"board-{p}", daemon=True) for p in ports]
     for t in threads:
         t.start()
-    for t in threads:
-        t.join()
+    try:
+        for t in threads:
+            t.join()
+    except KeyboardInterrupt:
+        if stop is not None:
+            stop.set()
+            deadline = time.monotonic() + grace_s
+            for t in threads:
+                t.join(max(0.0, deadline - time.monotonic()))
+        raise
     if errors:
         raise errors[0]
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gendertool.errors import GendertoolError, ImageError
+from gendertool.errors import GendertoolError, ImageError, Interrupted
 from gendertool.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
 from gendertool.wording import count
 
@@ -364,11 +364,15 @@ def validate_host(
     kernels: Sequence[str] = ("reference",),
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
+    out_path: str | Path | None = None,
 ) -> ValidationReport:
     """Run every image of ``images_dir`` through TFLM (reference) and LiteRT with ``kernels``.
 
-    ``progress(done, total)`` is called after each file.
+    ``progress(done, total)`` is called after each file. With ``out_path`` the report is
+    written there atomically. Ctrl-C raises :class:`Interrupted` carrying the report of the
+    images compared so far (also written to ``out_path``, marked partial).
     """
+    from gendertool.files import check_report_file, write_report_atomic
     from gendertool.model import load_model
     from gendertool.runtime import LiteRtRunner, TflmRunner
 
@@ -377,6 +381,9 @@ def validate_host(
         if k not in KERNELS:
             raise GendertoolError(f"unknown kernel set {k!r}; choose from: {', '.join(KERNELS)}")
 
+    if out_path is not None:
+        out_path = Path(out_path)
+        check_report_file(out_path)
     t_start = time.perf_counter()
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     _, height, width, _ = info.input.shape
@@ -391,39 +398,60 @@ def validate_host(
 
     root = Path(images_dir)
     results: list[ImageResult] = []
-    for done, (path, label) in enumerate(items, start=1):
-        rel = path.relative_to(root).as_posix()
-        t0 = time.perf_counter()
-        try:
-            rgb = load_rgb(path)
-        except ImageError as exc:
-            skipped.append(SkippedFile(rel, skip_reason(exc, path)))
-        else:
-            x = preprocess(rgb, info.preprocessing, height, width, info.input.scale, info.input.zero_point)
-            preprocess_s += time.perf_counter() - t0
-            scores: dict[str, tuple[int, ...]] = {}
-            for name, runner in runners.items():
-                t1 = time.perf_counter()
-                out = runner.invoke(x)
-                invoke_s[name] += time.perf_counter() - t1
-                scores[name] = tuple(int(v) for v in np.asarray(out).ravel())
-            ref = scores[REFERENCE]
-            results.append(
-                ImageResult(
-                    path=rel,
-                    label=label,
-                    scores=scores,
-                    predicted={name: info.labels[int(np.argmax(s))] for name, s in scores.items()},
-                    comparisons={name: compare_outputs(ref, s) for name, s in scores.items() if name != REFERENCE},
+    try:
+        for done, (path, label) in enumerate(items, start=1):
+            rel = path.relative_to(root).as_posix()
+            t0 = time.perf_counter()
+            try:
+                rgb = load_rgb(path)
+            except ImageError as exc:
+                skipped.append(SkippedFile(rel, skip_reason(exc, path)))
+            else:
+                x = preprocess(rgb, info.preprocessing, height, width, info.input.scale, info.input.zero_point)
+                preprocess_s += time.perf_counter() - t0
+                scores: dict[str, tuple[int, ...]] = {}
+                for name, runner in runners.items():
+                    t1 = time.perf_counter()
+                    out = runner.invoke(x)
+                    invoke_s[name] += time.perf_counter() - t1
+                    scores[name] = tuple(int(v) for v in np.asarray(out).ravel())
+                ref = scores[REFERENCE]
+                results.append(
+                    ImageResult(
+                        path=rel,
+                        label=label,
+                        scores=scores,
+                        predicted={name: info.labels[int(np.argmax(s))] for name, s in scores.items()},
+                        comparisons={name: compare_outputs(ref, s) for name, s in scores.items() if name != REFERENCE},
+                    )
                 )
-            )
-        if progress is not None:
-            progress(done, len(items))
+            if progress is not None:
+                progress(done, len(items))
+    except KeyboardInterrupt:
+        if not results:
+            raise Interrupted(f"0 of {len(items)} images compared on this computer; nothing written") from None
+        report = build_report(
+            model=model_summary(info), images_dir=root, labels=info.labels, runtimes=runtimes, images=results,
+            skipped=skipped, elapsed_s=time.perf_counter() - t_start, invoke_s=invoke_s, preprocess_s=preprocess_s,
+            notes=[f"interrupted (Ctrl-C) after {len(results)} of {len(items)} images"])
+        where = "nothing written"
+        if out_path is not None:
+            try:
+                write_report_atomic(out_path, {**report.to_dict(), "partial": True})
+                where = f"partial report {out_path}"
+            except GendertoolError as exc:
+                where = str(exc)
+        planned: dict[str, int] = {}
+        for _, label in items:
+            planned[label] = planned.get(label, 0) + 1
+        folders = ", ".join(f"{lb} {sum(r.label == lb for r in results)} of {n}" for lb, n in planned.items())
+        raise Interrupted(f"{len(results)} of {len(items)} images compared on this computer ({folders}); {where}",
+                          partial=report) from None
 
     if not results:
         raise no_readable_images(root, skipped)
 
-    return build_report(
+    report = build_report(
         model=model_summary(info),
         images_dir=root,
         labels=info.labels,
@@ -434,3 +462,6 @@ def validate_host(
         invoke_s=invoke_s,
         preprocess_s=preprocess_s,
     )
+    if out_path is not None:
+        write_report_atomic(out_path, {**report.to_dict(), "partial": False})
+    return report

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import sys
 
-from gendertool.errors import GendertoolError
+from gendertool.errors import GendertoolError, Interrupted
 
 from ._app import EXIT_USER_ERROR, app, err_console, print_error
 
@@ -22,6 +22,9 @@ from . import device as _device  # noqa: F401,E402
 from . import bench as _bench  # noqa: F401,E402
 from . import sim as _sim  # noqa: F401,E402
 
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
+
+
 def main(argv: list[str] | None = None) -> None:
     """Console-script entry point."""
     try:
@@ -29,6 +32,7 @@ def main(argv: list[str] | None = None) -> None:
     except GendertoolError as exc:
         print_error(str(exc))
         sys.exit(EXIT_USER_ERROR)
-    except KeyboardInterrupt:
-        err_console.print("interrupted")
-        sys.exit(130)
+    except (Interrupted, KeyboardInterrupt) as exc:  # KeyboardInterrupt: a Ctrl-C outside any command
+        done = str(exc) if isinstance(exc, Interrupted) else ""
+        err_console.print(f"interrupted (Ctrl-C){': ' + done if done else ''}", markup=False, soft_wrap=True)
+        sys.exit(EXIT_INTERRUPTED)

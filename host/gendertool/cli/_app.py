@@ -8,6 +8,21 @@ from typing import Any
 import typer
 import typer.core
 from rich.console import Console
+from typer.core import TyperGroup
+
+
+class _Group(TyperGroup):
+    """Typer turns Ctrl-C into a silent exit 130 before ``cli.main`` sees it; this hands it on as
+    :class:`~gendertool.errors.Interrupted` so every command says what it finished."""
+
+    def invoke(self, ctx):
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            from gendertool.errors import Interrupted
+
+            raise Interrupted() from None
+
 
 # Option metavars that say more than the type would (PATH, N, TEXT).
 _METAVARS = {
@@ -52,7 +67,7 @@ class HonestCommand(typer.core.TyperCommand):
         return _honest(super().get_params(ctx))
 
 
-class HonestGroup(typer.core.TyperGroup):
+class HonestGroup(_Group):
     def get_params(self, ctx):
         return _honest(super().get_params(ctx))
 
@@ -78,9 +93,28 @@ app = HonestTyper(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
+class SafeConsole(Console):
+    """A Console whose text cannot act on the terminal.
+
+    Device strings reach every table, log line and error message; Rich passes ESC, CSI, NUL and
+    most other controls through. Here every text segment is escaped (gendertool.safetext) just
+    before output, while Rich's own styling and cursor moves (control segments) stay intact.
+    """
+
+    def _render_buffer(self, buffer):
+        from rich.segment import Segment
+
+        from gendertool.safetext import escape_control
+
+        return super()._render_buffer(
+            seg if seg.control or not seg.text else Segment(escape_control(seg.text), seg.style, seg.control)
+            for seg in buffer
+        )
+
+
 # stdout carries results (tables, JSON); stderr carries progress, logs and errors.
-console = Console(highlight=False, emoji=False)  # user text like ":x:" stays text
-err_console = Console(stderr=True, highlight=False, emoji=False)
+console = SafeConsole(highlight=False, emoji=False)  # user text like ":x:" stays text
+err_console = SafeConsole(stderr=True, highlight=False, emoji=False)
 
 EXIT_USER_ERROR = 2
 

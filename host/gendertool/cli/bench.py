@@ -55,17 +55,25 @@ def bench_cmd(
         return
 
     from gendertool.bench import bench_boards
+    from gendertool.errors import Interrupted
 
-    with _BoardProgress(ports) as progress:
-        results = bench_boards(
-            ports, n=n, warmup=warmup, input_source=input_source, profile=profile, out_dir=out,
-            progress=progress,
-        )
+    try:
+        with _BoardProgress(ports) as progress:
+            results = bench_boards(
+                ports, n=n, warmup=warmup, input_source=input_source, profile=profile, out_dir=out,
+                progress=progress,
+            )
+    except Interrupted as exc:
+        _present_partial(exc.partial or [])
+        raise
     # What failed first, then the statistics, then where the files are.
     failed = [r for r in results if r.error is not None]
-    if failed:
-        print_error(str(_failure(failed)))
-    written = {id(r): _plots(r, out) if plots else [] for r in results}
+    unwritten: list[str] = []  # a plot that could not be written does not hide the figures
+    written = {id(r): _plots(r, unwritten) if plots else [] for r in results}
+    if failed or unwritten:
+        print_error(str(_failure(failed, unwritten)))
+    if old is not None:
+        _old_moved_aside(old, results)
     if as_json:
         _print_json(results, written, old)
     else:
@@ -78,16 +86,32 @@ def bench_cmd(
             present_boards(results, console)
         for r in results:
             present_paths(r, written[id(r)], console)
-    if failed:
+    if failed or unwritten:
         raise typer.Exit(EXIT_USER_ERROR)  # said above, before the results it still shows
 
 
-def _plots(r: "BenchResult", out: Path) -> list[Path]:
-    if not r.samples:
+def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:
+    """The run's plots, beside the bench.json they belong to only; a failure is noted, not raised."""
+    if not r.samples or r.path is None:
         return []
+    from gendertool.errors import GendertoolError
     from gendertool.plots import write_plots
 
-    return write_plots(r, r.path.parent if r.path else out)
+    try:
+        return write_plots(r, r.path.parent)
+    except GendertoolError as exc:
+        unwritten.append(str(exc))
+        return []
+
+
+def _old_moved_aside(old: "BenchResult", results: list["BenchResult"]) -> None:
+    """--compare OUT/bench.json of a complete run: this run moved it to bench.prev.json."""
+    from gendertool.bench import PREV_JSON
+
+    for r in results:
+        if (r.samples and old.complete and old.path is not None and r.path is not None
+                and old.path.resolve() == r.path.resolve()):
+            old.path = r.path.parent / PREV_JSON
 
 
 def _print_json(results: list["BenchResult"], written: dict, old: "Optional[BenchResult]") -> None:
@@ -107,10 +131,19 @@ def _print_json(results: list["BenchResult"], written: dict, old: "Optional[Benc
     typer.echo(json.dumps({"boards": boards}, indent=2))
 
 
-def _failure(failed: list["BenchResult"]):
+def _present_partial(results: list["BenchResult"]) -> None:
+    """After Ctrl-C: the samples so far with their statistics (no plots: they would be a partial run's)."""
+    for r in results:
+        if r.samples:
+            present_bench(r, console)
+    if len(results) > 1:
+        present_boards(results, console)
+
+
+def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
     from gendertool.errors import DeviceError
 
-    parts = []
+    parts = list(unwritten)
     for r in failed:
         kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
         parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
@@ -227,7 +260,8 @@ def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None
     from rich.markup import escape
 
     if r.path:
-        state = "complete" if r.complete else f"INCOMPLETE: {r.completed} of {r.n} runs"
+        state = ("complete" if r.complete else
+                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.completed} of {r.n} runs")
         out.print(f"bench.json: {escape(str(r.path))} ({state})", soft_wrap=True)
     if plots:
         out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
@@ -337,12 +371,19 @@ def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Pa
     def step(variant: str, message: str) -> None:
         err_console.print(f"[{variant}] {message}", markup=False, highlight=False)
 
-    results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup, input_source=input_source,
-                         out_dir=out, on_step=step)
+    from gendertool.errors import Interrupted
+
+    try:
+        results = run_matrix(ports[0], chosen, model=model, board=board, n=n, warmup=warmup,
+                             input_source=input_source, out_dir=out, on_step=step)
+    except Interrupted as exc:
+        _present_partial(exc.partial or [])
+        raise
     failed = [r for r in results if r.error is not None]
-    if failed:
-        print_error(str(_failure(failed)))
-    written = {id(r): _plots(r, out) if plots and r.path else [] for r in results}
+    unwritten: list[str] = []
+    written = {id(r): _plots(r, unwritten) if plots else [] for r in results}
+    if failed or unwritten:
+        print_error(str(_failure(failed, unwritten)))
     if as_json:
         _print_json(results, written, None)
     else:
@@ -351,7 +392,7 @@ def _matrix(ports: list[str], *, n: int, warmup: int, input_source: str, out: Pa
         present_matrix(results, console)
         for r in results:
             present_paths(r, written[id(r)], console)
-    if failed:
+    if failed or unwritten:
         raise typer.Exit(EXIT_USER_ERROR)
 
 
@@ -418,7 +459,11 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
                           _ms(lat.pre_us) if lat else "-", _ms(lat.invoke_us) if lat else "-")
             out.print(t)
         p = b.parity()
-        if p is not None:
+        if p is not None and b.partial:  # no verdict from part of the images
+            why = "interrupted (Ctrl-C)" if b.interrupted else "the run stopped early"
+            out.print(f"{sim}PARTIAL: {escape(b.coverage())}; of those, {p.identical}/{p.compared} bit-exact "
+                      f"({b.parity_pct:.1f} %), largest difference {p.max_diff}; no --min-parity verdict: {why}")
+        elif p is not None:
             verdict = "ok" if b.parity_ok(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
             out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
                       f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
@@ -433,8 +478,9 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             t.add_row(escape(b.port), escape(b.board), str(p.compared if p else 0), str(p.identical if p else 0),
                       f"{b.parity_pct:.1f} %", str(p.max_diff if p else "-"),
                       ("pass" if b.selftest.get("pass") else "FAIL") if b.selftest else "-",
-                      "ok" if b.passed(dv.min_parity) else escape(b.error or ("self-test FAIL" if b.selftest_passed is False
-                                                                                else "below --min-parity")))
+                      "ok" if b.passed(dv.min_parity) else escape(
+                          b.error or ("interrupted" if b.interrupted else
+                                      "self-test FAIL" if b.selftest_passed is False else "below --min-parity")))
         out.print(t)
 
 
@@ -449,18 +495,18 @@ def device_validation_failure(dv: "DeviceValidation"):
         if b.passed(dv.min_parity):
             continue
         if b.error:
-            parts.append(f"{b.port}: {b.error}")
+            parts.append(f"{b.port}: {b.error} ({b.coverage()}{'; report ' + str(dv.path) if dv.path else ''})")
         if b.selftest_passed is False:
             parts.append(f"{b.port}: the device's self-test FAILED ({b.selftest.get('failed', '?')} of "
                          f"{b.selftest.get('n', '?')} samples)")
-        if not b.error and not b.parity_ok(dv.min_parity):
+        if not b.error and not b.partial and not b.parity_ok(dv.min_parity):
             parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
     return GendertoolError("; ".join(parts))
 
 
 def validate_on_ports(
     ports: list[str], images: Path, model: Optional[str], labels: Optional[list[str]], *, limit: Optional[int],
-    min_parity: float, as_json: bool, show_images: bool,
+    min_parity: float, as_json: bool, show_images: bool, out: Optional[Path] = None,
 ) -> None:
     """``gendertool validate --port P... --images DIR``: runs on each board, one report per board."""
     import json
@@ -469,13 +515,25 @@ def validate_on_ports(
 
     from .validate import warn_skipped
 
-    with _BoardProgress(ports) as progress:
-        dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity, progress=progress)
+    from gendertool.errors import GendertoolError, Interrupted
+
+    try:
+        with _BoardProgress(ports) as progress:
+            dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity,
+                                  progress=progress, out_path=out)
+    except Interrupted as exc:
+        if exc.partial is not None:
+            present_device_validation(exc.partial, console, show_images=show_images)
+        raise
     if as_json:
         console.print_json(json.dumps(dv.to_dict(), default=str))
     else:
         present_device_validation(dv, console, show_images=show_images)
+        if dv.path is not None:
+            err_console.print(f"report: {dv.path}", markup=False, soft_wrap=True)
     warn_skipped(dv.skipped)
+    if dv.write_error:
+        raise GendertoolError(dv.write_error)
     failure = device_validation_failure(dv)
     if failure is not None:
         raise failure

@@ -62,6 +62,11 @@ def build(
     except BuildError:
         view.show_failure()
         raise
+    except KeyboardInterrupt:  # rendering says how far it got itself (errors.Interrupted)
+        from gendertool.errors import Interrupted
+
+        raise Interrupted(f"stopped while {view.step}; no firmware was produced, the rendered project stays in "
+                          f"{out} (run the build again)") from None
     _present(result)
 
 

@@ -32,8 +32,12 @@ def flash_cmd(
     plan = plan_flash(build, merged=merged)
     ports = resolve_ports(port)
     if len(ports) == 1:
-        with _RichFlashReporter(verbose) as reporter:
-            result = flash(plan, ports[0], baud=baud, reporter=reporter)
+        view = _RichFlashReporter(verbose)
+        try:
+            with view as reporter:
+                result = flash(plan, ports[0], baud=baud, reporter=reporter)
+        except KeyboardInterrupt:
+            raise _flash_interrupted(ports[0], view.stage, view.written()) from None
         _present_flash(result)
         return
     with _BoardsFlashProgress(ports, plan, verbose) as progress:
@@ -59,9 +63,13 @@ class _RichFlashReporter:
         self.progress = byte_progress(err_console)
         self.tasks: dict[str, int] = {}
         self.started = False
+        self.stage = "starting"
         outer = self
 
         class _Reporter(FlashReporter):
+            def stage(self, text: str) -> None:
+                outer.stage = text
+
             def message(self, text: str) -> None:
                 if outer.verbose:
                     outer.progress.console.print(text, style="dim", markup=False, highlight=False)
@@ -87,6 +95,28 @@ class _RichFlashReporter:
     def __exit__(self, *exc) -> None:
         if self.started:
             self.progress.stop()
+
+    def written(self) -> str:
+        """'app 40 of 812 KiB, ...' for the images esptool has started on."""
+        from gendertool.present import format_bytes
+
+        parts = []
+        for name, task_id in self.tasks.items():
+            task = self.progress.tasks[task_id]
+            parts.append(f"{name} {format_bytes(task.completed)} of {format_bytes(task.total or 0)}")
+        return ", ".join(parts)
+
+
+def _flash_interrupted(port: str, stage: str, written: str):
+    """Ctrl-C during a flash: what state the board is in, and what to do."""
+    from gendertool.errors import Interrupted
+
+    if stage in ("writing", "verifying", "resetting") or written:
+        state = (f"the board's flash may hold a partly written image ({written or 'write started'}): "
+                 "run `gendertool flash` again before using it")
+    else:
+        state = "nothing was written to the board"
+    return Interrupted(f"{port}: stopped while {stage}; {state}")
 
 
 def _present_flash(result: "FlashResult") -> None:
@@ -245,6 +275,9 @@ def monitor_cmd(
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
     build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
     source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
+    no_record_timeout: float = typer.Option(
+        10.0, "--no-record-timeout",
+        help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
     import sys
@@ -255,7 +288,7 @@ def monitor_cmd(
 
     if as_json and csv_file is not None:
         raise GendertoolError("choose one of --json and --csv")
-    check_options(count=count, timeout=timeout, source=source)
+    check_options(count=count, timeout=timeout, source=source, no_record_timeout=no_record_timeout)
     (port,) = resolve_ports([port] if port else [], several=False)
     elf_path = elf if elf is not None else _elf_from_build(build)
     if elf is not None and not elf.is_file():
@@ -266,7 +299,8 @@ def monitor_cmd(
     sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
     try:
         with sink.live():
-            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path)
+            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
+                                  no_record_timeout=no_record_timeout)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os

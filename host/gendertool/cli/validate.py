@@ -24,6 +24,7 @@ if TYPE_CHECKING:
 PROGRESS_MIN_FILES = 20
 # Differing images listed in the table before "... N more".
 MAX_DIFF_ROWS = 20
+DEVICE_REPORT = Path("out/validate/device.json")
 
 
 @app.command("validate")
@@ -45,8 +46,13 @@ def validate(
     # no $GENDERTOOL_PORT here: giving --port switches validate from this computer to the board
     port: list[str] = port_option(several=True, envvar=False, default="(default: validate on this computer only)"),
     min_parity: float = typer.Option(100.0, "--min-parity", help="With --port: fail below this % of bit-exact images."),
+    out: Optional[Path] = typer.Option(
+        None, "--out", "-o",
+        help=f"Report file (JSON, every image), written atomically and kept on Ctrl-C or a lost board "
+             f"(default with --port: {DEVICE_REPORT}; without: none)."),
 ) -> None:
     """Run the firmware's preprocessing and the model on TFLM and LiteRT: accuracy, confusion, parity."""
+    from gendertool.errors import Interrupted
     from gendertool.profiles import parse_labels
     from gendertool.validate import validate_host
 
@@ -55,10 +61,16 @@ def validate(
         from .bench import validate_on_ports
 
         validate_on_ports(resolve_ports(port), images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
-                          show_images=show_images)
+                          show_images=show_images, out=out if out is not None else DEVICE_REPORT)
         return
-    with _progress() as progress:
-        report = validate_host(images, model, labels=label_list, kernels=kernels, limit=limit, progress=progress)
+    try:
+        with _progress() as progress:
+            report = validate_host(images, model, labels=label_list, kernels=kernels, limit=limit, progress=progress,
+                                   out_path=out)
+    except Interrupted as exc:
+        if exc.partial is not None:  # the images compared before Ctrl-C
+            present(exc.partial, console, show_images=show_images)
+        raise
     if as_json:
         console.print_json(json.dumps(report.to_dict()))
     else:
