@@ -270,7 +270,7 @@ def test_ctrl_c_during_host_validate_prints_the_images_compared(cli, small_image
     out = tmp_path / "host.json"
     r = cli("validate", "--images", small_images, "--out", out)
     assert r.exit_code == 130, r.output
-    assert "4 image(s) from" in r.stdout and "interrupted (Ctrl-C) after 4 of 6 images" in r.stdout
+    assert "4 images from" in r.stdout and "interrupted (Ctrl-C) after 4 of 6 images" in r.stdout
     assert (f"4 of 6 images compared on this computer (female 3 of 3, male 1 of 3); partial report {out}"
             in r.stderr.replace("\n", ""))
     doc = json.loads(out.read_text())

@@ -143,7 +143,14 @@ def latency_histogram(result: "BenchResult", path: Path) -> Path:
     try:
         fig.tight_layout()
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig.savefig(path, format="png")
+        try:
+            fig.savefig(path, format="png")
+        except OSError as exc:  # a full or read-only disk: one clear line, no half PNG kept
+            with suppress(OSError):
+                path.unlink(missing_ok=True)
+            from gendertool.errors import GendertoolError
+
+            raise GendertoolError(f"cannot write plot {path}: {exc.strerror or exc}") from None
     finally:
         plt.close(fig)
     return path

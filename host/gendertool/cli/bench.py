@@ -101,7 +101,9 @@ def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:
         return write_plots(r, r.path.parent)
     except GendertoolError as exc:
         unwritten.append(str(exc))
-        return []
+    except OSError as exc:  # a full disk or a read-only folder: the figures are shown all the same
+        unwritten.append(f"cannot write plot in {r.path.parent}: {exc.strerror or exc}")
+    return []
 
 
 def _old_moved_aside(old: "BenchResult", results: list["BenchResult"]) -> None:
@@ -138,6 +140,8 @@ def _present_partial(results: list["BenchResult"]) -> None:
             present_bench(r, console)
     if len(results) > 1:
         present_boards(results, console)
+    for r in results:
+        present_paths(r, [], console)
 
 
 def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
