@@ -69,7 +69,7 @@ def main() -> int:
         conv = _time([*gt, "convert", str(model), "-o", out], args.runs)
         # in-process formatting alone (what the firmware renderer calls)
         sys.path.insert(0, str(REPO / "host"))
-        from gendertool.carray import c_array_source
+        from gendertool.project.carray import c_array_source
 
         data = model.read_bytes()
         fmt_t = []

@@ -74,12 +74,12 @@ def _start_sim(*args: str) -> tuple[subprocess.Popen, str]:
 def stream_and_uploads(n_results: int, n_uploads: int, blocks: int = 4) -> None:
     import numpy as np
 
-    from gendertool.link import DeviceClient
-    from gendertool.model import load_model
-    from gendertool.preprocess import preprocess
+    from gendertool.device.link import DeviceClient
+    from gendertool.model.info import load_model
+    from gendertool.model.preprocess import preprocess
     from gendertool.protocol import Result
-    from gendertool.runtime import TflmRunner
-    from gendertool.transport import open_port
+    from gendertool.model.runtime import TflmRunner
+    from gendertool.device.transport import open_port
 
     info = load_model(None, measure_arena=False)
     _, h, w, _ = info.input.shape
@@ -157,7 +157,7 @@ def device_work(n: int) -> None:
     """The virtual device's own work per streamed result (no TCP, no client), interleaved with
     bare invokes of the same tensor: what the simulator adds, apart from the link."""
     from gendertool import protocol as p
-    from gendertool.simdevice import SimDevice
+    from gendertool.device.sim import SimDevice
 
     dev = SimDevice(None, autostart=False, boot_delay_s=0)
     q = dev._samples[0].input_q

@@ -41,9 +41,9 @@ def parser_throughput(n: int, chunk: int = 4096) -> None:
 
 
 def e2e_throughput(n: int, garbage_every: int) -> None:
-    from gendertool.link import DeviceClient
-    from gendertool.simdevice import SimDevice, SimFaults, SimServer
-    from gendertool.transport import open_port
+    from gendertool.device.link import DeviceClient
+    from gendertool.device.sim import SimDevice, SimFaults, SimServer
+    from gendertool.device.transport import open_port
 
     dev = SimDevice(None, period_ms=0, replay=True, faults=SimFaults(garbage_every=garbage_every, seed=3))
     with SimServer(dev, "127.0.0.1", 0) as server:

@@ -17,8 +17,8 @@ sys.path.insert(0, str(REPO / "tests"))  # tflite_fab
 
 
 def main(argv: list[str]) -> int:
-    from gendertool import estimate as E
-    from gendertool.model import parse_model
+    from gendertool.model import estimate as E
+    from gendertool.model.flatbuffer import parse_model
 
     cal = E.default_calibration()
     f = E.fit(E.esp_nn_points(cal), cal)

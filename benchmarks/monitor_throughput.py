@@ -16,9 +16,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from gendertool.monitor import CSV_FIELDS, MonitorSink, result_row, run_monitor
-from gendertool.present import CsvAppender, JsonLinesWriter
-from gendertool.simdevice import SimDevice, SimFaults, SimServer
+from gendertool.device.monitor import CSV_FIELDS, MonitorSink, result_row, run_monitor
+from gendertool.files import CsvAppender, JsonLinesWriter
+from gendertool.device.sim import SimDevice, SimFaults, SimServer
 
 
 class _Writers(MonitorSink):

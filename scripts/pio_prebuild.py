@@ -38,9 +38,9 @@ def render(project_dir: Path, env_name: str, *, board: str, model: str | None = 
     host = str(Path(project_dir) / "host")
     try:
         sys.path.insert(0, host)
-        from gendertool.build import build as gt_build  # noqa: PLC0415
-        from gendertool.errors import GendertoolError  # noqa: PLC0415
-        from gendertool.profiles import parse_labels  # noqa: PLC0415
+        from gendertool.project.build import build as gt_build
+        from gendertool.errors import GendertoolError
+        from gendertool.model.sources import parse_labels
     except ImportError:
         gt_build = None
     finally:

@@ -4,7 +4,7 @@
 Keras MobileNetV2 (alpha 0.35, 64x64x3; ImageNet weights from a local .npz with
 ``--pretrained``, optionally truncated with ``--cut``; nothing is downloaded) with a 2-class
 softmax head, trained on the portraits data set with the firmware's own preprocessing
-(:func:`gendertool.preprocess.crop_resize` + :func:`gendertool.preprocess.normalize`), then
+(:func:`gendertool.model.preprocess.crop_resize` + :func:`gendertool.model.preprocess.normalize`), then
 converted to a full-integer INT8 TFLite file and checked on LiteRT (reference kernels) and
 the TFLM host runtime.
 
@@ -60,7 +60,7 @@ def cv_fold(name: str, folds: int) -> int:
 
 
 def list_dataset(data: Path) -> list[tuple[Path, int]]:
-    from gendertool.preprocess import list_images
+    from gendertool.model.preprocess import list_images
 
     items = []
     for label, cls in enumerate(LABELS):
@@ -112,7 +112,7 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
     per-pixel (commutes with the resize up to rounding) and runs on the 64x64 result."""
     import cv2
 
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     h, w = rgb.shape[:2]
     m = min(h, w)
@@ -170,7 +170,7 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
 
 def plain(rgb: np.ndarray, crop_fraction: float = 1.0, crop: str = "center") -> np.ndarray:
     """The deployed pipeline: centre square crop (or the whole frame) + integer bilinear resize."""
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     return crop_resize(rgb, SIZE, SIZE, crop_fraction, crop)
 
@@ -220,7 +220,7 @@ def colour_cast(img: np.ndarray, gains) -> np.ndarray:
 def face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
     """A square of ``zoom`` x the landmark face size around the face, resized like the firmware:
     the face fills the frame as in a studio face photo."""
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     cx, cy, fs = landmark_face_box(marks)
     return crop_resize(np.ascontiguousarray(square_region(rgb, cx, cy, fs * zoom)), SIZE, SIZE, 1.0, "center")
@@ -445,7 +445,7 @@ def masked_mse(tf):
 
 # ---------------------------------------------------------------- quantisation + runtimes
 def convert_int8(tf, model, rep_images: np.ndarray, pre) -> bytes:
-    from gendertool.preprocess import normalize
+    from gendertool.model.preprocess import normalize
 
 
     def rep():
@@ -578,9 +578,9 @@ def main(argv=None) -> int:
 
     cv2.setNumThreads(1)
     from gendertool.errors import ModelError
-    from gendertool.model import load_model_bytes
-    from gendertool.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
-    from gendertool.runtime import LiteRtRunner, TflmRunner
+    from gendertool.model.info import load_model_bytes
+    from gendertool.model.preprocess import Preprocessing, load_rgb, normalize, quant_lut, quantize
+    from gendertool.model.runtime import LiteRtRunner, TflmRunner
 
     pre = Preprocessing(crop_fraction=args.crop_fraction, crop=args.crop)
     cf = pre.crop_fraction
@@ -785,7 +785,7 @@ def main(argv=None) -> int:
     data = convert_int8(tf, model, rep, pre)
     # MobileNetV2's stem (3x3 stride 2 SAME over 64x64) pads 0 + 1, which esp-nn's S3 conv
     # mis-pads (espressif/esp-nn#31): make that PAD explicit, outputs unchanged
-    from gendertool.rewrite import explicit_conv_padding
+    from gendertool.model.rewrite import explicit_conv_padding
 
     data, padded = explicit_conv_padding(data)
     print(f"explicit PAD for esp-nn#31 before node(s) {[c.node for c in padded]}", flush=True)

@@ -109,7 +109,7 @@ def default_model() -> Path:
 @pytest.fixture(scope="session")
 def model_info():
     """The default model, loaded once for the session (no arena probe)."""
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(None, measure_arena=False)
 
@@ -118,7 +118,7 @@ def model_info():
 def sim_server(model_info):
     """Virtual devices on 127.0.0.1 (socket://): ``make(cls=SimDevice, period_ms=10, **SimDevice kwargs)``
     -> a started SimServer; all are closed after the test."""
-    from gendertool.simdevice import SimDevice, SimServer
+    from gendertool.device.sim import SimDevice, SimServer
 
     servers = []
 

@@ -203,7 +203,7 @@ class ScriptedTransport:
 
 
 def _console():
-    from gendertool.cli._app import SafeConsole
+    from gendertool.present.console import SafeConsole
 
     buf = io.StringIO()
     return SafeConsole(file=buf, force_terminal=False, width=200, highlight=False, emoji=False), buf
@@ -211,8 +211,8 @@ def _console():
 
 def _show(console, items) -> None:
     """What the monitor would print: log lines (escaped, bounded) and every record string field."""
-    from gendertool.monitor import SHOWN_LINE
-    from gendertool.safetext import shown_line
+    from gendertool.device.monitor import SHOWN_LINE
+    from gendertool.text import shown_line
 
     lines = []
     for it in items:
@@ -226,7 +226,7 @@ def _show(console, items) -> None:
 
 def run_one(stream: Stream, rng: random.Random, figures: Figures, *, hang_s: float = 10.0) -> None:
     from gendertool.errors import DeviceError
-    from gendertool.link import DeviceClient
+    from gendertool.device.link import DeviceClient
 
     figures.streams += 1
     figures.bytes += len(stream.data)

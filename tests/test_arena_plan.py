@@ -1,4 +1,4 @@
-"""gendertool.arena_plan (emulated TFLM GreedyMemoryPlanner) against the TFLM host runtime's
+"""gendertool.model.arena (emulated TFLM GreedyMemoryPlanner) against the TFLM host runtime's
 own plan, hand-derived placements, and the firmware arena built on it."""
 
 from __future__ import annotations
@@ -11,16 +11,16 @@ import sys
 import pytest
 import tflite_fab
 
-from gendertool import arena_plan as ap
-from gendertool import espnn
-from gendertool import model as gm
-
+from gendertool.model import arena as ap
+from gendertool.model import espnn
+from gendertool.model import flatbuffer
+from gendertool.model import info as model_info
 # one child process for all models: print_allocations writes through C stdio, which the
 # probe's fd capture reads; the child prints {"path": head} as JSON on its last line
 _HEADS = r"""
 import json, re, sys
 from tflite_micro.python.tflite_micro import runtime
-from gendertool._arena_probe import _capture_c_output
+from gendertool.model.arena_probe import _capture_c_output
 heads = {}
 for path in sys.argv[1:]:
     interp = runtime.Interpreter.from_bytes(open(path, "rb").read(), arena_size=8 << 20)
@@ -88,7 +88,7 @@ def test_greedy_placement_by_hand():
 
 def test_lifetimes_follow_allocation_info():
     data = tflite_fab.tiny_model()
-    m = gm.parse_model(data)
+    m = flatbuffer.parse_model(data)
     sg = m.subgraphs[0]
     bufs = {b.tensor: b for b in ap.buffers_of(data) if b.tensor is not None}
     # weights and the MEAN axis live in the flatbuffer: not planned
@@ -103,7 +103,7 @@ def test_lifetimes_follow_allocation_info():
 
 
 def test_firmware_arena_tight_and_covering(default_model):
-    info = gm.load_model(default_model)
+    info = model_info.load_model(default_model)
     b = info.arena
     assert b.host_head_bytes + b.tail_bytes == info.arena_host_bytes
     fw_head = ap.plan_head_bytes(info, ap.firmware_scratch(info))
@@ -111,8 +111,8 @@ def test_firmware_arena_tight_and_covering(default_model):
     largest = espnn.largest(espnn.model_scratch(info))
     # the plan holds the largest ESP-NN request plus the tensors live at its node
     assert fw_head > largest.bytes and b.peak_node == largest.node
-    assert info.arena_bytes >= b.tail_bytes + fw_head + gm.ARENA_MARGIN_MIN_BYTES
-    assert info.arena_bytes == gm.firmware_arena_bytes(b.tail_bytes, fw_head)
+    assert info.arena_bytes >= b.tail_bytes + fw_head + model_info.ARENA_MARGIN_MIN_BYTES
+    assert info.arena_bytes == model_info.firmware_arena_bytes(b.tail_bytes, fw_head)
     # the previous bound: host + largest scratch + max(25 % of host, 8 KiB), 1 KiB steps
     host = info.arena_host_bytes
     loose = -(-(host + largest.bytes + max(math.ceil(host * 0.25), 8192)) // 1024) * 1024
@@ -120,9 +120,9 @@ def test_firmware_arena_tight_and_covering(default_model):
 
 
 def test_ansi_c_scratch(default_model):
-    info = gm.load_model(default_model, measure_arena=False)
-    m = gm.parse_model(info.data)
-    names = [gm.op_name(m, op)[0] for op in m.subgraphs[0].operators]
+    info = model_info.load_model(default_model, measure_arena=False)
+    m = flatbuffer.parse_model(info.data)
+    names = [flatbuffer.op_name(m, op)[0] for op in m.subgraphs[0].operators]
     ansi = ap.firmware_scratch(info, optimized=False)
     # plain C conv/depthwise request nothing: softmax's width*4 and the reference MEAN remain
     assert {names[n] for n in ansi} == {"SOFTMAX", "MEAN"}
@@ -141,7 +141,7 @@ def test_ansi_c_scratch(default_model):
     (200_000, 21_000, 243_712),  # 221,000 + 22,100 = 243,100 -> 238 KiB
 ])
 def test_firmware_arena_rule_in_figures(tail, head, want):
-    assert gm.firmware_arena_bytes(tail, head) == want
+    assert model_info.firmware_arena_bytes(tail, head) == want
 
 
 # tiny_model(h, w): int8 input h*w*3, CONV_2D stride 2 -> (h/2)*(w/2)*4, then tiny tensors; the planned
@@ -154,7 +154,7 @@ def test_firmware_arena_rule_in_figures(tail, head, want):
 ])
 def test_firmware_arena_of_known_models(size, host_head, head, ansi_head, firmware, ansi_firmware, tails):
     data = tflite_fab.tiny_model(height=size, width=size)
-    info = gm.load_model_bytes(data)
+    info = model_info.load_model_bytes(data)
     a = info.arena
     assert (a.host_head_bytes, a.head_bytes) == (host_head, head)
     # the tail is TFLM's persistent part measured on the host (1632 bytes with tflite-micro today);
@@ -162,5 +162,5 @@ def test_firmware_arena_of_known_models(size, host_head, head, ansi_head, firmwa
     assert tails[0] < a.tail_bytes <= tails[1], a.tail_bytes
     assert info.arena_bytes == a.firmware_bytes == firmware
     assert a.margin_bytes == firmware - a.tail_bytes - head  # what the margin and the rounding add
-    ansi = gm.arena_budget(data, info.arena_host_bytes, esp_nn=False)
+    ansi = model_info.arena_budget(data, info.arena_host_bytes, esp_nn=False)
     assert (ansi.head_bytes, ansi.firmware_bytes) == (ansi_head, ansi_firmware)

@@ -8,8 +8,14 @@ from pathlib import Path
 
 import pytest
 
-from gendertool import bench
-from gendertool.bench import BenchResult, Sample
+from gendertool.device import bench
+
+from gendertool.device import bench_results
+
+from gendertool import errors
+
+from gendertool import files
+from gendertool.device.bench_results import BenchResult, Sample
 
 from conftest import closed_port_url
 
@@ -78,7 +84,7 @@ def test_bench_port_sim_with_profile(cli, tmp_path):
 
 
 def test_disconnect_mid_run_keeps_samples(cli, sim_server, tmp_path):
-    from gendertool.simdevice import SimFaults
+    from gendertool.device.sim import SimFaults
 
     # no autostart: the records on the connection are boot, replies and bench batches only
     server = sim_server(autostart=False, faults=SimFaults(disconnect_after=8))
@@ -142,7 +148,7 @@ def _known(path: Path, invoke: list[int], pre: list[int]) -> Path:
     r = BenchResult(port="old", n=len(invoke), warmup=0, input="sample", simulated=True)
     r.device = {"board": "xiao_esp32s3", "model_sha256": "0" * 64}
     r.samples = [Sample(i, p, v) for i, (p, v) in enumerate(zip(pre, invoke))]
-    bench.write_json_atomic(path, r.to_json())
+    files.write_json_atomic(path, r.to_json())
     return path
 
 
@@ -154,8 +160,8 @@ def test_compare_with_old_file(cli, sim_server, tmp_path):
             "--compare", old, "--no-plots")
     assert r.exit_code == 0, r.output
     assert "compare" in r.stdout and "speed-up" in r.stdout
-    new = bench.load_bench(tmp_path / "new" / "bench.json")
-    rows = bench.compare_results(bench.load_bench(old), new)
+    new = bench_results.load_bench(tmp_path / "new" / "bench.json")
+    rows = bench_results.compare_results(bench_results.load_bench(old), new)
     p50 = next(x for x in rows if (x.metric, x.stat) == ("invoke_us", "p50"))
     assert p50.speedup == pytest.approx(40_000_000 / new.stats()["invoke_us"].p50)
     assert f"{p50.speedup:.2f}x" in r.stdout
@@ -169,9 +175,9 @@ def test_compare_bad_file_fails_before_the_device(cli, tmp_path):
 
 
 def test_compare_deltas_from_two_files(tmp_path):
-    old = bench.load_bench(_known(tmp_path / "a.json", [30000, 32000, 34000], [1000, 1000, 1000]))
-    new = bench.load_bench(_known(tmp_path / "b.json", [15000, 16000, 17000], [500, 500, 500]))
-    rows = {(x.metric, x.stat): x for x in bench.compare_results(old, new)}
+    old = bench_results.load_bench(_known(tmp_path / "a.json", [30000, 32000, 34000], [1000, 1000, 1000]))
+    new = bench_results.load_bench(_known(tmp_path / "b.json", [15000, 16000, 17000], [500, 500, 500]))
+    rows = {(x.metric, x.stat): x for x in bench_results.compare_results(old, new)}
     assert rows[("invoke_us", "mean")].delta == -16000
     assert rows[("invoke_us", "mean")].speedup == pytest.approx(2.0)
     assert rows[("total_us", "min")].old == 31000 and rows[("total_us", "min")].new == 15500
@@ -181,9 +187,9 @@ def test_compare_deltas_from_two_files(tmp_path):
 
 @pytest.mark.parametrize("found, message", [([], "no ESP32-S3"), (["/dev/ttyACM0", "/dev/ttyACM1"], "several ESP32-S3")])
 def test_without_port_detection(cli, monkeypatch, found, message):
-    import gendertool.transport
+    import gendertool.device.ports
 
-    monkeypatch.setattr(gendertool.transport, "find_esp32s3_ports", lambda: list(found))
+    monkeypatch.setattr(gendertool.device.ports, "find_esp32s3_ports", lambda: list(found))
     r = cli("bench", "-n", "5")
     assert r.exit_code == 2 and message in r.stderr and "--port" in r.stderr
 
@@ -191,8 +197,8 @@ def test_without_port_detection(cli, monkeypatch, found, message):
 def test_no_result_stream_needed(model_info, tmp_path, monkeypatch):
     """Every figure comes from the bench command: a device that never streams results (or
     streams them once a second) benches at full speed."""
-    from gendertool import simdevice
-    from gendertool.link import DeviceClient
+    from gendertool.device import sim as simdevice
+    from gendertool.device.link import DeviceClient
 
     monkeypatch.setattr(simdevice._Session, "stream_one", lambda self: None)
     dev = simdevice.SimDevice(model_info, period_ms=1000, boot_delay_s=0.05)
@@ -205,8 +211,8 @@ def test_no_result_stream_needed(model_info, tmp_path, monkeypatch):
 def test_old_schema_file_is_refused_with_a_reason(tmp_path):
     old = tmp_path / "old.json"
     old.write_text(json.dumps({"kind": "gendertool-bench", "schema": 1, "samples": [{"seq": 0, "invoke_us": 5}]}))
-    with pytest.raises(bench.GendertoolError, match="schema 1 is not supported.*Invoke\\(\\) times only"):
-        bench.load_bench(old)
+    with pytest.raises(errors.GendertoolError, match="schema 1 is not supported.*Invoke\\(\\) times only"):
+        bench_results.load_bench(old)
 
 
 def test_port_from_environment(cli, sim_server, tmp_path, monkeypatch):
@@ -240,7 +246,7 @@ def test_output_order_table_then_paths(cli, sim_server, tmp_path):
 
 
 def test_failure_is_said_first_then_what_was_kept(cli, sim_server, tmp_path):
-    from gendertool.simdevice import SimFaults
+    from gendertool.device.sim import SimFaults
 
     server = sim_server(autostart=False, faults=SimFaults(disconnect_after=8))
     r = cli("bench", "--port", server.url, "-n", "200", "--warmup", "0", "--out", tmp_path)
@@ -358,7 +364,7 @@ def test_a_summary_that_disagrees_with_the_samples_is_reported(tmp_path, overrid
 
 
 def test_a_device_that_skips_warmups_is_reported(cli, sim_server, tmp_path):
-    from gendertool.simdevice import SimFaults
+    from gendertool.device.sim import SimFaults
 
     server = sim_server(faults=SimFaults(skip_warmup=True))
     r = cli("bench", "--port", server.url, "-n", "10", "--warmup", "5", "--no-plots", "--out", tmp_path)
@@ -371,7 +377,7 @@ def test_a_device_that_skips_warmups_is_reported(cli, sim_server, tmp_path):
 
 
 def test_a_device_that_swaps_the_timing_columns_is_caught_by_its_own_summary(cli, sim_server, tmp_path):
-    from gendertool.simdevice import SimFaults
+    from gendertool.device.sim import SimFaults
 
     server = sim_server(faults=SimFaults(swap_timings=True))
     r = cli("bench", "--port", server.url, "-n", "40", "--warmup", "0", "--no-plots", "--out", tmp_path)
@@ -402,7 +408,7 @@ def test_sim_fault_option_names_the_known_faults(cli):
 def test_every_fault_name_sets_its_own_flag():
     from dataclasses import asdict
 
-    from gendertool.simdevice import DEVICE_FAULTS, SimFaults
+    from gendertool.device.sim import DEVICE_FAULTS, SimFaults
 
     for name in DEVICE_FAULTS:
         on = {k for k, v in asdict(SimFaults(**{name.replace("-", "_"): True})).items() if v is True}

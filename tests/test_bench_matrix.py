@@ -6,27 +6,26 @@ import re
 
 import pytest
 
-from gendertool import bench
 
-
+from gendertool.device import matrix
 def test_variants_are_distinct_data():
-    names = [v.name for v in bench.MATRIX]
+    names = [v.name for v in matrix.MATRIX]
     assert len(set(names)) == len(names) == 4
-    assert len({tuple(sorted(v.options.items())) for v in bench.MATRIX}) == 4
-    assert bench.MATRIX[0].sdkconfig == {"CONFIG_APP_ARENA_INTERNAL": "y", "CONFIG_APP_MODEL_IN_PSRAM": "n",
+    assert len({tuple(sorted(v.options.items())) for v in matrix.MATRIX}) == 4
+    assert matrix.MATRIX[0].sdkconfig == {"CONFIG_APP_ARENA_INTERNAL": "y", "CONFIG_APP_MODEL_IN_PSRAM": "n",
                                          "CONFIG_NN_OPTIMIZED": "y"}
 
 
 def test_variant_options_are_render_options():
-    from gendertool.render import OPTION_KEYS
+    from gendertool.project.render import OPTION_KEYS
 
-    for v in bench.MATRIX:
+    for v in matrix.MATRIX:
         assert set(v.options) <= OPTION_KEYS, v.name
 
 
 def test_esp_nn_symbols_exist_in_esp_nn_kconfig(refdata):
     symbols = set((refdata / "idf-v5.5.5" / "kconfig_symbols.txt").read_text().split())
-    for v in bench.MATRIX:
+    for v in matrix.MATRIX:
         for key in v.sdkconfig:
             if key.startswith("CONFIG_NN_"):
                 assert key in symbols, key
@@ -36,13 +35,13 @@ def test_esp_nn_symbols_exist_in_esp_nn_kconfig(refdata):
 def rendered(tmp_path_factory):
     """Each variant rendered into its own project, as the matrix does before building."""
     from gendertool.boards import get_board
-    from gendertool.model import load_model
-    from gendertool.render import render_project
+    from gendertool.model.info import load_model
+    from gendertool.project.render import render_project
 
     info = load_model(None, board="xiao_esp32s3")
     board = get_board("xiao_esp32s3")
     root = tmp_path_factory.mktemp("variants")
-    for v in bench.MATRIX:
+    for v in matrix.MATRIX:
         render_project(info, board, root / v.name, options=dict(v.options))
     return root
 
@@ -63,7 +62,7 @@ def _effective(project) -> dict[str, str]:
     return cfg
 
 
-@pytest.mark.parametrize("variant", bench.MATRIX, ids=lambda v: v.name)
+@pytest.mark.parametrize("variant", matrix.MATRIX, ids=lambda v: v.name)
 def test_rendered_project_selects_the_variant(rendered, variant):
     project = rendered / variant.name
     cfg = _effective(project)

@@ -9,8 +9,13 @@ import struct
 import numpy as np
 import pytest
 
-from gendertool import bench
-from gendertool.bench import BenchResult, OpTiming, Sample
+
+from gendertool.device import bench_results
+
+from gendertool import files
+
+from gendertool import stats
+from gendertool.device.bench_results import BenchResult, OpTiming, Sample
 from gendertool.errors import GendertoolError
 
 
@@ -26,11 +31,11 @@ def _result(pre: list[int], inv: list[int], **kw) -> BenchResult:
 def test_percentile_matches_numpy(q):
     rng = np.random.default_rng(3)
     vals = sorted(rng.integers(1000, 50000, size=157).tolist())
-    assert bench.percentile(vals, q) == pytest.approx(np.percentile(vals, q))
+    assert stats.percentile(vals, q) == pytest.approx(np.percentile(vals, q))
 
 
 def test_latency_stats_known_series():
-    s = bench.latency_stats([10, 20, 30, 40, 50])
+    s = stats.latency_stats([10, 20, 30, 40, 50])
     assert (s.n, s.min, s.p50, s.max, s.mean) == (5, 10, 30, 50, 30)
     assert s.p90 == pytest.approx(46.0)
     assert s.p99 == pytest.approx(49.6)
@@ -39,7 +44,7 @@ def test_latency_stats_known_series():
 
 def test_latency_stats_rejects_empty():
     with pytest.raises(ValueError):
-        bench.latency_stats([])
+        stats.latency_stats([])
 
 
 def test_summarize_fps_from_mean_total():
@@ -61,7 +66,7 @@ def test_total_is_summed_per_run_not_from_separate_series():
 
 
 def test_profile_table_aggregates_and_sorts_slowest_first():
-    rows = bench.profile_table([("CONV_2D", 10, 9000), ("ADD", 3, 500), ("CONV_2D", 5, 1000), ("DEPTHWISE_CONV_2D", 9, 4500)])
+    rows = bench_results.profile_table([("CONV_2D", 10, 9000), ("ADD", 3, 500), ("CONV_2D", 5, 1000), ("DEPTHWISE_CONV_2D", 9, 4500)])
     assert [r.op for r in rows] == ["CONV_2D", "DEPTHWISE_CONV_2D", "ADD"]
     assert rows[0].count == 15 and rows[0].total_us == 10000
     assert sum(r.share for r in rows) == pytest.approx(1.0)
@@ -72,7 +77,7 @@ def test_bench_json_round_trip(tmp_path):
     r = _result([1200, 1300, 1250], [30000, 31000, 29000], simulated=True)
     r.profile = [OpTiming("CONV_2D", 3, 100, 1.0)]
     p = tmp_path / "bench.json"
-    bench.write_json_atomic(p, r.to_json())
+    files.write_json_atomic(p, r.to_json())
     data = json.loads(p.read_text())
     assert data["kind"] == "gendertool-bench" and data["simulated"] is True
     assert data["completed"] == 3 and data["complete"] is True
@@ -83,7 +88,7 @@ def test_bench_json_round_trip(tmp_path):
     assert data["samples"][1] == {"seq": 1, "pre_us": 1300, "invoke_us": 31000, "total_us": 32300}
     assert data["schema"] == 2 and "runs" not in data
     assert data["stats"]["invoke_us"]["p50"] == 30000
-    back = bench.load_bench(p)
+    back = bench_results.load_bench(p)
     assert back.samples == r.samples and back.profile == r.profile and back.simulated
 
 
@@ -108,21 +113,21 @@ def test_load_bench_rejects_bad_files(tmp_path, content, message):
     p = tmp_path / "old.json"
     p.write_text(content)
     with pytest.raises(GendertoolError, match=message):
-        bench.load_bench(p)
+        bench_results.load_bench(p)
 
 
 def test_load_bench_missing_file(tmp_path):
     with pytest.raises(GendertoolError, match="no such file"):
-        bench.load_bench(tmp_path / "nope.json")
+        bench_results.load_bench(tmp_path / "nope.json")
 
 
 def test_compare_deltas_and_speedup(tmp_path):
     old = _result([2000, 2000, 2000, 2000], [38000, 40000, 42000, 40000])  # totals 40..44 ms
     new = _result([1000, 1000, 1000, 1000], [19000, 20000, 21000, 20000])  # totals 20..22 ms
     po, pn = tmp_path / "old.json", tmp_path / "new.json"
-    bench.write_json_atomic(po, old.to_json())
-    bench.write_json_atomic(pn, new.to_json())
-    rows = {(r.metric, r.stat): r for r in bench.compare_results(bench.load_bench(po), bench.load_bench(pn))}
+    files.write_json_atomic(po, old.to_json())
+    files.write_json_atomic(pn, new.to_json())
+    rows = {(r.metric, r.stat): r for r in bench_results.compare_results(bench_results.load_bench(po), bench_results.load_bench(pn))}
     mean_total = rows[("total_us", "mean")]
     assert (mean_total.old, mean_total.new) == (42000, 21000)
     assert mean_total.delta == -21000
@@ -151,10 +156,10 @@ def _png_ok(path, min_w=300, min_h=150):
 
 
 def test_plots_are_valid_pngs(tmp_path):
-    from gendertool import plots
+    from gendertool.present import plots
 
     r = _result([1000 + i for i in range(50)], [30000 + 37 * i for i in range(50)], simulated=True)
-    r.profile = bench.profile_table([("CONV_2D", 35, 20000), ("DEPTHWISE_CONV_2D", 17, 8000), ("ADD", 10, 600)])
+    r.profile = bench_results.profile_table([("CONV_2D", 35, 20000), ("DEPTHWISE_CONV_2D", 17, 8000), ("ADD", 10, 600)])
     paths = plots.write_plots(r, tmp_path)
     assert [p.name for p in paths] == ["latency_hist.png", "operators.png"]
     for p in paths:
@@ -162,7 +167,7 @@ def test_plots_are_valid_pngs(tmp_path):
 
 
 def test_no_profile_no_operator_plot(tmp_path):
-    from gendertool import plots
+    from gendertool.present import plots
 
     r = _result([1000], [30000])
     assert [p.name for p in plots.write_plots(r, tmp_path)] == ["latency_hist.png"]
@@ -172,12 +177,12 @@ def test_zero_latency_has_no_fps_and_still_writes(tmp_path):
     r = _result([0, 0], [0, 0])
     st = r.stats()
     assert "fps" not in st and st["invoke_us"].mean == 0
-    bench.write_json_atomic(tmp_path / "b.json", r.to_json())  # no inf/NaN in the file
+    files.write_json_atomic(tmp_path / "b.json", r.to_json())  # no inf/NaN in the file
     assert "fps" not in json.loads((tmp_path / "b.json").read_text())["stats"]
 
 
 def test_latency_axis_fits_the_data_and_leaves_a_far_reference_off():
-    from gendertool.plots import latency_axis
+    from gendertool.present.plots import latency_axis
 
     left, right, on_scale = latency_axis([8.4, 9.1, 10.6])  # a board at ~10 ms: 40 ms is far off
     assert not on_scale and 8.0 < left < 8.4 and 10.6 < right < 11.0
@@ -189,7 +194,7 @@ def test_latency_axis_fits_the_data_and_leaves_a_far_reference_off():
 
 
 def _figure(invoke_us, pre_us):
-    from gendertool import plots
+    from gendertool.present import plots
 
     return plots.latency_figure(_result(pre_us, invoke_us))
 

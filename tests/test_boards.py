@@ -32,8 +32,8 @@ def test_app_partition_is_what_the_rendered_partition_table_leaves(tmp_path):
     """The largest app partition = flash - where templates/partitions.csv.j2 starts the app."""
     import csv
 
-    from gendertool.model import load_model
-    from gendertool.render import render_project
+    from gendertool.model.info import load_model
+    from gendertool.project.render import render_project
 
     b = get_board("xiao_esp32s3")
     render_project(load_model(None), b, tmp_path / "p")

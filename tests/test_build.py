@@ -12,13 +12,20 @@ import json
 import os
 import runpy
 import shutil
-import struct
 import sys
 from pathlib import Path
 
 import pytest
 
-from gendertool import build as builder
+from gendertool.project import build as builder
+
+from gendertool.project import idf
+
+from gendertool.project import manifest as build_manifest
+
+from gendertool.project import partitions
+
+from gendertool.project import platformio
 from gendertool.errors import BuildError
 
 REPO = Path(__file__).resolve().parent.parent
@@ -168,7 +175,7 @@ def registry(monkeypatch):
     s = socket.socket()
     s.bind(("127.0.0.1", 0))
     s.listen(4)
-    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, f"127.0.0.1:{s.getsockname()[1]}")
+    monkeypatch.setenv(platformio.PIO_REGISTRY_ENV, f"127.0.0.1:{s.getsockname()[1]}")
     yield s
     s.close()
 
@@ -178,7 +185,7 @@ def fake_pio(tmp_path, monkeypatch, registry):
     script = tmp_path / "fake_pio.py"
     script.write_text(FAKE_PIO)
     calls = tmp_path / "pio_calls.txt"
-    monkeypatch.setenv(builder.PIO_CMD_ENV, f"{sys.executable} {script}")
+    monkeypatch.setenv(platformio.PIO_CMD_ENV, f"{sys.executable} {script}")
     monkeypatch.setenv("FAKE_PIO_CALLS", str(calls))
 
     def use(mode: str) -> Path:
@@ -248,7 +255,7 @@ def test_no_compile_renders_a_complete_project(cli, tmp_path, board):
     assert str(out) in r.stdout and board in r.stdout and "--no-compile" in r.stdout
     for rel in ("platformio.ini", "CMakeLists.txt", "sdkconfig.defaults", "partitions.csv", "main/CMakeLists.txt", "main/idf_component.yml"):
         assert (out / rel).is_file(), rel
-    assert not (out / builder.MANIFEST_NAME).exists()
+    assert not (out / build_manifest.MANIFEST_NAME).exists()
     assert not (out / builder.LOG_NAME).exists()
     written = int(r.stdout.split("files")[1].split("written")[0])
     assert written == len(tree(out))
@@ -270,7 +277,7 @@ def test_rerender_rewrites_nothing_and_model_change_only_model_files(tmp_path, d
         shutil.copy(sidecar, model.with_suffix(".json"))
     out = tmp_path / "out"
     first = builder.build(model, out_dir=out, compile=False)
-    from gendertool.render import firmware_files
+    from gendertool.project.render import firmware_files
 
     static = {out / rel for rel in firmware_files()}
     assert static and static <= set(first.written)
@@ -291,11 +298,11 @@ def test_rerender_rewrites_nothing_and_model_change_only_model_files(tmp_path, d
 def test_no_compile_drops_a_stale_manifest(cli, tmp_path):
     out = tmp_path / "out"
     assert cli("build", "--no-compile", "--out", out).exit_code == 0
-    (out / builder.MANIFEST_NAME).write_text("{}")
+    (out / build_manifest.MANIFEST_NAME).write_text("{}")
     assert cli("build", "--no-compile", "--out", out).exit_code == 0  # nothing changed: keep it
-    assert (out / builder.MANIFEST_NAME).exists()
+    assert (out / build_manifest.MANIFEST_NAME).exists()
     assert cli("build", "--no-compile", "--out", out, "--labels", "x,y").exit_code == 0
-    assert not (out / builder.MANIFEST_NAME).exists()
+    assert not (out / build_manifest.MANIFEST_NAME).exists()
 
 
 # --------------------------------------------------------------------------- platformio.ini
@@ -306,7 +313,7 @@ def test_top_level_platformio_ini_parses_and_pins_the_platform():
     assert cfg.envs() == list(BOARDS)
     assert cfg.default_envs() == ["xiao_esp32s3"]
     for env in cfg.envs():
-        assert cfg.get(f"env:{env}", "platform") == f"espressif32 @ {builder.PIO_PLATFORM_VERSION}"
+        assert cfg.get(f"env:{env}", "platform") == f"espressif32 @ {platformio.PIO_PLATFORM_VERSION}"
         assert cfg.get(f"env:{env}", "board") == "seeed_xiao_esp32s3"
         assert cfg.get(f"env:{env}", "framework") == ["espidf"]
         assert cfg.get(f"env:{env}", "extra_scripts") == ["pre:scripts/pio_prebuild.py"]
@@ -326,7 +333,7 @@ def test_rendered_platformio_ini_parses_and_matches_sdkconfig(tmp_path, board):
     cfg = ini(out / "platformio.ini")
     assert cfg.envs() == [board]
     sec = f"env:{board}"
-    assert cfg.get(sec, "platform") == f"espressif32 @ {builder.PIO_PLATFORM_VERSION}"
+    assert cfg.get(sec, "platform") == f"espressif32 @ {platformio.PIO_PLATFORM_VERSION}"
     assert cfg.get(sec, "board") == brd.pio_board
     assert cfg.get(sec, "framework") == ["espidf"]
     assert cfg.getraw("platformio", "src_dir") == "main"
@@ -372,7 +379,7 @@ def _one_error(r, out: Path) -> str:
     errors = [line for line in r.stderr.splitlines() if line.startswith("error:")]
     assert len(errors) == 1, r.stderr
     assert str(out) in r.stderr.replace("\n", "")
-    assert not (out / builder.MANIFEST_NAME).exists()
+    assert not (out / build_manifest.MANIFEST_NAME).exists()
     return errors[0]
 
 
@@ -397,7 +404,7 @@ def test_offline_platform_install_fails_fast(cli, tmp_path, fake_pio, monkeypatc
 
     calls = fake_pio("not-installed")
     target = _closed_target()
-    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, target)
+    monkeypatch.setenv(platformio.PIO_REGISTRY_ENV, target)
     out = tmp_path / "out"
     t0 = time.monotonic()
     r = cli("build", "--out", out)
@@ -410,16 +417,16 @@ def test_offline_platform_install_fails_fast(cli, tmp_path, fake_pio, monkeypatc
 
 
 def test_registry_probe(registry, monkeypatch):
-    assert builder.registry_unreachable() is None  # the stand-in listens
+    assert platformio.registry_unreachable() is None  # the stand-in listens
     target = _closed_target()
-    monkeypatch.setenv(builder.PIO_REGISTRY_ENV, target)
-    assert builder.registry_unreachable().startswith(target + ": ")
+    monkeypatch.setenv(platformio.PIO_REGISTRY_ENV, target)
+    assert platformio.registry_unreachable().startswith(target + ": ")
     # behind a proxy PlatformIO talks to the proxy: that is what must answer
-    monkeypatch.delenv(builder.PIO_REGISTRY_ENV)
+    monkeypatch.delenv(platformio.PIO_REGISTRY_ENV)
     monkeypatch.setenv("HTTPS_PROXY", f"http://{target}")
-    assert builder.registry_unreachable().startswith(target + ": ")
+    assert platformio.registry_unreachable().startswith(target + ": ")
     monkeypatch.setenv("HTTPS_PROXY", f"http://127.0.0.1:{registry.getsockname()[1]}")
-    assert builder.registry_unreachable() is None
+    assert platformio.registry_unreachable() is None
 
 
 def test_piped_build_prints_each_step_and_a_heartbeat(cli, tmp_path, fake_pio, monkeypatch):
@@ -462,7 +469,7 @@ def test_pio_toolchain_download_fails(cli, tmp_path, fake_pio):
 
 
 def test_pio_not_found(cli, tmp_path, monkeypatch):
-    monkeypatch.setenv(builder.PIO_CMD_ENV, str(tmp_path / "no-such-pio"))
+    monkeypatch.setenv(platformio.PIO_CMD_ENV, str(tmp_path / "no-such-pio"))
     out = tmp_path / "out"
     r = cli("build", "--out", out)
     _one_error(r, out)
@@ -502,13 +509,13 @@ def test_idf_version_is_read_and_compared(tmp_path):
     cmake = tmp_path / "tools" / "cmake"
     cmake.mkdir(parents=True)
     (cmake / "version.cmake").write_text("set(IDF_VERSION_MAJOR 5)\nset(IDF_VERSION_MINOR 4)\nset(IDF_VERSION_PATCH 1)\n")
-    version = builder.idf_version_from_path(tmp_path)
+    version = idf.idf_version_from_path(tmp_path)
     assert version == (5, 4, 1)
-    warning = builder.idf_version_warning(version, "here")
+    warning = idf.idf_version_warning(version, "here")
     assert "v5.4.1" in warning and "v5.5.3" in warning and "minor release" in warning
-    assert "minor release" not in builder.idf_version_warning((5, 5, 1), "here")
-    assert builder.idf_version_warning(builder.IDF_VERSION, "here") is None
-    assert "cannot read" in builder.idf_version_warning(builder.idf_version_from_path(tmp_path / "nope"), "nope")
+    assert "minor release" not in idf.idf_version_warning((5, 5, 1), "here")
+    assert idf.idf_version_warning(idf.IDF_VERSION, "here") is None
+    assert "cannot read" in idf.idf_version_warning(idf.idf_version_from_path(tmp_path / "nope"), "nope")
 
 
 # --------------------------------------------------------------------------- manifest
@@ -536,12 +543,12 @@ def _check_merged(out: Path, manifest: dict, flash: tuple[str, str, str]) -> Non
 def test_manifest_from_idf_build(tmp_path):
     out = tmp_path / "proj"
     fake_idf_build(out)
-    output = builder.read_idf_build(out / "build")
-    manifest = builder.write_manifest(
+    output = idf.read_idf_build(out / "build")
+    manifest = build_manifest.write_manifest(
         out, output, board="xiao_esp32s3", chip="esp32s3", backend="idf",
         model={"name": "m", "sha256": "ab" * 32}, sizes=builder.Sizes(1, 2, 3),
     )
-    assert json.loads((out / builder.MANIFEST_NAME).read_text()) == manifest
+    assert json.loads((out / build_manifest.MANIFEST_NAME).read_text()) == manifest
     assert manifest["schema"] == 1 and manifest["chip"] == "esp32s3" and manifest["backend"] == "idf"
     assert manifest["flash"] == {"mode": "dio", "freq": "80m", "size": "8MB"}
     assert manifest["images"] == [
@@ -549,13 +556,13 @@ def test_manifest_from_idf_build(tmp_path):
         {"name": "partition-table", "offset": 0x8000, "path": "build/partition_table/partition-table.bin"},
         {"name": "app", "offset": 0x10000, "path": "build/gendertool.bin"},
     ]
-    assert manifest["merged"] == {"offset": 0, "path": builder.MERGED_NAME}
+    assert manifest["merged"] == {"offset": 0, "path": build_manifest.MERGED_NAME}
     assert manifest["elf"] == "build/gendertool.elf"
     assert manifest["sizes"] == {"flash_bytes": 1, "dram_bytes": 2, "iram_bytes": 3}
     _check_merged(out, manifest, ("dio", "80m", "8MB"))
 
     # The flasher reads it as written.
-    from gendertool.flash import plan_flash
+    from gendertool.project.manifest import plan_flash
 
     plan = plan_flash(out)
     assert [(i.name, i.offset) for i in plan.images] == [("bootloader", 0), ("partition-table", 0x8000), ("app", 0x10000)]
@@ -567,8 +574,8 @@ def test_manifest_from_idf_build(tmp_path):
 def test_manifest_from_pio_build(tmp_path, with_flasher_args):
     out = tmp_path / "proj"
     fake_pio_build(out, "xiao_esp32s3", with_flasher_args=with_flasher_args)
-    output = builder.read_pio_build(out / ".pio" / "build" / "xiao_esp32s3")
-    manifest = builder.write_manifest(
+    output = platformio.read_pio_build(out / ".pio" / "build" / "xiao_esp32s3")
+    manifest = build_manifest.write_manifest(
         out, output, board="xiao_esp32s3", chip="esp32s3", backend="pio", model={"name": "m", "sha256": "0" * 64}, sizes=None
     )
     base = ".pio/build/xiao_esp32s3/"
@@ -590,43 +597,43 @@ def test_newer_esp_idf_flasher_args_spelling(tmp_path):
     fa["partition_table"] = fa.pop("partition-table")
     fa["write_flash_args"] = ["--flash-mode", "dio", "--flash-size", "8MB", "--flash-freq", "80m"]
     (b / "flasher_args.json").write_text(json.dumps(fa))
-    names = [(i.name, i.offset) for i in builder.read_idf_build(b).images]
+    names = [(i.name, i.offset) for i in idf.read_idf_build(b).images]
     assert names == [("bootloader", 0), ("partition-table", 0x8000), ("app", 0x10000)]
     p = fake_pio_build(tmp_path / "pio", "e", with_flasher_args=True)
     fa = json.loads((p / "flasher_args.json").read_text())
     fa["partition_table"] = fa.pop("partition-table")
     (p / "flasher_args.json").write_text(json.dumps(fa))
-    assert [i.offset for i in builder.read_pio_build(p).images] == [0, 0x8000, 0x20000]
+    assert [i.offset for i in platformio.read_pio_build(p).images] == [0, 0x8000, 0x20000]
 
 
 def test_incomplete_builds_are_errors(tmp_path):
     b = fake_idf_build(tmp_path / "idf")
     (b / "gendertool.bin").unlink()
     with pytest.raises(BuildError, match="gendertool.bin but .* does not exist"):
-        builder.read_idf_build(b)
+        idf.read_idf_build(b)
     with pytest.raises(BuildError, match="flasher_args.json is missing"):
-        builder.read_idf_build(tmp_path / "nothing")
+        idf.read_idf_build(tmp_path / "nothing")
     p = fake_pio_build(tmp_path / "pio", "e", with_flasher_args=False)
     (p / "config" / "sdkconfig.json").unlink()
     with pytest.raises(BuildError, match="neither flasher_args.json nor config/sdkconfig.json"):
-        builder.read_pio_build(p)
+        platformio.read_pio_build(p)
     (p / "firmware.bin").unlink()
     with pytest.raises(BuildError, match="has no firmware.bin"):
-        builder.read_pio_build(p)
+        platformio.read_pio_build(p)
 
 
 def test_partition_table_parsing():
-    table = builder.parse_partition_table(partition_table(app_offset=0x30000))
+    table = partitions.parse_partition_table(partition_table(app_offset=0x30000))
     assert [(p["label"], p["type"], p["subtype"], p["offset"]) for p in table] == [
         ("nvs", 1, 2, 0x9000), ("phy_init", 1, 1, 0xF000), ("factory", 0, 0, 0x30000)
     ]
-    assert builder.boot_app_partition(table)["offset"] == 0x30000
+    assert partitions.boot_app_partition(table)["offset"] == 0x30000
     ota = [{"type": 0, "subtype": 0x11, "offset": 0x200000}, {"type": 0, "subtype": 0x10, "offset": 0x100000}]
-    assert builder.boot_app_partition(ota)["offset"] == 0x100000  # ota_0 when there is no factory app
+    assert partitions.boot_app_partition(ota)["offset"] == 0x100000  # ota_0 when there is no factory app
     with pytest.raises(BuildError, match="no partition entries"):
-        builder.parse_partition_table(b"\xff" * 64)
+        partitions.parse_partition_table(b"\xff" * 64)
     with pytest.raises(BuildError, match="no app partition"):
-        builder.boot_app_partition([{"type": 1, "subtype": 2, "offset": 0x9000}])
+        partitions.boot_app_partition([{"type": 1, "subtype": 2, "offset": 0x9000}])
 
 
 # --------------------------------------------------------------------------- sizes
@@ -638,9 +645,9 @@ def test_pio_size_lines():
         "RAM:   [=         ]   9.9% (used 32404 bytes from 327680 bytes)",
         "Flash: [==        ]  12.3% (used 1031250 bytes from 8388608 bytes)",
     ]
-    s = builder.parse_pio_sizes(lines)
+    s = platformio.parse_pio_sizes(lines)
     assert (s.flash_bytes, s.flash_total, s.dram_bytes, s.dram_total, s.iram_bytes) == (1031250, 8388608, 32404, 327680, None)
-    assert builder.parse_pio_sizes(["nothing here"]) == builder.Sizes()
+    assert platformio.parse_pio_sizes(["nothing here"]) == builder.Sizes()
 
 
 @pytest.mark.parametrize("abbrev", [True, False], ids=["abbreviated", "full-names"])
@@ -659,9 +666,9 @@ def test_idf_size_json2(abbrev):
         diram = report["layout"][3]
         diram["parts"] = {".text": {"size": 40000}, ".data": {"size": 20000}, ".bss": {"size": 30000}}
     lines = ["Executing action: size", *json.dumps(report, indent=4).splitlines()]
-    s = builder.parse_idf_size_json(lines)
+    s = idf.parse_idf_size_json(lines)
     assert (s.flash_bytes, s.dram_bytes, s.iram_bytes, s.dram_total) == (1_000_000, 50_000, 56_383, 341760)
-    assert builder.parse_idf_size_json(["no json"]) is None
+    assert idf.parse_idf_size_json(["no json"]) is None
 
 
 # --------------------------------------------------------------------------- a whole run with a stand-in toolchain
@@ -674,13 +681,13 @@ def test_build_with_stand_in_pio_writes_manifest_and_reports_sizes(cli, tmp_path
     fake_pio_build(out, "xiao_esp32s3", with_flasher_args=True)
     r = cli("build", "--out", out, "--jobs", "3")
     assert r.exit_code == 0, r.output
-    assert f"pkg list -g --only-platforms -p {builder.PIO_PLATFORM_SPEC}" in calls.read_text()
+    assert f"pkg list -g --only-platforms -p {platformio.PIO_PLATFORM_SPEC}" in calls.read_text()
     assert f"run -d {out} -e xiao_esp32s3 -j 3" in calls.read_text()
-    manifest = json.loads((out / builder.MANIFEST_NAME).read_text())
+    manifest = json.loads((out / build_manifest.MANIFEST_NAME).read_text())
     assert manifest["backend"] == "pio" and manifest["board"] == "xiao_esp32s3"
     assert manifest["model"]["sha256"] in (out / "platformio.ini").read_text()
     assert manifest["sizes"] == {"flash_bytes": 1031250, "dram_bytes": 32404, "iram_bytes": None}
-    assert "manifest" in r.stdout and str(out / builder.MANIFEST_NAME) in r.stdout.replace("\n", "")
+    assert "manifest" in r.stdout and str(out / build_manifest.MANIFEST_NAME) in r.stdout.replace("\n", "")
     assert "Processing xiao_esp32s3" in (out / builder.LOG_NAME).read_text()
 
 
@@ -778,7 +785,7 @@ def test_idf_environment_not_exported_and_version_warning(cli, tmp_path, fake_id
 
 def test_build_with_stand_in_idf_py_writes_manifest(cli, tmp_path, fake_idf):
     """Wiring only: idf.py build + size, then flasher_args.json -> manifest, json2 -> sizes."""
-    calls = fake_idf("ok", builder.IDF_VERSION)
+    calls = fake_idf("ok", idf.IDF_VERSION)
     out = tmp_path / "out"
     fake_idf_build(out)
     (out / "build" / "CMakeCache.txt").write_text("")  # configured before: no set-target
@@ -789,7 +796,7 @@ def test_build_with_stand_in_idf_py_writes_manifest(cli, tmp_path, fake_idf):
         f"-C {out} -B {out / 'build'} build",
         f"-C {out} -B {out / 'build'} size --format json2",
     ]
-    manifest = json.loads((out / builder.MANIFEST_NAME).read_text())
+    manifest = json.loads((out / build_manifest.MANIFEST_NAME).read_text())
     assert manifest["backend"] == "idf"
     assert [i["path"] for i in manifest["images"]] == [
         "build/bootloader/bootloader.bin", "build/partition_table/partition-table.bin", "build/gendertool.bin"

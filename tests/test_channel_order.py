@@ -10,16 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from gendertool.preprocess import (
-    CHANNEL_ORDERS,
-    Preprocessing,
-    crop_resize,
-    normalize,
-    preprocess,
-    quant_lut,
-    quantize,
-    to_channel_order,
-)
+from gendertool.model.preprocess import CHANNEL_ORDERS, Preprocessing, crop_resize, normalize, preprocess, quant_lut, quantize, to_channel_order
 from gendertool.resources import resource_path
 
 from tflite_fab import tiny_model
@@ -60,7 +51,7 @@ def test_bgr_reverses_the_tensor_channels():
 
 
 def test_every_channel_order_has_a_firmware_enumerator():
-    from gendertool.render import CHANNEL_ORDERS_CPP
+    from gendertool.project.render import CHANNEL_ORDERS_CPP
 
     assert sorted(CHANNEL_ORDERS_CPP) == sorted(CHANNEL_ORDERS)
     header = (resource_path("firmware") / "main" / "image_preprocess.h").read_text()
@@ -80,8 +71,8 @@ def _bgr_model(tmp_path, name="bgr", seed=2):
 
 def test_sidecar_channel_order_reaches_the_firmware_constants(tmp_path):
     from gendertool.boards import get_board
-    from gendertool.model import load_model
-    from gendertool.render import render_project
+    from gendertool.model.info import load_model
+    from gendertool.project.render import render_project
 
     info = load_model(_bgr_model(tmp_path), measure_arena=False)
     assert info.preprocessing == BGR
@@ -126,10 +117,10 @@ def images(tmp_path_factory):
 
 
 def test_validate_host_feeds_bgr(tmp_path, images):
-    from gendertool.model import load_model
-    from gendertool.preprocess import load_rgb
-    from gendertool.runtime import TflmRunner
-    from gendertool.validate import validate_host
+    from gendertool.model.info import load_model
+    from gendertool.model.preprocess import load_rgb
+    from gendertool.model.runtime import TflmRunner
+    from gendertool.model.validate import validate_host
 
     path = _bgr_model(tmp_path)
     rep = validate_host(images, path)
@@ -153,9 +144,9 @@ def test_validate_text_names_the_channel_order(cli, tmp_path, images):
 
 
 def test_sim_and_validate_port_feed_bgr(cli, tmp_path, images):
-    from gendertool.model import load_model
-    from gendertool.runtime import TflmRunner
-    from gendertool.simdevice import SimDevice, SimServer
+    from gendertool.model.info import load_model
+    from gendertool.model.runtime import TflmRunner
+    from gendertool.device.sim import SimDevice, SimServer
 
     path = _bgr_model(tmp_path)
     info = load_model(path, measure_arena=False)

@@ -1,4 +1,4 @@
-"""gendertool convert / gendertool.carray: the C array compiles to exactly the model's bytes."""
+"""gendertool convert / gendertool.project.carray: the C array compiles to exactly the model's bytes."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import subprocess
 
 import pytest
 
-from gendertool.carray import c_array_source, hex_lines
+from gendertool.project.carray import c_array_source, hex_lines
 from tflite_fab import tiny_model
 
 from conftest import have_cmd

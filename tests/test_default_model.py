@@ -28,7 +28,7 @@ def _train_script():
 
 @pytest.fixture(scope="module")
 def info():
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(REPO / "models" / "gender_mbv2_035_64.tflite", measure_arena=False)
 
@@ -44,7 +44,7 @@ def test_io_contract(default_model, info):
 
 
 def test_sidecar_travels_with_the_model(info):
-    from gendertool.preprocess import Preprocessing
+    from gendertool.model.preprocess import Preprocessing
 
     side = json.loads(SIDECAR.read_text())
     assert side["name"] == "gender_mbv2_035_64"
@@ -75,7 +75,7 @@ def test_split_rule_is_deterministic_and_matches_the_list():
 
 def test_heldout_list_covers_the_dataset_split(portraits):
     mod = _train_script()
-    from gendertool.preprocess import list_images
+    from gendertool.model.preprocess import list_images
 
     expected = sorted(
         f"{p.parent.name}/{p.name}" for p in list_images(portraits) if mod.is_heldout(p.name)
@@ -91,8 +91,8 @@ MIN_RECALL = 0.80
 @pytest.fixture(scope="module")
 def heldout_run(portraits, info):
     """Held-out split through the firmware preprocessing on TFLM and LiteRT reference kernels."""
-    from gendertool.preprocess import load_rgb, preprocess
-    from gendertool.runtime import LiteRtRunner, TflmRunner
+    from gendertool.model.preprocess import load_rgb, preprocess
+    from gendertool.model.runtime import LiteRtRunner, TflmRunner
 
     tflm = TflmRunner(info.data)
     lite = LiteRtRunner(info.data, kernels="reference")
@@ -130,8 +130,8 @@ def test_heldout_int8_accuracy_and_recall_meet_the_bar(heldout_run):
 def test_out_of_distribution_figures_reproduce(portraits, info):
     """Every out-of-distribution figure of the card (face crops from the shipped landmarks,
     grey, desaturated, colour casts; per class) recomputed on TFLM: exactly the recorded counts."""
-    from gendertool.preprocess import load_rgb, quant_lut, quantize
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.preprocess import load_rgb, quant_lut, quantize
+    from gendertool.model.runtime import TflmRunner
 
     tm = _train_script()
     rels = HELDOUT.read_text().split()
@@ -155,9 +155,9 @@ def test_out_of_distribution_figures_reproduce(portraits, info):
 def test_builtin_samples_are_classified_right(info):
     """The firmware's four built-in samples (held-out portraits, named <label>_...): the
     shipped model gets each one right, as monitor's verdicts show on the device."""
-    from gendertool.preprocess import load_rgb, preprocess
-    from gendertool.render import sample_truth
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.preprocess import load_rgb, preprocess
+    from gendertool.project.samples import sample_truth
+    from gendertool.model.runtime import TflmRunner
 
     tflm = TflmRunner(info.data)
     samples = sorted((REPO / "firmware" / "samples").glob("*.png"))

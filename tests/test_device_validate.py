@@ -10,7 +10,7 @@ import time
 import numpy as np
 import pytest
 
-from gendertool.simdevice import SimDevice, SimFaults
+from gendertool.device.sim import SimDevice, SimFaults
 
 from conftest import closed_port_url
 
@@ -176,7 +176,7 @@ def test_unreachable_port(cli, images):
 @pytest.fixture
 def reference_calls(monkeypatch):
     """Records when the host reference is computed (it costs seconds on a real image folder)."""
-    from gendertool import device_validate
+    from gendertool.device import validate as device_validate
 
     calls = []
     real = device_validate.prepare_references
@@ -214,7 +214,7 @@ def test_one_bad_port_of_two_still_validates_the_other(cli, sim_server, images, 
 
 
 def test_fit_upload_keeps_small_images_and_shrinks_large_ones():
-    from gendertool.device_validate import fit_upload
+    from gendertool.device.validate import fit_upload
 
     small = np.zeros((480, 640, 3), np.uint8)
     assert fit_upload(small) is small
@@ -249,7 +249,7 @@ class SlowFirstUploadDevice(SimDevice):
 
 
 def test_an_image_whose_result_times_out_is_uploaded_again(sim_server, images, default_model):
-    from gendertool.device_validate import validate_devices
+    from gendertool.device.validate import validate_devices
 
     server = sim_server(SlowFirstUploadDevice, autostart=False)
     run = validate_devices([server.url], images, default_model, infer_timeout=0.4)
@@ -364,7 +364,7 @@ def test_another_model_is_named_by_both_hashes_and_nothing_is_compared(cli, sim_
 
 
 def test_progress_counts_every_image_once(sim_server, images, default_model):
-    from gendertool.device_validate import validate_devices
+    from gendertool.device.validate import validate_devices
 
     server = sim_server()
     seen = []
@@ -404,14 +404,14 @@ def test_report_file_of_a_complete_run(cli, images, tmp_path):
 def _interrupt_after(monkeypatch, n_images: int):
     from gendertool.cli import bench as cli_bench
 
-    real = cli_bench._BoardProgress.__call__
+    real = cli_bench.BoardProgress.__call__
 
     def progress(self, port, phase, done, total):
         real(self, port, phase, done, total)
         if phase == "validate" and done >= n_images:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_bench._BoardProgress, "__call__", progress)
+    monkeypatch.setattr(cli_bench.BoardProgress, "__call__", progress)
 
 
 def test_ctrl_c_keeps_the_images_compared(cli, images, tmp_path, monkeypatch):

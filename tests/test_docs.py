@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from gendertool.render import COMPONENTS
+from gendertool.project.render import COMPONENTS
 
 REPO = Path(__file__).resolve().parent.parent
 PIN_DOCS = ("README.md", "docs/building.md", "firmware/README.md")

@@ -1,20 +1,19 @@
-"""ESP-NN scratch sizes (gendertool.espnn) against hand-computed upstream figures, and the
+"""ESP-NN scratch sizes (gendertool.model.espnn) against hand-computed upstream figures, and the
 firmware arena built on them. Formulas: esp-nn src/convolution/esp_nn_conv_esp32s3.c
 (esp_nn_get_conv_scratch_size_esp32s3) and esp_nn_depthwise_conv_s8_esp32s3.c
 (esp_nn_get_depthwise_conv_scratch_size_esp32s3) in their "2020-2023" versions,
 src/softmax/esp_nn_softmax_opt.c, esp-tflite-micro kernels/esp_nn/*.cc Prepare (see the
-gendertool.espnn docstring for which stored commits were read and what stays unpinned)."""
+gendertool.model.espnn docstring for which stored commits were read and what stays unpinned)."""
 
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 
-from gendertool import espnn
-from gendertool import model as gm
-
+from gendertool.model import espnn
+from gendertool.model import flatbuffer
+from gendertool.model import info as model_info
 SAME, VALID = 0, 1
 
 
@@ -170,9 +169,9 @@ def test_non_int8_and_unknown_target():
 
 
 def _nodes(data):
-    m = gm.parse_model(data)
+    m = flatbuffer.parse_model(data)
     sg = m.subgraphs[0]
-    return m, sg, [(gm.op_name(m, op)[0], op) for op in sg.operators]
+    return m, sg, [(flatbuffer.op_name(m, op)[0], op) for op in sg.operators]
 
 
 def test_default_model_largest_scratch_is_the_first_strided_depthwise(default_model):
@@ -185,7 +184,7 @@ def test_default_model_largest_scratch_is_the_first_strided_depthwise(default_mo
     # request is the first stride-2 depthwise (32x32x48 in), which copies its padded input:
     # (W+2)*(H+2)*C + 9*C + 16
     first = next(i for i, (n, op) in enumerate(nodes) if n == "DEPTHWISE_CONV_2D" and op.builtinOptions.strideW == 2)
-    _, h, w, c = gm._shape(sg.tensors[int(nodes[first][1].inputs[0])])
+    _, h, w, c = flatbuffer.tensor_shape(sg.tensors[int(nodes[first][1].inputs[0])])
     assert (h, w, c) == (32, 32, 48)
     assert entries[first].bytes == (w + 2) * (h + 2) * c + 9 * c + 16 == 55_936
     assert (top.node, top.op, top.branch) == (first, "DEPTHWISE_CONV_2D", "3x3 s8 padded input")
@@ -194,7 +193,7 @@ def test_default_model_largest_scratch_is_the_first_strided_depthwise(default_mo
     convs = [i for i, (n, op) in enumerate(nodes) if n == "CONV_2D"]
     assert all(entries[i].bytes < top.bytes for i in convs)
     # same answer from a ModelInfo
-    info = gm.load_model(default_model, measure_arena=False)
+    info = model_info.load_model(default_model, measure_arena=False)
     assert espnn.model_scratch(info) == entries
     assert info.espnn_scratch_bytes == top.bytes and info.espnn_scratch_node == (top.node, "DEPTHWISE_CONV_2D")
 
@@ -209,8 +208,8 @@ def test_firmware_arena_is_tail_plus_planned_head(cli, default_model):
     assert scratch == espnn.largest(entries).bytes and head > scratch
     assert [e["node"] for e in arena["espnn_scratch"]] == [e.node for e in entries if e.bytes > 0]
     assert tail + arena["host_head_bytes"] == arena["host_bytes"]
-    assert fw >= tail + head + max((tail + head) * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES)
-    assert fw == gm.firmware_arena_bytes(tail, head) == tail + head + arena["margin_bytes"] and fw % 1024 == 0
+    assert fw >= tail + head + max((tail + head) * model_info.ARENA_MARGIN_FRACTION, model_info.ARENA_MARGIN_MIN_BYTES)
+    assert fw == model_info.firmware_arena_bytes(tail, head) == tail + head + arena["margin_bytes"] and fw % 1024 == 0
     assert arena["espnn_scratch_node"]["op"] == "DEPTHWISE_CONV_2D"
 
 
@@ -218,7 +217,7 @@ def test_inspect_table_names_the_scratch_node(cli, default_model):
     res = cli("inspect", str(default_model))
     assert res.exit_code == 0, res.output
     out = " ".join(res.stdout.split())
-    info = gm.load_model(default_model, measure_arena=False)
+    info = model_info.load_model(default_model, measure_arena=False)
     node, op = info.espnn_scratch_node
     assert f"largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes" in out
     assert "(TFLM greedy plan with ESP-NN scratch, peak at node" in out
@@ -226,18 +225,18 @@ def test_inspect_table_names_the_scratch_node(cli, default_model):
 
 def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
     from gendertool.boards import get_board
-    from gendertool.render import build_context
+    from gendertool.project.render import build_context
 
-    info = gm.load_model(default_model)
+    info = model_info.load_model(default_model)
     board = get_board("xiao_esp32s3")
     on = build_context(info, board)
     off = build_context(info, board, options={"esp_nn": False})
     assert on["app"]["arena_bytes"] == info.arena_bytes
     # ANSI C: conv/depthwise request nothing; the plan keeps softmax's width*4 and the MEAN
-    from gendertool import arena_plan
+    from gendertool.model import arena as arena_plan
 
     ansi_head = arena_plan.plan_head_bytes(info, arena_plan.firmware_scratch(info, optimized=False))
-    assert off["app"]["arena_bytes"] == gm.firmware_arena_bytes(info.arena.tail_bytes, ansi_head)
+    assert off["app"]["arena_bytes"] == model_info.firmware_arena_bytes(info.arena.tail_bytes, ansi_head)
     assert off["app"]["arena_bytes"] < on["app"]["arena_bytes"]
 
 
@@ -291,10 +290,10 @@ def _check_flag(in_hw, out_hw, stride, padding, flagged, k):
 def test_build_warns_about_a_mispadded_conv_and_the_default_model_has_none(cli, default_model, tmp_path):
     from tflite_fab import tiny_model
 
-    from gendertool.build import build
+    from gendertool.project.build import build
 
     # the shipped model carries its stem's PAD explicitly (gendertool model fix-padding)
-    assert gm.load_model(default_model, measure_arena=False).espnn_warnings == []
+    assert model_info.load_model(default_model, measure_arena=False).espnn_warnings == []
     assert "esp-nn#31" not in cli("build", "--no-compile", "--out", tmp_path / "fw").output
     # a 3x3 stride-2 SAME conv over an even extent (pads 0 + 1) is named, with the fix
     model = tmp_path / "m.tflite"

@@ -1,16 +1,15 @@
-"""gendertool.estimate: the estimated Invoke() time on the XIAO ESP32S3 from published
+"""gendertool.model.estimate: the estimated Invoke() time on the XIAO ESP32S3 from published
 calibration points, its leave-one-out uncertainty, and where it shows (inspect, bench)."""
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import pytest
 
-from gendertool import estimate as E
-from gendertool.model import parse_model
+from gendertool.model import estimate as E
+from gendertool.model.flatbuffer import parse_model
 
 from tflite_fab import seed_shaped_model, tiny_model
 
@@ -177,10 +176,10 @@ def test_a_board_run_is_compared_and_becomes_a_calibration_point(tmp_path, model
 
     from rich.console import Console
 
-    from gendertool.bench import BenchResult, Sample
-    from gendertool.cli.bench import present_estimate
+    from gendertool.device.bench_results import BenchResult, Sample
+    from gendertool.present.bench import present_estimate
 
-    from gendertool.bench import OpTiming
+    from gendertool.device.bench_results import OpTiming
 
     res = BenchResult(port="/dev/ttyACM0", n=3, warmup=0, input="sample", simulated=False,
                       device={"board": "xiao_esp32s3", "model_sha256": model_info.sha256, "fw": "0.1.0", "cpu_mhz": 240},
@@ -217,8 +216,8 @@ def test_a_board_running_another_model_is_not_compared(tmp_path, model_info):
 
     from rich.console import Console
 
-    from gendertool.bench import BenchResult, Sample
-    from gendertool.cli.bench import present_estimate
+    from gendertool.device.bench_results import BenchResult, Sample
+    from gendertool.present.bench import present_estimate
 
     res = BenchResult(port="/dev/ttyACM0", n=1, warmup=0, input="sample", device={"model_sha256": "ab" * 32},
                       samples=[Sample(0, 900, 50000)], path=tmp_path / "bench.json")

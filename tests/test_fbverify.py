@@ -1,4 +1,4 @@
-"""gendertool._fbverify against hand-made damage: one malformed buffer per check it makes.
+"""gendertool.model.verify against hand-made damage: one malformed buffer per check it makes.
 
 Every position is found with the flatbuffers runtime's own generated accessors (ai_edge_litert's
 schema), not with the verifier under test; each case changes one structural value in a valid
@@ -12,7 +12,7 @@ import struct
 import pytest
 from ai_edge_litert import schema_py_generated as fb
 
-from gendertool._fbverify import MAX_TABLES_PER_VECTOR, FlatbufferError, verify_tflite
+from gendertool.model.verify import MAX_TABLES_PER_VECTOR, FlatbufferError, verify_tflite
 from tflite_fab import tiny_model
 
 

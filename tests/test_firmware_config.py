@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from gendertool.boards import BOARDS, get_board
-from gendertool.render import render_project
+from gendertool.project.render import render_project
 from gendertool.resources import resource_path
 
 FW_MAIN = resource_path("firmware") / "main"
@@ -173,7 +173,7 @@ def test_api_list_matches_what_the_sources_use():
 
 
 def test_resolver_methods_exist_in_tflm(refdata):
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     tflm = _names(refdata, TFLM)
     model = load_model(None)
@@ -182,7 +182,7 @@ def test_resolver_methods_exist_in_tflm(refdata):
 
 @pytest.fixture(scope="module")
 def projects(tmp_path_factory):
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     model = load_model(None)
     out = {}

@@ -1,7 +1,7 @@
 """The firmware's portable C++ compiled with the host g++ and checked against the Python reference.
 
 - firmware/main/image_preprocess.cc must give byte-identical int8 input tensors to
-  gendertool.preprocess for odd, landscape, portrait and tiny images, RGB888 and RGB565, with
+  gendertool.model.preprocess for odd, landscape, portrait and tiny images, RGB888 and RGB565, with
   either crop mode ("center" square, "none" = whole frame stretched), either channel order
   ("rgb", "bgr"), and the same crop rectangle as crop_rect for any size and fraction.
 No stand-ins for ESP-IDF or TFLM headers: only files that include neither are compiled here.
@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from gendertool.preprocess import Preprocessing, crop_rect, crop_resize, quant_lut, quantize
+from gendertool.model.preprocess import Preprocessing, crop_rect, crop_resize, quant_lut, quantize
 from gendertool.resources import resource_path
 
 pytestmark = pytest.mark.skipif(shutil.which("g++") is None, reason="host g++ not installed")
@@ -339,17 +339,17 @@ def _parse(stdout: str) -> dict:
 
 def _render(model, board: str, out: Path) -> None:
     from gendertool.boards import get_board
-    from gendertool.render import render_project
+    from gendertool.project.render import render_project
 
     render_project(model, get_board(board), out)
 
 
 @pytest.mark.parametrize("which", ["default", "weird_labels", "crop_none", "bgr", "seed", "ties"])
 def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
-    from gendertool.model import load_model, load_model_bytes
-    from gendertool.preprocess import load_rgb, preprocess
-    from gendertool.render import _default_sample_paths
-    from gendertool.runtime import TflmRunner, softmax_probs
+    from gendertool.model.info import load_model, load_model_bytes
+    from gendertool.model.preprocess import load_rgb, preprocess
+    from gendertool.project.samples import default_sample_paths
+    from gendertool.model.runtime import TflmRunner, softmax_probs
 
     from tflite_fab import seed_shaped_model, tiny_model
 
@@ -386,7 +386,7 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
         CHANNEL_ORDER[model.preprocessing.channel_order])
     assert got["meta"].split() == [model.name, model.sha256, "xiao_esp32s3", str(model.size), str(model.arena_bytes)]
     assert got["label"] == list(model.labels)  # quotes, backslashes, newlines, UTF-8 survive
-    from gendertool.preprocess import quant_lut
+    from gendertool.model.preprocess import quant_lut
 
     lut = quant_lut(model.preprocessing, model.input.scale, model.input.zero_point)
     assert bytes.fromhex(got["lut"]) == lut.tobytes()
@@ -405,7 +405,7 @@ def test_generated_sources_compile_and_match_the_reference(which, tmp_path):
         away = np.abs(np.abs(x) % 1 - 0.5) > 1e-6
         np.testing.assert_array_equal(fw[away], ref[away])
 
-    paths = _default_sample_paths()
+    paths = default_sample_paths()
     assert [s[0] for s in got["sample"]] == [p.stem for p in paths]
     runner = TflmRunner(model.data)
     _, height, width, _ = model.input.shape
@@ -454,8 +454,8 @@ int main() {
 
 
 def test_inference_stats_match_the_host_rules(tmp_path):
-    from gendertool.model import TensorInfo
-    from gendertool.runtime import softmax_probs
+    from gendertool.model.info import TensorInfo
+    from gendertool.model.runtime import softmax_probs
 
     (tmp_path / "stats.cc").write_text(STATS_DRIVER)
     exe = tmp_path / "stats"

@@ -1,5 +1,5 @@
 """The firmware's AppController (docs/protocol.md behaviour) compiled with host g++ and driven
-by the real host client (gendertool.link.DeviceClient) over TCP.
+by the real host client (gendertool.device.link.DeviceClient) over TCP.
 
 The controller, LINK's protocol.cc, the preprocessing and the generated model settings and
 samples are the firmware's own code. Only the device underneath is the test's: a Platform
@@ -219,7 +219,7 @@ int main(int argc, char** argv) {
 
 @pytest.fixture(scope="module")
 def model():
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(None)
 
@@ -227,7 +227,7 @@ def model():
 @pytest.fixture(scope="module")
 def device_exe(model, tmp_path_factory) -> Path:
     from gendertool.boards import get_board
-    from gendertool.render import render_project
+    from gendertool.project.render import render_project
 
     work = tmp_path_factory.mktemp("fwlink")
     render_project(model, get_board("xiao_esp32s3"), work / "proj")
@@ -268,7 +268,7 @@ def fake_scores(q: np.ndarray, classes: int) -> list[int]:
 
 
 def _client(url: str):
-    from gendertool.link import DeviceClient
+    from gendertool.device.link import DeviceClient
 
     return DeviceClient.open(url)
 
@@ -303,8 +303,8 @@ def test_boot_hello_selftest_and_info(device, model):
 
 
 def test_upload_goes_through_device_preprocessing(device, model):
-    from gendertool.preprocess import preprocess
-    from gendertool.runtime import softmax_probs
+    from gendertool.model.preprocess import preprocess
+    from gendertool.model.runtime import softmax_probs
 
     rng = np.random.default_rng(3)
     with _client(device.url) as c:
@@ -349,7 +349,7 @@ def test_bench_on_the_uploaded_image_preprocesses_it_every_run(device):
 
 
 def test_continuous_results_cycle_the_samples(device, model):
-    from gendertool.render import build_context
+    from gendertool.project.render import build_context
     from gendertool.boards import get_board
 
     expected = [s["expected"] for s in build_context(model, get_board("xiao_esp32s3"))["samples"]]

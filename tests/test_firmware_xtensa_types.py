@@ -64,8 +64,8 @@ def xtensa_flags(tmp_path_factory) -> list[str]:
 @pytest.fixture(scope="module")
 def project(tmp_path_factory) -> Path:
     from gendertool.boards import get_board
-    from gendertool.model import load_model
-    from gendertool.render import render_project
+    from gendertool.model.info import load_model
+    from gendertool.project.render import render_project
 
     out = tmp_path_factory.mktemp("xtensa_project")
     render_project(load_model(None), get_board("xiao_esp32s3_sense"), out, input_source="camera")

@@ -16,7 +16,13 @@ from pathlib import Path
 import pytest
 import serial
 
-from gendertool import flash as gflash
+from gendertool.device import esptool_log
+
+from gendertool.device import flash as gflash
+
+from gendertool.device import ports as ports_mod
+
+from gendertool.project import manifest as build_manifest
 from gendertool.errors import BuildError, DeviceError
 
 esptool_cmds = pytest.importorskip("esptool.cmds")
@@ -54,7 +60,7 @@ def build_dir(tmp_path) -> Path:
         "elf": "gendertool.elf",
         "sizes": {"flash_bytes": 0, "dram_bytes": 0, "iram_bytes": 0},
     }
-    (d / gflash.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (d / build_manifest.MANIFEST_NAME).write_text(json.dumps(manifest))
     return d
 
 
@@ -151,12 +157,12 @@ def esptool_api(monkeypatch):
 
     for fn in (detect_chip, run_stub, attach_flash, write_flash, verify_flash, reset_chip):
         monkeypatch.setattr(esptool_cmds, fn.__name__, fn)
-    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: port.startswith("/dev/ttyACM"))
+    monkeypatch.setattr(gflash, "is_usb_jtag", lambda port: port.startswith("/dev/ttyACM"))
     state["calls"] = calls
     return state
 
 
-class Recorder(gflash.FlashReporter):
+class Recorder(esptool_log.FlashReporter):
     def __init__(self, timeline: list | None = None, port: str = "") -> None:
         self.progress_events: list[tuple[str, int, int]] = []
         self.messages: list[str] = []
@@ -185,7 +191,7 @@ class Recorder(gflash.FlashReporter):
 
 
 def test_manifest_maps_to_esptool_calls(build_dir, esptool_api):
-    plan = gflash.plan_flash(build_dir)
+    plan = build_manifest.plan_flash(build_dir)
     rec = Recorder()
     result = gflash.flash(plan, "/dev/ttyACM0", baud=921600, reporter=rec)
 
@@ -223,16 +229,16 @@ def test_esptool_logger_is_restored(build_dir, esptool_api):
     from esp_pylib.logger import EspLog
 
     before = EspLog.instance
-    gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+    gflash.flash(build_manifest.plan_flash(build_dir), "/dev/ttyACM0")
     assert EspLog.instance is before
     esptool_api["fail"]["write_flash"] = serial.SerialException("device disconnected")
     with pytest.raises(DeviceError):
-        gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+        gflash.flash(build_manifest.plan_flash(build_dir), "/dev/ttyACM0")
     assert EspLog.instance is before
 
 
 def test_merged_image_and_uart_port(build_dir, esptool_api):
-    plan = gflash.plan_flash(build_dir, merged=True)
+    plan = build_manifest.plan_flash(build_dir, merged=True)
     gflash.flash(plan, "/dev/ttyUSB0", baud=115200)
     calls = esptool_api["calls"]
     assert calls[0] == ("detect_chip", "/dev/ttyUSB0", "default-reset")
@@ -273,7 +279,7 @@ def test_wrong_chip_is_refused_naming_it(build_dir, esptool_api, cli):
 def test_connect_failures(build_dir, esptool_api, error, expected):
     esptool_api["fail"]["detect_chip"] = error
     with pytest.raises(DeviceError, match=expected):
-        gflash.flash(gflash.plan_flash(build_dir), "/dev/ttyACM0")
+        gflash.flash(build_manifest.plan_flash(build_dir), "/dev/ttyACM0")
 
 
 @pytest.mark.parametrize(
@@ -323,7 +329,7 @@ def _real_open_failure(monkeypatch, exc):
     ],
 )
 def test_port_open_failures_through_real_esptool(build_dir, monkeypatch, cli, exc, expected):
-    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: True)
+    monkeypatch.setattr(gflash, "is_usb_jtag", lambda port: True)
     _real_open_failure(monkeypatch, exc)
     res = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
     assert res.exit_code == 2, res.output
@@ -334,13 +340,13 @@ def test_port_open_failures_through_real_esptool(build_dir, monkeypatch, cli, ex
 
 def test_busy_port_real_pty(build_dir, monkeypatch):
     """A port another program holds exclusively (as a monitor does): esptool's real open fails."""
-    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: True)
+    monkeypatch.setattr(gflash, "is_usb_jtag", lambda port: True)
     master, slave = pty.openpty()
     path = os.ttyname(slave)
     holder = serial.Serial(path, exclusive=True)
     try:
         with pytest.raises(DeviceError, match="is busy"):
-            gflash.flash(gflash.plan_flash(build_dir), path)
+            gflash.flash(build_manifest.plan_flash(build_dir), path)
     finally:
         holder.close()
         os.close(master)
@@ -348,23 +354,23 @@ def test_busy_port_real_pty(build_dir, monkeypatch):
 
 
 def test_missing_port_real(build_dir, monkeypatch, tmp_path):
-    monkeypatch.setattr(gflash, "_is_usb_jtag", lambda port: False)
+    monkeypatch.setattr(gflash, "is_usb_jtag", lambda port: False)
     with pytest.raises(DeviceError, match="does not exist"):
-        gflash.flash(gflash.plan_flash(build_dir), str(tmp_path / "ttyACM9"))
+        gflash.flash(build_manifest.plan_flash(build_dir), str(tmp_path / "ttyACM9"))
 
 
 def test_port_discovery(monkeypatch, build_dir, esptool_api, cli):
-    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: [])
+    monkeypatch.setattr(ports_mod, "find_esp32s3_ports", lambda: [])
     res = cli("flash", "--build", build_dir)
     assert res.exit_code == 2 and "no ESP32-S3 found" in res.stderr and "--port" in res.stderr
 
-    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
+    monkeypatch.setattr(ports_mod, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
     res = cli("flash", "--build", build_dir)
     assert res.exit_code == 2
     assert "/dev/ttyACM0" in res.stderr and "/dev/ttyACM1" in res.stderr and "--port" in res.stderr
     assert esptool_api["calls"] == []
 
-    monkeypatch.setattr(gflash, "find_esp32s3_ports", lambda: ["/dev/ttyACM3"])
+    monkeypatch.setattr(ports_mod, "find_esp32s3_ports", lambda: ["/dev/ttyACM3"])
     res = cli("flash", "--build", build_dir)
     assert res.exit_code == 0, res.output
     assert esptool_api["calls"][0][1] == "/dev/ttyACM3"
@@ -383,12 +389,12 @@ def test_find_ports_filters_vid_pid(monkeypatch):
         SimpleNamespace(device="/dev/ttyS0", vid=None, pid=None),
     ]
     monkeypatch.setattr(list_ports, "comports", lambda *a, **k: fake)
-    assert gflash.find_esp32s3_ports() == ["/dev/ttyACM0", "/dev/ttyACM1"]
+    assert ports_mod.find_esp32s3_ports() == ["/dev/ttyACM0", "/dev/ttyACM1"]
 
 
 def test_virtual_ports_cannot_be_flashed(build_dir, esptool_api):
     with pytest.raises(DeviceError, match="no flash"):
-        gflash.flash(gflash.plan_flash(build_dir), "sim")
+        gflash.flash(build_manifest.plan_flash(build_dir), "sim")
     assert esptool_api["calls"] == []
     # socket:// is esptool's own (tests/test_flash_rom.py flashes the emulated ROM loader there)
     gflash.check_flashable("socket://127.0.0.1:5555", 460800)
@@ -417,7 +423,7 @@ def test_boards_flash_in_parallel_each_with_its_own_progress(build_dir, esptool_
     esptool_api["lockstep"] = threading.Barrier(2)  # chunks of both boards strictly interleave
     timeline: list[str] = []
     recs = {p: Recorder(timeline, p) for p in ports}
-    plan = gflash.plan_flash(build_dir)
+    plan = build_manifest.plan_flash(build_dir)
     boards = gflash.flash_boards(plan, ports, baud=921600, reporter_for=recs.__getitem__)
 
     assert [b.port for b in boards] == ports and all(b.ok for b in boards)
@@ -448,7 +454,7 @@ def test_one_failing_board_does_not_stop_the_others(build_dir, esptool_api):
     esptool_api["barrier"] = threading.Barrier(3)
     esptool_api["fail_on"]["/dev/ttyACM1"] = {"write_flash": serial.SerialException("device disconnected")}
     recs = {p: Recorder() for p in PORTS3}
-    boards = gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3, reporter_for=recs.__getitem__)
+    boards = gflash.flash_boards(build_manifest.plan_flash(build_dir), PORTS3, reporter_for=recs.__getitem__)
 
     ok = {b.port: b.ok for b in boards}
     assert ok == {"/dev/ttyACM0": True, "/dev/ttyACM1": False, "/dev/ttyUSB0": True}
@@ -468,14 +474,14 @@ def test_one_failing_board_does_not_stop_the_others(build_dir, esptool_api):
 
 def test_board_failing_to_connect_and_wrong_chip(build_dir, esptool_api, monkeypatch):
     esptool_api["fail_on"]["/dev/ttyACM0"] = {"detect_chip": FatalError("Failed to connect to ESP32-S3: No serial data received.")}
-    boards = gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3[:2])
+    boards = gflash.flash_boards(build_manifest.plan_flash(build_dir), PORTS3[:2])
     assert "no ESP chip answered on /dev/ttyACM0" in boards[0].error and boards[1].ok
 
 
 def test_unexpected_exception_in_a_board_is_raised(build_dir, esptool_api):
     esptool_api["fail_on"]["/dev/ttyACM1"] = {"attach_flash": ValueError("a bug")}
     with pytest.raises(ValueError, match="a bug"):
-        gflash.flash_boards(gflash.plan_flash(build_dir), PORTS3)
+        gflash.flash_boards(build_manifest.plan_flash(build_dir), PORTS3)
     # the other boards were still finished before the bug surfaced
     assert esptool_api["by_port"]["/dev/ttyACM0"][-1] == "reset_chip"
     assert esptool_api["by_port"]["/dev/ttyUSB0"][-1] == "reset_chip"
@@ -491,7 +497,7 @@ def test_unexpected_exception_in_a_board_is_raised(build_dir, esptool_api):
 )
 def test_boards_refused_before_any_is_touched(build_dir, esptool_api, ports, expected):
     with pytest.raises(DeviceError, match=expected):
-        gflash.flash_boards(gflash.plan_flash(build_dir), ports)
+        gflash.flash_boards(build_manifest.plan_flash(build_dir), ports)
     assert esptool_api["calls"] == []
 
 
@@ -499,7 +505,7 @@ def test_boards_same_device_through_a_symlink(build_dir, esptool_api, tmp_path):
     link = tmp_path / "xiao"
     link.symlink_to("/dev/ttyACM0")
     with pytest.raises(DeviceError, match="given twice"):
-        gflash.flash_boards(gflash.plan_flash(build_dir), ["/dev/ttyACM0", str(link)])
+        gflash.flash_boards(build_manifest.plan_flash(build_dir), ["/dev/ttyACM0", str(link)])
 
 
 def test_flash_cli_two_boards(cli, build_dir, esptool_api):
@@ -566,14 +572,14 @@ def test_missing_image(cli, build_dir, esptool_api):
 def test_missing_merged_image(build_dir):
     (build_dir / "gendertool-merged.bin").unlink()
     with pytest.raises(BuildError, match="merged.*missing"):
-        gflash.plan_flash(build_dir, merged=True)
-    assert len(gflash.plan_flash(build_dir).images) == 3  # separate images still fine
+        build_manifest.plan_flash(build_dir, merged=True)
+    assert len(build_manifest.plan_flash(build_dir).images) == 3  # separate images still fine
 
 
 def test_empty_image(build_dir):
     (build_dir / "gendertool.bin").write_bytes(b"")
     with pytest.raises(BuildError, match="app image .* is empty"):
-        gflash.plan_flash(build_dir)
+        build_manifest.plan_flash(build_dir)
 
 
 @pytest.mark.parametrize(
@@ -588,25 +594,25 @@ def test_empty_image(build_dir):
     ],
 )
 def test_bad_manifests(build_dir, mutate, expected):
-    path = build_dir / gflash.MANIFEST_NAME
+    path = build_dir / build_manifest.MANIFEST_NAME
     data = json.loads(path.read_text())
     mutate(data)
     path.write_text(json.dumps(data))
     with pytest.raises(BuildError, match=expected):
-        gflash.plan_flash(build_dir)
+        build_manifest.plan_flash(build_dir)
 
 
 def test_unreadable_manifest(build_dir):
-    (build_dir / gflash.MANIFEST_NAME).write_text("{not json")
+    (build_dir / build_manifest.MANIFEST_NAME).write_text("{not json")
     with pytest.raises(BuildError, match="not a readable build manifest"):
-        gflash.plan_flash(build_dir / gflash.MANIFEST_NAME)
+        build_manifest.plan_flash(build_dir / build_manifest.MANIFEST_NAME)
 
 
 # --------------------------------------------------------------------------- ESP Web Tools
 
 
 def test_web_manifest_next_to_merged_image(build_dir):
-    out = gflash.write_web_manifest(build_dir / gflash.MANIFEST_NAME)
+    out = build_manifest.write_web_manifest(build_dir / build_manifest.MANIFEST_NAME)
     assert out == build_dir / "manifest.json"
     web = json.loads(out.read_text())
     assert web["builds"] == [{"chipFamily": "ESP32-S3", "parts": [{"path": "gendertool-merged.bin", "offset": 0}]}]
@@ -617,11 +623,11 @@ def test_web_manifest_next_to_merged_image(build_dir):
 
 
 def test_web_manifest_without_merged_lists_images(build_dir):
-    path = build_dir / gflash.MANIFEST_NAME
+    path = build_dir / build_manifest.MANIFEST_NAME
     data = json.loads(path.read_text())
     del data["merged"]
     path.write_text(json.dumps(data))
-    web = json.loads(gflash.write_web_manifest(build_dir).read_text())
+    web = json.loads(build_manifest.write_web_manifest(build_dir).read_text())
     parts = web["builds"][0]["parts"]
     assert [(p["path"], p["offset"]) for p in parts] == [("bootloader.bin", 0), ("partition-table.bin", 0x9000), ("gendertool.bin", 0x20000)]
 
@@ -640,27 +646,25 @@ def test_flash_help(cli):
 @pytest.mark.hardware
 def test_flash_real_board(board_ports, tmp_path):
     """Flash the build in ./build (made by `gendertool build`) onto the first --port board."""
-    manifest = Path("build") / gflash.MANIFEST_NAME
+    manifest = Path("build") / build_manifest.MANIFEST_NAME
     if not manifest.is_file():
         pytest.skip("no ./build/gendertool-build.json: run `gendertool build` first")
     rec = Recorder()
-    result = gflash.flash(gflash.plan_flash(manifest.parent), board_ports[0], reporter=rec)
+    result = gflash.flash(build_manifest.plan_flash(manifest.parent), board_ports[0], reporter=rec)
     assert result.chip == "ESP32-S3"
     assert rec.progress_events and result.throughput > 0
 
 
 def test_build_step_writes_the_web_manifest(tmp_path):
     """build.write_manifest (the build step) leaves manifest.json next to the merged image."""
-    from gendertool import build as builder
-
     out = tmp_path / "proj"
     images = []
     for name, offset, size in (("bootloader", 0, 4096), ("partition-table", 0x8000, 3072), ("app", 0x10000, 65536)):
         path = out / "build" / f"{name}.bin"
         _write(path, (b"\xe9\x03\x02\x20" if name == "bootloader" else b"") + os.urandom(size))
-        images.append(builder.Image(name, offset, path))
-    output = builder.BuildOutput(tuple(images), None, "dio", "80m", "8MB")
-    builder.write_manifest(out, output, board="xiao_esp32s3", chip="esp32s3", backend="idf", model={"name": "m", "sha256": "cd" * 32}, sizes=None)
+        images.append(build_manifest.Image(name, offset, path))
+    output = build_manifest.BuildOutput(tuple(images), None, "dio", "80m", "8MB")
+    build_manifest.write_manifest(out, output, board="xiao_esp32s3", chip="esp32s3", backend="idf", model={"name": "m", "sha256": "cd" * 32}, sizes=None)
     web = json.loads((out / "manifest.json").read_text())
     (part,) = web["builds"][0]["parts"]
     assert web["builds"][0]["chipFamily"] == "ESP32-S3" and part["offset"] == 0

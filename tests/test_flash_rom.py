@@ -15,7 +15,7 @@ import pytest
 pytest.importorskip("esp32_mock_bootloader")
 from esp32_mock_bootloader import protocol as mock_protocol  # noqa: E402
 
-from gendertool import flash as gflash  # noqa: E402
+from gendertool.project import manifest as build_manifest
 from rom_loader import FLASH_BYTES, FLASH_ID_8MB, Faults, RomLoader  # noqa: E402
 
 
@@ -68,7 +68,7 @@ def build(tmp_path) -> Path:
         "flash": {"mode": "dio", "freq": "80m", "size": "8MB"},
         "images": entries, "merged": {"offset": 0, "path": "merged.bin"},
     }  # fmt: skip
-    (d / gflash.MANIFEST_NAME).write_text(json.dumps(manifest))
+    (d / build_manifest.MANIFEST_NAME).write_text(json.dumps(manifest))
     return d
 
 

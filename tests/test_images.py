@@ -12,7 +12,7 @@ import pytest
 from PIL import Image
 
 from gendertool.errors import ImageError
-from gendertool.preprocess import DECODE_MIN_SIDE, MAX_IMAGE_PIXELS, load_rgb
+from gendertool.model.preprocess import DECODE_MIN_SIDE, MAX_IMAGE_PIXELS, load_rgb
 from tflite_fab import tiny_model
 
 

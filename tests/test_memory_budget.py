@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from gendertool import memory_budget as mb
+from gendertool.project import memory as mb
 from gendertool.boards import get_board
 from gendertool.errors import GendertoolError, ModelError
-from gendertool.model import load_model_bytes
+from gendertool.model.info import load_model_bytes
 from tflite_fab import tiny_model
 
 
@@ -134,7 +134,7 @@ def test_hello_over_the_protocol_line_is_refused_at_build(cli, model_file, tmp_p
 
 def test_hello_size_is_the_real_encoded_record():
     from gendertool import protocol as p
-    from gendertool.render import check_hello_fits, firmware_hello
+    from gendertool.project.render import check_hello_fits, firmware_hello
 
     board = get_board("xiao_esp32s3")
     info = load_model_bytes(tiny_model(height=16, width=16), name="m", labels=["x" * 700, "y" * 700])

@@ -12,7 +12,9 @@ import numpy as np
 import pytest
 from ai_edge_litert import schema_py_generated as fb
 
-from gendertool import model as gm
+from gendertool.model import checks
+
+from gendertool.model import info as model_info
 from gendertool.errors import ModelError
 from tflite_fab import edit, tiny_model, unpack
 
@@ -26,7 +28,7 @@ def tiny() -> bytes:
 
 
 def _probe_fails(data: bytes, arena: int) -> bool:
-    from gendertool._arena_probe import run_probe
+    from gendertool.model.arena_probe import run_probe
 
     try:
         run_probe(data, arena_size=arena, search=False)
@@ -72,7 +74,7 @@ def test_inspect_help(cli):
 
 
 def test_tiny_model_figures(tiny):
-    info = gm.load_model_bytes(tiny, name="tiny", measure_arena=False)
+    info = model_info.load_model_bytes(tiny, name="tiny", measure_arena=False)
     assert info.input.shape == (1, 8, 8, 3) and info.input.dtype == "int8"
     assert info.input.scale == pytest.approx(1 / 128) and info.input.zero_point == 0
     assert info.output.shape == (1, 2) and info.output.zero_point == -128
@@ -103,8 +105,8 @@ def test_default_model_inspect_json(cli, default_model):
     host, fw = data["arena"]["host_bytes"], data["arena"]["firmware_bytes"]
     scratch = data["arena"]["espnn_scratch_bytes"]  # ESP-NN's scratch is part of the planned head
     tail, head = data["arena"]["tail_bytes"], data["arena"]["head_bytes"]
-    assert host > 0 and scratch > 0 and fw == gm.firmware_arena_bytes(tail, head)
-    assert fw % 16 == 0 and fw >= tail + head + gm.ARENA_MARGIN_MIN_BYTES and head > scratch
+    assert host > 0 and scratch > 0 and fw == model_info.firmware_arena_bytes(tail, head)
+    assert fw % 16 == 0 and fw >= tail + head + model_info.ARENA_MARGIN_MIN_BYTES and head > scratch
     assert data["parameters"] > 50_000 and data["macs"] > 1_000_000
     assert data["board"]["model_fits"] is True
 
@@ -142,10 +144,10 @@ def test_sha256_stays_on_one_line_at_80_columns(cli, write, tiny, monkeypatch):
 
 def test_firmware_margin():
     for host in (1, 1872, 133_424, 1_000_003):
-        fw = gm.firmware_arena_bytes(host)
+        fw = model_info.firmware_arena_bytes(host)
         assert fw % 16 == 0 and fw % 1024 == 0
-        assert fw - host >= max(host * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES)
-        assert fw - host < max(host * gm.ARENA_MARGIN_FRACTION, gm.ARENA_MARGIN_MIN_BYTES) + 1024 + 1
+        assert fw - host >= max(host * model_info.ARENA_MARGIN_FRACTION, model_info.ARENA_MARGIN_MIN_BYTES)
+        assert fw - host < max(host * model_info.ARENA_MARGIN_FRACTION, model_info.ARENA_MARGIN_MIN_BYTES) + 1024 + 1
 
 
 # ---------------------------------------------------------------------------------------------
@@ -153,12 +155,12 @@ def test_firmware_margin():
 
 
 def test_arena_is_measured_once_then_cached(tiny, monkeypatch):
-    from gendertool import _arena_probe
+    from gendertool.model import arena_probe as _arena_probe
 
-    first = gm.load_model_bytes(tiny)
+    first = model_info.load_model_bytes(tiny)
     assert first.arena_host_bytes > 0
     monkeypatch.setattr(_arena_probe, "run_probe", lambda *a, **k: pytest.fail("probe ran again"))
-    again = gm.load_model_bytes(tiny)
+    again = model_info.load_model_bytes(tiny)
     assert again.arena_host_bytes == first.arena_host_bytes
 
 
@@ -169,10 +171,10 @@ def test_measured_arena_is_enough_for_tflm(which, tiny, default_model):
     print_allocations()' total alone is not enough on the tiny model: kernels allocate
     temporaries while preparing.
     """
-    from gendertool._arena_probe import run_probe
+    from gendertool.model.arena_probe import run_probe
 
     data = tiny if which == "tiny" else default_model.read_bytes()
-    host = gm.load_model_bytes(data).arena_host_bytes
+    host = model_info.load_model_bytes(data).arena_host_bytes
     report = run_probe(data, arena_size=host, search=False)
     assert report["arena_total"] <= host
     assert _probe_fails(data, host - 64)
@@ -182,7 +184,7 @@ def test_measured_arena_is_enough_for_tflm(which, tiny, default_model):
 
 def test_runtime_abort_becomes_model_error(tiny):
     """A model that makes TFLM abort ends the child process only."""
-    from gendertool._arena_probe import run_probe
+    from gendertool.model.arena_probe import run_probe
 
     bad = edit(tiny, lambda m: setattr(_logits(m).quantization, "scale", [7.8e-9]))
     with pytest.raises(ModelError, match=r"crashed \(SIGABRT\)"):
@@ -191,18 +193,18 @@ def test_runtime_abort_becomes_model_error(tiny):
 
 def test_softmax_condition_matches_tflm(tiny):
     """beta x scale must exceed 2^-26: just above runs, exactly at it TFLM aborts."""
-    from gendertool._arena_probe import run_probe
+    from gendertool.model.arena_probe import run_probe
 
     limit = 2.0**-26  # exact in float32
     above = np.float32(limit) * np.float32(1.001)
     ok = edit(tiny, lambda m: setattr(_logits(m).quantization, "scale", [float(above)]))
     at = edit(tiny, lambda m: setattr(_logits(m).quantization, "scale", [limit]))
-    assert gm.softmax_multiplier(1.0, float(above)) > 1.0 >= gm.softmax_multiplier(1.0, limit)
+    assert checks.softmax_multiplier(1.0, float(above)) > 1.0 >= checks.softmax_multiplier(1.0, limit)
     assert run_probe(ok)["arena_total"] > 0
     with pytest.raises(ModelError, match="SIGABRT"):
         run_probe(at)
     with pytest.raises(ModelError, match="QuantizeMultiplierGreaterThanOne") as info:
-        gm.load_model_bytes(at, measure_arena=False)
+        model_info.load_model_bytes(at, measure_arena=False)
     assert "must exceed 2^-26 (1.49e-08)" in str(info.value)
 
 
@@ -214,10 +216,10 @@ def test_output_shape_must_be_one_row_of_classes(tiny, shape, ok):
 
     data = edit(tiny, reshape)
     if ok:
-        assert gm.load_model_bytes(data, measure_arena=False).classes == 2
+        assert model_info.load_model_bytes(data, measure_arena=False).classes == 2
     else:
         with pytest.raises(ModelError, match=rf"output shape \[{', '.join(map(str, shape))}\]; expected \[1, classes\]"):
-            gm.load_model_bytes(data, measure_arena=False)
+            model_info.load_model_bytes(data, measure_arena=False)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,7 +249,7 @@ def test_random_bytes_behind_a_valid_identifier(cli, write):
         data = bytearray(rng.randbytes(2048))
         data[4:8] = b"TFL3"
         with pytest.raises(ModelError):
-            gm.load_model_bytes(bytes(data), measure_arena=False)
+            model_info.load_model_bytes(bytes(data), measure_arena=False)
     rejected(cli, write(bytes(data)), "TFLite")
 
 
@@ -265,7 +267,7 @@ def test_truncated_default_model(cli, write, default_model, fraction):
 def test_truncated_tiny_model_every_length(tiny):
     for n in range(0, len(tiny), 7):
         with pytest.raises(ModelError):
-            gm.load_model_bytes(tiny[:n], measure_arena=False)
+            model_info.load_model_bytes(tiny[:n], measure_arena=False)
 
 
 def test_bit_flip_in_root_offset(cli, write, tiny):
@@ -275,7 +277,7 @@ def test_bit_flip_in_root_offset(cli, write, tiny):
 
 
 def test_bit_flip_in_a_vtable(cli, write, tiny):
-    from gendertool._fbverify import Verifier
+    from gendertool.model.verify import Verifier
 
     v = Verifier(tiny)
     root = v.table(v.u32(0, "root"), "model")
@@ -285,7 +287,7 @@ def test_bit_flip_in_a_vtable(cli, write, tiny):
 
 
 def _flip_each(data: bytes, n: int, seed: int):
-    from gendertool._fbverify import structural_spans
+    from gendertool.model.verify import structural_spans
 
     positions = sorted({p for start, size in structural_spans(data) for p in range(start, start + size)})
     rng = random.Random(seed)
@@ -318,7 +320,7 @@ def test_structural_bit_flips_never_escape(which, tiny, default_model):
     (A flip inside weight bytes or a scale leaves a valid flatbuffer: no structural check can
     see it.)
     """
-    from gendertool._fbverify import FlatbufferError, verify_tflite
+    from gendertool.model.verify import FlatbufferError, verify_tflite
 
     data = tiny if which == "tiny" else default_model.read_bytes()
     union_types = _union_type_bytes(data)
@@ -340,7 +342,7 @@ def test_structural_bit_flips_never_escape(which, tiny, default_model):
         pos = next(i for i in range(len(data)) if data[i] != flipped[i])
         assert decodes or not verified or pos in union_types, f"byte {pos}: the verifier let through what cannot be read"
         try:
-            gm.load_model_bytes(flipped, measure_arena=False)
+            model_info.load_model_bytes(flipped, measure_arena=False)
             passed.append(flipped)
             assert verified and decodes
         except ModelError:
@@ -349,7 +351,7 @@ def test_structural_bit_flips_never_escape(which, tiny, default_model):
     # what passed the checks goes to TFLM in the isolated child: a figure or a ModelError
     for flipped in passed[:4]:
         try:
-            gm.load_model_bytes(flipped, measure_arena=True)
+            model_info.load_model_bytes(flipped, measure_arena=True)
         except ModelError:
             pass
 
@@ -389,7 +391,7 @@ def test_two_subgraphs(cli, write, tiny):
 
 
 def test_operator_tflm_cannot_add(cli, write, tiny):
-    from gendertool.ops import BUILTIN_METHODS
+    from gendertool.model.resolver import BUILTIN_METHODS
 
     assert "LSH_PROJECTION" not in BUILTIN_METHODS
 
@@ -410,7 +412,7 @@ def test_custom_operator_tflm_cannot_add(cli, write, tiny):
 
 
 def test_softmax_scale_that_aborts_tflm(cli, write, tiny, monkeypatch):
-    from gendertool import _arena_probe
+    from gendertool.model import arena_probe as _arena_probe
 
     monkeypatch.setattr(_arena_probe, "run_probe", lambda *a, **k: pytest.fail("TFLM must not be reached"))
     bad = edit(tiny, lambda m: setattr(_logits(m).quantization, "scale", [7.8e-9]))
@@ -423,7 +425,7 @@ def test_softmax_without_options_has_beta_zero(tiny):
         op.builtinOptionsType, op.builtinOptions = 0, None
 
     with pytest.raises(ModelError, match="beta 0"):
-        gm.load_model_bytes(edit(tiny, drop), measure_arena=False)
+        model_info.load_model_bytes(edit(tiny, drop), measure_arena=False)
 
 
 @pytest.mark.parametrize("scale", [0.0, -0.5, math.inf])
@@ -446,7 +448,7 @@ def test_constant_tensor_buffer_size_mismatch(cli, write, tiny):
 
 
 def test_model_larger_than_app_partition(cli, write, tiny):
-    board, partition = gm.app_partition_bytes(None)
+    board, partition = model_info.app_partition_bytes(None)
 
     def pad(m):
         extra = fb.BufferT()
@@ -461,7 +463,7 @@ def test_model_larger_than_app_partition(cli, write, tiny):
 
 
 def test_ops_map_matches_refdata(refdata):
-    from gendertool.ops import BUILTIN_METHODS, CUSTOM_METHODS
+    from gendertool.model.resolver import BUILTIN_METHODS, CUSTOM_METHODS
 
     builtin, custom = {}, {}
     for line in (refdata / "versions.txt").read_text().splitlines():
@@ -474,7 +476,7 @@ def test_ops_map_matches_refdata(refdata):
 
 
 def test_ops_methods_exist_in_tflm_api(refdata):
-    from gendertool.ops import BUILTIN_METHODS
+    from gendertool.model.resolver import BUILTIN_METHODS
 
     symbols = set((refdata / "tflm_api_symbols.txt").read_text().split())
     assert set(BUILTIN_METHODS.values()) <= symbols
@@ -517,4 +519,4 @@ def test_tensor_indices_past_the_end_are_refused(tiny, where, index, message):
             sg.operators[0].inputs = [0, 1, index]
 
     with pytest.raises(ModelError, match=f"corrupt model: {message}$"):
-        gm.load_model_bytes(edit(tiny, damage), measure_arena=False)
+        model_info.load_model_bytes(edit(tiny, damage), measure_arena=False)

@@ -24,10 +24,11 @@ import pytest
 
 from conftest import closed_port_url
 from gendertool import protocol as p
-from gendertool.monitor import MonitorSink, PanicDecoder, run_monitor
-from gendertool.present import CsvAppender, JsonLinesWriter
+from gendertool.device.monitor import MonitorSink, run_monitor
+from gendertool.device.panic import PanicDecoder
+from gendertool.files import CsvAppender, JsonLinesWriter
 from gendertool.stats import RateMeter, RollingStats, percentile
-from gendertool.simdevice import SimDevice, SimFaults, SimServer
+from gendertool.device.sim import SimDevice, SimFaults, SimServer
 
 from conftest import REPO
 
@@ -275,7 +276,7 @@ def test_monitor_csv_keeps_results_that_precede_the_hello(cli, scripted, tmp_pat
 
 
 def test_monitor_csv_with_other_labels_refused(cli, sim_url, tmp_path):
-    from gendertool.monitor import csv_fields
+    from gendertool.device.monitor import csv_fields
 
     out = tmp_path / "cats.csv"
     out.write_text(",".join(csv_fields(("cat", "dog"))) + "\n")
@@ -521,7 +522,7 @@ def test_monitor_refuses_other_protocol_versions(cli, scripted):
 
 def test_monitor_busy_port(cli):
     """Ports are opened exclusively: a second monitor on the same tty gets a clear error."""
-    from gendertool.transport import open_port
+    from gendertool.device.transport import open_port
 
     master, slave = pty.openpty()
     path = os.ttyname(slave)
@@ -543,9 +544,9 @@ def test_monitor_missing_port(cli, tmp_path):
 
 
 def test_monitor_no_board_found(cli, monkeypatch):
-    import gendertool.transport
+    import gendertool.device.ports
 
-    monkeypatch.setattr(gendertool.transport, "find_esp32s3_ports", lambda: [])
+    monkeypatch.setattr(gendertool.device.ports, "find_esp32s3_ports", lambda: [])
     res = cli("monitor")
     assert res.exit_code == 2 and "no ESP32-S3 found" in res.stderr and "--port sim" in res.stderr
 
@@ -644,7 +645,7 @@ def test_panic_decoder_gets_the_elf_and_toolchain(monkeypatch, tmp_path):
     esp32s3 toolchain prefix, and asked for exactly the backtrace PCs."""
     import esp_idf_panic_decoder
 
-    import gendertool.monitor as mon
+    import gendertool.device.panic as mon
 
     elf = tmp_path / "gendertool.elf"
     elf.write_bytes(b"\x7fELF")
@@ -684,7 +685,7 @@ def test_panic_without_elf_shows_raw_backtrace_and_hint(cli, scripted):
 
 def test_panic_elf_from_build_manifest_without_toolchain(cli, scripted, tmp_path, monkeypatch):
     """The ELF comes from the build manifest; with no Xtensa addr2line the hint says so."""
-    import gendertool.monitor as mon
+    import gendertool.device.panic as mon
 
     monkeypatch.setattr(mon, "find_addr2line", lambda prefix: None)
     build = tmp_path / "build"
@@ -841,7 +842,7 @@ def test_monitor_json_verdicts_from_the_virtual_device(cli, sim_url):
 
 def test_hello_without_sample_names_still_parses():
     """Hellos from firmware rendered before sample names were added parse, with no verdicts."""
-    from gendertool.monitor import sample_verdict
+    from gendertool.device.monitor import sample_verdict
 
     line = p.encode_record(HELLO).decode()
     body = json.loads(line[line.index("{"): line.rindex("*")])

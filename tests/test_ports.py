@@ -8,8 +8,11 @@ from types import SimpleNamespace
 import pytest
 from serial.tools import list_ports
 
-from gendertool import transport
+from gendertool.device import ports as ports_mod
 
+from gendertool.device import transport
+
+from gendertool import errors
 FAKE = [
     SimpleNamespace(device="/dev/ttyUSB0", vid=0x10C4, pid=0xEA60, description="CP2102N USB to UART Bridge Controller", serial_number="0001"),
     SimpleNamespace(device="/dev/ttyACM1", vid=0x303A, pid=0x1001, description="USB JTAG/serial debug unit", serial_number="34:85:18:01:02:03"),
@@ -28,7 +31,7 @@ def comports(monkeypatch):
 
 def test_list_serial_ports(comports):
     comports.extend(FAKE)
-    ports = transport.list_serial_ports()
+    ports = ports_mod.list_serial_ports()
     assert [p.device for p in ports] == ["/dev/ttyACM0", "/dev/ttyACM1", "/dev/ttyACM2", "/dev/ttyS0", "/dev/ttyUSB0"]
     by = {p.device: p for p in ports}
     assert by["/dev/ttyACM0"].vid_pid == "303a:1001" and by["/dev/ttyACM0"].esp32s3
@@ -36,7 +39,7 @@ def test_list_serial_ports(comports):
     assert by["/dev/ttyUSB0"].vid_pid == "10c4:ea60" and not by["/dev/ttyUSB0"].esp32s3
     assert by["/dev/ttyS0"].vid_pid == "" and by["/dev/ttyS0"].description == ""  # pyserial's "n/a"
     # the marked ones are exactly what --port defaults to
-    assert [p.device for p in ports if p.esp32s3] == transport.find_esp32s3_ports()
+    assert [p.device for p in ports if p.esp32s3] == ports_mod.find_esp32s3_ports()
 
 
 def test_ports_table(cli, comports):
@@ -80,7 +83,7 @@ def test_ports_without_an_esp32s3(cli, comports):
 
 
 def test_missing_port_names_the_ports_command(tmp_path):
-    with pytest.raises(transport.DeviceError, match=r"not found .*`gendertool ports`"):
+    with pytest.raises(errors.DeviceError, match=r"not found .*`gendertool ports`"):
         transport.open_port(str(tmp_path / "ttyACM9"))
 
 
@@ -109,7 +112,7 @@ def _port_param(command: str):
      ("validate", True, None)],  # validate: --port switches to the board, so never implicitly from the environment
 )
 def test_port_option_is_the_same_everywhere(command, several, envvar):
-    from gendertool.cli._options import PORT_DEFAULT, PORT_KINDS
+    from gendertool.cli.options import PORT_DEFAULT, PORT_KINDS
 
     p = _port_param(command)
     assert p.opts == ["--port", "-p"] or sorted(p.opts) == ["--port", "-p"]
@@ -123,14 +126,13 @@ def test_port_option_is_the_same_everywhere(command, several, envvar):
 
 @pytest.mark.parametrize("command", ["monitor", "flash", "bench"])
 def test_several_boards_found_without_port(cli, monkeypatch, command, tmp_path):
-    monkeypatch.setattr(transport, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
+    monkeypatch.setattr(ports_mod, "find_esp32s3_ports", lambda: ["/dev/ttyACM0", "/dev/ttyACM1"])
     monkeypatch.chdir(tmp_path)
     if command == "flash":  # a build to flash, so discovery is what fails
-        from gendertool import flash as gflash
-
+        from gendertool.project.manifest import MANIFEST_NAME
         (tmp_path / "build").mkdir()
         (tmp_path / "build" / "a.bin").write_bytes(b"\x01" * 16)
-        (tmp_path / "build" / gflash.MANIFEST_NAME).write_text(json.dumps(
+        (tmp_path / "build" / MANIFEST_NAME).write_text(json.dumps(
             {"schema": 1, "chip": "esp32s3", "images": [{"name": "app", "offset": 0x10000, "path": "a.bin"}]}))
     r = cli(command)
     assert r.exit_code == 2, r.output

@@ -1,4 +1,4 @@
-"""gendertool.preprocess: the crop modes of a model's Preprocessing, validated and carried through
+"""gendertool.model.preprocess: the crop modes of a model's Preprocessing, validated and carried through
 preprocess() and the sidecar dict (the firmware side is tests/test_firmware_host.py)."""
 
 from __future__ import annotations
@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from gendertool.preprocess import Preprocessing, crop_rect, crop_resize, preprocess, quant_lut, quantize
+from gendertool.model.preprocess import Preprocessing, crop_rect, crop_resize, preprocess, quant_lut
 
 
 @pytest.mark.parametrize(
@@ -119,7 +119,7 @@ def test_quant_lut_matches_the_reference_away_from_ties(pre, scale, zp):
 def test_normalize_is_the_direct_float_formula():
     pre = Preprocessing(mean=(123.675, 116.28, 103.53), std=(58.395, 57.12, 57.375))
     rgb = np.arange(256 * 3, dtype=np.int64).reshape(16, 16, 3) % 256
-    got = __import__("gendertool.preprocess", fromlist=["normalize"]).normalize(rgb.astype(np.uint8), pre)
+    got = __import__("gendertool.model.preprocess", fromlist=["normalize"]).normalize(rgb.astype(np.uint8), pre)
     for c in range(3):
         want = [(v - pre.mean[c]) / pre.std[c] for v in rgb[..., c].ravel()]
         np.testing.assert_allclose(got[..., c].ravel(), want, rtol=0, atol=1e-6)

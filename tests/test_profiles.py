@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from gendertool import profiles
+from gendertool.model import sources as profiles
 from gendertool.errors import GendertoolError, ModelError
-from gendertool.preprocess import Preprocessing
+from gendertool.model.preprocess import Preprocessing
 
 REPO = Path(__file__).resolve().parent.parent
 

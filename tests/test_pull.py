@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gendertool import profiles
+from gendertool.model import sources as profiles
 from gendertool.errors import NetworkError
 
 PAYLOAD = bytes(range(256)) * 1200  # ~300 kB, several read chunks

@@ -10,7 +10,7 @@ import pytest
 
 from gendertool.boards import get_board
 from gendertool.errors import BuildError, GendertoolError
-from gendertool.render import build_context, c_string, make_environment, render_project
+from gendertool.project.render import build_context, c_string, make_environment, render_project
 from gendertool.resources import resource_path
 
 from tflite_fab import tiny_model
@@ -22,14 +22,14 @@ FIRMWARE_MAIN = resource_path("firmware") / "main"
 
 @pytest.fixture(scope="module")
 def model():
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(None)
 
 
 @pytest.fixture(scope="module")
 def tiny():
-    from gendertool.model import load_model_bytes
+    from gendertool.model.info import load_model_bytes
 
     return load_model_bytes(tiny_model(height=16, width=16, classes=3), name="tiny", labels=["a", "b", "c"])
 
@@ -204,10 +204,10 @@ def test_custom_samples_and_esp_nn_option(model, tmp_path):
 def test_sidecar_crop_mode_reaches_the_model_settings(model, tmp_path):
     import json
 
-    from gendertool.model import load_model
-    from gendertool.preprocess import Preprocessing, load_rgb, preprocess
-    from gendertool.render import _default_sample_paths
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.info import load_model
+    from gendertool.model.preprocess import Preprocessing, load_rgb, preprocess
+    from gendertool.project.samples import default_sample_paths
+    from gendertool.model.runtime import TflmRunner
 
     folder = tmp_path / "m"
     folder.mkdir()
@@ -230,14 +230,14 @@ def test_sidecar_crop_mode_reaches_the_model_settings(model, tmp_path):
     # the built-in samples' expected scores come from the same (stretched) pixels
     runner = TflmRunner(whole.data)
     samples = build_context(whole, b)["samples"]
-    for s, p in zip(samples, _default_sample_paths(), strict=True):
+    for s, p in zip(samples, default_sample_paths(), strict=True):
         q = preprocess(load_rgb(p), pre, 16, 16, whole.input.scale, whole.input.zero_point)
         assert s["expected"] == [int(v) for v in runner.invoke(q).reshape(-1)]
 
 
 def test_every_crop_mode_has_a_firmware_enumerator():
-    from gendertool.preprocess import CROP_MODES
-    from gendertool.render import CROP_MODES_CPP
+    from gendertool.model.preprocess import CROP_MODES
+    from gendertool.project.render import CROP_MODES_CPP
 
     assert sorted(CROP_MODES_CPP) == sorted(CROP_MODES)
     header = (FIRMWARE_MAIN / "image_preprocess.h").read_text()

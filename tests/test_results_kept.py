@@ -19,8 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from gendertool import bench
+from gendertool.device import bench
 
+from gendertool.device import bench_results
 from conftest import REPO, closed_port_url
 
 
@@ -51,7 +52,7 @@ def test_a_missing_port_writes_no_folder(cli, tmp_path):
 
 
 def test_a_partial_run_keeps_the_complete_one_as_prev(cli, sim_server, tmp_path):
-    from gendertool.simdevice import SimFaults
+    from gendertool.device.sim import SimFaults
 
     assert _bench(cli, "sim", tmp_path, "-n", "30", "--profile").exit_code == 0
     complete = (tmp_path / "bench.json").read_bytes()
@@ -74,7 +75,7 @@ def test_a_partial_run_keeps_the_complete_one_as_prev(cli, sim_server, tmp_path)
 
 
 def test_keep_previous_leaves_no_stale_plot_beside_an_incomplete_replacement(tmp_path):
-    (tmp_path / "bench.json").write_text(json.dumps({"kind": bench.KIND, "complete": False}))
+    (tmp_path / "bench.json").write_text(json.dumps({"kind": bench_results.KIND, "complete": False}))
     (tmp_path / "latency_hist.png").write_bytes(b"old")
     assert bench.keep_previous(tmp_path / "bench.json") is None
     assert not (tmp_path / "latency_hist.png").exists() and not (tmp_path / "bench.prev.json").exists()
@@ -84,14 +85,14 @@ def _interrupt_after(monkeypatch, samples: int):
     """Ctrl-C as the progress callback sees the ``samples``-th sample (inside the run)."""
     from gendertool.cli import bench as cli_bench
 
-    real = cli_bench._BoardProgress.__call__
+    real = cli_bench.BoardProgress.__call__
 
     def progress(self, port, phase, done, total):
         real(self, port, phase, done, total)
         if phase == "bench" and done >= samples:
             raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_bench._BoardProgress, "__call__", progress)
+    monkeypatch.setattr(cli_bench.BoardProgress, "__call__", progress)
 
 
 def test_ctrl_c_in_process_prints_the_samples_so_far_and_keeps_them(cli, tmp_path, monkeypatch):
@@ -116,7 +117,7 @@ def test_ctrl_c_before_any_sample_writes_nothing(cli, tmp_path, monkeypatch):
     def progress(self, port, phase, done, total):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli_bench._BoardProgress, "__call__", progress)
+    monkeypatch.setattr(cli_bench.BoardProgress, "__call__", progress)
     r = _bench(cli, "sim", tmp_path / "b", "-n", "50")
     assert r.exit_code == 130
     assert "sim: 0 of 50 runs done, nothing written" in r.stderr
@@ -128,8 +129,7 @@ def test_ctrl_c_with_several_boards_keeps_each_boards_samples(cli, sim_server, t
     import threading
 
     a, b = sim_server(), sim_server()
-    from gendertool import transport
-
+    from gendertool.device import transport
     real_join = threading.Thread.join
     calls = {"n": 0}
 
@@ -292,8 +292,8 @@ def test_full_disk_while_rendering_says_how_far_and_the_next_render_repairs(tmp_
     from gendertool import files
     from gendertool.boards import get_board
     from gendertool.errors import BuildError
-    from gendertool.model import load_model_bytes
-    from gendertool.render import render_project
+    from gendertool.model.info import load_model_bytes
+    from gendertool.project.render import render_project
 
     from tflite_fab import tiny_model
 
@@ -337,8 +337,8 @@ def test_full_disk_during_build_cli(cli, tmp_path, monkeypatch):
 
 
 def test_ctrl_c_while_rendering_and_while_compiling(cli, tmp_path, monkeypatch):
-    from gendertool import build as builder
     from gendertool import files
+    from gendertool.project import build as builder
 
     real = files.write_bytes_atomic
     calls = {"n": 0}
@@ -361,7 +361,7 @@ def test_ctrl_c_while_rendering_and_while_compiling(cli, tmp_path, monkeypatch):
     def compiling(*a, **k):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(builder, "_build_pio", compiling)
+    monkeypatch.setattr(builder, "build_pio", compiling)
     r = cli("build", "--out", tmp_path / "p")
     assert r.exit_code == 130
     assert "no firmware was produced, the rendered project stays in" in r.stderr.replace("\n", "")

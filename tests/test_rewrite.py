@@ -1,4 +1,4 @@
-"""gendertool.rewrite: explicit PAD for the convs esp-nn mis-pads (espressif/esp-nn#31)."""
+"""gendertool.model.rewrite: explicit PAD for the convs esp-nn mis-pads (espressif/esp-nn#31)."""
 
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ import json
 import numpy as np
 import pytest
 
-from gendertool import espnn
+from gendertool.model import espnn
 from gendertool.errors import ModelError
-from gendertool.rewrite import explicit_conv_padding
+from gendertool.model.rewrite import explicit_conv_padding
 from tflite_fab import tiny_model, unpack
 
 
@@ -18,7 +18,7 @@ def _flagged(data: bytes) -> list[int]:
 
 
 def _same_outputs(a: bytes, b: bytes, n: int = 32) -> bool:
-    from gendertool.runtime import LiteRtRunner, TflmRunner
+    from gendertool.model.runtime import LiteRtRunner, TflmRunner
 
     ta, tb, lb = TflmRunner(a), TflmRunner(b), LiteRtRunner(b, "reference")
     rng = np.random.default_rng(3)

@@ -1,12 +1,12 @@
-"""gendertool.runtime: TFLM host runtime vs ai-edge-litert, dequantisation, probabilities."""
+"""gendertool.model.runtime: TFLM host runtime vs ai-edge-litert, dequantisation, probabilities."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from gendertool.model import TensorInfo, load_model, load_model_bytes
-from gendertool.runtime import LiteRtRunner, TflmRunner, dequantize, softmax_probs
+from gendertool.model.info import TensorInfo, load_model, load_model_bytes
+from gendertool.model.runtime import LiteRtRunner, TflmRunner, dequantize, softmax_probs
 from tflite_fab import tiny_model
 
 

@@ -9,7 +9,7 @@ import json
 import numpy as np
 import pytest
 
-from gendertool.preprocess import Preprocessing
+from gendertool.model.preprocess import Preprocessing
 
 from tflite_fab import SEED_CHANNELS, SEED_STRIDES, seed_shaped_model
 
@@ -28,7 +28,7 @@ def seed_path(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def seed_info(seed_path):
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(seed_path)
 
@@ -49,7 +49,7 @@ def images(tmp_path_factory):
 def test_the_graph_has_the_cards_shape_and_figures(seed_info):
     """5.46 M MACs as the issue gives for the card's deployed graph; the parameters are this
     graph's weights and biases (30,610) plus MEAN's two axes."""
-    from gendertool.model import parse_model
+    from gendertool.model.flatbuffer import parse_model
 
     assert [op.name for op in seed_info.operators] == ["CONV_2D", "MEAN", "FULLY_CONNECTED", "LOGISTIC"]
     assert [op.count for op in seed_info.operators] == [7, 1, 1, 1]
@@ -84,11 +84,11 @@ def test_build_no_compile(cli, seed_path, tmp_path):
 
 
 def test_sim_results_are_the_reference(seed_info):
-    from gendertool.link import DeviceClient
-    from gendertool.preprocess import preprocess
-    from gendertool.runtime import TflmRunner
-    from gendertool.simdevice import SimDevice, SimServer
-    from gendertool.transport import open_port
+    from gendertool.device.link import DeviceClient
+    from gendertool.model.preprocess import preprocess
+    from gendertool.model.runtime import TflmRunner
+    from gendertool.device.sim import SimDevice, SimServer
+    from gendertool.device.transport import open_port
 
     server = SimServer(SimDevice(seed_info, autostart=False, boot_delay_s=0.05, period_ms=20)).start()
     client = DeviceClient(open_port(server.url), reconnect_timeout=5)
@@ -109,7 +109,7 @@ def test_sim_results_are_the_reference(seed_info):
 
 
 def test_monitor_and_bench_on_the_virtual_device(cli, seed_info, tmp_path):
-    from gendertool.simdevice import SimDevice, SimServer
+    from gendertool.device.sim import SimDevice, SimServer
 
     server = SimServer(SimDevice(seed_info, boot_delay_s=0.05, period_ms=10)).start()
     try:
@@ -130,7 +130,7 @@ def test_monitor_and_bench_on_the_virtual_device(cli, seed_info, tmp_path):
 
 
 def test_validate_host_and_port(cli, seed_path, seed_info, images):
-    from gendertool.simdevice import SimDevice, SimServer
+    from gendertool.device.sim import SimDevice, SimServer
 
     r = cli("validate", "--model", str(seed_path), "--images", str(images), "--json")
     assert r.exit_code == 0, r.output

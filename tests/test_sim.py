@@ -12,14 +12,14 @@ import pytest
 
 from gendertool import protocol as p
 from gendertool.errors import DeviceError
-from gendertool.link import DeviceClient, DeviceCommandError, LinkEvent
-from gendertool.simdevice import SimDevice, SimFaults, SimServer
-from gendertool.transport import open_port
+from gendertool.device.link import DeviceClient, DeviceCommandError, LinkEvent
+from gendertool.device.sim import SimDevice, SimFaults, SimServer
+from gendertool.device.transport import open_port
 
 
 @pytest.fixture(scope="module")
 def model(default_model):
-    from gendertool.model import load_model
+    from gendertool.model.info import load_model
 
     return load_model(default_model, measure_arena=False)
 
@@ -130,8 +130,8 @@ def test_hello_selftest_then_results_on_connect(serve, model):
 
 
 def test_upload_is_inferred_with_the_reference_pipeline(serve, model):
-    from gendertool.preprocess import preprocess
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.preprocess import preprocess
+    from gendertool.model.runtime import TflmRunner
 
     client, _ = serve(autostart=False)
     rng = np.random.default_rng(1)
@@ -231,7 +231,7 @@ def test_bench_on_the_uploaded_image(serve):
 
 
 def test_preprocessing_constants_are_computed_once(serve, monkeypatch):
-    import gendertool.preprocess as pre
+    import gendertool.model.preprocess as pre
 
     client, dev = serve(autostart=False)
     ref = pre.preprocess(dev._samples[1].rgb, dev.model.preprocessing, dev.height, dev.width, dev.model.input.scale,
@@ -248,7 +248,7 @@ def test_preprocessing_constants_are_computed_once(serve, monkeypatch):
 
 
 def test_bench_from_an_older_firmware_says_so(serve, monkeypatch):
-    from gendertool import simdevice
+    from gendertool.device import sim as simdevice
 
     def old_bench(self, n, warmup):  # a bsample without pre_us, as before the field existed
         body = b'bsample {"first":0,"invoke_us":[45000],"simulated":true}'
@@ -423,8 +423,8 @@ def test_crop_none_reaches_the_uploaded_pixels(model):
     """A profile saying crop "none" makes the virtual device stretch the whole frame, like the firmware."""
     import dataclasses
 
-    from gendertool.preprocess import preprocess
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.preprocess import preprocess
+    from gendertool.model.runtime import TflmRunner
 
     whole = dataclasses.replace(model, preprocessing=dataclasses.replace(model.preprocessing, crop="none"))
     dev = SimDevice(whole, autostart=False, period_ms=20)
@@ -446,7 +446,7 @@ def test_crop_none_reaches_the_uploaded_pixels(model):
 
 
 def test_second_client_is_told_busy_and_the_first_keeps_working(sim_server, cli):
-    from gendertool.link import DeviceClient
+    from gendertool.device.link import DeviceClient
 
     server = sim_server()
     with DeviceClient.open(server.url) as first:

@@ -17,7 +17,7 @@ import time
 import pytest
 
 from gendertool import protocol as p
-from gendertool.safetext import escape_control, has_control, shown_line
+from gendertool.text import escape_control, has_control, shown_line
 
 # what a terminal acts on: C0 but tab/newline, DEL, C1 (0x9b is CSI), bidi overrides
 UNSAFE = re.compile("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]")
@@ -58,7 +58,7 @@ def test_shown_line_is_bounded():
 def test_the_consoles_escape_text_but_keep_their_own_styling(color):
     from rich.table import Table
 
-    from gendertool.cli._app import SafeConsole
+    from gendertool.present.console import SafeConsole
 
     buf = io.StringIO()
     con = SafeConsole(file=buf, force_terminal=color, color_system="standard" if color else None, width=120)

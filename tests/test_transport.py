@@ -13,7 +13,8 @@ import pytest
 import serial
 
 from gendertool.errors import DeviceError
-from gendertool.transport import PortVanished, Transport, find_esp32s3_ports, open_port
+from gendertool.device.transport import PortVanished, Transport, open_port
+from gendertool.device.ports import find_esp32s3_ports
 
 from conftest import closed_port_url
 

@@ -11,15 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from gendertool.preprocess import Preprocessing, load_rgb, preprocess
-from gendertool.validate import (
-    ImageResult,
-    RuntimeInfo,
-    SkippedFile,
-    build_report,
-    compare_outputs,
-    validate_host,
-)
+from gendertool.model.preprocess import Preprocessing, load_rgb, preprocess
+from gendertool.model.validate import ImageResult, RuntimeInfo, SkippedFile, build_report, compare_outputs, validate_host
 
 from tflite_fab import tiny_model
 
@@ -355,8 +348,8 @@ def test_progress_bar_only_on_long_runs_in_a_terminal(monkeypatch):
 
 def test_sidecar_crop_none_is_what_validate_runs(tmp_path, images):
     """A sidecar saying crop "none": every image is stretched whole into the input, as on the device."""
-    from gendertool.model import load_model
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.info import load_model
+    from gendertool.model.runtime import TflmRunner
 
     folder = tmp_path / "whole"
     folder.mkdir()

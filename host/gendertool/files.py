@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
+
+from gendertool.errors import GendertoolError
+from gendertool.text import escape_control
 
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
@@ -47,7 +53,6 @@ def check_report_file(path: Path, option: str = "--out") -> None:
 
     Probes with a real temp file: os.access says yes to root and knows nothing of read-only mounts.
     """
-    from gendertool.errors import GendertoolError
 
     path = Path(path)
     if path.is_dir():
@@ -67,9 +72,89 @@ def check_report_file(path: Path, option: str = "--out") -> None:
 
 def write_report_atomic(path: Path, data: Any) -> None:
     """A JSON report, atomically; a failed write is one GendertoolError and leaves no half file."""
-    from gendertool.errors import GendertoolError
 
     try:
         write_json_atomic(path, data)
     except OSError as exc:
         raise GendertoolError(f"cannot write {path}: {exc.strerror or exc}") from None
+
+
+# --------------------------------------------------------------------------- record writers
+
+
+class JsonLinesWriter:
+    """One compact JSON object per line, flushed per record (stdout stays machine-readable)."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream = stream
+        self.count = 0
+
+    def write(self, record: Mapping[str, Any]) -> None:
+
+        # json escapes C0 controls but not DEL/C1; these become \u escapes, still JSON
+        self.stream.write(escape_control(json.dumps(record, separators=(",", ":"), ensure_ascii=False)) + "\n")
+        self.stream.flush()
+        self.count += 1
+
+
+class CsvAppender:
+    """Append rows to a CSV file, one flush per row, header written once for a new file.
+
+    Opening an existing file with a different header is refused (appending would mix
+    columns). ``fsync=True`` also survives a power cut, at a cost per row.
+    """
+
+    def __init__(self, path: str | Path, fieldnames: Sequence[str], *, fsync: bool = False) -> None:
+        self.path = Path(path)
+        self.fieldnames = list(fieldnames)
+        self.fsync = fsync
+        self.count = 0
+        existing = self._existing_header()
+        if existing is not None and existing != self.fieldnames:
+            raise ValueError(
+                f"{self.path} already has different columns ({','.join(existing)}); "
+                "choose another file"
+            )
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._fh = open(self.path, "a", newline="", encoding="utf-8")
+        self._writer = csv.DictWriter(self._fh, fieldnames=self.fieldnames, extrasaction="ignore")
+        if existing is None:
+            self._writer.writeheader()
+            self._flush()
+
+    def _existing_header(self) -> list[str] | None:
+        try:
+            with open(self.path, newline="", encoding="utf-8") as fh:
+                first = fh.readline()
+        except FileNotFoundError:
+            return None
+        if not first.strip():
+            return None
+        return next(csv.reader(io.StringIO(first)))
+
+    def _flush(self) -> None:
+        self._fh.flush()
+        if self.fsync:
+            os.fsync(self._fh.fileno())
+
+    def write(self, row: Mapping[str, Any]) -> None:
+        self._writer.writerow({k: _csv_cell(v) for k, v in row.items()})
+        self._flush()
+        self.count += 1
+
+    def close(self) -> None:
+        if not self._fh.closed:
+            self._fh.close()
+
+    def __enter__(self) -> "CsvAppender":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _csv_cell(value: Any) -> Any:
+    # Lists (scores, probabilities) go into one cell as a space-separated string.
+    if isinstance(value, (list, tuple)):
+        return " ".join(str(v) for v in value)
+    return value

@@ -13,7 +13,8 @@ import json
 import math
 import re
 import zlib
-from dataclasses import dataclass, field, fields as dc_fields
+from dataclasses import dataclass, field
+from dataclasses import fields as dc_fields
 from typing import Any, ClassVar, Union
 
 PROTO_VERSION = 1

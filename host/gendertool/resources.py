@@ -22,8 +22,17 @@ _LAYOUT = {
 }
 
 
+# name -> path inside the package (shipped as package data in the wheel and in a checkout alike)
+_PACKAGE_DATA = {
+    "latency_calibration": "data/latency_calibration.json",  # gendertool.model.estimate's points
+}
+
+
 def resource_path(name: str) -> Path:
-    """Return the path of a shipped resource (``firmware``, ``templates``, ``models``, ...)."""
+    """Return the path of a shipped resource (``firmware``, ``templates``, ``models``,
+    ``latency_calibration``, ...)."""
+    if name in _PACKAGE_DATA:
+        return _PACKAGE_DIR / _PACKAGE_DATA[name]
     rel = _LAYOUT[name]
     wheel = _WHEEL_DATA / name
     if wheel.exists():

@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import sys
 
+from gendertool.cli.root import EXIT_USER_ERROR, app, print_error
 from gendertool.errors import GendertoolError, Interrupted
+from gendertool.present.console import err_console
 
-from ._app import EXIT_USER_ERROR, app, err_console, print_error
-
-# Importing the command modules registers their commands on ``app``.
-from . import model as _model  # noqa: F401,E402
-from . import model_zoo as _model_zoo  # noqa: F401,E402
-from . import validate as _validate  # noqa: F401,E402
-from . import build as _build  # noqa: F401,E402
-from . import device as _device  # noqa: F401,E402
-from . import bench as _bench  # noqa: F401,E402
-from . import sim as _sim  # noqa: F401,E402
+# Importing the command modules registers their commands on ``app``, in help order.
+from . import (  # noqa: F401,E402
+    bench,
+    build,
+    convert,
+    flash,
+    inspect,
+    model,
+    monitor,
+    ports,
+    sim,
+    validate,
+)
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT, as shells report it
 

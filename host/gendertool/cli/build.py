@@ -10,7 +10,9 @@ from typing import Optional
 
 import typer
 
-from ._app import app, console, err_console
+from gendertool.present.console import console, err_console
+
+from .root import app
 
 # Toolchain lines kept on screen under the progress line.
 SHOWN_LINES = 8
@@ -34,13 +36,13 @@ def build(
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (PlatformIO)."),
 ) -> None:
     """Render the ESP-IDF + TFLM firmware for a model and compile it; writes OUT/gendertool-build.json for `flash`."""
-    from gendertool import build as builder
     from gendertool.errors import BuildError
+    from gendertool.project import build as builder
 
     builder.check_options(backend, input_source, jobs)
     label_list = None
     if labels is not None:
-        from gendertool.profiles import parse_labels
+        from gendertool.model.sources import parse_labels
 
         label_list = parse_labels(labels)
 
@@ -164,7 +166,7 @@ class _BuildView:
         from rich.console import Group
         from rich.spinner import Spinner
 
-        from gendertool.present import log_panel
+        from gendertool.present.tables import log_panel
 
         elapsed = int(now - self.started)
         if self.fraction:
@@ -183,7 +185,7 @@ class _BuildView:
 
 
 def _present(result) -> None:
-    from gendertool.present import format_bytes, kv_table
+    from gendertool.present.tables import format_bytes, kv_table
 
     rows: list[tuple[str, object]] = [
         ("project", str(result.out_dir)),

@@ -1,164 +1,123 @@
-"""Commands: inspect (describe and check a model), convert (model -> aligned C array)."""
+"""Commands: model pull, model list (registered downloadable models), model fix-padding."""
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Optional
+import json
 
 import typer
 
-from ._app import app, console
-from ._options import reject_flag_value
+from gendertool.present.console import console, err_console
 
-_MODEL_HELP = "Model: a .tflite file or a pulled profile name (default: the shipped default model)."
+from .options import reject_flag_value
+from .root import HonestTyper, app
+
+model_app = HonestTyper(
+    help="Registered reference models (list, pull into the cache) and model rewrites for the firmware.",
+    no_args_is_help=True,
+)
+app.add_typer(model_app, name="model")
 
 
-@app.command()
-def inspect(
-    model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
-    as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of tables."),
-    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
-    labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated class labels overriding the model's own."),
-    arena: bool = typer.Option(True, "--arena/--no-arena", help="Measure the tensor arena on the TFLM host runtime."),
+@model_app.command("pull")
+def pull(
+    name: str = typer.Argument(..., help="Profile name, e.g. seeed-gender (see `gendertool model list`)."),
+    force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
 ) -> None:
-    """Check an INT8 TFLite classifier and report its tensors, operators, size, MACs and arena."""
-    from gendertool.model import app_partition_bytes, load_model
+    """Download a registered model, verify its published checksum and cache it for --model NAME."""
+    from rich.markup import escape
+    from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    reject_flag_value(model, "MODEL", "flags such as --json and --arena")
-    info = load_model(model, labels=labels, board=board, measure_arena=arena)
-    board_name, partition = app_partition_bytes(board)
-    memory = None
-    if info.arena_bytes is not None:
-        from gendertool.boards import get_board
-        from gendertool.memory_budget import check_fit
+    from gendertool.model import sources as profiles
 
-        memory = check_fit(info, get_board(board_name))
-    if as_json:
-        import json
-
-        data = info.to_dict()
-        data["board"] = {"name": board_name, "app_partition_bytes": partition, "model_fits": info.size <= partition}
-        data["memory"] = memory.to_dict() if memory is not None else None
-        typer.echo(json.dumps(data, indent=2))
+    profile = profiles.get_profile(name)
+    if not force and profiles.is_cached(name):
+        console.print(f"{name}: already cached at {escape(str(profiles.cached_path(name)))} ({profile.checksum} verified)")
         return
-    _print_tables(info, board_name, partition, memory)
+    with Progress(
+        "[progress.description]{task.description}",
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        console=err_console,
+        transient=True,
+    ) as bar:
+        task = bar.add_task(f"{name} from {profile.host}", total=None)
+        path = profiles.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
+    console.print(f"{name}: downloaded to {escape(str(path))} ({profile.checksum} verified)")
+    if profile.note:
+        console.print(f"note: {profile.note}")
 
 
-def _print_tables(info, board_name: str, partition: int, memory=None) -> None:
+@model_app.command("list")
+def list_(
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """List the registered model profiles and whether each is cached."""
+    from rich.markup import escape
     from rich.table import Table
 
-    from gendertool.model import ARENA_MARGIN_FRACTION, ARENA_MARGIN_MIN_BYTES
-    from gendertool.ops import TFLM_SOURCE
+    from gendertool.model import sources as profiles
 
-    summary = Table(title=f"Model {info.name}", show_header=False, title_justify="left")
-    summary.add_column(style="bold", no_wrap=True)
-    summary.add_column(overflow="fold")
-    summary.add_row("file", str(info.path) if info.path else "-")
-    summary.add_row("size", f"{info.size:,} bytes ({info.size / partition:.0%} of the {board_name} app partition, {partition:,} bytes)")
-    summary.add_row("labels", ", ".join(info.labels))
-    pre = info.preprocessing
-    crop = (f"centre square crop {pre.crop_fraction:g}" if pre.crop == "center"
-            else f"no crop (whole frame x {pre.crop_fraction:g}, stretched)")
-    summary.add_row(
-        "preprocessing",
-        f"{crop}, {pre.resize} resize, channels {pre.channel_order.upper()}, "
-        f"(pixel - mean) / std with mean {list(pre.mean)} std {list(pre.std)}",
-    )
-    summary.add_row("parameters", f"{info.parameters:,}")
-    summary.add_row("MACs", f"{info.macs:,}")
-    if info.arena_host_bytes is not None:
-        split = f" = head {info.arena.host_head_bytes:,} (planned) + tail {info.arena.tail_bytes:,}" if info.arena else ""
-        summary.add_row("arena (host)", f"{info.arena_host_bytes:,} bytes{split}, measured on the TFLM host runtime (64-bit host figure)")
-        if info.espnn_scratch_node:
-            node, op = info.espnn_scratch_node
-            scratch = f"largest: node {node} {op}, {info.espnn_scratch_bytes:,} bytes"
-        else:
-            scratch = "none requested"
-        summary.add_row("ESP-NN scratch", scratch)
-        for warning in info.espnn_warnings:
-            summary.add_row("[yellow]ESP-NN warning[/]", warning)
-        b = info.arena
-        if b is not None:
-            peak = f", peak at node {b.peak_node}" if b.peak_node is not None else ""
-            summary.add_row(
-                "arena (firmware)",
-                f"{info.arena_bytes:,} bytes = tail {b.tail_bytes:,} (host persistent) + head {b.head_bytes:,} "
-                f"(TFLM greedy plan with ESP-NN scratch{peak}) + margin {b.margin_bytes:,} "
-                f"({ARENA_MARGIN_FRACTION:.0%} of tail + head, min {ARENA_MARGIN_MIN_BYTES // 1024} KiB, rounded up to 1 KiB)",
-            )
-    else:
-        summary.add_row("arena", "not measured (--no-arena)")
-    if memory is not None:
-        summary.add_row(f"memory ({board_name})", _memory_text(memory))
-    if info.latency is not None:
-        summary.add_row("Invoke() estimate", _latency_line(info.latency))
-    console.print(summary)
-    # its own line, never folded: 71 characters fit an 80-column terminal whole (copyable)
-    console.print(f"sha256 {info.sha256}", soft_wrap=True)
-
-    tensors = Table(title="Tensors", title_justify="left")
-    for col in ("", "name", "shape", "dtype", "scale", "zero point"):
-        tensors.add_column(col, overflow="fold")
-    for role, t in (("input", info.input), ("output", info.output)):
-        tensors.add_row(role, t.name, str(list(t.shape)), t.dtype, f"{t.scale:.6g}", str(t.zero_point))
-    console.print(tensors)
-
-    ops = Table(title=f"Operators (subgraphs: {info.subgraphs}; resolver: {TFLM_SOURCE})", title_justify="left")
-    for col in ("operator", "version", "count", "resolver method"):
-        ops.add_column(col)
-    for op in info.operators:
-        ops.add_row(op.name, str(op.version), str(op.count), op.resolver_method or "-")
-    console.print(ops)
-    if info.latency is not None:
-        _print_latency(info.latency)
+    rows = []
+    for p in profiles.PROFILES.values():
+        rows.append(
+            {
+                "name": p.name,
+                "description": p.description,
+                "url": p.url,
+                "checksum": p.checksum,
+                "labels": list(p.labels),
+                "preprocessing": p.preprocessing.to_dict(),
+                "cached": profiles.is_cached(p.name),
+                "path": str(profiles.cached_path(p.name)),
+                "note": p.note,
+            }
+        )
+    if as_json:
+        console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
+        return
+    table = Table(title=f"model profiles (cache: {escape(str(profiles.cache_dir()))})")
+    for col in ("name", "labels", "channels", "mean / std", "cached", "description"):
+        table.add_column(col)
+    for r in rows:
+        pre = r["preprocessing"]
+        table.add_row(
+            r["name"],
+            ", ".join(r["labels"]),
+            pre["channel_order"].upper(),
+            f"{tuple(pre['mean'])} / {tuple(pre['std'])}",
+            "yes" if r["cached"] else "no",
+            r["description"],
+        )
+    console.print(table)
+    for r in rows:
+        if r["note"]:
+            console.print(f"{r['name']}: {r['note']}")
 
 
-def _latency_line(est) -> str:
-    lo, hi = est.error_range
-    r_int, r_ps = est.ms_range("internal"), est.ms_range("psram")
-    return (f"ESTIMATE on the XIAO ESP32S3 (240 MHz, ESP-NN), not a measurement: {est.internal_ms:.1f} ms with the "
-            f"arena in internal RAM (range {r_int[0]:.0f}-{r_int[1]:.0f} ms), {est.psram_ms:.1f} ms in PSRAM "
-            f"(range {r_ps[0]:.0f}-{r_ps[1]:.0f} ms); ranges from the leave-one-out errors of its {est.points} "
-            f"calibration points ({lo:+.0%} to {hi:+.0%}); docs/latency-estimate.md")
-
-
-def _print_latency(est) -> None:
-    from rich.table import Table
-
-    t = Table(title="Estimated Invoke() time per operator (estimate, XIAO ESP32S3, 240 MHz, ESP-NN)", title_justify="left")
-    for col in ("operator", "count", "internal RAM ms", "PSRAM ms", "share"):
-        t.add_column(col, justify="left" if col == "operator" else "right")
-    total = est.psram_ms or 1.0
-    for name, n, internal, psram in est.by_op():
-        t.add_row(name, str(n), f"{internal:.2f}", f"{psram:.2f}", f"{psram / total:.1%}")
-    t.add_row("total (estimate)", str(len(est.ops)), f"{est.internal_ms:.2f}", f"{est.psram_ms:.2f}", "100.0%")
-    console.print(t)
-
-
-def _memory_text(memory) -> str:
+@model_app.command("fix-padding")
+def fix_padding(
+    model: str = typer.Argument(..., help="A .tflite path or a profile name."),
+    output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="The rewritten .tflite (a sidecar .json is written beside it)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
+) -> None:
+    """Give each conv that ESP-NN mis-pads (espressif/esp-nn#31) an explicit PAD: same outputs, proven on TFLM."""
     from rich.markup import escape
 
-    if memory.errors:
-        return "[red]does not fit:[/] " + escape("; ".join(memory.errors))
-    where = {"internal": "internal RAM", "psram": "PSRAM"}[memory.arena_region]
-    room = memory.internal_bytes if memory.arena_region == "internal" else memory.psram_bytes
-    text = (f"arena in {where} ({memory.arena_bytes:,} of about {room:,} bytes); "
-            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes")  # fmt: skip
-    for warning in memory.warnings:
-        text += f"\n[yellow]warning:[/] {escape(warning)}"
-    return text
+    from gendertool.model.rewrite import fix_padding as run
 
-
-@app.command()
-def convert(
-    model: Optional[str] = typer.Argument(None, help=_MODEL_HELP, show_default=False),
-    output: Path = typer.Option(..., "--output", "-o", metavar="DIR", help="Folder for model_data.h and model_data.cc."),
-    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
-) -> None:
-    """Check a model and write it as an aligned C array (model_data.h / model_data.cc)."""
-    from gendertool.carray import write_model_sources
-    from gendertool.model import load_model
-
-    info = load_model(model, board=board, measure_arena=False)
-    for path in write_model_sources(info.data, output, info.name, info.sha256):
-        console.print(f"wrote {path}")
+    reject_flag_value(model, "MODEL", "flags such as --json")
+    r = run(model, output)
+    if as_json:
+        console.print_json(json.dumps(r.to_dict()))
+        return
+    if r.output is None:
+        console.print(f"{escape(r.source)}: no conv needs an explicit PAD; nothing written")
+        return
+    for c in r.convs:
+        top, bottom, left, right = c.pads
+        console.print(f"node {c.node} CONV_2D: PAD (top {top}, bottom {bottom}, left {left}, right {right}) + VALID")
+    console.print(
+        f"wrote {escape(r.output)} ({r.size_after:,} bytes, sha256 {r.sha256_after}); "
+        f"outputs identical to the original on {r.identical}/{r.compared} random inputs (TFLM host runtime)"
+    )

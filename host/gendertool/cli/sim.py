@@ -7,8 +7,9 @@ from typing import Optional
 import typer
 
 from gendertool.errors import GendertoolError
+from gendertool.present.console import err_console
 
-from ._app import app, err_console
+from .root import app
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -42,7 +43,7 @@ def sim(
     Connect with `--port socket://HOST:PORT` (or use `--port sim` to run one in-process).
     Every record says simulated=true: latencies are this computer's, not a board's.
     """
-    from gendertool.simdevice import DEVICE_FAULTS, SimDevice, SimFaults, SimServer
+    from gendertool.device.sim import DEVICE_FAULTS, SimDevice, SimFaults, SimServer
 
     host, port = _parse_listen(listen)
     unknown = [f for f in fault or () if f not in DEVICE_FAULTS]

@@ -8,17 +8,25 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
-from gendertool.wording import count
+from gendertool.cli.bench import BoardProgress
+from gendertool.present.bench import ms_text, sim_prefix
+from gendertool.present.console import console, err_console
+from gendertool.text import count
 
-from ._app import app, console, err_console
-from ._options import port_option, resolve_ports
+from .options import port_option, resolve_ports
+from .root import app
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
 
     from rich.console import Console
 
-    from gendertool.validate import SkippedFile, ValidationReport
+    from gendertool.model.validate import SkippedFile, ValidationReport
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from gendertool.device.validate import DeviceValidation
+
 
 # Below this many files the run is quick enough that a progress bar is just noise.
 PROGRESS_MIN_FILES = 20
@@ -53,12 +61,12 @@ def validate(
 ) -> None:
     """Run the firmware's preprocessing and the model on TFLM and LiteRT: accuracy, confusion, parity."""
     from gendertool.errors import Interrupted
-    from gendertool.profiles import parse_labels
-    from gendertool.validate import validate_host
+    from gendertool.model.sources import parse_labels
+    from gendertool.model.validate import validate_host
 
     label_list = parse_labels(labels) if labels is not None else None
     if port:  # on-target validation (bench issue): device outputs vs the TFLM reference
-        from .bench import validate_on_ports
+        from .validate import validate_on_ports
 
         validate_on_ports(resolve_ports(port), images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
                           show_images=show_images, out=out if out is not None else DEVICE_REPORT)
@@ -90,7 +98,12 @@ class _progress:
         if self._bar is None:
             if total < PROGRESS_MIN_FILES or not err_console.is_terminal:  # a bar in a log file is noise
                 return
-            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+            from rich.progress import (
+                BarColumn,
+                MofNCompleteColumn,
+                Progress,
+                TimeRemainingColumn,
+            )
 
             self._bar = Progress(
                 "validating", BarColumn(), MofNCompleteColumn(), TimeRemainingColumn(), console=err_console, transient=True
@@ -198,3 +211,127 @@ def present(report: "ValidationReport", out: "Console", *, show_images: bool = F
     for note in report.notes:
         out.print(f"note: {escape(note)}")
     out.print(f"{report.elapsed_s:.1f} s in all (preprocessing {report.preprocess_s:.1f} s)")
+
+
+# --------------------------------------------------------------------------- validate --port (called by cli/validate.py)
+
+
+def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_images: bool = False) -> None:
+    """Tables for ``gendertool validate --port``: the host report per board plus device extras."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    from .validate import present
+
+    for b in dv.boards:
+        sim = sim_prefix(b.simulated)
+        out.rule(f"{sim}{b.port} ({b.board})")
+        if b.selftest:
+            st = b.selftest
+            state = "PASS" if st.get("pass") else "FAIL"
+            origin = "boot self-test" if st.get("origin") == "boot" else "self-test (run now; the boot record was not seen)"
+            out.print(f"{sim}{origin}: {state}, {count(st.get('n', 0), 'sample')}, {st.get('failed', 0)} failed")
+            for e in st.get("results", []):
+                if not e.get("ok", True):
+                    out.print(f"  sample {e.get('sample')}: expected class {e.get('expect')}, got {e.get('got')}, "
+                              f"largest score difference {e.get('diff')}")
+        if b.report is not None:
+            present(b.report, out, show_images=show_images)
+        lat = b.latency_stats()
+        if lat:
+            t = Table(title=f"{sim}device latency per image (ms)", title_justify="left")
+            t.add_column("")
+            for col in ("n", "min", "p50", "p90", "max", "mean"):
+                t.add_column(col, justify="right")
+            for key, name in (("pre_us", "preprocessing"), ("invoke_us", "Invoke()"), ("total_us", "total")):
+                s = lat[key]
+                t.add_row(name, str(s["n"]), *(ms_text(s[k]) for k in ("min", "p50", "p90", "max", "mean")))
+            out.print(t)
+        if show_images and b.report is not None:
+            t = Table(title=f"{sim}per image on the device", title_justify="left")
+            for col in ("image", "true", "device", "tflm", "bit-exact", "max diff", "pre ms", "invoke ms"):
+                t.add_column(col, justify="right" if col.endswith(("ms", "diff")) else "left")
+            for im in b.report.images:
+                lat = b.latency.get(im.path)
+                t.add_row(escape(im.path), escape(im.label), escape(im.predicted.get("device", "-")),
+                          escape(im.predicted.get("tflm", "-")), "yes" if im.identical else "NO", str(im.max_diff),
+                          ms_text(lat.pre_us) if lat else "-", ms_text(lat.invoke_us) if lat else "-")
+            out.print(t)
+        p = b.parity()
+        if p is not None and b.partial:  # no verdict from part of the images
+            why = "interrupted (Ctrl-C)" if b.interrupted else "the run stopped early"
+            out.print(f"{sim}PARTIAL: {escape(b.coverage())}; of those, {p.identical}/{p.compared} bit-exact "
+                      f"({b.parity_pct:.1f} %), largest difference {p.max_diff}; no --min-parity verdict: {why}")
+        elif p is not None:
+            verdict = "ok" if b.parity_ok(dv.min_parity) else f"BELOW --min-parity {dv.min_parity:g} %"
+            out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
+                      f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
+        if b.error:
+            out.print(f"[red]{escape(b.port)}: {escape(b.error)}[/]")
+    if len(dv.boards) > 1:
+        t = Table(title="all boards", title_justify="left")
+        for col in ("port", "board", "images", "bit-exact", "parity", "max diff", "self-test", "status"):
+            t.add_column(col)
+        for b in dv.boards:
+            p = b.parity()
+            t.add_row(escape(b.port), escape(b.board), str(p.compared if p else 0), str(p.identical if p else 0),
+                      f"{b.parity_pct:.1f} %", str(p.max_diff if p else "-"),
+                      ("pass" if b.selftest.get("pass") else "FAIL") if b.selftest else "-",
+                      "ok" if b.passed(dv.min_parity) else escape(
+                          b.error or ("interrupted" if b.interrupted else
+                                      "self-test FAIL" if b.selftest_passed is False else "below --min-parity")))
+        out.print(t)
+
+
+def device_validation_failure(dv: "DeviceValidation"):
+    """The one error for a failed device validation (None when every board passed)."""
+    from gendertool.errors import GendertoolError
+
+    if dv.passed:
+        return None
+    parts = []
+    for b in dv.boards:
+        if b.passed(dv.min_parity):
+            continue
+        if b.error:
+            parts.append(f"{b.port}: {b.error} ({b.coverage()}{'; report ' + str(dv.path) if dv.path else ''})")
+        if b.selftest_passed is False:
+            parts.append(f"{b.port}: the device's self-test FAILED ({b.selftest.get('failed', '?')} of "
+                         f"{b.selftest.get('n', '?')} samples)")
+        if not b.error and not b.partial and not b.parity_ok(dv.min_parity):
+            parts.append(f"{b.port}: parity {b.parity_pct:.1f} % is below --min-parity {dv.min_parity:g} %")
+    return GendertoolError("; ".join(parts))
+
+
+def validate_on_ports(
+    ports: list[str], images: Path, model: Optional[str], labels: Optional[list[str]], *, limit: Optional[int],
+    min_parity: float, as_json: bool, show_images: bool, out: Optional[Path] = None,
+) -> None:
+    """``gendertool validate --port P... --images DIR``: runs on each board, one report per board."""
+    import json
+
+    from gendertool.device.validate import validate_devices
+    from gendertool.errors import GendertoolError, Interrupted
+
+    from .validate import warn_skipped
+
+    try:
+        with BoardProgress(ports) as progress:
+            dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity,
+                                  progress=progress, out_path=out)
+    except Interrupted as exc:
+        if exc.partial is not None:
+            present_device_validation(exc.partial, console, show_images=show_images)
+        raise
+    if as_json:
+        console.print_json(json.dumps(dv.to_dict(), default=str))
+    else:
+        present_device_validation(dv, console, show_images=show_images)
+        if dv.path is not None:
+            err_console.print(f"report: {dv.path}", markup=False, soft_wrap=True)
+    warn_skipped(dv.skipped)
+    if dv.write_error:
+        raise GendertoolError(dv.write_error)
+    failure = device_validation_failure(dv)
+    if failure is not None:
+        raise failure

@@ -1,0 +1,335 @@
+"""Command: monitor (live results, latency and the device log)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import TYPE_CHECKING, Optional
+
+import typer
+
+from gendertool.present.console import console, err_console
+
+from .options import port_option, resolve_ports
+from .root import app
+
+if TYPE_CHECKING:
+    pass
+
+
+# --------------------------------------------------------------------------- monitor
+
+
+@app.command("monitor")
+def monitor_cmd(
+    port: Optional[str] = port_option(),
+    count: Optional[int] = typer.Option(None, "--count", "-n", help="Stop after N results (default: until Ctrl-C)."),
+    as_json: bool = typer.Option(False, "--json", help="One JSON object per result on stdout, nothing else there."),
+    csv_file: Optional[Path] = typer.Option(None, "--csv", help="Append results to this CSV file as they arrive."),
+    timeout: float = typer.Option(
+        10.0, "--timeout", "-t", help="Seconds to wait for a vanished port to return, or for a silent device, before giving up."
+    ),
+    elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
+    build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
+    source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
+    no_record_timeout: float = typer.Option(
+        10.0, "--no-record-timeout",
+        help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
+) -> None:
+    """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
+    import sys
+
+    from gendertool.device.monitor import check_options, new_run_id, run_monitor
+    from gendertool.errors import DeviceError, GendertoolError
+    from gendertool.files import JsonLinesWriter
+
+    if as_json and csv_file is not None:
+        raise GendertoolError("choose one of --json and --csv")
+    check_options(count=count, timeout=timeout, source=source, no_record_timeout=no_record_timeout)
+    (port,) = resolve_ports([port] if port else [], several=False)
+    elf_path = elf if elf is not None else _elf_from_build(build)
+    if elf is not None and not elf.is_file():
+        raise GendertoolError(f"--elf {elf} does not exist")
+
+    writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
+    json_out = JsonLinesWriter(sys.stdout) if as_json else None
+    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
+    try:
+        with sink.live():
+            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
+                                  no_record_timeout=no_record_timeout)
+    except BrokenPipeError:
+        # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        raise typer.Exit(0) from None
+    finally:
+        if writer_csv is not None:
+            writer_csv.close()
+    _present_summary(summary, err_console if as_json else console, csv_file)
+    if summary.error:
+        raise DeviceError(summary.error)
+
+
+class _MonitorCsv:
+    """``monitor --csv``: the class columns come from the device's labels, so the file gets its
+    header when the hello arrives; results that come before it wait in memory."""
+
+    def __init__(self, path: Path, run: str) -> None:
+        from gendertool.device.monitor import CSV_HEAD, CSV_TAIL
+
+        self.path, self.run = path, run
+        self.writer = None
+        self.labels: tuple[str, ...] = ()
+        self.pending: list[dict] = []
+        # before connecting: a file we cannot write, or one with other columns, fails now
+        header = _csv_header(path)
+        if header is not None and (tuple(header[:len(CSV_HEAD)]) != CSV_HEAD or tuple(header[-len(CSV_TAIL):]) != CSV_TAIL):
+            self._refuse(f"{path} already has different columns ({','.join(header)}); choose another file")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            open(path, "a", encoding="utf-8").close()
+        except OSError as exc:
+            self._refuse(exc.strerror or str(exc))
+
+    def _refuse(self, why: str):
+        from gendertool.errors import GendertoolError
+
+        raise GendertoolError(f"cannot write --csv {self.path}: {why}")
+
+    def start(self, labels) -> None:
+        from gendertool.device.monitor import csv_fields
+        from gendertool.files import CsvAppender
+
+        if self.writer is not None:
+            return
+        try:
+            self.writer = CsvAppender(self.path, csv_fields(labels))
+        except (ValueError, OSError) as exc:
+            self._refuse(str(exc))
+        self.labels = tuple(labels)
+        for row in self.pending:
+            self.write(row)
+        self.pending.clear()
+
+    def write(self, row: dict) -> None:
+        from gendertool.device.monitor import csv_row
+
+        if self.writer is None:
+            self.pending.append(row)
+            return
+        self.writer.write(csv_row(row, self.labels, self.run))
+
+    def close(self) -> None:
+        if self.writer is None and self.pending:  # no hello ever came: number the classes
+            self.start(tuple(f"class_{i}" for i in range(len(self.pending[0].get("probs") or ()))))
+        if self.writer is not None:
+            self.writer.close()
+
+
+def _csv_header(path: Path) -> Optional[list[str]]:
+    import csv
+
+    try:
+        with open(path, newline="", encoding="utf-8") as fh:
+            first = fh.readline()
+    except (FileNotFoundError, IsADirectoryError):
+        return None
+    except OSError:
+        return None  # the open for appending says why
+    return next(csv.reader([first])) if first.strip() else None
+
+
+def _elf_from_build(build: Optional[Path]) -> Optional[Path]:
+    """The ELF named by the build manifest, if a build is there (monitoring needs no build)."""
+    from gendertool.errors import BuildError
+    from gendertool.project.manifest import DEFAULT_BUILD_DIR, load_build_manifest
+
+    if build is None and not (DEFAULT_BUILD_DIR / "gendertool-build.json").is_file():
+        return None
+    try:
+        path, data = load_build_manifest(build)
+    except BuildError:
+        if build is not None:
+            raise
+        return None
+    elf = data.get("elf")
+    return path.parent / elf if isinstance(elf, str) and elf else None
+
+
+def _verdict_text(v) -> str:
+    """`  sample NAME (true LABEL) ok|WRONG` for a built-in sample, '' otherwise."""
+    if v is None:
+        return ""
+    if v.truth is None:
+        return f"  sample {v.name} (true label unknown)"
+    return f"  sample {v.name} (true {v.truth}) {'ok' if v.correct else 'WRONG'}"
+
+
+class _MonitorView:
+    """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
+
+    def __init__(self, *, json_out, csv_out, text_results: bool) -> None:
+        from gendertool.device.monitor import MonitorSink
+
+        self.json_out = json_out
+        self.csv_out = csv_out
+        self.text_results = text_results
+        self.session = None
+        self._live = None
+        self.live_enabled = err_console.is_terminal
+        view = self
+
+        class _Sink(MonitorSink):
+            def hello(self, h) -> None:
+                if view.csv_out is not None:
+                    view.csv_out.start(h.labels)
+                sim = " [virtual device: latency is this computer's]" if h.simulated else ""
+                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
+
+            def result(self, r, session) -> None:
+                from gendertool.device.monitor import result_row, sample_verdict
+
+                view.session = session
+                if view.json_out is not None or view.csv_out is not None:
+                    row = result_row(r, session.hello)
+                    if view.json_out is not None:
+                        view.json_out.write(row)
+                    if view.csv_out is not None:
+                        view.csv_out.write(row)
+                if view.text_results and (view._live is None or not console.is_terminal):
+                    console.print(
+                        f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms"
+                        + _verdict_text(sample_verdict(r, session.hello)),
+                        soft_wrap=True,
+                        markup=False,
+                        highlight=False,
+                    )
+                view._refresh()
+
+            def log(self, text: str) -> None:
+                if view._live is None:
+                    err_console.print(text, style="dim", markup=False, highlight=False)
+
+            def status(self, text: str) -> None:
+                view._say(text, "yellow")
+
+            def panic(self, report) -> None:
+                view._panic(report)
+
+            def device_error(self, rec) -> None:
+                view._say(f"device error {rec.code} ({rec.cmd or 'spontaneous'}): {rec.message}", "red")
+
+            def tick(self, session) -> None:
+                view.session = session
+                view._refresh()
+
+        self.sink = _Sink()
+
+    def live(self):
+        from contextlib import contextmanager
+
+        from gendertool.present.progress import live_view
+
+        @contextmanager
+        def _cm():
+            with live_view(err_console, enabled=self.live_enabled, refresh_per_second=8) as live:
+                self._live = live if self.live_enabled else None
+                try:
+                    yield
+                finally:
+                    if self._live is not None:
+                        self._live.update(self._render(), refresh=True)
+                    self._live = None
+
+        return _cm()
+
+    def _say(self, text: str, style: str) -> None:
+        err_console.print(text, style=style, markup=False, highlight=False)
+
+    def _panic(self, report) -> None:
+        lines = [report.reason, report.backtrace]
+        if report.decoded:
+            for f in report.frames:
+                where = f"{f.function} at {f.location}" if f.function else "(not in the ELF)"
+                lines.append(f"  {f.pc}: {where}")
+                lines.extend(f"    (inlined by) {x}" for x in f.inlined)
+        if report.corrupted:
+            lines.append("  (backtrace corrupted: the stack was overwritten)")
+        if report.hint:
+            lines.append(f"hint: {report.hint}")
+        err_console.print("\n".join(lines), style="bold red", markup=False, highlight=False)
+
+    def _refresh(self) -> None:
+        if self._live is not None and self.session is not None:
+            self._live.update(self._render())
+
+    def _render(self):
+        from rich.table import Table
+
+        from gendertool.present.tables import format_ms, kv_table, log_panel
+
+        s = self.session
+        if s is None:
+            return log_panel([], height=10)
+        r = s.latest
+        rows = []
+        if r is not None:
+            from gendertool.device.monitor import sample_verdict
+
+            rows += [
+                ("result", f"#{r.seq}  {r.label}  (class {r.class_index})" + _verdict_text(sample_verdict(r, s.hello))),
+                ("confidence", f"{r.confidence:.1%}"),
+                ("invoke", f"{r.invoke_us / 1000:.2f} ms"),
+            ]
+        rows += [
+            ("invoke p50/p90", f"{format_ms(s.invoke.p50, 2)} / {format_ms(s.invoke.p90, 2)} ms"),
+            ("pre p50", f"{format_ms(s.pre.p50, 2)} ms"),
+            ("FPS", f"{s.rate.rate():.1f}"),
+            ("results", f"{s.results}" + (f"  (lost {s.lost})" if s.lost else "")),
+            ("classes", "  ".join(f"{k} {v}" for k, v in s.classes.most_common())),
+        ]
+        if s.disconnects:
+            rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
+        if r is not None and r.simulated:
+            rows.append(("", "virtual device: host latency"))
+        grid = Table.grid(expand=True, padding=(0, 2))
+        grid.add_column(ratio=2)
+        grid.add_column(ratio=3)
+        grid.add_row(kv_table(rows, title=f"monitor {s.port}"), log_panel(s.logs, height=10))
+        return grid
+
+
+def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
+    from gendertool.present.tables import format_duration, format_ms, kv_table
+    from gendertool.text import count
+
+    inv, pre = summary.invoke_ms, summary.pre_ms
+    rows = [
+        ("port", summary.port + ("  (virtual device: latency is this computer's)" if summary.simulated else "")),
+        ("results", f"{summary.results} in {format_duration(summary.seconds)} (connecting included)"),
+        # a rate needs two results; over the span it is measured on, not the whole session
+        ("FPS", f"{summary.fps:.1f} (first to last result, {format_duration(summary.span_s)})" if summary.results >= 2
+         else "- (needs two results)"),
+    ]
+    if inv:
+        rows.append(("invoke ms", f"p50 {format_ms(inv['p50'], 2)}  p90 {format_ms(inv['p90'], 2)}  p99 {format_ms(inv['p99'], 2)}  mean {format_ms(inv['mean'], 2)}  min {format_ms(inv['min'], 2)}  max {format_ms(inv['max'], 2)}"))
+    if pre:
+        rows.append(("preprocess ms", f"p50 {format_ms(pre['p50'], 2)}  p90 {format_ms(pre['p90'], 2)}"))
+    if summary.classes:
+        total = sum(summary.classes.values())
+        rows.append(("classes", "  ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(summary.classes.items()))))
+    lost = summary.lost + summary.parser.get("bad_crc", 0) + summary.parser.get("bad_frame", 0) + summary.parser.get("overlong", 0) + summary.parser.get("partial", 0)
+    rows.append(("lost / damaged", f"{summary.lost} missing seq, parser {summary.parser.get('bad_crc', 0)} bad crc, {summary.parser.get('bad_frame', 0)} bad frame, {summary.parser.get('overlong', 0)} overlong, {summary.parser.get('partial', 0)} cut" if lost else "none"))
+    if summary.samples_right or summary.samples_wrong:
+        n = summary.samples_right + summary.samples_wrong
+        rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
+    if summary.disconnects:
+        rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
+    if summary.panics:
+        rows.append(("panics", str(summary.panics)))
+    if csv_file is not None:
+        rows.append(("csv", str(csv_file)))
+    if summary.interrupted:
+        rows.append(("stopped", "Ctrl-C"))
+    out.print(kv_table(rows, title="Monitor summary"))

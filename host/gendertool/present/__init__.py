@@ -1,0 +1,1 @@
+"""Presentation layer: consoles, tables, plots and progress for the commands."""
