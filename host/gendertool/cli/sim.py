@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import typer
@@ -25,6 +26,9 @@ def sim(
     listen: str = typer.Option("127.0.0.1:7420", "--listen", help="HOST:PORT to serve on (port 0 picks a free one)."),
     period_ms: int = typer.Option(200, "--period-ms", min=0, max=60000, help="Time between continuous results."),
     no_autostart: bool = typer.Option(False, "--no-autostart", help="Boot without streaming results (like APP_AUTOSTART off)."),
+    camera: Optional[Path] = typer.Option(
+        None, "--camera", help="Play this folder of images as the camera (QVGA RGB565 frames, like the OV2640's); "
+                               "select it with `source camera` (monitor --source camera)."),
     # fault injection and test helpers (hidden)
     replay: bool = typer.Option(False, "--replay", hidden=True, help="Re-send each sample's first result instead of invoking again."),
     garbage_every: int = typer.Option(0, "--garbage-every", hidden=True, min=0),
@@ -59,12 +63,14 @@ def sim(
         seed=seed,
         **device_faults,
     )
-    device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults)
+    device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults, camera=camera)
     server = SimServer(device, host, port, max_clients=max_clients)
     m = device.model
     err_console.print(
         f"virtual device serving {m.name} ({m.sha256[:12]}) on {server.url}\n"
         f"connect with: gendertool monitor --port {server.url}\n"
+        + (f"camera: {len(device.camera.paths)} image(s) from {device.camera.folder}, as QVGA RGB565 frames "
+           "(`--source camera`)\n" if device.camera is not None else "") +
         "simulated: latency figures are this computer's, not a board's (Ctrl-C to stop)",
         soft_wrap=True,
         highlight=False,

@@ -36,6 +36,8 @@ from gendertool.model.preprocess import (
     load_rgb,
     quant_lut,
     quantize,
+    rgb565be_to_rgb,
+    rgb_to_rgb565be,
 )
 from gendertool.model.runtime import TflmRunner, softmax_probs
 from gendertool.project.samples import sample_truth
@@ -53,6 +55,8 @@ BOOT_LOG = (
     b"I (312) gendertool: virtual device, latency figures are the host's\r\n",
 )
 DEFAULT_PERIOD_MS = 200
+# the firmware's camera frames (camera_provider.cc): FRAMESIZE_QVGA, PIXFORMAT_RGB565
+CAMERA_WIDTH, CAMERA_HEIGHT = 320, 240
 
 
 @dataclass
@@ -101,6 +105,7 @@ class SimDevice:
         faults: SimFaults | None = None,
         samples: list[Path] | None = None,
         boot_delay_s: float = 0.1,
+        camera: "str | Path | None" = None,
     ) -> None:
 
         self.model: ModelInfo = model if isinstance(model, ModelInfo) else load_model(model, measure_arena=False)
@@ -122,6 +127,7 @@ class SimDevice:
         self.running = autostart
         self._next_sample = 0
         self._last_upload: "np.ndarray | None" = None  # the `upload` source's image, like the firmware's buffer
+        self.camera = SimCamera(camera) if camera is not None else None
         self._disconnects_left = self.faults.disconnects
         self._reboot_pending = True
         self.records_sent = 0
@@ -336,8 +342,11 @@ class _Session:
 
     def stream_one(self) -> None:
         dev = self.dev
+        if dev.source == "camera" and dev.camera is not None:
+            self.send(dev._result(dev.camera.capture_rgb(), "camera", -1))
+            return
         if dev.source != "sample":
-            return  # "upload": results only for uploads (no camera in the simulator)
+            return  # "upload": results only for uploads
         i = dev._next_sample % len(dev._samples)
         dev._next_sample = i + 1
         self.send(dev._result(None, "sample", i))
@@ -376,8 +385,8 @@ class _Session:
             self.error(c.error, c.cmd, msg)
             return
         name, a = c.cmd, c.args
-        if name == "source" and a["source"] == "camera":
-            self.error("unsupported", "source", "the virtual device has no camera")
+        if name == "source" and a["source"] == "camera" and dev.camera is None:
+            self.error("unsupported", "source", "the virtual device has no camera (start it with `gendertool sim --camera DIR`)")
             return
         self.send(p.Ack(name, True))
         if name == "info":
@@ -425,6 +434,8 @@ class _Session:
             if dev._last_upload is None:
                 self.error("bad_args", cmd, "no image uploaded yet")
             return dev._last_upload
+        if dev.source == "camera" and dev.camera is not None:
+            return dev.camera.capture_rgb()
         i = dev._next_sample % len(dev._samples)
         dev._next_sample = i + 1
         return dev._samples[i].rgb
@@ -467,6 +478,56 @@ class _Session:
             spent += us
             self.send(p.ProfileOp(i, op, us, True, True))
         self.send(p.ProfileSummary(len(costs), spent, invoke_us, True, True))
+
+
+class SimCamera:
+    """The virtual device's camera: a folder of images played in a loop as the OV2640 delivers
+    them to the firmware, QVGA RGB565 big-endian frames (each image scaled to cover 320x240,
+    centred), which go through the firmware's camera path: RGB565 expanded to RGB888 by bit
+    replication, then the same crop, resize and quantisation as every input."""
+
+    def __init__(self, folder: "str | Path", cache: int = 32) -> None:
+        folder = Path(folder)
+        if not folder.is_dir():
+            raise DeviceError(f"--camera {folder}: not a folder of images")
+        self.paths = list_images(folder)
+        if not self.paths:
+            raise DeviceError(f"--camera {folder}: no images in it (jpg, png, bmp, ...)")
+        self.folder = folder
+        self._cache: dict[int, Any] = {}
+        self._cache_max = cache
+        self._next = 0
+        self.frames = 0
+
+    def frame(self, index: int) -> "np.ndarray":
+        """Frame ``index`` (cyclic) as the sensor sends it: 240x320x2 bytes, RGB565 big-endian."""
+        i = index % len(self.paths)
+        got = self._cache.get(i)
+        if got is None:
+            got = rgb_to_rgb565be(_cover(load_rgb(self.paths[i]), CAMERA_WIDTH, CAMERA_HEIGHT))
+            if len(self._cache) < self._cache_max:
+                self._cache[i] = got
+        return got
+
+    def capture_rgb(self) -> "np.ndarray":
+        """The next frame, expanded to RGB888 as the firmware's preprocessing reads it."""
+        frame = self.frame(self._next)
+        self._next = (self._next + 1) % len(self.paths)
+        self.frames += 1
+        return rgb565be_to_rgb(frame)
+
+
+def _cover(rgb: "np.ndarray", width: int, height: int) -> "np.ndarray":
+    """Scale ``rgb`` to fill ``width`` x ``height`` and cut the centre (a camera's framing)."""
+    import numpy as np
+    from PIL import Image
+
+    h, w = rgb.shape[:2]
+    f = max(width / w, height / h)
+    sw, sh = max(width, round(w * f)), max(height, round(h * f))
+    big = np.asarray(Image.fromarray(rgb).resize((sw, sh), Image.Resampling.BILINEAR), dtype=np.uint8)
+    y0, x0 = (sh - height) // 2, (sw - width) // 2
+    return np.ascontiguousarray(big[y0 : y0 + height, x0 : x0 + width])
 
 
 _GARBAGE = bytes(b for b in range(256) if b != 0x0A)  # any byte but newline

@@ -231,3 +231,45 @@ def list_images(folder: str | Path) -> list[Path]:
     """Image-looking files below ``folder``, sorted (by suffix; decoding decides the rest)."""
     root = Path(folder)
     return sorted(p for p in root.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
+def rgb_to_rgb565be(rgb: np.ndarray) -> np.ndarray:
+    """``HxWx3`` uint8 RGB -> ``HxWx2`` uint8, RGB565 big-endian (RRRRRGGG GGGBBBBB): an
+    OV2640 frame in esp32-camera's PIXFORMAT_RGB565 layout (the low bits are dropped)."""
+    px = rgb.astype(np.uint16)
+    v = ((px[..., 0] >> 3) << 11) | ((px[..., 1] >> 2) << 5) | (px[..., 2] >> 3)
+    return np.stack([(v >> 8).astype(np.uint8), (v & 0xFF).astype(np.uint8)], axis=-1)
+
+
+def rgb565be_to_rgb(px: np.ndarray) -> np.ndarray:
+    """``HxWx2`` RGB565 big-endian -> ``HxWx3`` uint8 by bit replication, as the firmware's
+    ``Rgb565BeToRgb888`` expands each pixel before its crop and resize."""
+    v = (px[..., 0].astype(np.uint16) << 8) | px[..., 1]
+    r5, g6, b5 = (v >> 11) & 0x1F, (v >> 5) & 0x3F, v & 0x1F
+    return np.stack([(r5 << 3) | (r5 >> 2), (g6 << 2) | (g6 >> 4), (b5 << 3) | (b5 >> 2)], axis=-1).astype(np.uint8)
+
+
+def inverse_lut(lut: np.ndarray) -> np.ndarray:
+    """For a :func:`quant_lut` table, a 3 x 256 uint8 table from each int8 value (indexed
+    ``q + 128``) back to a byte: the middle byte of those that quantise to ``q``, so the picture
+    quantises back to exactly the same tensor; a value no byte gives (outside the table's
+    range) gets the byte whose value is nearest."""
+    inv = np.zeros((3, 256), dtype=np.uint8)
+    q_all = np.arange(-128, 128)
+    for c in range(3):
+        row = lut[c].astype(np.int16)
+        for q in q_all:
+            hits = np.flatnonzero(row == q)
+            inv[c, q + 128] = hits[len(hits) // 2] if len(hits) else int(np.argmin(np.abs(row - q)))
+    return inv
+
+
+def tensor_to_rgb(tensor: np.ndarray, inv: np.ndarray, channel_order: str = "rgb") -> np.ndarray:
+    """The picture an int8 ``[1,]HxWx3`` input tensor shows: each tensor channel through its
+    :func:`inverse_lut` row (undoing quantisation and normalisation), then back to RGB order."""
+    t = np.asarray(tensor, dtype=np.int8)
+    if t.ndim == 4:
+        t = t[0]
+    idx = t.astype(np.int16) + 128
+    out = np.stack([inv[c][idx[..., c]] for c in range(3)], axis=-1)
+    return np.ascontiguousarray(to_channel_order(out, channel_order))
