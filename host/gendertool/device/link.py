@@ -198,6 +198,12 @@ class DeviceClient:
         out.extend(self._drain_events())
         return out
 
+    def hand_back(self, item: object) -> None:
+        """Put a record a command returned (an upload's ``result``) back into the stream, after
+        what arrived before it and before what arrived after it, so that a follower reading
+        :meth:`poll` (the monitor) sees every record once and in order."""
+        self._stash([item])
+
     def boot_selftest(self) -> p.SelfTest | None:
         """The firmware's boot self-test record if it arrived since connecting (drains what is pending)."""
         found = [it for it in self.poll(0) if isinstance(it, p.SelfTest)]

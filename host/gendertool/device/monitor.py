@@ -72,6 +72,136 @@ class MonitorSink:
     def tick(self, session: "MonitorSession") -> None:
         """Called a few times per second even when nothing arrives (redraw the live view)."""
 
+    def link(self, event: LinkEvent, session: "MonitorSession") -> None:
+        """The port vanished (``event.kind == "disconnected"``) or came back; by default one
+        :meth:`status` line."""
+        self.status(event.message)
+
+    def ended(self, summary: "MonitorSummary") -> None:
+        """The session is over (count reached, Ctrl-C, or ``summary.error``)."""
+
+
+class TeeSink(MonitorSink):
+    """Several sinks fed in order: the first (the terminal, --csv/--json) gets each record
+    before the next (the web page), so a later sink cannot keep a record from being written."""
+
+    def __init__(self, *sinks: MonitorSink) -> None:
+        self.sinks = sinks
+
+    def hello(self, hello: Any) -> None:
+        for s in self.sinks:
+            s.hello(hello)
+
+    def result(self, result: Any, session: "MonitorSession") -> None:
+        for s in self.sinks:
+            s.result(result, session)
+
+    def log(self, text: str) -> None:
+        for s in self.sinks:
+            s.log(text)
+
+    def status(self, text: str) -> None:
+        for s in self.sinks:
+            s.status(text)
+
+    def panic(self, report: PanicReport) -> None:
+        for s in self.sinks:
+            s.panic(report)
+
+    def device_error(self, record: Any) -> None:
+        for s in self.sinks:
+            s.device_error(record)
+
+    def tick(self, session: "MonitorSession") -> None:
+        for s in self.sinks:
+            s.tick(session)
+
+    def link(self, event: LinkEvent, session: "MonitorSession") -> None:
+        for s in self.sinks:
+            s.link(event, session)
+
+    def ended(self, summary: "MonitorSummary") -> None:
+        for s in self.sinks:
+            s.ended(summary)
+
+
+class MonitorControl:
+    """Work other threads (the web page) hand to a running monitor: each job runs on the
+    monitor's own thread with its DeviceClient, between two reads, so there is one reader of
+    the port and nothing it receives bypasses the session. :meth:`submit` returns a Future."""
+
+    def __init__(self) -> None:
+        import queue
+
+        self._jobs: "queue.SimpleQueue[tuple[Callable[[DeviceClient], Any], Any]]" = queue.SimpleQueue()
+        self.closed = False
+
+    def submit(self, job: "Callable[[DeviceClient], Any]"):
+        from concurrent.futures import Future
+
+        fut: Future = Future()
+        if self.closed:
+            fut.set_exception(DeviceError("the monitor has stopped"))
+        else:
+            self._jobs.put((job, fut))
+        return fut
+
+    def run_pending(self, client: DeviceClient) -> int:
+        """Run the queued jobs; a job's DeviceError goes to its Future, never to the monitor."""
+        import queue
+
+        done = 0
+        while True:
+            try:
+                job, fut = self._jobs.get_nowait()
+            except queue.Empty:
+                return done
+            if not fut.set_running_or_notify_cancel():
+                continue
+            done += 1
+            try:
+                fut.set_result(job(client))
+            except DeviceError as exc:
+                fut.set_exception(exc)
+            except BaseException as exc:  # Ctrl-C inside a job: the job fails, the monitor stops
+                fut.set_exception(DeviceError("the monitor stopped"))
+                raise exc
+
+    def close(self) -> None:
+        """Refuse new jobs and fail those still queued."""
+        import queue
+
+        self.closed = True
+        while True:
+            try:
+                _, fut = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                fut.set_exception(DeviceError("the monitor has stopped"))
+
+
+def upload_job(rgb: Any) -> "Callable[[DeviceClient], Any]":
+    """A :class:`MonitorControl` job: upload ``rgb`` (the existing ``infer`` path); its result
+    also goes back into the stream, so the monitor counts it and --csv/--json record it."""
+
+    def job(client: DeviceClient) -> Any:
+        rec = client.infer_rgb(rgb)
+        client.hand_back(rec)
+        return rec
+
+    return job
+
+
+def command_job(name: str, *args: int | str) -> "Callable[[DeviceClient], Any]":
+    """A :class:`MonitorControl` job: one command, waiting for its ``ack``."""
+    return lambda client: client.command(name, *args)
+
+
+def bench_job(n: int, warmup: int) -> "Callable[[DeviceClient], Any]":
+    """A :class:`MonitorControl` job: ``bench n warmup``, returning the :class:`BenchRun`."""
+    return lambda client: client.bench_collect(n, warmup)
+
 
 @dataclass
 class MonitorSummary:
@@ -132,6 +262,7 @@ class MonitorSession:
         self.samples_wrong = 0
         self._last_seq: int | None = None
         self.started = time.monotonic()
+        self.stream_stats: Any = None  # the link's parser counters (damaged, cut, overlong lines)
 
     def add_result(self, r: Any) -> None:
         if self._last_seq is not None and r.seq > self._last_seq + 1:
@@ -373,6 +504,7 @@ def run_monitor(
     toolchain_prefix: str = TOOLCHAIN_PREFIX,
     clock: Callable[[], float] = time.monotonic,
     no_record_timeout: float = DEFAULT_NO_RECORD_S,
+    control: MonitorControl | None = None,
 ) -> MonitorSummary:
     """Follow ``port`` until ``count`` results, Ctrl-C, or a failure (then ``summary.error``).
 
@@ -380,7 +512,8 @@ def run_monitor(
     may stay silent before the monitor gives up. ``no_record_timeout``: how long a port may
     send bytes without one valid record (noise, another firmware, a ROM bootloader, a flood
     of log lines) before the monitor stops, saying what it saw. Log lines reach the sink
-    escaped (gendertool.text) and at most SHOWN_LINE characters long.
+    escaped (gendertool.text) and at most SHOWN_LINE characters long. ``control``: jobs from
+    other threads (the web page's commands and uploads), run here between reads.
     """
 
 
@@ -409,7 +542,7 @@ def run_monitor(
             session.reconnects += 1
             last_data = last_record = clock()
             send("info")
-        sink.status(ev.message)
+        sink.link(ev, session)
 
     def on_hello(h: Any) -> None:
         nonlocal we_started, info_reply_due
@@ -434,6 +567,7 @@ def run_monitor(
 
     # DeviceError (missing/busy/permission) propagates
     client = DeviceClient((opener or _open)(port), reconnect_timeout=timeout, on_event=on_event)
+    session.stream_stats = client.stats
     error: str | None = None
     interrupted = False
     atomic = _AtomicRecords()
@@ -473,6 +607,8 @@ def run_monitor(
                         raise DeviceError(f"the device refused --source {source}: {item.message} ({item.code})")
                 elif isinstance(item, Ack) and item.cmd == "info":
                     info_reply_due = True
+            if control is not None and control.run_pending(client):
+                now = last_data = clock()  # a bench or upload kept the device busy, not silent
             if now - last_data > timeout:
                 raise DeviceError(
                     f"no data from {port} for {timeout:g} s; is the gendertool firmware running? "
@@ -495,6 +631,8 @@ def run_monitor(
     except DeviceError as exc:
         error = str(exc)
     finally:
+        if control is not None:
+            control.close()
         atomic.restore()
         panics.flush()
         if we_started:
@@ -504,4 +642,5 @@ def run_monitor(
     summary = session.summary(client.stats.as_dict())
     summary.interrupted = interrupted
     summary.error = error
+    sink.ended(summary)
     return summary
