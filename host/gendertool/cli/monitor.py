@@ -34,11 +34,16 @@ def monitor_cmd(
     no_record_timeout: float = typer.Option(
         10.0, "--no-record-timeout",
         help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
+    web: bool = typer.Option(False, "--web", help="Also show the session live in the browser: the input the model ran on, results, latency, controls."),
+    web_host: str = typer.Option("127.0.0.1", "--web-host", help="Address the page listens on (loopback by default; anything else lets others drive the device)."),
+    web_port: int = typer.Option(0, "--web-port", help="Port of the page (0: a free one; the URL is printed)."),
+    open_browser: bool = typer.Option(False, "--open", help="Open the page in the browser (with --web)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="The device's model, to rebuild and re-check its input on the host (--web; default: the shipped model)."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
     import sys
 
-    from gendertool.device.monitor import check_options, new_run_id, run_monitor
+    from gendertool.device.monitor import TeeSink, check_options, new_run_id, run_monitor
     from gendertool.errors import DeviceError, GendertoolError
     from gendertool.files import JsonLinesWriter
 
@@ -50,13 +55,19 @@ def monitor_cmd(
     if elf is not None and not elf.is_file():
         raise GendertoolError(f"--elf {elf} does not exist")
 
+    if open_browser and not web:
+        raise GendertoolError("--open needs --web")
     writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
     sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
+    page = None
     try:
+        if web:
+            page = _start_page(port, web_host, web_port, model, open_browser)
         with sink.live():
-            summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
-                                  no_record_timeout=no_record_timeout)
+            summary = run_monitor(port, sink.sink if page is None else TeeSink(sink.sink, page.sink), count=count,
+                                  timeout=timeout, source=source, elf=elf_path, no_record_timeout=no_record_timeout,
+                                  control=None if page is None else page.control)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os
@@ -66,9 +77,28 @@ def monitor_cmd(
     finally:
         if writer_csv is not None:
             writer_csv.close()
+        if page is not None:
+            page.close()
     _present_summary(summary, err_console if as_json else console, csv_file)
     if summary.error:
         raise DeviceError(summary.error)
+
+
+def _start_page(port: str, host: str, web_port: int, model: Optional[str], open_browser: bool):
+    """`--web`: serve the page (before connecting, so a busy address fails first) and say where."""
+    from gendertool.present.web import WebSession
+
+    page = WebSession(port, host=host, web_port=web_port, model=model)
+    if page.warning:
+        err_console.print(page.warning, style="bold yellow", markup=False, highlight=False)
+    err_console.print(f"live page: {page.url}  (Ctrl-C stops the monitor and the page)", style="cyan",
+                      markup=False, highlight=False, soft_wrap=True)
+    if open_browser:
+        import webbrowser
+
+        if not webbrowser.open(page.url):
+            err_console.print(f"could not open a browser; open {page.url} yourself", style="yellow", markup=False)
+    return page
 
 
 class _MonitorCsv:
