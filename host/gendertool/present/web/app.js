@@ -39,6 +39,8 @@ function setLink(s, detail) {
 function showDevice(d) {
   state.device = d;
   if (!d) return;
+  // a virtual device has no arena, heaps or clock of a board: say so instead of "0 B"
+  const na = (v, f) => (v ? f(v) : d.simulated ? "n/a (virtual device)" : "-");
   $("simulated").hidden = !d.simulated;
   $("source").value = d.source;
   kv($("device"), [
@@ -48,9 +50,9 @@ function showDevice(d) {
     ["model sha256", d.model_sha256],
     ["labels", (d.labels || []).join(", ")],
     ["input", "[" + (d.input || []).join(",") + "] int8"],
-    ["arena", bytes(d.arena_used) + " used of " + bytes(d.arena_bytes)],
-    ["heap", "internal " + bytes(d.heap_internal) + ", PSRAM " + bytes(d.heap_psram)],
-    ["CPU", d.cpu_mhz ? d.cpu_mhz + " MHz" : "-"],
+    ["arena", na(d.arena_bytes, () => bytes(d.arena_used) + " used of " + bytes(d.arena_bytes))],
+    ["heap free", na(d.heap_internal || d.heap_psram, () => "internal " + bytes(d.heap_internal) + ", PSRAM " + bytes(d.heap_psram))],
+    ["CPU", na(d.cpu_mhz, (v) => v + " MHz")],
     ["ESP-IDF / TFLM / ESP-NN", [d.idf || "-", d.tflm || "-", d.esp_nn || "-"].join(" / ")],
     ["input source", d.source + (d.running ? "" : " (stopped)")],
     ["built-in samples", String(d.samples)],
@@ -202,15 +204,18 @@ function drawHist() {
   const vals = state.history.map((p) => p.invoke_us / 1000);
   text($("hist-n"), vals.length);
   if (vals.length < 2) return;
-  const lo = Math.min(...vals), hi = Math.max(...vals), nb = 24, span = Math.max(hi - lo, 1e-6);
+  // the range is the 1st to 99th percentile: a few slow outliers share the last bin ("and more")
+  const sorted = vals.slice().sort((a, b) => a - b);
+  const lo = sorted[Math.floor(sorted.length * 0.01)], hi = sorted[Math.ceil(sorted.length * 0.99) - 1];
+  const nb = 24, span = Math.max(hi - lo, 1e-6);
   const counts = new Array(nb).fill(0);
-  vals.forEach((v) => counts[Math.min(nb - 1, Math.floor(((v - lo) / span) * nb))]++);
+  vals.forEach((v) => counts[Math.max(0, Math.min(nb - 1, Math.floor(((v - lo) / span) * nb)))]++);
   const most = Math.max(...counts), bw = (w - 8) / nb, plotH = h - 16;
   g.fillStyle = "#2f6fde";
   counts.forEach((n, i) => { const bh = (plotH * n) / most; g.fillRect(4 + i * bw, plotH - bh, bw - 1, bh); });
   g.fillStyle = "#6b7385"; g.font = "11px sans-serif";
   g.fillText(lo.toFixed(2) + " ms", 4, h - 3);
-  const t = hi.toFixed(2) + " ms"; g.fillText(t, w - 4 - g.measureText(t).width, h - 3);
+  const t = (sorted[sorted.length - 1] > hi ? ">= " : "") + hi.toFixed(2) + " ms"; g.fillText(t, w - 4 - g.measureText(t).width, h - 3);
 }
 
 let drawPending = false;
