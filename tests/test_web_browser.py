@@ -303,6 +303,8 @@ def test_killed_sim_shows_lost_then_back_and_ctrl_c_keeps_every_result(tmp_path,
         s.sim.finish(signal.SIGKILL)
         wait_for(lambda: page_state(browser)["link"] == "lost", what='"lost"')
         assert browser.find_element("id", "link").text == "lost"
+        browser.find_element("id", "stop").click()  # refused at once, never sent late to the device
+        wait_for(lambda: "the device is away" in browser.find_element("id", "control-error").text, what="the refusal")
         main = browser.current_window_handle  # a tab opened now is told too
         browser.switch_to.new_window("tab")
         open_page(browser, s.url)

@@ -108,7 +108,8 @@ def rgb_payload(rgb: "np.ndarray") -> dict:
 
 
 class InputViews:
-    """The input tensor behind each result and the picture it shows.
+    """The input tensor behind each result and the picture it shows. Used on the monitor's
+    thread only (the host runtime is not thread-safe).
 
     ``model``: the host's copy of the model (``monitor --model``); used only when its sha256
     is the device's. ``sample_paths``: the built-in sample images (firmware/samples/), matched
@@ -160,6 +161,9 @@ class InputViews:
         view = self._view(self._tensor_of(rgb), f"upload {name}")
         self._upload = view
         return view
+
+    def cancel_upload(self) -> None:
+        self._upload = None
 
     def _tensor_of(self, rgb: "np.ndarray") -> "np.ndarray":
         m = self.model
@@ -437,8 +441,8 @@ class WebServer:
     async def _teardown(self) -> None:
         from aiohttp import WSCloseCode
 
-        for ws in list(self._sockets):
-            await ws.close(code=WSCloseCode.GOING_AWAY, message=b"monitor stopped")
+        await asyncio.gather(*(ws.close(code=WSCloseCode.GOING_AWAY, message=b"monitor stopped")
+                               for ws in list(self._sockets)), return_exceptions=True)
         if self._runner is not None:
             await self._runner.cleanup()
 
@@ -509,7 +513,7 @@ class WebServer:
     async def _ws(self, request):
         from aiohttp import WSMsgType, web
 
-        ws = web.WebSocketResponse(heartbeat=20.0)
+        ws = web.WebSocketResponse(heartbeat=20.0, timeout=1.0)  # timeout: the close handshake, at Ctrl-C
         await ws.prepare(request)
         q: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
         q.put_nowait(json.dumps({**self._hub.snapshot(), "port": self.port_name}, allow_nan=False))
@@ -517,9 +521,12 @@ class WebServer:
         self._sockets.add(ws)
 
         async def pump() -> None:
-            while True:
-                data = await q.get()
-                await ws.send_str(data)
+            try:
+                while True:
+                    data = await q.get()
+                    await ws.send_str(data)
+            except (ConnectionError, RuntimeError):  # the tab went away mid-send: the reader below ends too
+                pass
 
         sender = asyncio.ensure_future(pump())
         try:
@@ -533,8 +540,19 @@ class WebServer:
         return ws
 
     async def _run_job(self, job, timeout: float):
+        """Run ``job`` on the monitor thread; DeviceError when the device is away or the monitor
+        does not get to it in time (then the job is cancelled: it never runs late)."""
+        if self._hub.link == "lost":
+            raise DeviceError("the device is away (port lost): try again when it is back")
+        if self._hub.ended is not None:
+            raise DeviceError("the monitor has stopped")
         fut = self.control.submit(job)
-        return await asyncio.wait_for(asyncio.wrap_future(fut), timeout)
+        try:
+            return await asyncio.wait_for(asyncio.shield(asyncio.wrap_future(fut)), timeout)
+        except asyncio.TimeoutError:
+            if fut.cancel():
+                raise DeviceError(f"the monitor did not get to it within {timeout:g} s (reconnecting?); cancelled") from None
+            raise DeviceError(f"no answer from the device within {timeout:g} s") from None
 
     def _error(self, text: str, status: int = 400):
         from aiohttp import web
@@ -560,8 +578,8 @@ class WebServer:
             return self._error("cmd must be source, start or stop")
         try:
             await self._run_job(job, 10.0)
-        except (DeviceError, asyncio.TimeoutError) as exc:
-            return self._error(str(exc) or f"no reply to {name}", 502)
+        except DeviceError as exc:
+            return self._error(str(exc), 502)
         if name == "source":
             self._note_source(args[0])
         return web.json_response({"ok": True, "cmd": name, "args": args})
@@ -583,8 +601,8 @@ class WebServer:
             return self._error(f"n must be 1..{BENCH_WEB_MAX_N} and warmup 0..1000")
         try:
             run = await self._run_job(bench_job(n, warmup), 60.0 + n)
-        except (DeviceError, asyncio.TimeoutError) as exc:
-            return self._error(str(exc) or "the bench did not finish", 502)
+        except DeviceError as exc:
+            return self._error(str(exc), 502)
         from gendertool.stats import latency_stats
 
         out: dict[str, Any] = {"n": n, "warmup": warmup, "got": len(run.invoke_us), "error": run.error,
@@ -615,11 +633,20 @@ class WebServer:
                 rgb = await loop.run_in_executor(None, lambda: fit_upload(load_rgb(_NamedBytes(data, name))))
             except ImageError as exc:
                 return self._error(str(exc), 415)
-            expected = view.inputs.expect_upload(name, rgb)
+            send = upload_job(rgb)
+
+            def job(client):  # on the monitor thread, like every use of the host runtime
+                expected = view.inputs.expect_upload(name, rgb)
+                try:
+                    return send(client), expected
+                except BaseException:
+                    view.inputs.cancel_upload()
+                    raise
+
             try:
-                rec = await self._run_job(upload_job(rgb), UPLOAD_TIMEOUT_S)
-            except (DeviceError, asyncio.TimeoutError) as exc:
-                return self._error(str(exc) or "no result for the upload", 502)
+                rec, expected = await self._run_job(job, UPLOAD_TIMEOUT_S)
+            except DeviceError as exc:
+                return self._error(str(exc), 502)
         scores = list(rec.scores)
         return web.json_response({
             "seq": rec.seq, "label": rec.label, "class": rec.class_index, "scores": scores, "probs": list(rec.probs),
