@@ -376,3 +376,41 @@ def test_monitor_web_port_in_use(cli):
         port = s.getsockname()[1]
         res = cli("monitor", "--port", "sim", "--count", "1", "--web", "--web-port", str(port))
     assert res.exit_code == 2 and f"cannot serve the page on 127.0.0.1:{port}" in res.stderr
+
+
+def test_monitor_web_json_keeps_stdout_json_only(cli):
+    res = cli("monitor", "--port", "sim", "--count", "3", "--web", "--json")
+    assert res.exit_code == 0, res.output
+    rows = [json.loads(line) for line in res.stdout.splitlines()]
+    assert len(rows) == 3 and "live page:" in res.stderr
+
+
+def test_a_device_sent_tensor_reaches_the_page_as_such(model_info):
+    """WebView.input_tensor is where protocol v2's assembled `input` records come in."""
+    from gendertool.device.monitor import MonitorSession
+    from gendertool.present.web import WebView
+
+    class _Server:
+        view = None
+
+        def __init__(self):
+            self.sent = []
+
+        def publish(self, msg):
+            self.sent.append(msg)
+
+    srv = _Server()
+    view = WebView(srv, InputViews(model_info))
+    dev = SimDevice(model_info, period_ms=0)
+    hello = dev.hello()
+    view.hello(hello)
+    session = MonitorSession("sim")
+    session.hello = hello
+    tensor = dev._samples[0].input_q
+    rec = dev._result(None, "sample", 0)
+    TeeSink(MonitorSink(), view).input_tensor(rec.seq, tensor.tobytes())
+    session.add_result(rec)
+    view.result(rec, session)
+    shown = srv.sent[-1]["result"]["input"]
+    assert shown["origin"] == DEVICE_SENT and shown["bit_exact"] is True
+    assert shown["what"] == "sample input"

@@ -80,6 +80,9 @@ class MonitorSink:
     def ended(self, summary: "MonitorSummary") -> None:
         """The session is over (count reached, Ctrl-C, or ``summary.error``)."""
 
+    def input_tensor(self, seq: int, data: bytes) -> None:
+        """The int8 input tensor the device sent for result ``seq`` (before that result), whole."""
+
 
 class TeeSink(MonitorSink):
     """Several sinks fed in order: the first (the terminal, --csv/--json) gets each record
@@ -123,6 +126,10 @@ class TeeSink(MonitorSink):
     def ended(self, summary: "MonitorSummary") -> None:
         for s in self.sinks:
             s.ended(summary)
+
+    def input_tensor(self, seq: int, data: bytes) -> None:
+        for s in self.sinks:
+            s.input_tensor(seq, data)
 
 
 class MonitorControl:

@@ -149,8 +149,8 @@ class InputViews:
             self._runner = TflmRunner(m)
         self.usable, self.why_not = True, ""
 
-    # the one place a device-sent tensor comes in: protocol v2's input records, once the
-    # monitor assembles them (issue-fw); until then nothing calls it
+    # the one place a device-sent tensor comes in (WebView.input_tensor): protocol v2's input
+    # records, once the monitor assembles them (issue-fw); until then nothing sends one
     def device_tensor(self, seq: int, data: bytes) -> None:
         self._device_sent[seq] = data
         while len(self._device_sent) > 8:
@@ -279,6 +279,9 @@ class WebView(MonitorSink):
         except (GendertoolError, ValueError) as exc:  # a view that cannot be made never stops the monitor
             row["input"] = {"origin": None, "why": str(exc)}
         self.server.publish({"type": "result", "result": row, "stats": session_stats(session)})
+
+    def input_tensor(self, seq: int, data: bytes) -> None:
+        self.inputs.device_tensor(seq, data)
 
     def log(self, text: str) -> None:
         self.server.publish({"type": "log", "text": text})
