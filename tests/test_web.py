@@ -364,9 +364,17 @@ def test_monitor_web_host_elsewhere_warns(cli):
     assert "anyone who can reach this address can see the results and drive the device" in res.stderr.replace("\n", " ")
 
 
-def test_monitor_open_needs_web(cli):
+def test_monitor_open_and_model_need_web(cli):
     res = cli("monitor", "--port", "sim", "--open")
     assert res.exit_code == 2 and "--open needs --web" in res.stderr
+    res = cli("monitor", "--port", "sim", "--model", "x.tflite")
+    assert res.exit_code == 2 and "--model needs --web" in res.stderr
+
+
+def test_a_device_nan_reaches_the_page_as_null():
+    from gendertool.present.web import to_json
+
+    assert json.loads(to_json({"probs": [float("nan"), 0.5], "x": {"y": float("inf")}})) == {"probs": [None, 0.5], "x": {"y": None}}
 
 
 def test_monitor_web_port_in_use(cli):

@@ -55,8 +55,8 @@ def monitor_cmd(
     if elf is not None and not elf.is_file():
         raise GendertoolError(f"--elf {elf} does not exist")
 
-    if open_browser and not web:
-        raise GendertoolError("--open needs --web")
+    if not web and (open_browser or model is not None):
+        raise GendertoolError(f"{'--open' if open_browser else '--model'} needs --web")
     writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
     sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)

@@ -316,6 +316,24 @@ class WebView(MonitorSink):
 # --------------------------------------------------------------------------- the server
 
 
+def _finite(v: Any) -> Any:
+    if isinstance(v, float):
+        return v if math.isfinite(v) else None
+    if isinstance(v, dict):
+        return {k: _finite(x) for k, x in v.items()}
+    if isinstance(v, (list, tuple)):
+        return [_finite(x) for x in v]
+    return v
+
+
+def to_json(msg: dict) -> str:
+    """Strict JSON for the page: a NaN or infinity a device sent becomes null."""
+    try:
+        return json.dumps(msg, allow_nan=False)
+    except ValueError:
+        return json.dumps(_finite(msg), allow_nan=False)
+
+
 class _Hub:
     """What every tab is sent, kept on the server's event loop: the latest state for a tab
     that opens later, and one bounded queue per open tab."""
@@ -359,12 +377,12 @@ class _Hub:
 
     def broadcast(self, msg: dict) -> None:
         self.apply(msg)
-        data = json.dumps(msg, allow_nan=False)
+        data = to_json(msg)
         for q in list(self.clients):
             if q.full():  # a tab that cannot keep up: start it again from the current state
                 while not q.empty():
                     q.get_nowait()
-                q.put_nowait(json.dumps(self.snapshot(), allow_nan=False))
+                q.put_nowait(to_json(self.snapshot()))
             else:
                 q.put_nowait(data)
 
@@ -519,7 +537,7 @@ class WebServer:
         ws = web.WebSocketResponse(heartbeat=20.0, timeout=1.0)  # timeout: the close handshake, at Ctrl-C
         await ws.prepare(request)
         q: asyncio.Queue = asyncio.Queue(maxsize=CLIENT_QUEUE)
-        q.put_nowait(json.dumps({**self._hub.snapshot(), "port": self.port_name}, allow_nan=False))
+        q.put_nowait(to_json({**self._hub.snapshot(), "port": self.port_name}))
         self._hub.clients.add(q)
         self._sockets.add(ws)
 
