@@ -422,3 +422,27 @@ def test_a_device_sent_tensor_reaches_the_page_as_such(model_info):
     shown = srv.sent[-1]["result"]["input"]
     assert shown["origin"] == DEVICE_SENT and shown["bit_exact"] is True
     assert shown["what"] == "sample input"
+
+
+def test_an_unknown_source_image_is_not_found(server):
+    try:
+        urllib.request.urlopen(server.url + "source/0123456789abcdef0123", timeout=5)
+    except urllib.error.HTTPError as exc:
+        assert exc.code == 404
+    else:
+        raise AssertionError("served an image nobody kept")
+
+
+def test_input_views_keep_the_image_before_crop_with_its_box(model_info):
+    views = InputViews(model_info)
+    views.on_hello(_Hello(model_info.sha256))
+    src = views.for_result(_res(1, "sample", 0))["source"]
+    full = load_rgb(next(q for q in default_sample_paths() if q.stem == "female_girl-1037886"))
+    assert (src["h"], src["w"]) == full.shape[:2]
+    y0, x0, h, w = src["crop"]
+    side = min(full.shape[:2])  # the default model's centre square, crop_fraction 1
+    assert (h, w) == (side, side) and (y0, x0) == ((full.shape[0] - side) // 2, (full.shape[1] - side) // 2)
+    from PIL import Image
+    import io as _io
+
+    np.testing.assert_array_equal(np.asarray(Image.open(_io.BytesIO(views.sources[src["key"]]))), full)

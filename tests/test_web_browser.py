@@ -233,6 +233,13 @@ def test_input_canvas_holds_the_samples_int8_tensor(stack, browser, model):
     assert np.abs(got["pixels"].astype(int) - resized).mean() < 2.0
     assert got["origin"] == "host-reconstructed" and "host-reconstructed" in got["caption"]
     assert "bit-exact" in got["check"]
+    # beside it, the image before crop and resize, served by this page's server, with the crop box
+    full = load_rgb(path)
+    size = wait_for(lambda: browser.execute_script(
+        "const i = document.getElementById('source-img'); return i.complete && i.naturalWidth && "
+        "[i.naturalWidth, i.naturalHeight, document.getElementById('source-caption').textContent]"), what="the source image")
+    if size[2].startswith(f"before crop and resize: {full.shape[1]}x{full.shape[0]}"):  # still the same sample
+        assert size[:2] == [full.shape[1], full.shape[0]]
 
 
 def _drop_file(d, data: bytes, name: str) -> None:
@@ -347,7 +354,7 @@ def test_device_markup_stays_text(browser, tmp_path):
         wait_for(lambda: evil in browser.find_element("id", "log").text, what="the log line")
         assert evil in browser.find_element("id", "device").text
         assert browser.find_elements("id", "injected") == []
-        assert browser.find_elements("css selector", "main img") == []
+        assert browser.find_elements("css selector", "img:not(#source-img)") == []
         assert browser.title != "pwned"
     finally:
         server.close()

@@ -32,7 +32,7 @@ import ipaddress
 import json
 import math
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -46,7 +46,7 @@ from gendertool.device.monitor import (
 )
 from gendertool.device.validate import fit_upload
 from gendertool.errors import DeviceError, GendertoolError, ImageError
-from gendertool.model.preprocess import inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
+from gendertool.model.preprocess import crop_rect, inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
 from gendertool.protocol import SOURCES, BENCH_MAX_N
@@ -65,6 +65,7 @@ MAX_UPLOAD_BYTES = 32 * 1024 * 1024
 UPLOAD_TIMEOUT_S = 30.0
 BENCH_WEB_MAX_N = 1000  # from the page: a bench blocks the stream while it runs
 TICK_EVERY_S = 0.5
+SOURCES_KEPT = 32  # images before crop and resize the page can still fetch
 
 HOST_RECONSTRUCTED = "host-reconstructed"
 DEVICE_SENT = "device-sent"
@@ -127,6 +128,8 @@ class InputViews:
         self._samples: dict[int, dict | None] = {}  # sample index -> prepared view (or None)
         self._device_sent: dict[int, bytes] = {}  # seq -> tensor bytes the device sent (protocol v2)
         self._upload: dict | None = None  # the upload made from the page, until its result comes
+        # key -> PNG of an image before crop and resize (served at /source/KEY); read by the server thread
+        self.sources: "OrderedDict[str, bytes]" = OrderedDict()
 
     def on_hello(self, hello: Any) -> None:
         same = self.hello is not None and self.hello.model_sha256 == hello.model_sha256
@@ -158,7 +161,7 @@ class InputViews:
 
     def expect_upload(self, name: str, rgb: "np.ndarray") -> dict:
         """The tensor the device will compute from an upload of ``rgb``, and the host's result."""
-        view = self._view(self._tensor_of(rgb), f"upload {name}")
+        view = self._view(self._tensor_of(rgb), f"upload {name}", source=rgb)
         self._upload = view
         return view
 
@@ -171,14 +174,39 @@ class InputViews:
         _, h, w, _ = m.input.shape
         return preprocess(rgb, m.preprocessing, h, w, m.input.scale, m.input.zero_point)
 
-    def _view(self, tensor: "np.ndarray", what: str, origin: str = HOST_RECONSTRUCTED) -> dict:
+    def _view(self, tensor: "np.ndarray", what: str, origin: str = HOST_RECONSTRUCTED,
+              source: "np.ndarray | None" = None) -> dict:
         import numpy as np
 
         assert self._runner is not None and self._inv is not None and self.model is not None
         ref = self._runner.invoke(tensor).reshape(-1)
-        pic = tensor_to_rgb(tensor, self._inv, self.model.preprocessing.channel_order)
-        return {"origin": origin, "what": what, "picture": rgb_payload(pic),
-                "shape": [int(d) for d in np.shape(tensor)], "reference_scores": [int(v) for v in ref]}
+        pre = self.model.preprocessing
+        pic = tensor_to_rgb(tensor, self._inv, pre.channel_order)
+        out = {"origin": origin, "what": what, "picture": rgb_payload(pic),
+               "shape": [int(d) for d in np.shape(tensor)], "reference_scores": [int(v) for v in ref]}
+        if source is not None:
+            h, w = source.shape[:2]
+            y0, x0, ch, cw = crop_rect(h, w, pre.crop_fraction, pre.crop)
+            key = self._keep_source(source)
+            out["source"] = {"key": key, "w": int(w), "h": int(h), "crop": [int(y0), int(x0), int(ch), int(cw)],
+                             "crop_mode": pre.crop, "crop_fraction": pre.crop_fraction}
+        return out
+
+    def _keep_source(self, rgb: "np.ndarray") -> str:
+        """Keep ``rgb`` as a PNG for the page; its key is its content's hash (safe to cache)."""
+        import hashlib
+
+        from PIL import Image
+
+        buf = io.BytesIO()
+        Image.fromarray(rgb).save(buf, format="PNG")
+        data = buf.getvalue()
+        key = hashlib.sha256(data).hexdigest()[:20]
+        self.sources[key] = data
+        self.sources.move_to_end(key)
+        while len(self.sources) > SOURCES_KEPT:
+            self.sources.popitem(last=False)
+        return key
 
     def _sample_view(self, index: int) -> dict | None:
         if index in self._samples:
@@ -188,7 +216,8 @@ class InputViews:
         path = self.sample_paths.get(info[0]) if info is not None else None
         if path is not None:
             try:
-                view = self._view(self._tensor_of(load_rgb(path)), f"built-in sample {info[0]}")
+                rgb = load_rgb(path)
+                view = self._view(self._tensor_of(rgb), f"built-in sample {info[0]}", source=rgb)
             except ImageError:
                 view = None
         self._samples[index] = view
@@ -452,6 +481,7 @@ class WebServer:
         app.router.add_post("/api/command", self._command)
         app.router.add_post("/api/bench", self._bench)
         app.router.add_post("/api/upload", self._upload)
+        app.router.add_get("/source/{key}", self._source)
         app.router.add_static("/static/", STATIC_DIR, show_index=False, follow_symlinks=False)
         self._runner = web.AppRunner(app, handle_signals=False, access_log=None, shutdown_timeout=1.0)
         await self._runner.setup()
@@ -530,6 +560,16 @@ class WebServer:
         from aiohttp import web
 
         return web.FileResponse(STATIC_DIR / "index.html", headers={"Cache-Control": "no-store"})
+
+    async def _source(self, request):
+        """An image before crop and resize (a built-in sample, an upload), for the crop box."""
+        from aiohttp import web
+
+        view = self.view
+        data = view.inputs.sources.get(request.match_info["key"]) if view is not None else None
+        if data is None:
+            raise web.HTTPNotFound()
+        return web.Response(body=data, content_type="image/png", headers={"Cache-Control": "private, max-age=3600"})
 
     async def _ws(self, request):
         from aiohttp import WSMsgType, web

@@ -75,6 +75,7 @@ function showInput(r) {
     text($("input-check"), "");
     canvas.dataset.origin = "";
     canvas.getContext("2d").clearRect(0, 0, canvas.width, canvas.height);
+    showSource(null);
     return;
   }
   const pic = inp.picture;
@@ -88,17 +89,38 @@ function showInput(r) {
     img.data[j++] = 255;
   }
   canvas.getContext("2d").putImageData(img, 0, 0);
+  showSource(inp.source);
   canvas.dataset.origin = inp.origin;
   canvas.dataset.what = inp.what;
   origin.className = "origin " + (inp.origin === "device-sent" ? "device" : "host");
   text(origin, inp.origin === "device-sent" ? "device-sent input tensor"
                                             : "host-reconstructed input (the device did not send it)");
-  text($("input-what"), inp.what + ": int8 [" + (inp.shape || []).join(",") + "], de-quantised, shown at 4x, nearest-neighbour");
+  text($("input-what"), inp.what + ": int8 [" + (inp.shape || []).join(",") + "]");
   text($("input-why"), inp.origin === "device-sent" ? "" : "rebuilt with the host's reference preprocessing of the same image");
   const check = $("input-check");
   text(check, "host reference scores [" + inp.reference_scores.join(", ") + "] vs device [" + (r.scores || []).join(", ") + "]: "
        + (inp.bit_exact ? "bit-exact" : "DIFFERENT"));
   check.className = "small " + (inp.bit_exact ? "ok" : "error");
+}
+
+// the image before crop and resize, with the crop the model gets (built-in samples, uploads)
+function showSource(src) {
+  const wrap = $("source-wrap");
+  if (!src) { wrap.hidden = true; return; }
+  wrap.hidden = false;
+  const img = $("source-img");
+  const url = "/source/" + encodeURIComponent(src.key);
+  if (img.getAttribute("src") !== url) img.setAttribute("src", url);
+  // up to 256 px a side; small images are enlarged pixel for pixel like the input
+  const scale = Math.min(256 / src.w, 256 / src.h);
+  img.style.width = Math.round(src.w * scale) + "px";
+  img.style.imageRendering = scale > 1 ? "pixelated" : "auto";
+  const [y0, x0, h, w] = src.crop, box = $("crop-box").style;
+  box.left = (100 * x0) / src.w + "%"; box.top = (100 * y0) / src.h + "%";
+  box.width = (100 * w) / src.w + "%"; box.height = (100 * h) / src.h + "%";
+  text($("source-caption"), "before crop and resize: " + src.w + "x" + src.h + "; the box (" + w + "x" + h +
+       (src.crop_mode === "center" ? ", centre square" : ", whole frame") +
+       (src.crop_fraction < 1 ? " x " + src.crop_fraction : "") + ") is what the model gets");
 }
 
 // ------------------------------------------------------------------ result
