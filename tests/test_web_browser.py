@@ -111,8 +111,9 @@ class Proc:
 class Stack:
     """A virtual device process and a `monitor --web --csv` following it."""
 
-    def __init__(self, tmp: Path, *, period_ms: int = 100) -> None:
+    def __init__(self, tmp: Path, *, period_ms: int = 100, camera: Path | None = None) -> None:
         self.tmp = tmp
+        self.camera = camera
         self.sim_port = free_port()
         self.period_ms = period_ms
         self.sim = self.start_sim()
@@ -123,7 +124,8 @@ class Stack:
         self.url = line.group(1)
 
     def start_sim(self) -> Proc:
-        sim = Proc("sim", "--listen", f"127.0.0.1:{self.sim_port}", "--period-ms", str(self.period_ms), cwd=self.tmp)
+        cam = ("--camera", str(self.camera)) if self.camera is not None else ()
+        sim = Proc("sim", "--listen", f"127.0.0.1:{self.sim_port}", "--period-ms", str(self.period_ms), *cam, cwd=self.tmp)
         wait_for(lambda: "virtual device serving" in sim.stderr() or sim.p.poll() is not None, what="the sim")
         assert sim.p.poll() is None, sim.stderr()
         return sim
@@ -147,7 +149,12 @@ def chrome():
 
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory):
-    s = Stack(tmp_path_factory.mktemp("web"))
+    from PIL import Image
+
+    camera = tmp_path_factory.mktemp("camera")
+    for path in default_sample_paths()[:2]:  # the virtual camera plays two portraits
+        Image.fromarray(load_rgb(path)).save(camera / f"{path.stem}.png")
+    s = Stack(tmp_path_factory.mktemp("web"), camera=camera)
     yield s
     s.close()
 
@@ -287,6 +294,20 @@ def test_a_refused_upload_says_why(stack, browser):
     wait_for(lambda: browser.execute_script("return document.getElementById('upload-out').dataset.state") == "failed",
              what="the refusal")
     assert "notes.txt: not a readable image" in browser.find_element("id", "control-error").text
+
+
+def test_source_switched_from_the_page_to_the_virtual_camera(stack, browser):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, stack.url)
+    Select(browser.find_element("id", "source")).select_by_value("camera")
+    wait_for(lambda: "source camera" in browser.find_element("id", "source-line").text, what="a camera result")
+    assert browser.find_element("id", "input-origin").text == "input not available"
+    assert "camera frames stay on the device" in browser.find_element("id", "input-why").text
+    assert "camera" in browser.find_element("id", "device").text  # the card's input source
+    Select(browser.find_element("id", "source")).select_by_value("sample")
+    wait_for(lambda: "source sample" in browser.find_element("id", "source-line").text, what="samples again")
+    assert browser.find_element("id", "control-error").text == ""
 
 
 def test_several_tabs_and_a_closed_one(stack, browser):
