@@ -311,7 +311,7 @@ class ScriptedClient:
         self.fields = fields
 
     def info(self):
-        return self.p.Hello(1, "t", "board", "esp32s3", "m", "0" * 64, ("a", "b"), (1, 8, 8, 3), 0.1, 0, 0.1, 0,
+        return self.p.Hello(self.p.PROTO_VERSION, "t", "board", "esp32s3", "m", "0" * 64, ("a", "b"), (1, 8, 8, 3), 0.1, 0, 0.1, 0,
                             1, 1, 1, 1, 240, "i", "t", "e", 4, "sample", False, False)
 
     def boot_selftest(self):

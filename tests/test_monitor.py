@@ -56,7 +56,7 @@ def _result(seq: int, label: str = "male", invoke_us: int = 45000) -> p.Result:
 
 
 HELLO = p.Hello(
-    1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
+    p.PROTO_VERSION, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
     0.0078125, 0, 0.00390625, -128, 180000, 170000, 250000, 8000000, 240, "v5.5.5", "1.3.4", "1.1.2", 8, "sample", True, False,
 )
 
@@ -510,10 +510,11 @@ def test_monitor_device_error_records_shown(scripted):
 
 
 def test_monitor_refuses_other_protocol_versions(cli, scripted):
-    future = p.Hello(**{**HELLO.__dict__, "proto": 2})
-    dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(future)), time.sleep(1)))
-    res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
-    assert res.exit_code == 2 and "protocol version 2" in res.stderr
+    for other in (p.PROTO_VERSION + 1, 1):  # a newer firmware, and a version 1 firmware
+        hello = p.Hello(**{**HELLO.__dict__, "proto": other})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello)), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
+        assert res.exit_code == 2 and f"protocol version {other}" in res.stderr
 
 
 # --------------------------------------------------------------------------- ports
