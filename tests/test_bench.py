@@ -414,3 +414,20 @@ def test_one_run_is_a_valid_request_and_a_short_run_is_an_error(tmp_path):
     r = bench.run_bench(ScriptedClient(4), port="x", n=6, warmup=0, out_json=tmp_path / "bench.json")
     assert r.completed == 4 and not r.complete
     assert r.error == "the device reported 4 runs but 4 arrived (6 requested)"
+
+
+def test_arena_placement_in_bench_json_and_a_loud_warning_for_psram(cli, sim_server, tmp_path):
+    """Issue 21 fault 8: where the arena landed changes every latency figure."""
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "4", "--warmup", "0", "--out", tmp_path / "a", "--no-plots")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert doc["firmware"]["arena_in"] == "host" and doc["device"]["arena_in"] == "host"
+    assert doc["device_summary"]["arena_in"] == "host" and doc["device_summary"]["camera"] is False
+    assert "WARNING" not in r.output and "arena: in host" in r.output
+    server.device.arena_in = "psram"
+    r = cli("bench", "--port", server.url, "-n", "4", "--warmup", "0", "--out", tmp_path / "b", "--no-plots")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert doc["firmware"]["arena_in"] == "psram" and doc["device_summary"]["arena_in"] == "psram"
+    assert "WARNING: the tensor arena is in PSRAM" in " ".join(r.output.split())

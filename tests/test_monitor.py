@@ -853,3 +853,14 @@ def test_hello_without_sample_names_still_parses():
     (rec,) = [item for item in p.StreamParser().feed(old)]
     assert isinstance(rec, p.Hello) and rec.sample_names == () and rec.labels == ("female", "male")
     assert sample_verdict(_result(0), rec) is None
+
+
+def test_monitor_header_says_where_the_arena_is_and_warns_for_psram(cli, scripted):
+    """Issue 21 fault 8: the header (and the summary's device block) name the placement."""
+    for where, warned in (("internal", False), ("psram", True)):
+        hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello) + p.encode_record(_result(0))), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "3")
+        assert res.exit_code == 0, res.output
+        assert f"arena in {where}" in res.stderr
+        assert ("WARNING: the tensor arena is in PSRAM" in " ".join(res.stderr.split())) is warned

@@ -176,6 +176,7 @@ class BenchResult:
                 "version": dev.get("fw", ""),
                 "cpu_mhz": dev.get("cpu_mhz"),
                 "arena_bytes": dev.get("arena_bytes"),
+                "arena_in": dev.get("arena_in", ""),  # "internal", "psram" (slower), "host" (virtual device)
                 "variant": self.variant,
                 "options": self.variant_options,
             },

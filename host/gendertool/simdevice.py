@@ -127,6 +127,7 @@ class SimDevice:
         self.input_once = False  # `input once`
         self.last_input: bytes = b""  # the int8 input tensor of the latest result
         self.tx_dropped = 0
+        self.arena_in = "host"  # hello/bsummary arena_in (tests set "psram" to see the host's warnings)
 
     def _board_invoke_us(self, timing: "str | float | None") -> int:
         """``"estimate"``: the per-operator estimate `inspect` prints (XIAO ESP32S3, arena in
@@ -255,7 +256,7 @@ class SimDevice:
             int(m.arena_bytes or 0), int(m.arena_host_bytes or 0), 0, 0, 0, "", _tflm_version(), "",
             len(self._samples), self.source, self.running, True,
             tuple(s.name for s in self._samples), tuple(sample_truth(s.name, m.labels) for s in self._samples),
-            arena_in="host", camera=False, tx_dropped=self.tx_dropped,
+            arena_in=self.arena_in, camera=False, tx_dropped=self.tx_dropped,
         )  # fmt: skip
 
     def selftest_record(self) -> p.SelfTest:
@@ -542,7 +543,7 @@ class _Session:
                 self.send(p.BenchSample(first, tuple(cols[0][first:]), tuple(cols[1][first:]), True))
                 first = len(inv)
         total = sum(inv)
-        self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True, "host", False, dev.tx_dropped))
+        self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True, dev.arena_in, False, dev.tx_dropped))
 
     def profile(self) -> None:
         rgb = self._take_input("profile")
