@@ -431,3 +431,23 @@ def test_arena_placement_in_bench_json_and_a_loud_warning_for_psram(cli, sim_ser
     doc = json.loads((tmp_path / "b" / "bench.json").read_text())
     assert doc["firmware"]["arena_in"] == "psram" and doc["device_summary"]["arena_in"] == "psram"
     assert "WARNING: the tensor arena is in PSRAM" in " ".join(r.output.split())
+
+
+def test_report_bundles_what_a_first_board_run_must_send_back(cli, sim_server, tmp_path):
+    """docs/first-board-run.md: one file with the hello (arena placement, heaps), the self-test,
+    the samples and summary, the profile, the device's log lines and the link counters."""
+    server = sim_server()
+    report = tmp_path / "send-me" / "report.json"
+    r = cli("bench", "--port", server.url, "-n", "5", "--warmup", "3", "--profile", "--out", tmp_path / "a",
+            "--no-plots", "--report", report)
+    assert r.exit_code == 0, r.output
+    assert f"report: {report}" in " ".join(r.stderr.split())
+    doc = json.loads(report.read_text())
+    assert doc["kind"] == "gendertool-report" and doc["schema"] == 1 and doc["argv"]
+    (board,) = doc["boards"]
+    on_disk = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert board == {**on_disk, "path": str(tmp_path / "a" / "bench.json")}
+    assert board["device"]["arena_in"] == "host" and board["device"]["proto"] == 2
+    assert board["profile"] and len(board["samples"]) == 5 and board["device_summary"]["warmup"] == 3
+    assert board["link"]["records"] > 0 and board["link"]["bad_crc"] == 0
+    assert any("virtual device" in line for line in board["device_log"])

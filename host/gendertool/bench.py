@@ -130,6 +130,8 @@ class BenchResult:
     variant: str | None = None
     variant_options: dict = field(default_factory=dict)
     path: Path | None = None  # where bench.json was written
+    device_log: list[str] = field(default_factory=list)  # the device's log lines seen during the run
+    link: dict = field(default_factory=dict)  # the host parser's counters (damaged / dropped records)
 
     @property
     def completed(self) -> int:
@@ -199,6 +201,8 @@ class BenchResult:
             "error": self.error,
             "stats": {k: (v.to_dict() if isinstance(v, Stats) else v) for k, v in stats.items()},
             "device_summary": self.device_summary,
+            "device_log": self.device_log,
+            "link": self.link,
             "profile": [r.to_dict() for r in self.profile],
             "profile_estimated": self.profile_estimated,
             "samples": [s.to_dict() for s in self.samples],
@@ -220,6 +224,8 @@ class BenchResult:
             profile_estimated=bool(data.get("profile_estimated", False)),
             device_summary=dict(data.get("device_summary", {})),
             selftest=dict(data.get("selftest", {})),
+            device_log=[str(x) for x in data.get("device_log", [])],
+            link=dict(data.get("link", {})),
             started=str(data.get("started", "")),
             finished=str(data.get("finished", "")),
             error=data.get("error"),
@@ -416,6 +422,11 @@ def run_bench(
         result.interrupted = True
     finally:
         result.finished = _now()
+        logs, stats = getattr(client, "logs", None), getattr(client, "stats", None)
+        if logs is not None:
+            result.device_log = [getattr(line, "text", str(line)) for line in logs]
+        if hasattr(stats, "as_dict"):
+            result.link = stats.as_dict()
         try:
             flush(force=True)
         except GendertoolError as exc:
@@ -424,6 +435,29 @@ def run_bench(
     if result.interrupted:
         raise Interrupted(interrupted_note([result]), partial=result)
     return result
+
+
+REPORT_KIND = "gendertool-report"
+
+
+def report_bundle(results: Sequence[BenchResult], argv: Sequence[str]) -> dict:
+    """One JSON document a user can send back (docs/first-board-run.md): per board, bench.json
+    as written (hello with arena placement and heaps, self-test, samples, device summary,
+    profile) plus the device's log lines and the link counters; and this computer's versions."""
+    import platform
+    import sys
+
+    from gendertool import __version__
+
+    return {
+        "kind": REPORT_KIND,
+        "schema": 1,
+        "created": _now(),
+        "gendertool": __version__,
+        "host": {"platform": platform.platform(), "python": sys.version.split()[0]},
+        "argv": list(argv),
+        "boards": [{**r.to_json(), "path": str(r.path) if r.path else None} for r in results],
+    }
 
 
 def summary_mismatches(result: BenchResult) -> list[str]:
