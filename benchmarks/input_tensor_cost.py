@@ -8,8 +8,11 @@ back together and checked against the sample's reference tensor. Settings: no te
 model, with the firmware's default period of 200 ms and with no period).
 
     python benchmarks/input_tensor_cost.py [--seconds 5] [--board-ms 39]
+    python benchmarks/input_tensor_cost.py --port /dev/ttyACM0 [--model M.tflite]   # a board
 
-The USB-Serial-JTAG estimate that goes with these figures is in docs/first-board-run.md.
+With --port the same three settings run on a board (continuous results from the built-in
+samples at the firmware's period), each tensor checked against the host's reference
+preprocessing of that sample. The USB-Serial-JTAG estimate is in docs/first-board-run.md.
 """
 
 from __future__ import annotations
@@ -23,9 +26,10 @@ from gendertool.simdevice import SimDevice, SimServer
 from gendertool.transport import open_port
 
 
-def measure(device: SimDevice, every: int, seconds: float) -> dict:
+def measure(device: SimDevice, every: int, seconds: float, port: str | None = None) -> dict:
+    """``device`` serves the link (no ``port``) or only gives the reference tensors (``port``)."""
     with SimServer(device) as server:
-        client = DeviceClient(open_port(server.url))
+        client = DeviceClient(open_port(port or server.url))
         try:
             client.stop()
             client.poll(0.3)
@@ -61,8 +65,18 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--board-ms", type=float, default=39.0)
+    ap.add_argument("--port", help="measure a board on this port instead of the virtual device")
+    ap.add_argument("--model", help="the board's model (default: the shipped default model)")
     args = ap.parse_args()
     print(f"{'pace':<28} {'input':<9} {'results/s':>10} {'bytes/result':>13} {'tensors':>8} {'mismatched':>10}")
+    if args.port:
+        reference = SimDevice(args.model, autostart=False)
+        for every in (0, 10, 1):
+            r = measure(reference, every, args.seconds, port=args.port)
+            label = "off" if every == 0 else f"every {every}"
+            print(f"{'board ' + args.port:<28} {label:<9} {r['fps']:>10.1f} {r['bytes_per_result']:>13.0f} "
+                  f"{r['tensors']:>8} {r['mismatched'] + r['broken']:>10}")
+        return
     # replay: cached results, so the first rows measure the link and the encoding alone
     for pace, kw in (("link only (replay), period 0", {"period_ms": 0, "replay": True}),
                      (f"board {args.board_ms:g} ms, period 0", {"period_ms": 0, "board_timing": args.board_ms}),
