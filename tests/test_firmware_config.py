@@ -133,6 +133,8 @@ API = {
     # gate usb_serial_jtag_vfs_use_driver: esp_driver_usb_serial_jtag/CMakeLists.txt builds its VFS part only then
     "CONFIG_VFS_SUPPORT_IO": (KCONFIG, "esp-idf components/vfs/Kconfig"),
     "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG_ENABLED": (KCONFIG, "esp-idf components/esp_system/Kconfig"),
+    # serial_link.cc replaces the app task's stderr (TFLM's DebugLog) only with newlib, whose stderr is per task
+    "CONFIG_LIBC_PICOLIBC": (KCONFIG, "esp-idf components/newlib/Kconfig"),
 }
 
 # Names the sources use that look like platform API but are ours (or plain C/C++).

@@ -106,6 +106,7 @@ int LogVprintf(const char* fmt, va_list args) {
 // is full. The app task's stderr is replaced by this stream, so TFLM's messages (an
 // AllocateTensors error at boot) become whole log lines through the same mutex and queue.
 // Declared from newlib's own cookie_write_function_t, whatever its return and size types.
+#if !defined(CONFIG_LIBC_PICOLIBC)
 template <typename Fn>
 struct StderrSink;
 template <typename Ret, typename Size>
@@ -119,6 +120,7 @@ struct StderrSink<Ret(void*, const char*, Size)> {
     return static_cast<Ret>(size);
   }
 };
+#endif
 
 }  // namespace
 
@@ -136,8 +138,11 @@ bool Init(uint32_t rx_buffer_bytes, uint32_t tx_buffer_bytes) {
 #endif
   esp_log_set_vprintf(&LogVprintf);
   g_ready = true;
-  // stdin/stdout/stderr are per task in ESP-IDF: this replaces the calling (app) task's
-  // stderr, the task that runs TFLM. Unbuffered: every piece reaches the line assembler.
+#if !defined(CONFIG_LIBC_PICOLIBC)
+  // newlib (ESP-IDF's default C library): stdin/stdout/stderr are per task, so this replaces
+  // the calling (app) task's stderr, the task that runs TFLM. Unbuffered: every piece
+  // reaches the line assembler. (picolibc's stderr is a constant: TFLM's messages then keep
+  // going through the VFS.)
   cookie_io_functions_t io = {};
   io.write = &StderrSink<cookie_write_function_t>::Write;
   FILE* err = fopencookie(nullptr, "w", io);
@@ -145,6 +150,7 @@ bool Init(uint32_t rx_buffer_bytes, uint32_t tx_buffer_bytes) {
     setvbuf(err, nullptr, _IONBF, 0);
     stderr = err;
   }
+#endif
   return true;
 }
 
