@@ -616,3 +616,27 @@ def test_protocol_versions_are_checked_both_ways(serve, monkeypatch):
     monkeypatch.setattr(simdevice._Session, "command", other_device(("bad_args", "info", "bad arguments for info")))
     with pytest.raises(DeviceError, match="older than protocol v2.*rebuild and flash"):
         client.info()
+
+
+@pytest.mark.parametrize("fault", [None, "score_off_by_one"])
+def test_the_host_rechecks_a_result_on_the_tensor_the_device_sent(serve, model, fault):
+    """Issue 19 item 2: the tensor the device ran on, re-run by the host's reference runtime,
+    gives the device's scores bit for bit; a device that computes otherwise is caught."""
+    from gendertool.runtime import TflmRunner
+
+    faults = SimFaults(**({fault: True} if fault else {}))
+    client, _ = serve(autostart=False, faults=faults)
+    client.set_input(1)
+    client.start()
+    asm, tensors, res = p.InputAssembler(), {}, []
+    deadline = time.monotonic() + 10
+    while len(res) < 4 and time.monotonic() < deadline:
+        for it in client.poll(0.2):
+            if isinstance(it, p.InputChunk) and (done := asm.feed(it)):
+                tensors[done[0]] = done[1]
+            elif isinstance(it, p.Result):
+                res.append(it)
+    client.stop()
+    runner = TflmRunner(model)
+    same = [runner.scores_for(tensors[r.seq]) == r.scores for r in res]
+    assert len(same) >= 4 and all(same) is (fault is None) and (not any(same)) is (fault is not None)
