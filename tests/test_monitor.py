@@ -57,7 +57,7 @@ def _result(seq: int, label: str = "male", invoke_us: int = 45000) -> p.Result:
 
 
 HELLO = p.Hello(
-    1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
+    p.PROTO_VERSION, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
     0.0078125, 0, 0.00390625, -128, 180000, 170000, 250000, 8000000, 240, "v5.5.5", "1.3.4", "1.1.2", 8, "sample", True, False,
 )
 
@@ -511,10 +511,11 @@ def test_monitor_device_error_records_shown(scripted):
 
 
 def test_monitor_refuses_other_protocol_versions(cli, scripted):
-    future = p.Hello(**{**HELLO.__dict__, "proto": 2})
-    dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(future)), time.sleep(1)))
-    res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
-    assert res.exit_code == 2 and "protocol version 2" in res.stderr
+    for other in (p.PROTO_VERSION + 1, 1):  # a newer firmware, and a version 1 firmware
+        hello = p.Hello(**{**HELLO.__dict__, "proto": other})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello)), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
+        assert res.exit_code == 2 and f"protocol version {other}" in res.stderr
 
 
 # --------------------------------------------------------------------------- ports
@@ -853,3 +854,14 @@ def test_hello_without_sample_names_still_parses():
     (rec,) = [item for item in p.StreamParser().feed(old)]
     assert isinstance(rec, p.Hello) and rec.sample_names == () and rec.labels == ("female", "male")
     assert sample_verdict(_result(0), rec) is None
+
+
+def test_monitor_header_says_where_the_arena_is_and_warns_for_psram(cli, scripted):
+    """Issue 21 fault 8: the header (and the summary's device block) name the placement."""
+    for where, warned in (("internal", False), ("psram", True)):
+        hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello) + p.encode_record(_result(0))), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "3")
+        assert res.exit_code == 0, res.output
+        assert f"arena in {where}" in res.stderr
+        assert ("WARNING: the tensor arena is in PSRAM" in " ".join(res.stderr.split())) is warned

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Optional
 import typer
 
 from gendertool.present.console import console, err_console
+from gendertool.protocol import arena_warning
 
 from .options import port_option, resolve_ports
 from .root import app
@@ -215,7 +216,11 @@ class _MonitorView:
                 if view.csv_out is not None:
                     view.csv_out.start(h.labels)
                 sim = " [virtual device: latency is this computer's]" if h.simulated else ""
-                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
+                arena = f", arena in {h.arena_in}" if h.arena_in else ""
+                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{arena}{sim}", "cyan")
+                warning = arena_warning(h.arena_in)
+                if warning:
+                    view._say(f"WARNING: {warning}", "bold red")
 
             def result(self, r, session) -> None:
                 from gendertool.device.monitor import result_row, sample_verdict

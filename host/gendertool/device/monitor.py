@@ -313,7 +313,7 @@ class MonitorSession:
             parser=dict(parser_stats or {}),
             simulated=(self.latest.simulated if self.latest is not None else getattr(hello, "simulated", None)),
             device=(
-                {k: getattr(hello, k) for k in ("board", "fw", "model", "model_sha256", "idf", "tflm", "esp_nn", "cpu_mhz", "arena_used", "heap_internal", "heap_psram")}
+                {k: getattr(hello, k) for k in ("board", "fw", "model", "model_sha256", "idf", "tflm", "esp_nn", "cpu_mhz", "arena_used", "arena_in", "heap_internal", "heap_psram", "camera", "tx_dropped")}
                 if hello is not None
                 else {}
             ),
