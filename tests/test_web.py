@@ -313,7 +313,10 @@ def test_server_refuses_a_rebound_host_name(server):
 def test_server_checks_commands_before_the_device(server):
     status, got = _request(server.url + "api/command", data=b'{"cmd": "reset"}',
                            headers={"Content-Type": "application/json", "Origin": f"http://127.0.0.1:{server.port}"})
-    assert status == 400 and "source, start or stop" in got["error"]
+    assert status == 400 and "source, start, stop or input" in got["error"]
+    for bad in ('{"cmd": "input", "every": 1001}', '{"cmd": "input", "every": true}', '{"cmd": "input"}'):
+        status, got = _request(server.url + "api/command", data=bad.encode(), headers={"Content-Type": "application/json"})
+        assert status == 400 and "input wants every" in got["error"]
     status, got = _request(server.url + "api/bench", data=b'{"n": 100000}', headers={"Content-Type": "application/json"})
     assert status == 400 and "n must be" in got["error"]
 
@@ -400,6 +403,7 @@ def test_a_device_sent_tensor_reaches_the_page_as_such(model_info):
 
     class _Server:
         view = None
+        input_asked = False
 
         def __init__(self):
             self.sent = []
@@ -421,7 +425,16 @@ def test_a_device_sent_tensor_reaches_the_page_as_such(model_info):
     view.result(rec, session)
     shown = srv.sent[-1]["result"]["input"]
     assert shown["origin"] == DEVICE_SENT and shown["bit_exact"] is True
-    assert shown["what"] == "sample input"
+    assert shown["what"] == f"built-in sample {dev._samples[0].name}" and shown["matches_host"] is True
+    assert "_tensor" not in shown  # host-side bytes never go to the page
+    # a device whose preprocessing differs by one step in one byte is caught
+    bad = bytearray(tensor.tobytes())
+    bad[0] = (bad[0] + 1) % 256
+    rec2 = dev._result(None, "sample", 0)
+    view.input_tensor(rec2.seq, bytes(bad))
+    session.add_result(rec2)
+    view.result(rec2, session)
+    assert srv.sent[-1]["result"]["input"]["matches_host"] is False
 
 
 def test_an_unknown_source_image_is_not_found(server):
@@ -446,3 +459,67 @@ def test_input_views_keep_the_image_before_crop_with_its_box(model_info):
     import io as _io
 
     np.testing.assert_array_equal(np.asarray(Image.open(_io.BytesIO(views.sources[src["key"]]))), full)
+
+
+def test_monitor_hands_device_sent_tensors_to_the_sink_before_their_results(model_info):
+    """`input 1` (protocol v2): every result is preceded by its input tensor, put together."""
+    from gendertool.present.web import input_job
+
+    class Tensors(MonitorSink):
+        def __init__(self):
+            self.got, self.results = {}, []
+
+        def input_tensor(self, seq, data):
+            self.got[seq] = data
+
+        def result(self, r, session):
+            self.results.append(r)
+            if len(self.results) == 1:
+                control.submit(input_job(1))
+
+    dev = SimDevice(model_info, period_ms=10)
+    control = MonitorControl()
+    sink = Tensors()
+    with SimServer(dev) as server:
+        summary = run_monitor(server.url, sink, count=30, timeout=5, control=control)
+    assert summary.error is None
+    has = [r.seq in sink.got for r in sink.results]
+    first = has.index(True)  # results already on their way when `input 1` went out come without
+    assert all(has[first:]) and sum(has) >= 10
+    with_input = [r for r in sink.results if r.seq in sink.got]
+    for r in with_input:
+        assert sink.got[r.seq] == dev._samples[r.sample].input_q.tobytes()
+    assert session_inputs_broken(summary) == 0
+
+
+def session_inputs_broken(summary) -> int:
+    return summary.parser.get("bad_record", 0)
+
+
+def test_the_page_asks_for_input_and_takes_it_back_at_the_end(model_info):
+    """--web-input N goes to the device at connect; `input 0` when the monitor stops."""
+    from gendertool.present.web import WebSession
+
+    page = WebSession("sim", model=model_info, input_every=3)
+    dev = SimDevice(model_info, period_ms=10)
+    sent = []
+    from gendertool.device import sim as simdevice
+
+    original = simdevice._Session.command
+
+    def spy(self, c):
+        sent.append((c.cmd, dict(c.args or {})))
+        return original(self, c)
+
+    simdevice._Session.command = spy
+    try:
+        with SimServer(dev) as server:
+            run_monitor(server.url, page.sink, count=10, timeout=5, control=page.control)
+            deadline = time.monotonic() + 2
+            while ("input", {"every": 0}) not in sent and time.monotonic() < deadline:
+                time.sleep(0.02)
+    finally:
+        simdevice._Session.command = original
+        page.close()
+    inputs = [a for cmd, a in sent if cmd == "input"]
+    assert inputs[0] == {"every": 3} and inputs[-1] == {"every": 0}

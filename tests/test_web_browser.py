@@ -37,6 +37,8 @@ from gendertool.model.preprocess import (
     quantize,
     tensor_to_rgb,
 )
+from gendertool.device.sim import SimCamera
+from gendertool.model.preprocess import rgb565be_to_rgb
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
 
@@ -111,7 +113,7 @@ class Proc:
 class Stack:
     """A virtual device process and a `monitor --web --csv` following it."""
 
-    def __init__(self, tmp: Path, *, period_ms: int = 100, camera: Path | None = None) -> None:
+    def __init__(self, tmp: Path, *, period_ms: int = 100, camera: Path | None = None, web_input: int = 1) -> None:
         self.tmp = tmp
         self.camera = camera
         self.sim_port = free_port()
@@ -119,7 +121,7 @@ class Stack:
         self.sim = self.start_sim()
         self.csv = tmp / "results.csv"
         self.monitor = Proc("monitor", "--port", f"socket://127.0.0.1:{self.sim_port}", "--web", "--csv", str(self.csv),
-                            "--timeout", "30", cwd=tmp)
+                            "--timeout", "30", "--web-input", str(web_input), cwd=tmp)
         line = wait_for(lambda: re.search(r"live page: (http://\S+)", self.monitor.stderr()), what="the page URL")
         self.url = line.group(1)
 
@@ -222,31 +224,68 @@ def test_page_loads_from_this_server_alone_and_results_arrive(stack, browser, mo
     assert severe_logs(browser) == []
 
 
-def test_input_canvas_holds_the_samples_int8_tensor(stack, browser, model):
-    open_page(browser, stack.url)
-    got = wait_for(lambda: (c := canvas_now(browser))["what"].startswith("built-in sample") and c, what="a sample on the canvas")
-    name = got["what"].removeprefix("built-in sample ")
-    path = next(p for p in default_sample_paths() if p.stem == name)
+def _sample_on_canvas(browser, origin: str) -> dict:
+    return wait_for(lambda: (c := canvas_now(browser))["what"].startswith(("built-in sample", "sample input"))
+                    and c["origin"] == origin and c, what=f"a {origin} sample on the canvas")
+
+
+def _expected_tensor(model, rgb):
     _, h, w, _ = model.input.shape
+    return preprocess(rgb, model.preprocessing, h, w, model.input.scale, model.input.zero_point)[0]
+
+
+def _check_canvas_is_tensor(got: dict, tensor, model) -> None:
     pre = model.preprocessing
-    tensor = preprocess(load_rgb(path), pre, h, w, model.input.scale, model.input.zero_point)[0]
-    assert got["pixels"].shape == (h, w, 3)
-    # the canvas is exactly the picture of the tensor, and quantises back to that tensor
     lut = quant_lut(pre, model.input.scale, model.input.zero_point)
+    assert got["pixels"].shape == tensor.shape
+    # the canvas is exactly the picture of the tensor, and quantises back to that tensor
     np.testing.assert_array_equal(got["pixels"], tensor_to_rgb(tensor, inverse_lut(lut), pre.channel_order))
     np.testing.assert_array_equal(quantize(got["pixels"], lut, pre.channel_order), tensor)
-    # and it is the sample's own pixels after crop and resize (not some other image)
-    resized = crop_resize(load_rgb(path), h, w, pre.crop_fraction, pre.crop).astype(int)
-    assert np.abs(got["pixels"].astype(int) - resized).mean() < 2.0
-    assert got["origin"] == "host-reconstructed" and "host-reconstructed" in got["caption"]
-    assert "bit-exact" in got["check"]
-    # beside it, the image before crop and resize, served by this page's server, with the crop box
-    full = load_rgb(path)
-    size = wait_for(lambda: browser.execute_script(
-        "const i = document.getElementById('source-img'); return i.complete && i.naturalWidth && "
-        "[i.naturalWidth, i.naturalHeight, document.getElementById('source-caption').textContent]"), what="the source image")
-    if size[2].startswith(f"before crop and resize: {full.shape[1]}x{full.shape[0]}"):  # still the same sample
-        assert size[:2] == [full.shape[1], full.shape[0]]
+
+
+def test_input_canvas_holds_the_int8_tensor_the_device_sent(stack, browser, model):
+    """`--web-input 1`: every result carries its tensor; the canvas is that tensor, a sample's."""
+    open_page(browser, stack.url)
+    got = _sample_on_canvas(browser, "device-sent")
+    assert got["caption"].startswith("device-sent input tensor") and "bit-exact" in got["check"]
+    seq = int(got["seq"])
+    # which sample it was: the page's result line says (the canvas and the result are the same seq here)
+    matches = [p for p in default_sample_paths()
+               if np.array_equal(quantize(got["pixels"], quant_lut(model.preprocessing, model.input.scale,
+                                                                   model.input.zero_point), model.preprocessing.channel_order),
+                                 _expected_tensor(model, load_rgb(p)))]
+    assert len(matches) == 1, f"result #{seq}: the canvas is no built-in sample's tensor"
+    _check_canvas_is_tensor(got, _expected_tensor(model, load_rgb(matches[0])), model)
+    assert browser.find_element("id", "input-every").get_attribute("value") == "1"
+
+
+def test_input_canvas_holds_the_host_reconstructed_sample_when_the_device_sends_none(stack, browser, model):
+    from selenium.webdriver.support.ui import Select
+
+    open_page(browser, stack.url)
+    Select(browser.find_element("id", "input-every")).select_by_value("0")  # device input: off
+    try:
+        got = _sample_on_canvas(browser, "host-reconstructed")
+        name = got["what"].removeprefix("built-in sample ")
+        path = next(p for p in default_sample_paths() if p.stem == name)
+        _check_canvas_is_tensor(got, _expected_tensor(model, load_rgb(path)), model)
+        pre = model.preprocessing
+        _, h, w, _ = model.input.shape
+        # and it is the sample's own pixels after crop and resize (not some other image)
+        resized = crop_resize(load_rgb(path), h, w, pre.crop_fraction, pre.crop).astype(int)
+        assert np.abs(got["pixels"].astype(int) - resized).mean() < 2.0
+        assert "host-reconstructed" in got["caption"] and "bit-exact" in got["check"]
+        # beside it, the image before crop and resize, served by this page's server, with the crop box
+        full = load_rgb(path)
+        size = wait_for(lambda: browser.execute_script(
+            "const i = document.getElementById('source-img'); return i.complete && i.naturalWidth && "
+            "[i.naturalWidth, i.naturalHeight, document.getElementById('source-caption').textContent]"),
+            what="the source image")
+        if size[2].startswith(f"before crop and resize: {full.shape[1]}x{full.shape[0]}"):  # still the same sample
+            assert size[:2] == [full.shape[1], full.shape[0]]
+    finally:
+        Select(browser.find_element("id", "input-every")).select_by_value("1")
+    assert browser.find_element("id", "control-error").text == ""
 
 
 def _drop_file(d, data: bytes, name: str) -> None:
@@ -296,14 +335,20 @@ def test_a_refused_upload_says_why(stack, browser):
     assert "notes.txt: not a readable image" in browser.find_element("id", "control-error").text
 
 
-def test_source_switched_from_the_page_to_the_virtual_camera(stack, browser):
+def test_source_switched_from_the_page_to_the_virtual_camera(stack, browser, model):
     from selenium.webdriver.support.ui import Select
 
     open_page(browser, stack.url)
     Select(browser.find_element("id", "source")).select_by_value("camera")
     wait_for(lambda: "source camera" in browser.find_element("id", "source-line").text, what="a camera result")
-    assert browser.find_element("id", "input-origin").text == "input not available"
-    assert "camera frames stay on the device" in browser.find_element("id", "input-why").text
+    # what the camera framed reaches the page only as the device sends it: each frame's tensor
+    got = wait_for(lambda: (c := canvas_now(browser))["what"] == "camera input" and c, what="a camera frame's tensor")
+    assert got["origin"] == "device-sent" and "bit-exact" in got["check"]
+    cam = SimCamera(stack.camera)
+    frames = [_expected_tensor(model, rgb565be_to_rgb(cam.frame(k))) for k in range(len(cam.paths))]
+    lut = quant_lut(model.preprocessing, model.input.scale, model.input.zero_point)
+    shown = quantize(got["pixels"], lut, model.preprocessing.channel_order)
+    assert any(np.array_equal(shown, f) for f in frames)
     assert "camera" in browser.find_element("id", "device").text  # the card's input source
     Select(browser.find_element("id", "source")).select_by_value("sample")
     wait_for(lambda: "source sample" in browser.find_element("id", "source-line").text, what="samples again")

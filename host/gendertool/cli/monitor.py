@@ -40,6 +40,9 @@ def monitor_cmd(
     web_port: int = typer.Option(0, "--web-port", help="Port of the page (0: a free one; the URL is printed)."),
     open_browser: bool = typer.Option(False, "--open", help="Open the page in the browser (with --web)."),
     model: Optional[str] = typer.Option(None, "--model", "-m", help="The device's model, to rebuild and re-check its input on the host (--web; default: the shipped model)."),
+    web_input: int = typer.Option(
+        10, "--web-input", metavar="N",
+        help="With --web: the device sends its int8 input tensor with every Nth result (about 17 KB each on the link; 0: never)."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
     import sys
@@ -64,7 +67,7 @@ def monitor_cmd(
     page = None
     try:
         if web:
-            page = _start_page(port, web_host, web_port, model, open_browser)
+            page = _start_page(port, web_host, web_port, model, open_browser, web_input)
         with sink.live():
             summary = run_monitor(port, sink.sink if page is None else TeeSink(sink.sink, page.sink), count=count,
                                   timeout=timeout, source=source, elf=elf_path, no_record_timeout=no_record_timeout,
@@ -85,11 +88,11 @@ def monitor_cmd(
         raise DeviceError(summary.error)
 
 
-def _start_page(port: str, host: str, web_port: int, model: Optional[str], open_browser: bool):
+def _start_page(port: str, host: str, web_port: int, model: Optional[str], open_browser: bool, input_every: int):
     """`--web`: serve the page (before connecting, so a busy address fails first) and say where."""
     from gendertool.present.web import WebSession
 
-    page = WebSession(port, host=host, web_port=web_port, model=model)
+    page = WebSession(port, host=host, web_port=web_port, model=model, input_every=input_every)
     if page.warning:
         err_console.print(page.warning, style="bold yellow", markup=False, highlight=False)
     err_console.print(f"live page: {page.url}  (Ctrl-C stops the monitor and the page)", style="cyan",

@@ -34,6 +34,8 @@ from gendertool.protocol import (
     Ack,
     ErrorRecord,
     Hello,
+    InputAssembler,
+    InputChunk,
     LogLine,
     Result,
     record_to_dict,
@@ -83,6 +85,9 @@ class MonitorSink:
     def input_tensor(self, seq: int, data: bytes) -> None:
         """The int8 input tensor the device sent for result ``seq`` (before that result), whole."""
 
+    def device_booted(self, hello: Any) -> None:
+        """The device (re)booted: what was asked of it before (e.g. ``input <n>``) is gone."""
+
 
 class TeeSink(MonitorSink):
     """Several sinks fed in order: the first (the terminal, --csv/--json) gets each record
@@ -131,6 +136,10 @@ class TeeSink(MonitorSink):
         for s in self.sinks:
             s.input_tensor(seq, data)
 
+    def device_booted(self, hello: Any) -> None:
+        for s in self.sinks:
+            s.device_booted(hello)
+
 
 class MonitorControl:
     """Work other threads (the web page) hand to a running monitor: each job runs on the
@@ -141,7 +150,26 @@ class MonitorControl:
         import queue
 
         self._jobs: "queue.SimpleQueue[tuple[Callable[[DeviceClient], Any], Any]]" = queue.SimpleQueue()
+        self._at_end: dict[str, Callable[[DeviceClient], Any]] = {}
         self.closed = False
+
+    def at_end(self, name: str, job: "Callable[[DeviceClient], Any] | None") -> None:
+        """A courtesy job run when the monitor stops, before the port closes (one per ``name``;
+        None removes it), e.g. ``input 0`` after the page asked for input tensors."""
+        if job is None:
+            self._at_end.pop(name, None)
+        else:
+            self._at_end[name] = job
+
+    def run_at_end(self, client: DeviceClient) -> None:
+        """The :meth:`at_end` jobs; the port may be gone already, so failures are ignored."""
+        for job in list(self._at_end.values()):
+            try:
+                job(client)
+            except DeviceError:
+                pass
+            except KeyboardInterrupt:  # another Ctrl-C: stop being courteous, keep the summary
+                return
 
     def submit(self, job: "Callable[[DeviceClient], Any]"):
         from concurrent.futures import Future
@@ -270,6 +298,7 @@ class MonitorSession:
         self._last_seq: int | None = None
         self.started = time.monotonic()
         self.stream_stats: Any = None  # the link's parser counters (damaged, cut, overlong lines)
+        self.inputs: Any = None  # the InputAssembler (.broken: input tensors that lost a piece)
 
     def add_result(self, r: Any) -> None:
         if self._last_seq is not None and r.seq > self._last_seq + 1:
@@ -562,6 +591,8 @@ def run_monitor(
         session.hello = h
         if previous is None or (previous.fw, previous.model_sha256, previous.board) != (h.fw, h.model_sha256, h.board):
             sink.hello(h)
+        if boot:
+            sink.device_booted(h)
         if h.proto != PROTO_VERSION:
             raise DeviceError(
                 f"the device speaks protocol version {h.proto}; this gendertool knows version {PROTO_VERSION}: update one of them"
@@ -575,6 +606,8 @@ def run_monitor(
     # DeviceError (missing/busy/permission) propagates
     client = DeviceClient((opener or _open)(port), reconnect_timeout=timeout, on_event=on_event)
     session.stream_stats = client.stats
+    inputs = InputAssembler()
+    session.inputs = inputs
     error: str | None = None
     interrupted = False
     atomic = _AtomicRecords()
@@ -606,6 +639,10 @@ def run_monitor(
                         sink.result(item, session)
                     if count is not None and session.results >= count:
                         break
+                elif isinstance(item, InputChunk):  # the input tensor of the next result, in pieces
+                    whole = inputs.feed(item)
+                    if whole is not None:
+                        sink.input_tensor(*whole)
                 elif isinstance(item, Hello):
                     on_hello(item)
                 elif isinstance(item, ErrorRecord):
@@ -640,6 +677,8 @@ def run_monitor(
     finally:
         if control is not None:
             control.close()
+            if session.hello is not None:
+                control.run_at_end(client)
         atomic.restore()
         panics.flush()
         if we_started:

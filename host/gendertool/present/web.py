@@ -49,7 +49,7 @@ from gendertool.errors import DeviceError, GendertoolError, ImageError
 from gendertool.model.preprocess import crop_rect, inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
-from gendertool.protocol import SOURCES, BENCH_MAX_N
+from gendertool.protocol import BENCH_MAX_N, INPUT_EVERY_MAX, SOURCES
 from gendertool.text import count, escape_control
 
 if TYPE_CHECKING:
@@ -67,6 +67,8 @@ BENCH_WEB_MAX_N = 1000  # from the page: a bench blocks the stream while it runs
 TICK_EVERY_S = 0.5
 SOURCES_KEPT = 32  # images before crop and resize the page can still fetch
 
+# the device sends its input tensor (~17 KB on the link for 64x64x3) with every Nth result
+DEFAULT_INPUT_EVERY = 10
 HOST_RECONSTRUCTED = "host-reconstructed"
 DEVICE_SENT = "device-sent"
 
@@ -152,8 +154,8 @@ class InputViews:
             self._runner = TflmRunner(m)
         self.usable, self.why_not = True, ""
 
-    # the one place a device-sent tensor comes in (WebView.input_tensor): protocol v2's input
-    # records, once the monitor assembles them (issue-fw); until then nothing sends one
+    # the one place a device-sent tensor comes in (WebView.input_tensor): protocol v2's `input`
+    # records, put together by the monitor (protocol.InputAssembler)
     def device_tensor(self, seq: int, data: bytes) -> None:
         self._device_sent[seq] = data
         while len(self._device_sent) > 8:
@@ -183,7 +185,8 @@ class InputViews:
         pre = self.model.preprocessing
         pic = tensor_to_rgb(tensor, self._inv, pre.channel_order)
         out = {"origin": origin, "what": what, "picture": rgb_payload(pic),
-               "shape": [int(d) for d in np.shape(tensor)], "reference_scores": [int(v) for v in ref]}
+               "shape": [int(d) for d in np.shape(tensor)], "reference_scores": [int(v) for v in ref],
+               "_tensor": np.ascontiguousarray(tensor, dtype=np.int8).tobytes()}  # "_" keys stay on the host
         if source is not None:
             h, w = source.shape[:2]
             y0, x0, ch, cw = crop_rect(h, w, pre.crop_fraction, pre.crop)
@@ -228,23 +231,31 @@ class InputViews:
         import numpy as np
 
         sent = self._device_sent.pop(r.seq, None)
-        view: dict | None = None
-        if sent is not None and self.usable:
-            shape = tuple(int(d) for d in self.model.input.shape)  # type: ignore[union-attr]
-            view = self._view(np.frombuffer(sent, dtype=np.int8).reshape(shape), f"{r.source} input", DEVICE_SENT)
-        elif not self.usable:
+        if not self.usable:
             return {"origin": None, "why": self.why_not}
-        elif r.source == "sample":
-            view = self._sample_view(r.sample)
-            if view is None:
-                return {"origin": None, "why": f"built-in sample {r.sample}: the host has no image of that name"}
+        host: dict | None = None  # the host's own preprocessing of the same image, when it has it
+        if r.source == "sample":
+            host = self._sample_view(r.sample)
         elif r.source == "upload" and self._upload is not None:
-            view, self._upload = self._upload, None
+            host, self._upload = self._upload, None
+        if sent is not None:
+            shape = tuple(int(d) for d in self.model.input.shape)  # type: ignore[union-attr]
+            view = self._view(np.frombuffer(sent, dtype=np.int8).reshape(shape),
+                              host["what"] if host else f"{r.source} input", DEVICE_SENT)
+            if host is not None:  # the device's preprocessing against the reference, byte for byte
+                view["matches_host"] = sent == host["_tensor"]
+                if "source" in host:
+                    view["source"] = host["source"]
+        elif host is not None:
+            view = host
+        elif r.source == "sample":
+            return {"origin": None, "why": f"built-in sample {r.sample}: the host has no image of that name"}
         else:
-            why = ("camera frames stay on the device: this firmware does not send its input tensor"
+            why = ("camera frames stay on the device, and this result came without its input tensor "
+                   "(the device sends it with every Nth result: 'device input' under Control)"
                    if r.source == "camera" else "the host does not have this upload's image")
             return {"origin": None, "why": why}
-        out = dict(view)
+        out = {k: v for k, v in view.items() if not k.startswith("_")}
         out["bit_exact"] = list(r.scores) == out["reference_scores"]
         return out
 
@@ -254,6 +265,11 @@ class InputViews:
 
 def _num(v: float, digits: int = 3) -> float | None:
     return None if v is None or (isinstance(v, float) and not math.isfinite(v)) else round(v, digits)
+
+
+def input_job(every: int | None):
+    """``input <n>`` (None: ``input once``) as a MonitorControl job."""
+    return lambda client: client.set_input(every)
 
 
 def device_card(h: Any) -> dict:
@@ -288,17 +304,38 @@ def session_stats(session: Any) -> dict:
 
 
 class WebView(MonitorSink):
-    """Feeds a :class:`WebServer` from the monitor session (runs on the monitor's thread)."""
+    """Feeds a :class:`WebServer` from the monitor session (runs on the monitor's thread).
 
-    def __init__(self, server: "WebServer", inputs: InputViews) -> None:
+    ``input_every``: ask the device for its input tensor with every Nth result (``input <n>``,
+    protocol v2; 0: never) when it connects and after every boot; the page can change it."""
+
+    def __init__(self, server: "WebServer", inputs: InputViews, input_every: int = 0) -> None:
         self.server = server
         self.inputs = inputs
+        self.input_every = input_every
         self._last_tick = 0.0
         server.view = self
 
     def hello(self, h: Any) -> None:
         self.inputs.on_hello(h)
         self.server.publish({"type": "hello", "device": device_card(h)})
+        self.apply_input_setting()
+
+    def device_booted(self, hello: Any) -> None:
+        self.apply_input_setting()  # a boot forgets `input <n>`
+
+    def apply_input_setting(self) -> None:
+        """Send the current ``input <n>`` (from the monitor thread: queued as a job)."""
+        every = self.input_every
+        if every or self.server.input_asked:
+            fut = self.server.control.submit(input_job(every))
+            fut.add_done_callback(self._input_refused)
+            self.server.note_input_every(every)
+
+    def _input_refused(self, fut) -> None:
+        exc = None if fut.cancelled() else fut.exception()
+        if exc is not None:
+            self.server.publish({"type": "status", "text": escape_control(f"input {self.input_every}: {exc}", keep_newlines=False)})
 
     def result(self, r: Any, session: Any) -> None:
         row = result_row(r, session.hello)
@@ -376,6 +413,7 @@ class _Hub:
         self.history: deque = deque(maxlen=HISTORY)
         self.logs: deque = deque(maxlen=LOG_KEEP)
         self.ended: str | None = None
+        self.input_every = 0
         self.clients: set[asyncio.Queue] = set()
 
     def apply(self, msg: dict) -> None:
@@ -398,11 +436,13 @@ class _Hub:
             self.logs.append(msg["text"])
         elif kind == "ended":
             self.ended = msg["text"]
+        elif kind == "input_setting":
+            self.input_every = msg["every"]
 
     def snapshot(self) -> dict:
         return {"type": "snapshot", "device": self.device, "link": self.link, "link_text": self.link_text,
                 "stats": self.stats, "latest": self.latest, "history": list(self.history), "logs": list(self.logs),
-                "ended": self.ended}
+                "ended": self.ended, "input_every": self.input_every}
 
     def broadcast(self, msg: dict) -> None:
         self.apply(msg)
@@ -431,6 +471,14 @@ class WebServer:
         self._runner = None
         self._sockets: set = set()
         self._upload_lock: asyncio.Lock | None = None
+        self.input_asked = False  # an `input <n>` went to the device: `input 0` when the monitor stops
+
+    def note_input_every(self, every: int) -> None:
+        """Remember the device's ``input <n>`` setting (any thread) and tell the tabs."""
+        if every and not self.input_asked:
+            self.input_asked = True
+            self.control.at_end("input", lambda client: client.send("input", 0))
+        self.publish({"type": "input_setting", "every": every})
 
     # ---------------------------------------------------------------- life cycle
 
@@ -635,14 +683,23 @@ class WebServer:
             job, args = command_job("source", arg), [arg]
         elif name in ("start", "stop"):
             job, args = command_job(name), []
+        elif name == "input":
+            every = body.get("every")
+            if every != "once" and not (isinstance(every, int) and not isinstance(every, bool) and 0 <= every <= INPUT_EVERY_MAX):
+                return self._error(f"input wants every: 0..{INPUT_EVERY_MAX} or \"once\"")
+            job, args = input_job(None if every == "once" else every), [every]
         else:
-            return self._error("cmd must be source, start or stop")
+            return self._error("cmd must be source, start, stop or input")
         try:
             await self._run_job(job, 10.0)
         except DeviceError as exc:
             return self._error(str(exc), 502)
         if name == "source":
             self._note_source(args[0])
+        elif name == "input" and args[0] != "once":
+            if self.view is not None:
+                self.view.input_every = args[0]  # kept across device reboots
+            self.note_input_every(args[0])
         return web.json_response({"ok": True, "cmd": name, "args": args})
 
     def _note_source(self, source: str) -> None:
@@ -723,15 +780,17 @@ class WebSession:
     """Everything `monitor --web` adds to a monitor run: the server, its sink and its control."""
 
     def __init__(self, port_name: str, *, host: str = "127.0.0.1", web_port: int = 0,
-                 model: "str | Path | ModelInfo | None" = None) -> None:
+                 model: "str | Path | ModelInfo | None" = None, input_every: int = DEFAULT_INPUT_EVERY) -> None:
         from gendertool.model.info import ModelInfo, load_model
 
         if not 0 <= web_port <= 65535:
             raise GendertoolError(f"--web-port must be 0..65535 (0: a free port), got {web_port}")
+        if not 0 <= input_every <= INPUT_EVERY_MAX:
+            raise GendertoolError(f"--web-input must be 0..{INPUT_EVERY_MAX} (0: never), got {input_every}")
         info = model if isinstance(model, ModelInfo) else load_model(model, measure_arena=False)
         self.control = MonitorControl()
         self.server = WebServer(self.control, host=host, port=web_port, port_name=port_name).start()
-        self.sink = WebView(self.server, InputViews(info))
+        self.sink = WebView(self.server, InputViews(info), input_every)
         self.warning = exposure_warning(host, self.server.port)
 
     @property

@@ -63,10 +63,17 @@ function showDevice(d) {
 // ------------------------------------------------------------------ the input picture
 
 function showInput(r) {
-  const inp = r.input || {};
+  let inp = r.input || {};
   const canvas = $("input");
   const origin = $("input-origin");
-  canvas.dataset.seq = r.seq;
+  let of = r;
+  if (inp.origin === "device-sent") state.lastDevice = { r, source: r.source };
+  else if (!inp.origin && state.lastDevice && state.lastDevice.source === r.source) {
+    // the device sends its input with every Nth result: keep the latest one it sent, saying so
+    of = state.lastDevice.r;
+    inp = of.input;
+  }
+  canvas.dataset.seq = of.seq;
   if (!inp.origin) {
     origin.className = "origin none";
     text(origin, "input not available");
@@ -93,14 +100,20 @@ function showInput(r) {
   canvas.dataset.origin = inp.origin;
   canvas.dataset.what = inp.what;
   origin.className = "origin " + (inp.origin === "device-sent" ? "device" : "host");
-  text(origin, inp.origin === "device-sent" ? "device-sent input tensor"
+  text(origin, inp.origin === "device-sent" ? "device-sent input tensor" + (of === r ? "" : " of result #" + of.seq)
                                             : "host-reconstructed input (the device did not send it)");
   text($("input-what"), inp.what + ": int8 [" + (inp.shape || []).join(",") + "]");
-  text($("input-why"), inp.origin === "device-sent" ? "" : "rebuilt with the host's reference preprocessing of the same image");
+  text($("input-why"), inp.origin === "device-sent"
+       ? (of === r ? "" : "the device sends its input with every Nth result; this is the latest it sent")
+       : "rebuilt with the host's reference preprocessing of the same image");
   const check = $("input-check");
-  text(check, "host reference scores [" + inp.reference_scores.join(", ") + "] vs device [" + (r.scores || []).join(", ") + "]: "
-       + (inp.bit_exact ? "bit-exact" : "DIFFERENT"));
-  check.className = "small " + (inp.bit_exact ? "ok" : "error");
+  text(check, "host reference scores [" + inp.reference_scores.join(", ") + "] vs device [" + (of.scores || []).join(", ") +
+       "] on that tensor: " + (inp.bit_exact ? "bit-exact" : "DIFFERENT") +
+       (inp.matches_host === undefined ? "" : inp.matches_host
+         ? "; the device's tensor is byte for byte the host's preprocessing of the same image"
+         : "; the device's tensor DIFFERS from the host's preprocessing of the same image"));
+  check.dataset.matchesHost = inp.matches_host === undefined ? "" : String(inp.matches_host);
+  check.className = "small " + (inp.bit_exact && inp.matches_host !== false ? "ok" : "error");
 }
 
 // the image before crop and resize, with the crop the model gets (built-in samples, uploads)
@@ -266,6 +279,7 @@ function onMessage(m) {
       if (m.latest) showResult(m.latest);
       showStats(m.stats);
       clear($("log")); (m.logs || []).forEach(addLog);
+      showInputSetting(m.input_every);
       if (m.ended) { state.ended = m.ended; setLink("ended", m.ended); }
       else setLink(m.link, m.link_text);
       redraw();
@@ -289,6 +303,7 @@ function onMessage(m) {
     case "panic": addLog("[panic] " + m.text); break;
     case "device_error": addLog("[device error] " + m.code + " (" + (m.cmd || "spontaneous") + "): " + m.text); break;
     case "ended": state.ended = m.text; setLink("ended", m.text); break;
+    case "input_setting": showInputSetting(m.every); break;
   }
 }
 
@@ -316,6 +331,20 @@ function controlError(e) { text($("control-error"), e ? String(e.message || e) :
 
 $("source").addEventListener("change", (ev) =>
   post("/api/command", JSON.stringify({ cmd: "source", source: ev.target.value })).then(() => controlError(), controlError));
+function showInputSetting(every) {
+  const sel = $("input-every");
+  const v = String(every || 0);
+  if (![...sel.options].some((o) => o.value === v)) {
+    const o = document.createElement("option"); o.value = v; text(o, "every " + v + "th"); sel.appendChild(o);
+  }
+  sel.value = v;
+  sel.dataset.every = v;
+}
+$("input-every").addEventListener("change", (ev) => {
+  const v = ev.target.value;
+  post("/api/command", JSON.stringify({ cmd: "input", every: v === "once" ? "once" : Number(v) }))
+    .then(() => { controlError(); if (v === "once") ev.target.value = ev.target.dataset.every || "0"; }, controlError);
+});
 $("start").addEventListener("click", () => post("/api/command", JSON.stringify({ cmd: "start" })).then(() => controlError(), controlError));
 $("stop").addEventListener("click", () => post("/api/command", JSON.stringify({ cmd: "stop" })).then(() => controlError(), controlError));
 $("bench").addEventListener("click", async () => {
