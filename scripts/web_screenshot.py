@@ -40,7 +40,8 @@ def main() -> int:
     sim = subprocess.Popen([sys.executable, "-m", "gendertool", "sim", "--listen", f"127.0.0.1:{port}", "--period-ms", "150"],
                            stderr=subprocess.DEVNULL)
     time.sleep(3)
-    mon = subprocess.Popen([sys.executable, "-m", "gendertool", "monitor", "--port", f"socket://127.0.0.1:{port}", "--web"],
+    mon = subprocess.Popen([sys.executable, "-m", "gendertool", "monitor", "--port", f"socket://127.0.0.1:{port}", "--web",
+                            "--web-input", "1"],
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         url = None
