@@ -49,7 +49,7 @@ from gendertool.errors import DeviceError, GendertoolError, ImageError
 from gendertool.model.preprocess import crop_rect, inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
-from gendertool.protocol import BENCH_MAX_N, INPUT_EVERY_MAX, SOURCES
+from gendertool.protocol import BENCH_MAX_N, INPUT_EVERY_MAX, SOURCES, arena_warning
 from gendertool.text import count, escape_control
 
 if TYPE_CHECKING:
@@ -279,6 +279,7 @@ def device_card(h: Any) -> dict:
         "heap_internal": h.heap_internal, "heap_psram": h.heap_psram, "cpu_mhz": h.cpu_mhz, "idf": h.idf,
         "tflm": h.tflm, "esp_nn": h.esp_nn, "source": h.source, "running": h.running, "simulated": h.simulated,
         "proto": h.proto, "samples": h.samples,
+        "arena_in": h.arena_in, "arena_warning": arena_warning(h.arena_in), "camera": h.camera, "tx_dropped": h.tx_dropped,
     }
 
 

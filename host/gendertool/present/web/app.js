@@ -50,11 +50,14 @@ function showDevice(d) {
     ["model sha256", d.model_sha256],
     ["labels", (d.labels || []).join(", ")],
     ["input", "[" + (d.input || []).join(",") + "] int8"],
-    ["arena", na(d.arena_bytes, () => bytes(d.arena_used) + " used of " + bytes(d.arena_bytes))],
+    ["arena", na(d.arena_bytes, () => bytes(d.arena_used) + " used of " + bytes(d.arena_bytes)) +
+              (d.arena_in && d.arena_in !== "host" ? ", in " + d.arena_in : "")],
+    ...(d.arena_warning ? [["WARNING", d.arena_warning]] : []),
     ["heap free", na(d.heap_internal || d.heap_psram, () => "internal " + bytes(d.heap_internal) + ", PSRAM " + bytes(d.heap_psram))],
     ["CPU", na(d.cpu_mhz, (v) => v + " MHz")],
     ["ESP-IDF / TFLM / ESP-NN", [d.idf || "-", d.tflm || "-", d.esp_nn || "-"].join(" / ")],
-    ["input source", d.source + (d.running ? "" : " (stopped)")],
+    ["input source", d.source + (d.running ? "" : " (stopped)") + (d.camera ? ", camera running" : "")],
+    ["lines dropped", d.tx_dropped ? d.tx_dropped + " (the device dropped whole lines: the host was not reading)" : "0"],
     ["built-in samples", String(d.samples)],
     ["simulated", d.simulated ? "yes: a virtual device on this computer" : "no"],
   ]);
