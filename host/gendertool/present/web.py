@@ -67,8 +67,6 @@ BENCH_WEB_MAX_N = 1000  # from the page: a bench blocks the stream while it runs
 TICK_EVERY_S = 0.5
 SOURCES_KEPT = 32  # images before crop and resize the page can still fetch
 
-# the device sends its input tensor (~17 KB on the link for 64x64x3) with every Nth result
-DEFAULT_INPUT_EVERY = 10
 HOST_RECONSTRUCTED = "host-reconstructed"
 DEVICE_SENT = "device-sent"
 
@@ -778,10 +776,11 @@ class WebServer:
 
 
 class WebSession:
-    """Everything `monitor --web` adds to a monitor run: the server, its sink and its control."""
+    """Everything `monitor --web` adds to a monitor run: the server, its sink and its control.
+    ``input_every``: the device's ``input <n>`` (the CLI's --web-input; 0: never)."""
 
     def __init__(self, port_name: str, *, host: str = "127.0.0.1", web_port: int = 0,
-                 model: "str | Path | ModelInfo | None" = None, input_every: int = DEFAULT_INPUT_EVERY) -> None:
+                 model: "str | Path | ModelInfo | None" = None, input_every: int) -> None:
         from gendertool.model.info import ModelInfo, load_model
 
         if not 0 <= web_port <= 65535:
