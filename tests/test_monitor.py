@@ -864,3 +864,22 @@ def test_monitor_header_says_where_the_arena_is_and_warns_for_psram(cli, scripte
         assert res.exit_code == 0, res.output
         assert f"arena in {where}" in res.stderr
         assert ("WARNING: the tensor arena is in PSRAM" in " ".join(res.stderr.split())) is warned
+        summary = " ".join(res.stdout.split())  # the summary table's row
+        assert f"arena in {where}" in summary and ("WARNING" in summary) is warned
+
+
+def test_monitor_live_view_names_the_arena(monkeypatch):
+    """Issue 21 fault 8: the live view (the Rich panel while results stream) shows the placement."""
+    from rich.console import Console
+
+    from gendertool.cli.device import _MonitorView
+    from gendertool.monitor import MonitorSession
+
+    view = _MonitorView(json_out=None, csv_out=None, text_results=False)
+    view.session = MonitorSession("socket://x")
+    for where, warned in (("internal", False), ("psram", True)):
+        view.session.hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        con = Console(width=160, record=True, color_system=None)
+        con.print(view._render())
+        text = " ".join(con.export_text().split())
+        assert f"arena in {where}" in text and ("WARNING" in text) is warned

@@ -541,6 +541,9 @@ class _MonitorView:
         ]
         if s.disconnects:
             rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
+        arena_in = getattr(s.hello, "arena_in", "")
+        if arena_in:  # where the arena is changes every latency above (issue 21)
+            rows.append(("arena", f"in {arena_in}" + ("  WARNING: slower than internal RAM" if arena_warning(arena_in) else "")))
         if r is not None and r.simulated:
             rows.append(("", "virtual device: host latency"))
         grid = Table.grid(expand=True, padding=(0, 2))
@@ -577,6 +580,10 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
         rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
     if summary.disconnects:
         rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
+    arena_in = summary.device.get("arena_in", "")
+    if arena_in:
+        warning = arena_warning(arena_in)
+        rows.append(("arena", f"in {arena_in}" + (f"  WARNING: {warning}" if warning else "")))
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:
