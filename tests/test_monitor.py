@@ -883,3 +883,13 @@ def test_monitor_live_view_names_the_arena(monkeypatch):
         con.print(view._render())
         text = " ".join(con.export_text().split())
         assert f"arena in {where}" in text and ("WARNING" in text) is warned
+
+
+def test_monitor_panic_makes_the_device_abort_once_and_follows_it_back(cli, sim_url):
+    """docs/first-board-run.md step 7: `monitor --panic` sends the `panic` test command once; the
+    dump is recognised as a panic (decoded with --elf), the device reboots, results go on."""
+    res = cli("monitor", "--port", sim_url, "--panic", "--count", "6", "--timeout", "10")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "abort() was called at PC 0x42009e2b on core 1" in out
+    assert "panics 1" in out  # the summary row: one panic, not one per reconnect

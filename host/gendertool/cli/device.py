@@ -277,6 +277,7 @@ def monitor_cmd(
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
     build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
     source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
+    panic: bool = typer.Option(False, "--panic", help="Test the panic decoding: once connected, make the device abort (it reboots); see docs/first-board-run.md."),
     no_record_timeout: float = typer.Option(
         10.0, "--no-record-timeout",
         help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
@@ -302,7 +303,7 @@ def monitor_cmd(
     try:
         with sink.live():
             summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
-                                  no_record_timeout=no_record_timeout)
+                                  no_record_timeout=no_record_timeout, panic=panic)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os
