@@ -885,10 +885,11 @@ def test_monitor_live_view_names_the_arena(monkeypatch):
         assert f"arena in {where}" in text and ("WARNING" in text) is warned
 
 
-def test_monitor_panic_makes_the_device_abort_once_and_follows_it_back(cli, sim_url):
+def test_monitor_panic_makes_the_device_abort_once_and_follows_it_back(cli, sim_server):
     """docs/first-board-run.md step 7: `monitor --panic` sends the `panic` test command once; the
     dump is recognised as a panic (decoded with --elf), the device reboots, results go on."""
-    res = cli("monitor", "--port", sim_url, "--panic", "--count", "6", "--timeout", "10")
+    server = sim_server(autostart=False)  # a fresh device that streams only when told to
+    res = cli("monitor", "--port", server.url, "--panic", "--count", "6", "--timeout", "10")
     assert res.exit_code == 0, res.output
     out = " ".join(res.output.split())
     assert "abort() was called at PC 0x42009e2b on core 1" in out
