@@ -159,6 +159,15 @@ class HostPlatform : public gt::Platform {
     return gt::DeviceStatus{4096, 3000, 200000, 8000000, 240, "host", "internal", camera_running_, camera_stops_};
   }
   void Restart() override { g_restart = true; }
+  // what ESP-IDF's abort() prints (esp_system panic handler), then the reboot
+  void Panic() override {
+    static const char kDump[] =
+        "abort() was called at PC 0x42009e2b on core 1\r\n\r\n"
+        "Backtrace: 0x40375a5e:0x3fc98d60 0x4037a8a1:0x3fc98d80 0x42009e2b:0x3fc98df0\r\n\r\n"
+        "ELF file SHA256: 0123456789abcdef\r\n\r\nRebooting...\r\n";
+    Write(kDump, sizeof kDump - 1);
+    g_restart = true;
+  }
 
  private:
   // g_score_fault > 0: a class other than the expected one moves by that much (the class stays);
@@ -590,3 +599,13 @@ def test_a_host_of_another_protocol_version_is_told_so(device):
     s.sendall(b"info 2\n")
     recs = read_until(lambda r: isinstance(r, p.Hello))
     assert isinstance(recs[0], p.Ack) and recs[-1].proto == 2
+
+
+def test_panic_test_command_acks_then_aborts(device):
+    s, read_until = _raw(device.url)
+    read_until(lambda r: isinstance(r, p.SelfTest))
+    s.sendall(b"panic\n")
+    recs = read_until(lambda r: isinstance(r, p.Hello))  # the reboot's hello follows the dump
+    assert isinstance(recs[0], p.Ack) and recs[0].cmd == "panic"
+    logs = [r.text for r in recs if isinstance(r, p.LogLine)]
+    assert any(t.startswith("abort() was called at PC") for t in logs) and any(t.startswith("Backtrace:") for t in logs)

@@ -865,3 +865,33 @@ def test_monitor_header_says_where_the_arena_is_and_warns_for_psram(cli, scripte
         assert res.exit_code == 0, res.output
         assert f"arena in {where}" in res.stderr
         assert ("WARNING: the tensor arena is in PSRAM" in " ".join(res.stderr.split())) is warned
+        summary = " ".join(res.stdout.split())  # the summary table's row
+        assert f"arena in {where}" in summary and ("WARNING" in summary) is warned
+
+
+def test_monitor_live_view_names_the_arena(monkeypatch):
+    """Issue 21 fault 8: the live view (the Rich panel while results stream) shows the placement."""
+    from rich.console import Console
+
+    from gendertool.cli.monitor import _MonitorView
+    from gendertool.device.monitor import MonitorSession
+
+    view = _MonitorView(json_out=None, csv_out=None, text_results=False)
+    view.session = MonitorSession("socket://x")
+    for where, warned in (("internal", False), ("psram", True)):
+        view.session.hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        con = Console(width=160, record=True, color_system=None)
+        con.print(view._render())
+        text = " ".join(con.export_text().split())
+        assert f"arena in {where}" in text and ("WARNING" in text) is warned
+
+
+def test_monitor_panic_makes_the_device_abort_once_and_follows_it_back(cli, sim_server):
+    """docs/first-board-run.md step 7: `monitor --panic` sends the `panic` test command once; the
+    dump is recognised as a panic (decoded with --elf), the device reboots, results go on."""
+    server = sim_server(autostart=False)  # a fresh device that streams only when told to
+    res = cli("monitor", "--port", server.url, "--panic", "--count", "6", "--timeout", "10")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "abort() was called at PC 0x42009e2b on core 1" in out
+    assert "panics 1" in out  # the summary row: one panic, not one per reconnect

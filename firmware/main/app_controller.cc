@@ -308,6 +308,10 @@ void AppController::Handle(const Command& c) {
       Ack(name);
       platform_.Restart();
       break;
+    case Cmd::kPanic:  // a test of the host's panic decoding (docs/first-board-run.md)
+      Ack(name);
+      platform_.Panic();
+      break;
     default:
       Error("internal", c.word, "unhandled command");
       break;

@@ -41,6 +41,8 @@ class Platform {
   virtual const int8_t* Input() = 0;  // the input tensor (kInputBytes), valid until Invoke()
   virtual DeviceStatus Status() = 0;
   virtual void Restart() = 0;
+  // The `panic` test command: abort() as a crash would (panic dump on the console, reboot).
+  virtual void Panic() = 0;
 };
 
 struct ControllerConfig {

@@ -2,6 +2,8 @@
 // holds the behaviour; EspPlatform gives it the serial link, the inputs and the model.
 #include "main_functions.h"
 
+#include <cstdlib>
+
 #include "app_config.h"
 #include "app_controller.h"
 #include "esp_heap_caps.h"
@@ -65,6 +67,10 @@ class EspPlatform : public gt::Platform {
   void Restart() override {
     vTaskDelay(pdMS_TO_TICKS(50));  // let the ack leave the TX buffer
     esp_restart();
+  }
+  void Panic() override {
+    vTaskDelay(pdMS_TO_TICKS(50));  // let the ack leave the TX buffer
+    std::abort();  // ESP-IDF: "abort() was called at PC ... on core 1", backtrace, reboot
   }
 };
 

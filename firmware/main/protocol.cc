@@ -449,6 +449,7 @@ const char* cmd_name(Cmd c) {
     case Cmd::kSelftest: return "selftest";
     case Cmd::kReset: return "reset";
     case Cmd::kInput: return "input";
+    case Cmd::kPanic: return "panic";
     case Cmd::kNone: break;
   }
   return "";
@@ -537,7 +538,8 @@ bool parse_command(const char* line, size_t len, Command* out) {
   out->word[wl] = 0;
   const size_t nargs = nw - 1 + extra;
 
-  static const Cmd kNoArg[] = {Cmd::kPing, Cmd::kStart, Cmd::kStop, Cmd::kProfile, Cmd::kSelftest, Cmd::kReset};
+  static const Cmd kNoArg[] = {Cmd::kPing, Cmd::kStart, Cmd::kStop, Cmd::kProfile, Cmd::kSelftest, Cmd::kReset,
+                               Cmd::kPanic};
   for (Cmd c : kNoArg) {
     if (words[0].is(cmd_name(c))) {
       out->cmd = c;

@@ -188,7 +188,7 @@ bool write_input(RecordWriter& w, uint32_t seq, uint32_t offset, uint32_t total,
 
 // ---- commands ---------------------------------------------------------------------------
 
-enum class Cmd { kNone, kPing, kInfo, kSource, kStart, kStop, kInfer, kBench, kProfile, kSelftest, kReset, kInput };
+enum class Cmd { kNone, kPing, kInfo, kSource, kStart, kStop, kInfer, kBench, kProfile, kSelftest, kReset, kInput, kPanic };
 enum class Source { kSample, kUpload, kCamera };
 
 const char* cmd_name(Cmd c);        // "ping", "infer", ...; "" for kNone

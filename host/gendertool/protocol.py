@@ -695,7 +695,7 @@ class Command:
         return {"cmd": self.cmd, **self.args}
 
 
-_NO_ARG = ("ping", "start", "stop", "profile", "selftest", "reset")
+_NO_ARG = ("ping", "start", "stop", "profile", "selftest", "reset", "panic")
 _COMMANDS = _NO_ARG + ("info", "source", "infer", "bench", "input")
 _U32 = re.compile(rb"[0-9]{1,10}\Z")
 _HEX8 = re.compile(rb"[0-9a-fA-F]{8}\Z")

@@ -195,7 +195,7 @@ def commands() -> list[dict]:
     def add(name, line_, expect):
         c.append({"name": name, "line": line_, "expect": expect})
 
-    for w in ("ping", "info", "start", "stop", "profile", "selftest", "reset"):
+    for w in ("ping", "info", "start", "stop", "profile", "selftest", "reset", "panic"):
         add(w, w + "\n", {"cmd": w})
     for src in p.SOURCES:
         add("source_" + src, f"source {src}\n", {"cmd": "source", "source": src})

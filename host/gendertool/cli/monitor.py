@@ -32,6 +32,7 @@ def monitor_cmd(
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
     build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
     source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
+    panic: bool = typer.Option(False, "--panic", help="Test the panic decoding: once connected, make the device abort (it reboots); see docs/first-board-run.md."),
     no_record_timeout: float = typer.Option(
         10.0, "--no-record-timeout",
         help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
@@ -71,7 +72,7 @@ def monitor_cmd(
         with sink.live():
             summary = run_monitor(port, sink.sink if page is None else TeeSink(sink.sink, page.sink), count=count,
                                   timeout=timeout, source=source, elf=elf_path, no_record_timeout=no_record_timeout,
-                                  control=None if page is None else page.control)
+                                  control=None if page is None else page.control, panic=panic)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os
@@ -329,6 +330,9 @@ class _MonitorView:
         ]
         if s.disconnects:
             rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
+        arena_in = getattr(s.hello, "arena_in", "")
+        if arena_in:  # where the arena is changes every latency above (issue 21)
+            rows.append(("arena", f"in {arena_in}" + ("  WARNING: slower than internal RAM" if arena_warning(arena_in) else "")))
         if r is not None and r.simulated:
             rows.append(("", "virtual device: host latency"))
         grid = Table.grid(expand=True, padding=(0, 2))
@@ -364,6 +368,10 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
         rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
     if summary.disconnects:
         rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
+    arena_in = summary.device.get("arena_in", "")
+    if arena_in:
+        warning = arena_warning(arena_in)
+        rows.append(("arena", f"in {arena_in}" + (f"  WARNING: {warning}" if warning else "")))
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:

@@ -541,11 +541,14 @@ def run_monitor(
     clock: Callable[[], float] = time.monotonic,
     no_record_timeout: float = DEFAULT_NO_RECORD_S,
     control: MonitorControl | None = None,
+    panic: bool = False,
 ) -> MonitorSummary:
     """Follow ``port`` until ``count`` results, Ctrl-C, or a failure (then ``summary.error``).
 
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
-    may stay silent before the monitor gives up. ``no_record_timeout``: how long a port may
+    may stay silent before the monitor gives up. ``panic``: once connected, send the
+    ``panic`` test command (the device aborts, its dump is decoded, it reboots; the monitor
+    follows it back). ``no_record_timeout``: how long a port may
     send bytes without one valid record (noise, another firmware, a ROM bootloader, a flood
     of log lines) before the monitor stops, saying what it saw. Log lines reach the sink
     escaped (gendertool.text) and at most SHOWN_LINE characters long. ``control``: jobs from
@@ -581,7 +584,7 @@ def run_monitor(
         sink.link(ev, session)
 
     def on_hello(h: Any) -> None:
-        nonlocal we_started, info_reply_due
+        nonlocal we_started, info_reply_due, panic_due
         boot = not info_reply_due  # a hello that does not answer our `info` comes from a (re)boot
         info_reply_due = False
         previous = session.hello
@@ -602,7 +605,11 @@ def run_monitor(
         if not h.running:
             send("start")
             we_started = True
+        if panic_due:
+            panic_due = False
+            send("panic")
 
+    panic_due = panic  # once: after the reboot it caused, the monitor only follows
     # DeviceError (missing/busy/permission) propagates
     client = DeviceClient((opener or _open)(port), reconnect_timeout=timeout, on_event=on_event)
     session.stream_stats = client.stats

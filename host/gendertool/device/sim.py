@@ -57,6 +57,16 @@ BOOT_LOG = (
 DEFAULT_PERIOD_MS = 200
 # the firmware's camera frames (camera_provider.cc): FRAMESIZE_QVGA, PIXFORMAT_RGB565
 CAMERA_WIDTH, CAMERA_HEIGHT = 320, 240
+# the `panic` test command: what ESP-IDF's panic handler prints after abort() (no real ELF)
+PANIC_DUMP = (
+    b"abort() was called at PC 0x42009e2b on core 1\r\n",
+    b"\r\n",
+    b"Backtrace: 0x40375a5e:0x3fc98d60 0x4037a8a1:0x3fc98d80 0x42009e2b:0x3fc98df0\r\n",
+    b"\r\n",
+    b"ELF file SHA256: 0000000000000000\r\n",
+    b"\r\n",
+    b"Rebooting...\r\n",
+)
 
 
 @dataclass
@@ -509,6 +519,11 @@ class _Session:
             self.send(dev.selftest_record())
         elif name == "reset":
             dev._reboot_pending = True  # the USB port vanishes; the next connection sees a boot
+            raise _Disconnect()
+        elif name == "panic":  # what ESP-IDF's abort() prints, then the reboot (the port vanishes)
+            for line in PANIC_DUMP:
+                self.raw(line)
+            dev._reboot_pending = True
             raise _Disconnect()
 
     def finish_upload(self) -> None:
