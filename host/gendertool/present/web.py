@@ -426,6 +426,8 @@ class _Hub:
         elif kind == "result":
             r = msg["result"]
             self.latest = r
+            if self.device is not None and r.get("source") not in (None, "upload") and self.device.get("source") != r["source"]:
+                self.device = {**self.device, "source": r["source"]}  # a --source switch sends no hello
             self.history.append({k: r.get(k) for k in ("seq", "invoke_us", "pre_us", "label", "t")})
             if self.link == "connecting":
                 self.link = "connected"

@@ -159,6 +159,8 @@ function bars(el, items, topIndex) {
 
 function showResult(r) {
   state.latest = r;
+  // the source of continuous results is the device's current one (a --source switch sends no hello)
+  if (state.device && r.source !== "upload" && state.device.source !== r.source) showDevice({ ...state.device, source: r.source });
   text($("seq"), "#" + r.seq);
   text($("label"), r.label);
   text($("confidence"), r.confidence == null ? "" : (r.confidence * 100).toFixed(1) + " % confident");
@@ -338,7 +340,8 @@ function showInputSetting(every) {
   const sel = $("input-every");
   const v = String(every || 0);
   if (![...sel.options].some((o) => o.value === v)) {
-    const o = document.createElement("option"); o.value = v; text(o, "every " + v + "th"); sel.appendChild(o);
+    const n = Number(v), suffix = n % 100 >= 11 && n % 100 <= 13 ? "th" : ({ 1: "st", 2: "nd", 3: "rd" }[n % 10] || "th");
+    const o = document.createElement("option"); o.value = v; text(o, "every " + v + suffix); sel.appendChild(o);
   }
   sel.value = v;
   sel.dataset.every = v;
