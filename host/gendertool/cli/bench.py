@@ -14,6 +14,7 @@ import typer
 from gendertool.present.bench import (
     present_bench,
     present_boards,
+    present_calibration_point,
     present_compare,
     present_estimate,
     present_matrix,
@@ -85,9 +86,16 @@ def bench_cmd(
     if as_json:
         _print_json(results, written, old)
     else:
+        info, load_error = _model_for_estimate(model, results)
         for r in results:
             present_bench(r, console)
-            present_estimate(r, model, console)
+            measured = present_estimate(r, info, console, load_error=load_error)
+            if measured is not None:
+                from gendertool.device.bench_results import save_calibration
+
+                point = save_calibration(r, info, measured)
+                if point is not None:
+                    present_calibration_point(point, console)
             if old is not None and r.samples:
                 present_compare(old, r, console)
         if len(results) > 1:
@@ -96,6 +104,19 @@ def bench_cmd(
             present_paths(r, written[id(r)], console)
     if failed or unwritten:
         raise typer.Exit(EXIT_USER_ERROR)  # said above, before the results it still shows
+
+
+def _model_for_estimate(model: Optional[str], results: list["BenchResult"]):
+    """The model loaded once for every board's estimate comparison: (ModelInfo or None, why not)."""
+    if all(r.simulated or not r.samples for r in results):
+        return None, ""
+    from gendertool.errors import GendertoolError
+    from gendertool.model.info import load_model
+
+    try:
+        return load_model(model, measure_arena=False), ""
+    except GendertoolError as exc:  # the bench results are in; a bad --model only costs the comparison
+        return None, str(exc)
 
 
 def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:

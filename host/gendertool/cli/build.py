@@ -11,6 +11,7 @@ from typing import Optional
 import typer
 
 from gendertool.present.console import console, err_console
+from gendertool.project.manifest import DEFAULT_BUILD_DIR
 
 from .root import app
 
@@ -28,7 +29,7 @@ HEARTBEAT_S = 5.0
 def build(
     model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
     board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...)."),
-    out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
+    out: Path = typer.Option(DEFAULT_BUILD_DIR, "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
     backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
     input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board)."),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),

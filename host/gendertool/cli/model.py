@@ -27,11 +27,11 @@ def pull(
     from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from gendertool.model import sources as profiles
+    from gendertool.model import sources
 
-    profile = profiles.get_profile(name)
-    if not force and profiles.is_cached(name):
-        console.print(f"{name}: already cached at {escape(str(profiles.cached_path(name)))} ({profile.checksum} verified)")
+    profile = sources.get_profile(name)
+    if not force and sources.is_cached(name):
+        console.print(f"{name}: already cached at {escape(str(sources.cached_path(name)))} ({profile.checksum} verified)")
         return
     with Progress(
         "[progress.description]{task.description}",
@@ -42,7 +42,7 @@ def pull(
         transient=True,
     ) as bar:
         task = bar.add_task(f"{name} from {profile.host}", total=None)
-        path = profiles.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        path = sources.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"{name}: downloaded to {escape(str(path))} ({profile.checksum} verified)")
     if profile.note:
         console.print(f"note: {profile.note}")
@@ -56,10 +56,10 @@ def list_(
     from rich.markup import escape
     from rich.table import Table
 
-    from gendertool.model import sources as profiles
+    from gendertool.model import sources
 
     rows = []
-    for p in profiles.PROFILES.values():
+    for p in sources.PROFILES.values():
         rows.append(
             {
                 "name": p.name,
@@ -68,15 +68,15 @@ def list_(
                 "checksum": p.checksum,
                 "labels": list(p.labels),
                 "preprocessing": p.preprocessing.to_dict(),
-                "cached": profiles.is_cached(p.name),
-                "path": str(profiles.cached_path(p.name)),
+                "cached": sources.is_cached(p.name),
+                "path": str(sources.cached_path(p.name)),
                 "note": p.note,
             }
         )
     if as_json:
-        console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
+        console.print_json(json.dumps({"cache_dir": str(sources.cache_dir()), "profiles": rows}))
         return
-    table = Table(title=f"model profiles (cache: {escape(str(profiles.cache_dir()))})")
+    table = Table(title=f"model profiles (cache: {escape(str(sources.cache_dir()))})")
     for col in ("name", "labels", "channels", "mean / std", "cached", "description"):
         table.add_column(col)
     for r in rows:

@@ -10,6 +10,7 @@ from typing import Any, Iterable, Sequence
 
 from gendertool import __version__
 from gendertool.errors import GendertoolError
+from gendertool.model.estimate import save_calibration_point
 from gendertool.stats import STAT_KEYS, Stats, latency_stats
 
 SCHEMA = 2  # 2: every sample holds pre_us + invoke_us (1 had Invoke()-only samples plus a few "runs")
@@ -283,3 +284,13 @@ def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:
     if "fps" in so and "fps" in sn:
         rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
     return rows
+
+
+def save_calibration(r: BenchResult, info: Any, measured_ms: float) -> Path | None:
+    """Write the calibration point of a board's measured Invoke() mean beside its bench.json
+    (``info``: the ModelInfo the board runs, with its latency estimate). None without a file."""
+    if r.path is None or info.latency is None:
+        return None
+    conditions = (f"gendertool bench, {r.completed} runs, firmware {r.device.get('fw', '?')}, "
+                  f"CPU {r.device.get('cpu_mhz', '?')} MHz")
+    return save_calibration_point(r.path.parent, f"{info.name} on {r.board}", measured_ms, info.latency, conditions)

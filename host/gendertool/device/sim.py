@@ -16,6 +16,7 @@ swapped timings (``gendertool sim --fault NAME``).
 
 from __future__ import annotations
 
+import math
 import random
 import select
 import socket
@@ -28,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 from gendertool import __version__
 from gendertool import protocol as p
 from gendertool.errors import DeviceError
-from gendertool.model.flatbuffer import op_macs, op_name, parse_model
+from gendertool.model.flatbuffer import op_macs, op_name
 from gendertool.model.info import ModelInfo, load_model
 from gendertool.model.preprocess import (
     crop_resize,
@@ -116,7 +117,7 @@ class SimDevice:
         self._rng = random.Random(self.faults.seed)
         self._samples = self.load_samples(samples)
         self._cache: dict[int, tuple] = {}
-        self._node_costs = _node_costs(self.model.data)
+        self._node_costs = _node_costs(self.model.graph)
         self.seq = 0
         self.source = "sample"
         self.running = autostart
@@ -481,12 +482,9 @@ def _tflm_version() -> str:
         return ""
 
 
-def _node_costs(data: bytes) -> list[tuple[str, int]]:
-    """(operator name, estimated cost) per node: MACs for conv/FC, output size otherwise."""
-    import math
-
-
-    model = parse_model(data)
+def _node_costs(model) -> list[tuple[str, int]]:
+    """(operator name, estimated cost) per node of a decoded model: MACs for conv/FC, output
+    size otherwise."""
     sg = model.subgraphs[0]
 
     def size(i: int) -> int:
