@@ -9,7 +9,7 @@ import typer
 
 from gendertool.present.console import console, err_console
 
-from .options import port_option, resolve_ports
+from .options import AFTER_CHOICES, BEFORE_CHOICES, complete_after, complete_before, complete_dirs, port_option, resolve_ports
 from .root import app
 
 if TYPE_CHECKING:
@@ -22,13 +22,33 @@ def flash_cmd(
         several=True, kinds="Serial port of the board (flashed in parallel with the others)"
     ),
     build: Optional[Path] = typer.Option(
-        None, "--build", "-b", help="Build folder holding gendertool-build.json (default: ./build)."
+        None, "--build", help="Build folder holding gendertool-build.json (default: ./build).", autocompletion=complete_dirs
     ),
     baud: int = typer.Option(460800, "--baud", help="Baud rate after the flasher stub is running."),
     merged: bool = typer.Option(False, "--merged", help="Write the single merged image instead of the separate ones."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Write even what is refused: files that are not ESP32-S3 images, a build for more flash than the chip has "
+        "(also esptool's --force: its own safety checks are skipped)."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify",
+        help="Skip the second read-back of every region (esptool still checks each image's MD5 right after writing it)."),
+    before: str = typer.Option(
+        "auto", "--before", metavar="|".join(BEFORE_CHOICES), autocompletion=complete_before,
+        help="esptool's reset before connecting; auto: usb-reset on the native USB port, default-reset on a UART bridge."),
+    after: str = typer.Option(
+        "hard-reset", "--after", metavar="|".join(AFTER_CHOICES), autocompletion=complete_after,
+        help="esptool's reset after writing (hard-reset starts the app; no-reset stays in the loader)."),
 ) -> None:
     """Write a build (bootloader, partition table, app) to an ESP32-S3, verify it and reset into the app."""
+    flash_build(port, build, baud=baud, merged=merged, verbose=verbose,
+                force=force, verify=not no_verify, before=before, after=after)
+
+
+def flash_build(port: list[str], build: Optional[Path], *, baud: int, merged: bool = False, verbose: bool = False,
+                **options) -> None:
+    """`flash` itself (also the flash step of `run`): plan, write, present; errors raise."""
     from gendertool.device.flash import flash, flash_boards
     from gendertool.project.manifest import plan_flash
 
@@ -38,13 +58,13 @@ def flash_cmd(
         view = _RichFlashReporter(verbose)
         try:
             with view as reporter:
-                result = flash(plan, ports[0], baud=baud, reporter=reporter)
+                result = flash(plan, ports[0], baud=baud, reporter=reporter, **options)
         except KeyboardInterrupt:
             raise _flash_interrupted(ports[0], view.stage, view.written()) from None
         _present_flash(result)
         return
     with _BoardsFlashProgress(ports, plan, verbose) as progress:
-        boards = flash_boards(plan, ports, baud=baud, reporter_for=progress.reporter_for)
+        boards = flash_boards(plan, ports, baud=baud, reporter_for=progress.reporter_for, **options)
         progress.finish(boards)
     _present_boards(boards, plan)
     failed = [b for b in boards if not b.ok]
@@ -146,11 +166,15 @@ def _present_flash(result: "FlashResult") -> None:
     for img in result.images:
         table.add_row(img.name, f"{img.offset:#08x}", format_bytes(img.size), str(img.path))
     console.print(table)
+    done = "wrote and verified" if result.verified else "wrote (MD5 per image; second read-back skipped: --no-verify)"
+    reset = "reset into the app" if result.reset_mode in ("hard-reset", "watchdog-reset") else "left"
     console.print(
-        f"wrote and verified {format_bytes(result.bytes_written)} in {format_duration(result.write_seconds)} "
+        f"{done} {format_bytes(result.bytes_written)} in {format_duration(result.write_seconds)} "
         f"({format_bytes(result.throughput)}/s); total {format_duration(result.total_seconds)}; "
-        f"reset into the app ({result.reset_mode})"
+        f"{reset} ({result.reset_mode})"
     )
+    if result.forced:
+        console.print("--force: forced past the image and flash-size checks; the warnings above say what they found")
 
 
 class _BoardsFlashProgress:
