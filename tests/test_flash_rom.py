@@ -252,3 +252,29 @@ def test_force_writes_what_the_checks_refuse_and_says_so(cli, rom, build, monkey
     assert "--force: writing it anyway: bootloader" in err and "--force: writing anyway: the build is for 8MB" in err
     assert loader.read(0, len(junk)) == junk  # written as it is: esptool did not touch a non-image header
     assert "forced past the image and flash-size checks" in r.stdout
+
+
+# --------------------------------------------------------------------------- erase (issue 20, item 8)
+
+
+def test_erase_wipes_the_whole_flash_through_esptool(cli, rom, build):
+    loader = rom()
+    assert cli("flash", "--port", loader.url, "--build", build).exit_code == 0
+    assert bytes(loader.flash.data) != b"\xff" * FLASH_BYTES
+    loader.commands.clear()
+    r = cli("erase", "--port", loader.url)
+    assert r.exit_code == 0, r.stderr
+    assert bytes(loader.flash.data) == b"\xff" * FLASH_BYTES
+    assert loader.saw("SYNC", "MEM_BEGIN", "ERASE_FLASH")  # esptool's erase-flash, through the stub
+    out = " ".join(r.stdout.split())
+    assert f"erased the whole flash of ESP32-S3" in out and loader.url in out and "reset: hard-reset" in out
+
+
+def test_erase_refuses_the_virtual_device_and_an_empty_socket(cli):
+    from conftest import closed_port_url
+
+    r = cli("erase", "--port", "sim")
+    assert r.exit_code == 2 and "cannot erase sim: the virtual device has no flash" in r.stderr
+    url = closed_port_url()
+    r = cli("erase", "--port", url)
+    assert r.exit_code == 2 and f"nothing answers at {url} (connection refused)" in " ".join(r.stderr.split())

@@ -35,11 +35,12 @@ def flash_cmd(
         False, "--no-verify",
         help="Skip the second read-back of every region (esptool still checks each image's MD5 right after writing it)."),
     before: str = typer.Option(
-        "auto", "--before", metavar="|".join(BEFORE_CHOICES), autocompletion=complete_before,
-        help="esptool's reset before connecting; auto: usb-reset on the native USB port, default-reset on a UART bridge."),
+        "auto", "--before", metavar="MODE", autocompletion=complete_before,
+        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
+        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
     after: str = typer.Option(
-        "hard-reset", "--after", metavar="|".join(AFTER_CHOICES), autocompletion=complete_after,
-        help="esptool's reset after writing (hard-reset starts the app; no-reset stays in the loader)."),
+        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
+        help=f"esptool's reset after writing: {', '.join(AFTER_CHOICES)} (hard-reset starts the app; no-reset stays in the loader)."),
 ) -> None:
     """Write a build (bootloader, partition table, app) to an ESP32-S3, verify it and reset into the app."""
     flash_build(port, build, baud=baud, merged=merged, verbose=verbose,
@@ -73,6 +74,38 @@ def flash_build(port: list[str], build: Optional[Path], *, baud: int, merged: bo
 
         names = "; ".join(f"{b.port}: {b.error}" for b in failed)
         raise DeviceError(f"flashing failed on {len(failed)} of {len(boards)} boards: {names}")
+
+
+@app.command("erase")
+def erase_cmd(
+    port: Optional[str] = port_option(kinds="Serial port of the board"),
+    before: str = typer.Option(
+        "auto", "--before", metavar="MODE", autocompletion=complete_before,
+        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
+        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
+    after: str = typer.Option(
+        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
+        help=f"esptool's reset when done: {', '.join(AFTER_CHOICES)}."),
+    force: bool = typer.Option(False, "--force", help="esptool's --force: skip its flash-encryption and secure-boot checks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
+) -> None:
+    """Erase the board's whole flash (esptool's erase-flash): firmware, partition table, NVS; `flash` writes it again."""
+    from gendertool.device.flash import erase
+    from gendertool.present.tables import format_duration
+
+    (port,) = resolve_ports([port] if port else [], several=False)
+    view = _RichFlashReporter(verbose)
+    try:
+        with view as reporter, err_console.status(f"erasing the flash of {port}..."):
+            result = erase(port, before=before, after=after, force=force, reporter=reporter)
+    except KeyboardInterrupt:
+        from gendertool.errors import Interrupted
+
+        state = ("the flash may be partly erased: run `gendertool erase` or `gendertool flash` again"
+                 if view.stage in ("erasing", "resetting") else "nothing was erased")
+        raise Interrupted(f"{port}: stopped while {view.stage}; {state}") from None
+    console.print(f"erased the whole flash of {result.description} on {result.port} (MAC {result.mac}) "
+                  f"in {format_duration(result.seconds)}; reset: {result.reset_mode}")
 
 
 class _RichFlashReporter:

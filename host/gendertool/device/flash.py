@@ -249,16 +249,7 @@ def flash(
         except (FatalError, serial.SerialException, OSError) as exc:
             raise _explain(exc, port, "connecting") from None
         try:
-            chip = str(getattr(esp, "CHIP_NAME", "unknown"))
-            try:
-                description = esp.get_chip_description()
-            except (FatalError, serial.SerialException, OSError):  # the description is informational only
-                description = chip
-            if chip != REQUIRED_CHIP:
-                raise DeviceError(
-                    f"{port} has an {description} ({chip}), not an {REQUIRED_CHIP}; "
-                    "gendertool firmware only runs on the ESP32-S3: refusing to flash"
-                )
+            chip, description = _require_s3(esp, port, "flash")
             features = list(esp.get_chip_features())
             mac = ":".join(f"{b:02x}" for b in esp.read_mac())
 
@@ -336,6 +327,86 @@ def flash(
         forced=forced,
     )
 
+
+
+def _require_s3(esp, port: str, what: str) -> tuple[str, str]:
+    """The chip's name and description; a DeviceError when it is not an ESP32-S3."""
+    import serial
+    from esptool.util import FatalError
+
+    chip = str(getattr(esp, "CHIP_NAME", "unknown"))
+    try:
+        description = esp.get_chip_description()
+    except (FatalError, serial.SerialException, OSError):  # the description is informational only
+        description = chip
+    if chip != REQUIRED_CHIP:
+        raise DeviceError(
+            f"{port} has an {description} ({chip}), not an {REQUIRED_CHIP}; "
+            f"gendertool firmware only runs on the ESP32-S3: refusing to {what}"
+        )
+    return chip, description
+
+
+@dataclass
+class EraseResult:
+    port: str
+    description: str
+    mac: str
+    seconds: float
+    reset_mode: str
+
+
+def erase(
+    port: str | None = None,
+    *,
+    before: str = "auto",
+    after: str = AFTER_MODE,
+    force: bool = False,
+    reporter: FlashReporter | None = None,
+    port_finder: Callable[[], Sequence[str]] | None = None,
+) -> EraseResult:
+    """Erase the whole flash of the ESP32-S3 on ``port`` with esptool's erase_flash (through the
+    flasher stub, as esptool's erase-flash does); ``force`` is esptool's (its security checks)."""
+    import serial
+    from esptool import cmds
+    from esptool.util import FatalError
+
+    reporter = reporter or FlashReporter()
+    port = resolve_port(port, port_finder)
+    if port == "sim":
+        raise DeviceError("cannot erase sim: the virtual device has no flash; erase a real board's serial port")
+    check_reset_modes(before, after)
+    connect_mode = before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
+    t0 = time.monotonic()
+    stage = "connecting"
+    reporter.stage(stage)
+    with esptool_logger(reporter, ()):
+        try:
+            esp = cmds.detect_chip(port, connect_mode=connect_mode)
+        except (FatalError, serial.SerialException, OSError) as exc:
+            raise _explain(exc, port, "connecting") from None
+        try:
+            _, description = _require_s3(esp, port, "erase it")
+            mac = ":".join(f"{b:02x}" for b in esp.read_mac())
+            stage = "loading the flasher stub"
+            reporter.stage(stage)
+            esp = cmds.run_stub(esp)
+            stage = "erasing"
+            reporter.stage(stage)
+            cmds.erase_flash(esp, force=force)
+            stage = "resetting"
+            reporter.stage(stage)
+            cmds.reset_chip(esp, after)
+        except DeviceError:
+            raise
+        except (FatalError, serial.SerialException, OSError) as exc:
+            raise _explain(exc, port, stage) from None
+        finally:
+            try:
+                esp._port.close()
+            except OSError:
+                pass
+    return EraseResult(port, description, mac, time.monotonic() - t0, after)
 
 
 # --------------------------------------------------------------------------- several boards

@@ -43,7 +43,7 @@ def _esp_image_problem(data: bytes) -> str | None:
     try:
         image = LoadFirmwareImage("esp32s3", data)
     except (FatalError, struct.error, RuntimeError, ValueError, EOFError, TypeError) as exc:
-        text = str(exc.args[0] if isinstance(exc, RuntimeError) and exc.args else exc).strip() or type(exc).__name__
+        text = _exception_text(exc)
         return f"esptool cannot read it as an image ({text})"
     want = esptool.targets.ESP32S3ROM.IMAGE_CHIP_ID
     if image.chip_id != want:
@@ -58,6 +58,17 @@ def _esp_image_problem(data: bytes) -> str | None:
     if image.append_digest and getattr(image, "stored_digest", None) != getattr(image, "calc_digest", None):
         return "its SHA-256 digest does not match its contents: the file is damaged"
     return None
+
+
+def _exception_text(exc: BaseException) -> str:
+    # esptool raises some errors logging-style: RuntimeError("... (0x%02x) ...", value)
+    args = exc.args
+    if len(args) > 1 and isinstance(args[0], str):
+        try:
+            return (args[0] % tuple(args[1:])).strip()
+        except (TypeError, ValueError):
+            return str(args[0]).strip()
+    return str(exc).strip() or type(exc).__name__
 
 
 def _partition_table_problem(data: bytes) -> str | None:
