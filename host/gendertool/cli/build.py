@@ -12,6 +12,7 @@ import typer
 
 from gendertool.present.console import console, err_console
 
+from .options import complete_backends, complete_boards, complete_inputs, complete_models
 from .root import app
 
 # Toolchain lines kept on screen under the progress line.
@@ -26,11 +27,15 @@ HEARTBEAT_S = 5.0
 
 @app.command("build")
 def build(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
-    board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model).",
+                                         autocompletion=complete_models),
+    board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...).",
+                             autocompletion=complete_boards),
     out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
-    backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
-    input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board)."),
+    backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3).",
+                                autocompletion=complete_backends),
+    input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board).",
+                                     autocompletion=complete_inputs),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Only render the project (offline, deterministic)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (PlatformIO)."),

@@ -63,6 +63,14 @@ def complete_inputs(incomplete: str) -> list[tuple[str, str]]:
     return _matching(incomplete, ((name, "input source") for name in INPUT_SOURCES))
 
 
+def complete_bench_inputs(incomplete: str) -> list[tuple[str, str]]:
+    """What a running firmware can be switched to and keep producing results from (bench --input,
+    monitor --source): the protocol's sources but upload, which waits for an image."""
+    from gendertool.protocol import SOURCES
+
+    return _matching(incomplete, ((name, "input on the device") for name in SOURCES if name != "upload"))
+
+
 def complete_backends(incomplete: str) -> list[tuple[str, str]]:
     from gendertool.project.build import BACKENDS
 
