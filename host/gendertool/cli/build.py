@@ -189,6 +189,13 @@ class _BuildView:
             err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _arena_text(memory) -> str:
+    """Where the arena goes and the internal-RAM margin, e.g. 'internal RAM (239,616 bytes); internal
+    RAM: about 230,218 bytes for the arena, 9,398 short (...)'."""
+    where = {"internal": "internal RAM", "psram": "PSRAM"}.get(memory.arena_region or "", "nowhere")
+    return f"{memory.arena_bytes:,} bytes in {where}; {memory.margin_text()}"
+
+
 def _present(result) -> None:
     from gendertool.present.tables import format_bytes, kv_table
 
@@ -198,6 +205,8 @@ def _present(result) -> None:
         ("model", f"{result.model_name} (sha256 {result.model_sha256[:12]})"),
         ("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged"),
     ]
+    if result.memory is not None:
+        rows.append(("arena", _arena_text(result.memory)))
     if not result.compiled:
         rows.append(("compiled", "no (--no-compile)"))
         console.print(kv_table(rows, title="rendered"))

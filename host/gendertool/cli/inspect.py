@@ -144,7 +144,8 @@ def _memory_text(memory) -> str:
     where = {"internal": "internal RAM", "psram": "PSRAM"}[memory.arena_region]
     room = memory.internal_bytes if memory.arena_region == "internal" else memory.psram_bytes
     text = (f"arena in {where} ({memory.arena_bytes:,} of about {room:,} bytes); "
-            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes")  # fmt: skip
+            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes; "
+            f"{escape(memory.margin_text())}")  # fmt: skip
     for warning in memory.warnings:
         text += f"\n[yellow]warning:[/] {escape(warning)}"
     return text

@@ -32,6 +32,7 @@ from gendertool.errors import BuildError, GendertoolError
 from gendertool.model.info import load_model
 from gendertool.project.idf import build_idf
 from gendertool.project.manifest import MANIFEST_NAME, Sizes, write_manifest
+from gendertool.project.memory import check_fit
 from gendertool.project.platformio import build_pio
 from gendertool.project.process import LOG_NAME, LineCallback
 from gendertool.project.render import render_project
@@ -73,6 +74,7 @@ class BuildResult:
     sizes: Sizes | None = None
     log_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    memory: Any = None  # project.memory.MemoryFit: after a compile, with the measured static RAM
 
 
 
@@ -128,6 +130,7 @@ def build(
         model_sha256=info.sha256,
         written=list(rendered.written),
         unchanged=list(rendered.unchanged),
+        memory=getattr(rendered, "memory", None),
     )
     for warning in getattr(rendered, "warnings", ()):  # memory: e.g. the arena goes to PSRAM
         result.warnings.append(warning)
@@ -167,6 +170,10 @@ def build(
     result.manifest_path = manifest_path
     result.manifest = manifest
     result.sizes = sizes
+    if result.memory is not None and sizes is not None:  # the margin again, with the static RAM measured
+        fit = result.memory
+        result.memory = check_fit(info, brd, arena_bytes=fit.arena_bytes, arena_placement=fit.arena_placement,
+                                  model_in_psram=bool((options or {}).get("model_in_psram", False)), sizes=sizes)
     return result
 
 
