@@ -756,3 +756,16 @@ def test_chip_smaller_than_the_build_is_refused(cli, build_dir, esptool_api):
     assert r.exit_code == 2
     assert "the build is for 8MB of flash (gendertool-build.json) but the chip on /dev/ttyACM0 reports 4MB" in " ".join(r.stderr.split())
     assert "write_flash" not in [c[0] for c in esptool_api["calls"]]
+
+
+def test_flash_size_esptool_does_not_know_is_refused_unless_forced(cli, build_dir, esptool_api):
+    esptool_api["flash_size"] = None  # esptool's detect_flash_size: an unknown JEDEC capacity
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    assert ("refusing to flash: the flash chip on /dev/ttyACM0 reports a size esptool does not know, "
+            "so gendertool cannot check that the 8MB build fits; pass --force") in err
+    assert "write_flash" not in [c[0] for c in esptool_api["calls"]]
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, "--force")
+    assert r.exit_code == 0 and "--force: writing anyway: the flash chip on /dev/ttyACM0 reports a size" in " ".join(r.stderr.split())
+    assert "forced past the image and flash-size checks" in r.stdout

@@ -191,9 +191,9 @@ def check_flash_size(plan: FlashPlan, detected: str | None, port: str, *, force:
     have = _flash_bytes(detected) if detected else None
     problem = None
     if have is None:
-        want = plan.flash_size if plan.flash_size not in ("keep", "detect") else "its images"
+        want = f"the {plan.flash_size} build fits" if plan.flash_size not in ("keep", "detect") else "the images fit"
         problem = (f"the flash chip on {port} reports a size esptool does not know, "
-                   f"so gendertool cannot check that {want} fit")  # fmt: skip
+                   f"so gendertool cannot check that {want}")  # fmt: skip
     else:
         want = _flash_bytes(plan.flash_size)
         end = max((img.offset + img.size for img in plan.images), default=0)
