@@ -187,8 +187,9 @@ def test_completion_functions_offer_values(monkeypatch, tmp_path):
     assert values(options.complete_after("w")) == ["watchdog-reset"]
     assert "usb-reset" in values(options.complete_before("u"))
     # detected ports, then the virtual device
-    monkeypatch.setattr(ports_mod, "list_serial_ports", lambda: [SerialPortInfo("/dev/ttyACM0", 0x303A, 0x1001, "USB JTAG")])
-    assert values(options.complete_ports("")) == ["/dev/ttyACM0", "sim"]
+    monkeypatch.setattr(ports_mod, "list_serial_ports", lambda: [
+        SerialPortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "CP2102"), SerialPortInfo("/dev/ttyACM0", 0x303A, 0x1001, "USB JTAG")])
+    assert values(options.complete_ports("")) == ["/dev/ttyACM0", "/dev/ttyUSB0", "sim"]  # the ESP32-S3 first
     assert values(options.complete_ports("s")) == ["sim"]
     # a model: profiles, then .tflite files and folders here
     (tmp_path / "m.tflite").write_bytes(b"")

@@ -724,7 +724,7 @@ def test_no_verify_skips_the_read_back_and_says_so(cli, build_dir, esptool_api):
     "args, connect, reset, said",
     [
         ([], "usb-reset", "hard-reset", "reset into the app (hard-reset)"),
-        (["--before", "no-reset", "--after", "no-reset"], "no-reset", "no-reset", "left (no-reset)"),
+        (["--before", "no-reset", "--after", "no-reset"], "no-reset", "no-reset", "left in the ROM loader (no-reset)"),
         (["--before", "default-reset", "--after", "watchdog-reset"], "default-reset", "watchdog-reset", "reset into the app (watchdog-reset)"),
     ],
 )

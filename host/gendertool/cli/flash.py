@@ -200,7 +200,8 @@ def _present_flash(result: "FlashResult") -> None:
         table.add_row(img.name, f"{img.offset:#08x}", format_bytes(img.size), str(img.path))
     console.print(table)
     done = "wrote and verified" if result.verified else "wrote (MD5 per image; second read-back skipped: --no-verify)"
-    reset = "reset into the app" if result.reset_mode in ("hard-reset", "watchdog-reset") else "left"
+    reset = {"no-reset": "left in the ROM loader", "no-reset-stub": "left in the flasher stub",
+             "soft-reset": "soft reset"}.get(result.reset_mode, "reset into the app")
     console.print(
         f"{done} {format_bytes(result.bytes_written)} in {format_duration(result.write_seconds)} "
         f"({format_bytes(result.throughput)}/s); total {format_duration(result.total_seconds)}; "

@@ -39,14 +39,17 @@ def _matching(incomplete: str, items) -> list[tuple[str, str]]:
 
 
 def complete_ports(incomplete: str) -> list[tuple[str, str]]:
-    """Serial ports seen now (ESP32-S3 ones first) and ``sim``, the virtual device."""
+    """Serial ports seen now (ESP32-S3 native USB ones first) and ``sim``, the virtual device."""
+    from gendertool.boards import ESPRESSIF_USB_VID, USB_SERIAL_JTAG_PID
     from gendertool.device.ports import list_serial_ports
 
     try:
         ports = list_serial_ports()
     except Exception:  # noqa: BLE001 - a completion must never fail the shell
         ports = []
-    items = [(p.device, p.description or "serial port") for p in ports]
+    esp = [p for p in ports if (p.vid, p.pid) == (ESPRESSIF_USB_VID, USB_SERIAL_JTAG_PID)]
+    items = [(p.device, "ESP32-S3 (USB-Serial-JTAG)") for p in esp]
+    items += [(p.device, p.description or "serial port") for p in ports if p not in esp]
     items.append(("sim", "the virtual device (no board needed)"))
     return _matching(incomplete, items)
 
