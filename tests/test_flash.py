@@ -706,7 +706,7 @@ def test_ctrl_c_says_what_state_the_board_is_in(build_dir, esptool_api, cli, sta
 def test_boards_refuse_a_non_image_before_any_board_is_touched(build_dir, esptool_api):
     (build_dir / "gendertool.bin").write_bytes(os.urandom(300_000).replace(b"\xe9", b"\x00"))
     plan = build_manifest.plan_flash(build_dir)
-    with pytest.raises(DeviceError, match=r"refusing to flash: app \(.*gendertool.bin at 0x20000\) is not an ESP32-S3 image"):
+    with pytest.raises(BuildError, match=r"refusing to flash: app \(.*gendertool.bin at 0x20000\) is not an ESP32-S3 image"):
         gflash.flash_boards(plan, ["/dev/ttyACM0", "/dev/ttyACM1"])
     assert esptool_api["calls"] == []
 

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 from gendertool.device.esptool_log import AFTER_CHOICES, BEFORE_CHOICES, FlashReporter, esptool_logger
 from gendertool.device.ports import is_usb_jtag, resolve_port
 from gendertool.device.transport import check_port_list, run_parallel
-from gendertool.errors import DeviceError, GendertoolError
+from gendertool.errors import BuildError, DeviceError, GendertoolError
 from gendertool.project.images import image_problems
 from gendertool.project.manifest import REQUIRED_CHIP, FlashImage, FlashPlan
 
@@ -169,7 +169,7 @@ def check_images(plan: FlashPlan, *, force: bool = False, reporter: FlashReporte
         for problem in problems:
             (reporter or FlashReporter()).warning(f"--force: writing it anyway: {problem}")
         return True
-    raise DeviceError(
+    raise BuildError(
         f"refusing to flash: {'; '.join(problems)}; rebuild with `gendertool build`, or {FORCE_HINT}"
     )
 
