@@ -68,7 +68,12 @@ IRAM_DRAM_GAP_BYTES = 32
 SPIRAM_RESERVE_INTERNAL_BYTES = 32 * 1024
 
 # Task stacks the firmware's sdkconfig leaves at their Kconfig defaults (ESP-IDF v5.5), and
-# the app's own (templates/main/Kconfig.projbuild.j2). (Kconfig symbol, default, tasks).
+# the app's own (templates/main/Kconfig.projbuild.j2). (Kconfig symbol, default, tasks, what).
+# Read in stored upstream copies: ESP_MAIN_TASK_STACK_SIZE 3584 (esp_system/Kconfig, which also
+# says the stack is freed when app_main returns), ESP_TIMER_TASK_STACK_SIZE 3584
+# (esp_timer/Kconfig). The IPC (1280), idle (1536) and FreeRTOS timer (2048) defaults are the
+# v5.x ones; the stored copies there were older releases, so the board's heap_internal
+# (bench.json) is what confirms them.
 TASK_STACKS: tuple[tuple[str, int, int, str], ...] = (
     ("CONFIG_ESP_MAIN_TASK_STACK_SIZE", 3584, 1,
      "main task (app_main returns, but its freed stack lies below the app task's)"),
