@@ -13,7 +13,6 @@ import typer
 from gendertool.present.console import err_console
 
 from .options import (
-    AFTER_CHOICES,
     BEFORE_CHOICES,
     MODEL_HELP,
     complete_after,
