@@ -23,7 +23,7 @@ from gendertool.present.bench import (
 from gendertool.present.console import console, err_console
 from gendertool.text import count
 
-from .options import port_option, resolve_ports
+from .options import complete_bench_inputs, complete_boards, complete_models, port_option, resolve_ports
 from .root import EXIT_USER_ERROR, app, print_error
 
 if TYPE_CHECKING:
@@ -37,16 +37,19 @@ def bench_cmd(
     n: int = typer.Option(200, "-n", "--runs", help="Timed runs, each preprocessing + Invoke() (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
     input_source: str = typer.Option(
-        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
+        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed).",
+        autocompletion=complete_bench_inputs,
     ),
     profile: bool = typer.Option(False, "--profile", help="Also time every operator of one Invoke()."),
     out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: show deltas and the speed-up."),
     matrix: bool = typer.Option(False, "--matrix", help="Build, flash and bench every firmware variant on the board."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model for --matrix builds and for the latency estimate (default: the shipped model)."
+        None, "--model", "-m", help="Model for --matrix builds and for the latency estimate (default: the shipped model).",
+        autocompletion=complete_models,
     ),
-    board: Optional[str] = typer.Option(None, "--board", help="Board for --matrix builds (default: xiao_esp32s3)."),
+    board: Optional[str] = typer.Option(None, "--board", "-b", help="Board for --matrix builds (default: xiao_esp32s3).",
+                                         autocompletion=complete_boards),
     variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (every board's bench.json, paths, compare)."),

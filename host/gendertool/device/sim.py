@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 import random
 import select
+import errno
 import socket
 import threading
 import time
@@ -512,6 +513,16 @@ def _close_quietly(conn: socket.socket) -> None:
     conn.close()
 
 
+def free_port(host: str) -> int | None:
+    """A TCP port free on ``host`` right now (the system's pick), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            return probe.getsockname()[1]
+    except OSError:
+        return None
+
+
 class SimServer:
     """Serve a :class:`SimDevice` on ``host:port`` (TCP), one client at a time, in a thread."""
 
@@ -525,7 +536,12 @@ class SimServer:
             self._sock.bind((host, port))
         except OSError as exc:
             self._sock.close()
-            raise DeviceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                free = free_port(host)
+                hint = (f" (another `gendertool sim`, or another program, has it); {host}:{free} is free now: "
+                        f"`gendertool sim --listen {host}:{free}`, or --listen {host}:0 to take any free port") if free else ""
+            raise DeviceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
         self._sock.listen(4)
         self.host, self.port = self._sock.getsockname()[:2]
         self._thread: threading.Thread | None = None

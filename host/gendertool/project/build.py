@@ -37,6 +37,7 @@ from gendertool.project.manifest import (
     Sizes,
     write_manifest,
 )
+from gendertool.project.memory import check_fit
 from gendertool.project.platformio import build_pio
 from gendertool.project.process import LOG_NAME, LineCallback
 from gendertool.project.render import check_input_source, render_project
@@ -76,6 +77,7 @@ class BuildResult:
     sizes: Sizes | None = None
     log_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    memory: Any = None  # project.memory.MemoryFit: after a compile, with the measured static RAM
 
 
 
@@ -135,6 +137,7 @@ def build(
         model_sha256=info.sha256,
         written=list(rendered.written),
         unchanged=list(rendered.unchanged),
+        memory=getattr(rendered, "memory", None),
     )
     for warning in getattr(rendered, "warnings", ()):  # memory: e.g. the arena goes to PSRAM
         result.warnings.append(warning)
@@ -174,6 +177,10 @@ def build(
     result.manifest_path = manifest_path
     result.manifest = manifest
     result.sizes = sizes
+    if result.memory is not None and sizes is not None:  # the margin again, with the static RAM measured
+        fit = result.memory
+        result.memory = check_fit(info, brd, arena_bytes=fit.arena_bytes, arena_placement=fit.arena_placement,
+                                  model_in_psram=bool((options or {}).get("model_in_psram", False)), sizes=sizes)
     return result
 
 

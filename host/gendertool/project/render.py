@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gendertool import __version__
 from gendertool import protocol as p
@@ -114,6 +114,7 @@ class RenderResult:
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. the arena fits only in PSRAM
+    memory: Any = None  # the MemoryFit the render was checked against (project.memory)
 
     @property
     def files(self) -> list[Path]:
@@ -391,7 +392,7 @@ def render_project(
     if clash:
         raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
     files.update(rendered)
-    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings))
+    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings), memory=context["memory"])
     try:
         for rel in sorted(files):
             _write(out_dir / rel, files[rel], result)
