@@ -875,7 +875,7 @@ def main(argv=None) -> int:
     model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay, args.pretrained, args.cut)
     trainer = model
     if args.emb_weight > 0:
-        if kd_face is None:
+        if not args.face_teacher:
             raise SystemExit("--emb-weight needs --face-teacher")
         trainer = with_embedding_head(tf, model, 128, args.weight_decay)
     steps = int(np.ceil(len(train) / args.batch)) * args.epochs
