@@ -289,6 +289,18 @@ def masked_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndar
     return crop_resize(region, SIZE, SIZE, 1.0, "center")
 
 
+def padded_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
+    """The photo as it is (hair and all) framed at exactly ``zoom`` x the landmark face size, on
+    the masked checks' grey where the square leaves the photo (a print on a grey card): the
+    true wide framing that :func:`face_crop` cannot give for close-ups. A diagnostic added after
+    v3's held-out read (not in :func:`ood_conditions`, not in the selection score)."""
+    from gendertool.preprocess import crop_resize
+
+    cx, cy, fs = landmark_face_box(marks)
+    region, _, _ = padded_square(rgb, cx, cy, fs * zoom, (MASK_GREY,) * 3)
+    return crop_resize(region, SIZE, SIZE, 1.0, "center")
+
+
 def random_background(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     """A plain studio-like ground for a masked training view: (image-sized background, pad colour).
     Light grey 35 %, white 20 %, a random colour 25 %, the photo itself blurred 20 %."""
