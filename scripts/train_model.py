@@ -281,7 +281,7 @@ def masked_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndar
     """The face alone on a plain light-grey ground (hair, clothes and background masked out), framed
     at ``zoom`` x the landmark face size; the grey continues past the photo's edges, so the
     framing is exact even for close-ups."""
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     cx, cy, fs = landmark_face_box(marks)
     grey = (MASK_GREY,) * 3
@@ -294,7 +294,7 @@ def padded_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndar
     the masked checks' grey where the square leaves the photo (a print on a grey card): the
     true wide framing that :func:`face_crop` cannot give for close-ups. A diagnostic added after
     v3's held-out read (not in :func:`ood_conditions`, not in the selection score)."""
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     cx, cy, fs = landmark_face_box(marks)
     region, _, _ = padded_square(rgb, cx, cy, fs * zoom, (MASK_GREY,) * 3)
@@ -331,7 +331,7 @@ def augment_view(rgb: np.ndarray, marks, rng: np.random.Generator, p_face: float
     can read the face of exactly this 64x64 view. Returns (view, landmarks in view pixels or None)."""
     import cv2
 
-    from gendertool.preprocess import crop_resize
+    from gendertool.model.preprocess import crop_resize
 
     h, w = rgb.shape[:2]
     m = min(h, w)

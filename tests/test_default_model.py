@@ -191,8 +191,8 @@ PADDED_FRAMING = {1.0: (142, 73, 69), 1.5: (149, 79, 70), 2.2: (135, 74, 61)}
 
 
 def test_padded_framing_diagnostic_reproduces(portraits, info):
-    from gendertool.preprocess import load_rgb, quant_lut, quantize
-    from gendertool.runtime import TflmRunner
+    from gendertool.model.preprocess import load_rgb, quant_lut, quantize
+    from gendertool.model.runtime import TflmRunner
 
     tm = _train_script()
     rels = HELDOUT.read_text().split()
