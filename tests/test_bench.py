@@ -317,7 +317,7 @@ class ScriptedClient:
         self.fields = fields
 
     def info(self):
-        return self.p.Hello(1, "t", "board", "esp32s3", "m", "0" * 64, ("a", "b"), (1, 8, 8, 3), 0.1, 0, 0.1, 0,
+        return self.p.Hello(self.p.PROTO_VERSION, "t", "board", "esp32s3", "m", "0" * 64, ("a", "b"), (1, 8, 8, 3), 0.1, 0, 0.1, 0,
                             1, 1, 1, 1, 240, "i", "t", "e", 4, "sample", False, False)
 
     def boot_selftest(self):
@@ -420,3 +420,40 @@ def test_one_run_is_a_valid_request_and_a_short_run_is_an_error(tmp_path):
     r = bench.run_bench(ScriptedClient(4), port="x", n=6, warmup=0, out_json=tmp_path / "bench.json")
     assert r.completed == 4 and not r.complete
     assert r.error == "the device reported 4 runs but 4 arrived (6 requested)"
+
+
+def test_arena_placement_in_bench_json_and_a_loud_warning_for_psram(cli, sim_server, tmp_path):
+    """Issue 21 fault 8: where the arena landed changes every latency figure."""
+    server = sim_server()
+    r = cli("bench", "--port", server.url, "-n", "4", "--warmup", "0", "--out", tmp_path / "a", "--no-plots")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert doc["firmware"]["arena_in"] == "host" and doc["device"]["arena_in"] == "host"
+    assert doc["device_summary"]["arena_in"] == "host" and doc["device_summary"]["camera"] is False
+    assert "WARNING" not in r.output and "arena: in host" in r.output
+    server.device.arena_in = "psram"
+    r = cli("bench", "--port", server.url, "-n", "4", "--warmup", "0", "--out", tmp_path / "b", "--no-plots")
+    assert r.exit_code == 0, r.output
+    doc = json.loads((tmp_path / "b" / "bench.json").read_text())
+    assert doc["firmware"]["arena_in"] == "psram" and doc["device_summary"]["arena_in"] == "psram"
+    assert "WARNING: the tensor arena is in PSRAM" in " ".join(r.output.split())
+
+
+def test_report_bundles_what_a_first_board_run_must_send_back(cli, sim_server, tmp_path):
+    """docs/first-board-run.md: one file with the hello (arena placement, heaps), the self-test,
+    the samples and summary, the profile, the device's log lines and the link counters."""
+    server = sim_server()
+    report = tmp_path / "send-me" / "report.json"
+    r = cli("bench", "--port", server.url, "-n", "5", "--warmup", "3", "--profile", "--out", tmp_path / "a",
+            "--no-plots", "--report", report)
+    assert r.exit_code == 0, r.output
+    assert f"report: {report}" in " ".join(r.stderr.split())
+    doc = json.loads(report.read_text())
+    assert doc["kind"] == "gendertool-report" and doc["schema"] == 1 and doc["argv"]
+    (board,) = doc["boards"]
+    on_disk = json.loads((tmp_path / "a" / "bench.json").read_text())
+    assert board == {**on_disk, "path": str(tmp_path / "a" / "bench.json")}
+    assert board["device"]["arena_in"] == "host" and board["device"]["proto"] == 2
+    assert board["profile"] and len(board["samples"]) == 5 and board["device_summary"]["warmup"] == 3
+    assert board["link"]["records"] > 0 and board["link"]["bad_crc"] == 0
+    assert any("virtual device" in line for line in board["device_log"])

@@ -21,7 +21,8 @@ from gendertool.project.render import render_project
 from gendertool.resources import resource_path
 
 FW_MAIN = resource_path("firmware") / "main"
-PORTABLE = {"image_preprocess.h", "image_preprocess.cc", "inference_stats.h", "protocol.h", "protocol.cc", "app_controller.h", "app_controller.cc"}
+PORTABLE = {"image_preprocess.h", "image_preprocess.cc", "inference_stats.h", "protocol.h", "protocol.cc", "app_controller.h",
+            "app_controller.cc", "tx_queue.h", "tx_queue.cc", "arena_setup.h", "arena_setup.cc"}
 
 # name -> (refdata list, upstream file it is declared in, checked there)
 IDF = "idf-v5.5.5/idf_api_symbols.txt"
@@ -44,6 +45,19 @@ API = {
     "usb_serial_jtag_read_bytes": (IDF, USJ),
     "usb_serial_jtag_write_bytes": (IDF, USJ),
     "usb_serial_jtag_driver_config_t": (IDF, USJ),
+    # issue 21: the camera driver started and stopped from a task pinned to CPU0, the caller waits for it
+    "esp_camera_deinit": (IDF, CAM),
+    "xTaskGetCurrentTaskHandle": (IDF, RTOS_TASK),
+    "uxTaskPriorityGet": (IDF, RTOS_TASK),
+    "xTaskNotifyGive": (IDF, RTOS_TASK),
+    "ulTaskNotifyTake": (IDF, RTOS_TASK),
+    "vTaskDelete": (IDF, RTOS_TASK),
+    "TaskHandle_t": (IDF, RTOS_TASK),
+    "BaseType_t": (IDF, "esp-idf components/freertos/FreeRTOS-Kernel/portable/xtensa/include/freertos/portmacro.h"),
+    "pdPASS": (IDF, "esp-idf components/freertos/FreeRTOS-Kernel/include/freertos/projdefs.h"),
+    "pdTRUE": (IDF, "esp-idf components/freertos/FreeRTOS-Kernel/include/freertos/projdefs.h"),
+    "ESP_FAIL": (IDF, "esp-idf components/esp_common/include/esp_err.h"),
+    "ESP_ERR_NO_MEM": (IDF, "esp-idf components/esp_common/include/esp_err.h"),
     "rx_buffer_size": (MEMBERS, USJ),
     "tx_buffer_size": (MEMBERS, USJ),
     "usb_serial_jtag_vfs_use_driver": (IDF, "esp-idf components/esp_driver_usb_serial_jtag/include/driver/usb_serial_jtag_vfs.h"),
@@ -119,6 +133,8 @@ API = {
     # gate usb_serial_jtag_vfs_use_driver: esp_driver_usb_serial_jtag/CMakeLists.txt builds its VFS part only then
     "CONFIG_VFS_SUPPORT_IO": (KCONFIG, "esp-idf components/vfs/Kconfig"),
     "CONFIG_ESP_CONSOLE_USB_SERIAL_JTAG_ENABLED": (KCONFIG, "esp-idf components/esp_system/Kconfig"),
+    # serial_link.cc replaces the app task's stderr (TFLM's DebugLog) only with newlib, whose stderr is per task
+    "CONFIG_LIBC_PICOLIBC": (KCONFIG, "esp-idf components/newlib/Kconfig"),
 }
 
 # Names the sources use that look like platform API but are ours (or plain C/C++).
@@ -307,3 +323,34 @@ def test_manifest_validation_can_fail(tmp_path):
 
     (tmp_path / "idf_component.yml").write_text('dependencies:\n  espressif/esp-nn:\n    version: "not a version"\n')
     assert ManifestManager(tmp_path, name="main").validation_errors
+
+
+def test_app_task_core_is_cpu1_in_kconfig_and_in_the_code(projects, tmp_path):
+    """Issue 21 fault 7: on CPU0 a benchmark never yields and the task watchdog prints into the
+    stream. Kconfig allows only 1, and an sdkconfig saved with 0 stops the build with a reason."""
+    import shutil
+    import subprocess
+
+    import kconfiglib
+
+    kc = kconfiglib.Kconfig(str(projects["xiao_esp32s3"] / "main" / "Kconfig.projbuild"), warn=False)
+    sym = kc.syms["APP_TASK_CORE"]
+    assert [(lo.str_value, hi.str_value) for lo, hi, *_ in sym.ranges] == [("1", "1")]
+    assert sym.str_value == "1"
+    if shutil.which("g++") is None:
+        pytest.skip("host g++ not installed")
+    main = projects["xiao_esp32s3"] / "main"
+    (tmp_path / "use.cc").write_text('#include "app_config.h"\nint main() { return gt::config::kTaskCore; }\n')
+    results = {}
+    for core in (0, 1):
+        inc = tmp_path / f"core{core}"
+        inc.mkdir()
+        (inc / "sdkconfig.h").write_text("".join(
+            f"#define CONFIG_APP_{k} {v}\n" for k, v in {
+                "ARENA_SIZE": 100000, "INFERENCE_PERIOD_MS": 200, "SELFTEST_TOLERANCE": 1, "TASK_STACK_SIZE": 16384,
+                "TASK_PRIORITY": 5, "TASK_CORE": core, "SERIAL_RX_BUFFER": 4096, "SERIAL_TX_BUFFER": 4096}.items()))
+        proc = subprocess.run(["g++", "-std=c++17", "-Wall", "-Wextra", "-Werror", f"-I{inc}", f"-I{main}", "-c",
+                               str(tmp_path / "use.cc"), "-o", str(inc / "use.o")], capture_output=True, text=True)
+        results[core] = proc
+    assert results[1].returncode == 0, results[1].stderr
+    assert results[0].returncode != 0 and "APP_TASK_CORE must be 1" in results[0].stderr

@@ -55,6 +55,8 @@ int g_client = -1;
 bool g_restart = false;
 int g_score_fault = 0;  // argv[3]
 bool g_count_invokes = false;  // argv[4]: invoke_us = Invoke() calls so far
+int g_invoke_sleep_us = 0;  // argv[5]: each Invoke() takes this long (a board's pace)
+bool g_fake_camera = false;  // argv[6]: a camera whose frames are the built-in samples
 
 class HostPlatform : public gt::Platform {
  public:
@@ -79,7 +81,11 @@ class HostPlatform : public gt::Platform {
   }
   void Log(const char* text) override { std::fprintf(stderr, "I (host) app: %s\n", text); }
   bool ModelReady() override { return true; }
-  bool HasCamera() override { return GT_BOARD_HAS_CAMERA != 0; }
+  bool HasCamera() override { return g_fake_camera || GT_BOARD_HAS_CAMERA != 0; }
+  void StopCamera() override {
+    if (camera_running_) ++camera_stops_;
+    camera_running_ = false;
+  }
   // pre_us of sample and upload-source preprocessing = how many such preprocessings ran so
   // far, so the test sees one per benchmark run; an upload's own result keeps 7.
   bool FillInput(gt::Source source, int* sample, int64_t* pre_us, const char** error) override {
@@ -88,6 +94,10 @@ class HostPlatform : public gt::Platform {
       *sample = next_sample_;
       next_sample_ = (next_sample_ + 1) % gt::kNumSampleImages;
       return FillSample(*sample, pre_us);
+    }
+    if (source == gt::Source::kCamera && g_fake_camera) {
+      camera_running_ = true;  // started by its first capture, like camera::Capture()
+      return FillSample(0, pre_us);
     }
     if (source == gt::Source::kUpload && upload_w_ > 0) {
       *pre_us = ++preprocessed_;
@@ -112,6 +122,7 @@ class HostPlatform : public gt::Platform {
     return Pre(rgb, width, height, input_.data());
   }
   bool Invoke(int64_t* invoke_us) override {
+    if (g_invoke_sleep_us > 0) usleep(static_cast<useconds_t>(g_invoke_sleep_us));
     ++invokes_;
     *invoke_us = g_count_invokes ? invokes_ : 1234;
     for (int i = 0; i < gt::kNumSampleImages; ++i) {
@@ -142,8 +153,21 @@ class HostPlatform : public gt::Platform {
     return n;
   }
   const int8_t* Output() override { return output_; }
-  gt::DeviceStatus Status() override { return gt::DeviceStatus{4096, 3000, 200000, 8000000, 240, "host"}; }
+  const int8_t* Input() override { return input_.data(); }
+  gt::DeviceStatus Status() override {
+    // tx_dropped: how often the camera was stopped, so the test can see the stops on the wire
+    return gt::DeviceStatus{4096, 3000, 200000, 8000000, 240, "host", "internal", camera_running_, camera_stops_};
+  }
   void Restart() override { g_restart = true; }
+  // what ESP-IDF's abort() prints (esp_system panic handler), then the reboot
+  void Panic() override {
+    static const char kDump[] =
+        "abort() was called at PC 0x42009e2b on core 1\r\n\r\n"
+        "Backtrace: 0x40375a5e:0x3fc98d60 0x4037a8a1:0x3fc98d80 0x42009e2b:0x3fc98df0\r\n\r\n"
+        "ELF file SHA256: 0123456789abcdef\r\n\r\nRebooting...\r\n";
+    Write(kDump, sizeof kDump - 1);
+    g_restart = true;
+  }
 
  private:
   // g_score_fault > 0: a class other than the expected one moves by that much (the class stays);
@@ -169,6 +193,8 @@ class HostPlatform : public gt::Platform {
   int next_sample_ = 0;
   int64_t preprocessed_ = 0;
   int64_t invokes_ = 0;
+  bool camera_running_ = false;
+  uint32_t camera_stops_ = 0;
 };
 
 }  // namespace
@@ -177,6 +203,8 @@ int main(int argc, char** argv) {
   if (argc < 3) return 2;
   if (argc > 3) g_score_fault = std::atoi(argv[3]);
   if (argc > 4) g_count_invokes = std::atoi(argv[4]) != 0;
+  if (argc > 5) g_invoke_sleep_us = std::atoi(argv[5]);
+  if (argc > 6) g_fake_camera = std::atoi(argv[6]) != 0;
   const gt::ControllerConfig cfg{gt::Source::kSample, static_cast<uint32_t>(std::atoi(argv[1])), 1, true, false,
                                  std::atoi(argv[2]) != 0};
   const int srv = socket(AF_INET, SOCK_STREAM, 0);
@@ -243,9 +271,10 @@ def device_exe(model, tmp_path_factory) -> Path:
 
 class Device:
     def __init__(self, exe: Path, period_ms: int = 50, autostart: bool = False, score_fault: int = 0,
-                 count_invokes: bool = False):
+                 count_invokes: bool = False, invoke_sleep_us: int = 0, camera: bool = False):
         self.proc = subprocess.Popen([str(exe), str(period_ms), "1" if autostart else "0", str(score_fault),
-                                      "1" if count_invokes else "0"], stdout=subprocess.PIPE,
+                                      "1" if count_invokes else "0", str(invoke_sleep_us), "1" if camera else "0"],
+                                     stdout=subprocess.PIPE,
                                      stderr=subprocess.DEVNULL, text=True)
         self.port = int(self.proc.stdout.readline())
         self.url = f"socket://127.0.0.1:{self.port}"
@@ -292,7 +321,7 @@ def test_boot_hello_selftest_and_info(device, model):
         assert st.passed and st.n == 4 and st.failed == 0 and all(e.ok and e.diff == 0 for e in st.results)
         info = c.info()
     for h in (hello, info):
-        assert (h.proto, h.board, h.chip, h.model, h.model_sha256) == (1, "xiao_esp32s3", "esp32s3", model.name, model.sha256)
+        assert (h.proto, h.board, h.chip, h.model, h.model_sha256) == (2, "xiao_esp32s3", "esp32s3", model.name, model.sha256)
         assert h.labels == model.labels and h.input == model.input.shape
         assert (h.in_zp, h.out_zp) == (model.input.zero_point, model.output.zero_point)
         # "%.9g" on the wire: 9 significant digits round-trip a float32 scale
@@ -480,3 +509,103 @@ def test_bench_runs_the_requested_warmups(device_exe):
             assert again.invoke_us[0] - warm.invoke_us[-1] == 1 and again.summary.warmup == 0
     finally:
         dev.close()
+
+
+def test_a_long_warm_up_keeps_the_host_waiting_with_progress_records(device_exe):
+    # issue 21 fault 1: 150 warm-up runs of 20 ms are 3 s without a sample; the host waits
+    # 1.5 s between records here (10 s on a board with 40 ms runs and a warm-up of 250+)
+    dev = Device(device_exe, invoke_sleep_us=20000)
+    try:
+        with _client(dev.url) as c:
+            _records_until(c, lambda r: isinstance(r, p.SelfTest))
+            run = c.bench_collect(5, 150, timeout=1.5)
+            assert run.error is None and run.complete, run.error
+            assert run.summary.warmup == 150
+            progress = [r for r in c.poll(0.1) if isinstance(r, p.Progress)]
+            assert progress == []  # consumed by the benchmark wait, not left for the monitor
+    finally:
+        dev.close()
+
+
+def test_progress_records_come_about_once_a_second(device_exe):
+    dev = Device(device_exe, invoke_sleep_us=20000)
+    try:
+        s, read_until = _raw(dev.url)
+        read_until(lambda r: isinstance(r, p.SelfTest))
+        s.sendall(b"bench 2 120\n")  # about 2.4 s of work
+        recs = read_until(lambda r: isinstance(r, p.BenchSummary), timeout=10)
+        prog = [r for r in recs if isinstance(r, p.Progress)]
+        assert 1 <= len(prog) <= 3 and all(r.cmd == "bench" and r.total == 122 for r in prog)
+        assert [r.done for r in prog] == sorted(r.done for r in prog)
+    finally:
+        dev.close()
+
+
+def test_the_camera_stops_when_the_source_leaves_it(device_exe):
+    # issue 21 fault 2: the fake camera starts with its first capture; Status().tx_dropped of the
+    # host platform counts camera stops, so the stops are visible on the wire
+    dev = Device(device_exe, camera=True)
+    try:
+        with _client(dev.url) as c:
+            _records_until(c, lambda r: isinstance(r, p.SelfTest))
+            assert c.info().camera is False
+            c.set_source("camera")
+            c.start()
+            _records_until(c, lambda r: isinstance(r, p.Result) and r.source == "camera")
+            c.stop()
+            h = c.info()
+            assert (h.camera, h.source) == (True, "camera")
+            run = c.bench_collect(2, 0)  # a camera benchmark keeps the camera
+            assert run.complete and run.summary.camera is True
+            c.set_source("sample")
+            h = c.info()
+            assert (h.camera, h.tx_dropped) == (False, 1)  # stopped once, by leaving the camera source
+            run = c.bench_collect(2, 0)
+            assert run.complete and run.summary.camera is False and run.summary.arena_in == "internal"
+    finally:
+        dev.close()
+
+
+def test_the_input_tensor_comes_before_its_result_on_request(device_exe, model):
+    from gendertool.model.preprocess import preprocess
+
+    dev = Device(device_exe)
+    try:
+        with _client(dev.url) as c:
+            _records_until(c, lambda r: isinstance(r, p.SelfTest))
+            rgb = np.random.default_rng(9).integers(0, 256, size=(33, 47, 3), dtype=np.uint8)
+            assert not [r for r in c.poll(0.2) if isinstance(r, p.InputChunk)]
+            c.set_input()  # once: the next result's tensor
+            res = c.infer_rgb(rgb)
+            chunks = [r for r in c.poll(0.3) if isinstance(r, p.InputChunk)]
+            assembler = p.InputAssembler()
+            done = [x for x in (assembler.feed(ch) for ch in chunks) if x is not None]
+            want = preprocess(rgb, model.preprocessing, 64, 64, model.input.scale, model.input.zero_point)
+            assert done == [(res.seq, want.astype(np.int8).tobytes())]
+            assert len(chunks) == -(-len(want.tobytes()) // p.INPUT_CHUNK)
+            c.infer_rgb(rgb)  # `once` is spent
+            assert not [r for r in c.poll(0.3) if isinstance(r, p.InputChunk)]
+    finally:
+        dev.close()
+
+
+def test_a_host_of_another_protocol_version_is_told_so(device):
+    s, read_until = _raw(device.url)
+    read_until(lambda r: isinstance(r, p.SelfTest))
+    s.sendall(b"info 3\n")
+    err = read_until(lambda r: isinstance(r, p.ErrorRecord))[-1]
+    assert (err.code, err.cmd) == ("proto_mismatch", "info")
+    assert "v2" in err.message and "v3" in err.message
+    s.sendall(b"info 2\n")
+    recs = read_until(lambda r: isinstance(r, p.Hello))
+    assert isinstance(recs[0], p.Ack) and recs[-1].proto == 2
+
+
+def test_panic_test_command_acks_then_aborts(device):
+    s, read_until = _raw(device.url)
+    read_until(lambda r: isinstance(r, p.SelfTest))
+    s.sendall(b"panic\n")
+    recs = read_until(lambda r: isinstance(r, p.Hello))  # the reboot's hello follows the dump
+    assert isinstance(recs[0], p.Ack) and recs[0].cmd == "panic"
+    logs = [r.text for r in recs if isinstance(r, p.LogLine)]
+    assert any(t.startswith("abort() was called at PC") for t in logs) and any(t.startswith("Backtrace:") for t in logs)

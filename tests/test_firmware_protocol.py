@@ -4,6 +4,7 @@ command parser/line reader and the upload receiver must agree with tests/vectors
 
 from __future__ import annotations
 
+import base64
 import json
 import subprocess
 import zlib
@@ -60,7 +61,8 @@ def _record_code(i: int, vec: dict) -> str:
         h.in_scale = static_cast<float>({_c_double(f['in_scale'])}); h.in_zp = {f['in_zp']};
         h.out_scale = static_cast<float>({_c_double(f['out_scale'])}); h.out_zp = {f['out_zp']};
         h.device = gt::DeviceStatus{{{f['arena_bytes']}u, {f['arena_used']}u, {f['heap_internal']}u, {f['heap_psram']}u,
-                                     {f['cpu_mhz']}u, {_c_str(f['idf'])}}};
+                                     {f['cpu_mhz']}u, {_c_str(f['idf'])}, {_c_str(f['arena_in'])}, {_c_bool(f['camera'])},
+                                     {f['tx_dropped']}u}};
         h.tflm = {_c_str(f['tflm'])}; h.esp_nn = {_c_str(f['esp_nn'])};
         h.samples = {f['samples']}u; h.source = {_c_str(f['source'])};
         h.sample_names = names{i}; h.sample_truth = truth{i};
@@ -88,8 +90,17 @@ def _record_code(i: int, vec: dict) -> str:
     if t == "bsummary":
         return f"""
         gt::BenchSummaryInfo s{{{f['n']}u, {f['warmup']}u, {f['min_us']}u, {f['max_us']}u,
-                                {_c_double(f['mean_us'])}, {f['total_us']}u, {sim}}};
+                                {_c_double(f['mean_us'])}, {f['total_us']}u, {sim}, {_c_str(f['arena_in'])},
+                                {_c_bool(f['camera'])}, {f['tx_dropped']}u}};
         ok = gt::write_bsummary(w, s);"""
+    if t == "progress":
+        return f"ok = gt::write_progress(w, {_c_str(f['cmd'])}, {f['done']}u, {f['total']}u, {sim});"
+    if t == "input":
+        raw = base64.b64decode(f["data"])
+        data = ", ".join(str(b - 256 if b > 127 else b) for b in raw)
+        return f"""
+        static const int8_t in{i}[] = {{{data}}};
+        ok = gt::write_input(w, {f['seq']}u, {f['offset']}u, {f['total']}u, in{i}, {len(raw)}, {sim});"""
     if t == "profile":
         return (f"ok = gt::write_profile(w, {f['node']}u, {_c_str(f['op'])}, {f['us']}u, "
                 f"{_c_bool(f['estimated'])}, {sim});")
@@ -146,6 +157,12 @@ static void print_command(const gt::Command& c) {
   switch (c.cmd) {
     case gt::Cmd::kSource: std::printf(",\"source\":\"%s\"", gt::source_name(c.source)); break;
     case gt::Cmd::kBench: std::printf(",\"n\":%u,\"warmup\":%u", (unsigned)c.n, (unsigned)c.warmup); break;
+    case gt::Cmd::kInfo:
+      if (c.proto != 0) std::printf(",\"proto\":%u", (unsigned)c.proto);
+      break;
+    case gt::Cmd::kInput:
+      if (c.once) std::printf(",\"once\":true"); else std::printf(",\"every\":%u", (unsigned)c.every);
+      break;
     case gt::Cmd::kInfer:
       std::printf(",\"w\":%u,\"h\":%u,\"len\":%u,\"crc\":\"%08x\"", (unsigned)c.w, (unsigned)c.h,
                   (unsigned)c.len, (unsigned)c.crc);

@@ -81,7 +81,7 @@ def test_the_shim_catches_a_uint32_printed_with_percent_u(xtensa_flags, tmp_path
 
 @pytest.mark.parametrize(
     "name",
-    ["image_preprocess.cc", "protocol.cc", "app_controller.cc", "model_settings.cc", "sample_images.cc", "model_data.cc"],
+    ["image_preprocess.cc", "protocol.cc", "app_controller.cc", "tx_queue.cc", "arena_setup.cc", "model_settings.cc", "sample_images.cc", "model_data.cc"],
 )
 def test_portable_sources_compile_with_xtensa_integer_types(xtensa_flags, project, name):
     main = project / "main"

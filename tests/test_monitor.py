@@ -57,7 +57,7 @@ def _result(seq: int, label: str = "male", invoke_us: int = 45000) -> p.Result:
 
 
 HELLO = p.Hello(
-    1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
+    p.PROTO_VERSION, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", "ab" * 32, ("female", "male"), (1, 64, 64, 3),
     0.0078125, 0, 0.00390625, -128, 180000, 170000, 250000, 8000000, 240, "v5.5.5", "1.3.4", "1.1.2", 8, "sample", True, False,
 )
 
@@ -511,10 +511,11 @@ def test_monitor_device_error_records_shown(scripted):
 
 
 def test_monitor_refuses_other_protocol_versions(cli, scripted):
-    future = p.Hello(**{**HELLO.__dict__, "proto": 2})
-    dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(future)), time.sleep(1)))
-    res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
-    assert res.exit_code == 2 and "protocol version 2" in res.stderr
+    for other in (p.PROTO_VERSION + 1, 1):  # a newer firmware, and a version 1 firmware
+        hello = p.Hello(**{**HELLO.__dict__, "proto": other})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello)), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "2")
+        assert res.exit_code == 2 and f"protocol version {other}" in res.stderr
 
 
 # --------------------------------------------------------------------------- ports
@@ -853,3 +854,44 @@ def test_hello_without_sample_names_still_parses():
     (rec,) = [item for item in p.StreamParser().feed(old)]
     assert isinstance(rec, p.Hello) and rec.sample_names == () and rec.labels == ("female", "male")
     assert sample_verdict(_result(0), rec) is None
+
+
+def test_monitor_header_says_where_the_arena_is_and_warns_for_psram(cli, scripted):
+    """Issue 21 fault 8: the header (and the summary's device block) name the placement."""
+    for where, warned in (("internal", False), ("psram", True)):
+        hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        dev = scripted(lambda conn, n: (conn.sendall(p.encode_record(hello) + p.encode_record(_result(0))), time.sleep(1)))
+        res = cli("monitor", "--port", dev.url, "--count", "1", "--timeout", "3")
+        assert res.exit_code == 0, res.output
+        assert f"arena in {where}" in res.stderr
+        assert ("WARNING: the tensor arena is in PSRAM" in " ".join(res.stderr.split())) is warned
+        summary = " ".join(res.stdout.split())  # the summary table's row
+        assert f"arena in {where}" in summary and ("WARNING" in summary) is warned
+
+
+def test_monitor_live_view_names_the_arena(monkeypatch):
+    """Issue 21 fault 8: the live view (the Rich panel while results stream) shows the placement."""
+    from rich.console import Console
+
+    from gendertool.cli.monitor import _MonitorView
+    from gendertool.device.monitor import MonitorSession
+
+    view = _MonitorView(json_out=None, csv_out=None, text_results=False)
+    view.session = MonitorSession("socket://x")
+    for where, warned in (("internal", False), ("psram", True)):
+        view.session.hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})
+        con = Console(width=160, record=True, color_system=None)
+        con.print(view._render())
+        text = " ".join(con.export_text().split())
+        assert f"arena in {where}" in text and ("WARNING" in text) is warned
+
+
+def test_monitor_panic_makes_the_device_abort_once_and_follows_it_back(cli, sim_server):
+    """docs/first-board-run.md step 7: `monitor --panic` sends the `panic` test command once; the
+    dump is recognised as a panic (decoded with --elf), the device reboots, results go on."""
+    server = sim_server(autostart=False)  # a fresh device that streams only when told to
+    res = cli("monitor", "--port", server.url, "--panic", "--count", "6", "--timeout", "10")
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "abort() was called at PC 0x42009e2b on core 1" in out
+    assert "panics 1" in out  # the summary row: one panic, not one per reconnect

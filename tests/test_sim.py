@@ -503,3 +503,140 @@ def test_a_device_that_stays_silent_after_a_timeout_is_reported_out_of_step(serv
         client.ping()
     dev.faults.reply_delay_ms = 0
     client.ping(timeout=5)  # once it answers again, the link recovers
+
+
+# ---------------------------------------------------------------- issue 21 / issue 19 item 2
+
+
+def test_board_timing_a_long_warm_up_bench_at_board_speed(serve):
+    """Issue 21 fault 1 at a board's pace: 40 ms per Invoke() and a warm-up of 100 are 4 s before
+    the first sample; the host waits 2 s between records here and the progress records keep it."""
+    client, dev = serve(autostart=False, board_timing=40)
+    assert dev.board_invoke_us == 40000
+    t0 = time.monotonic()
+    run = client.bench_collect(3, 100, timeout=2.0)
+    took = time.monotonic() - t0
+    assert run.error is None and run.complete, run.error
+    assert run.invoke_us == [40000] * 3 and took >= 103 * 0.04
+    assert run.summary.arena_in == "host" and run.summary.camera is False
+
+
+def test_board_timing_without_progress_records_the_same_bench_times_out(serve, monkeypatch):
+    """The test above can fail: a device that stays silent through the warm-up (the firmware
+    before issue 21) loses the host."""
+    from gendertool.device import sim as simdevice
+
+    monkeypatch.setattr(simdevice._Session, "progress", lambda self, *a: None)
+    client, _ = serve(autostart=False, board_timing=40)
+    run = client.bench_collect(3, 100, timeout=2.0)
+    assert not run.complete and "no benchmark sample 1/3 from" in run.error and "within 2 s" in run.error
+
+
+def test_board_timing_from_the_estimate(serve, model):
+    _, dev = serve(autostart=False, board_timing="estimate")
+    assert dev.board_invoke_us == round(model.latency.internal_ms * 1000) > 0
+    with pytest.raises(DeviceError, match="estimate"):
+        SimDevice(model, board_timing="fast")
+
+
+def test_a_host_that_stops_reading_loses_whole_records_and_is_told_how_many(serve):
+    """The emulated USB-Serial-JTAG stall: results during the stall are held while they fit and
+    dropped whole when not; nothing arrives cut, and hello.tx_dropped counts exactly the gaps."""
+    client, dev = serve(period_ms=5, faults=SimFaults(tx_stall_after=10, tx_stall_ms=1500, tx_buffer=2000))
+    got = []
+    deadline = time.monotonic() + 20
+    while len(got) < 300 and time.monotonic() < deadline:
+        got += [r for r in client.poll(0.2) if isinstance(r, p.Result)]
+    client.stop()
+    hello = client.info()
+    seqs = [r.seq for r in got]
+    gaps = sum(b - a - 1 for a, b in zip(seqs, seqs[1:]))
+    st = client.stats
+    assert st.partial == st.bad_crc == st.bad_frame == st.overlong == 0
+    assert seqs == sorted(seqs) and seqs[0] == 0
+    # every result either arrived whole or was counted as dropped by the device: the drops all
+    # fall inside the stall, between results that arrived
+    assert gaps == hello.tx_dropped == dev.tx_dropped > 0
+
+
+def test_the_input_tensor_on_request_matches_the_reference(serve, model):
+    from gendertool.model.preprocess import preprocess
+
+    client, dev = serve(autostart=False)
+    rgb = np.random.default_rng(4).integers(0, 256, size=(70, 50, 3), dtype=np.uint8)
+    client.set_input()
+    res = client.infer_rgb(rgb)
+    asm = p.InputAssembler()
+    got = [x for x in (asm.feed(c) for c in client.poll(0.3) if isinstance(c, p.InputChunk)) if x]
+    want = preprocess(rgb, model.preprocessing, 64, 64, model.input.scale, model.input.zero_point)
+    assert got == [(res.seq, want.astype(np.int8).tobytes())]
+    client.set_input(3)  # every third result
+    client.start()
+    items = []
+    deadline = time.monotonic() + 10
+    while sum(isinstance(i, p.Result) for i in items) < 7 and time.monotonic() < deadline:
+        items += client.poll(0.2)
+    client.stop()
+    tensors = {}
+    for it in items:
+        if isinstance(it, p.InputChunk) and (done := asm.feed(it)):
+            tensors[done[0]] = done[1]
+    res = [r for r in items if isinstance(r, p.Result)]
+    assert {r.seq for r in res if r.seq % 3 == 0} == set(tensors)
+    for r in res:
+        if r.seq in tensors:
+            assert tensors[r.seq] == dev._samples[r.sample].input_q.tobytes()
+    assert asm.broken == 0
+
+
+def test_protocol_versions_are_checked_both_ways(serve, monkeypatch):
+    client, _ = serve(autostart=False)
+    assert client.info().proto == p.PROTO_VERSION
+    # a host of a newer version: the device names both versions
+    with pytest.raises(DeviceCommandError, match=r"proto_mismatch: this firmware speaks protocol v2, the host v3"):
+        client.command("info", 3)
+    from gendertool.device import sim as simdevice
+
+    orig = simdevice._Session.command
+
+    def other_device(answer):
+        def command(self, c):
+            if c.cmd == "info" and c.args:
+                return self.error(*answer)
+            return orig(self, c)
+        return command
+
+    # ... and DeviceClient.info() turns that into a plain error naming both
+    monkeypatch.setattr(simdevice._Session, "command", other_device(
+        ("proto_mismatch", "info", "this firmware speaks protocol v3, the host v2: rebuild and flash")))
+    with pytest.raises(DeviceError, match=r"speaks protocol v3, the host v2") as exc:
+        client.info()
+    assert not isinstance(exc.value, DeviceCommandError)
+    # a version 1 firmware refuses `info 2` (it took no argument): the host says to reflash
+    monkeypatch.setattr(simdevice._Session, "command", other_device(("bad_args", "info", "bad arguments for info")))
+    with pytest.raises(DeviceError, match="older than protocol v2.*rebuild and flash"):
+        client.info()
+
+
+@pytest.mark.parametrize("fault", [None, "score_off_by_one"])
+def test_the_host_rechecks_a_result_on_the_tensor_the_device_sent(serve, model, fault):
+    """Issue 19 item 2: the tensor the device ran on, re-run by the host's reference runtime,
+    gives the device's scores bit for bit; a device that computes otherwise is caught."""
+    from gendertool.model.runtime import TflmRunner
+
+    faults = SimFaults(**({fault: True} if fault else {}))
+    client, _ = serve(autostart=False, faults=faults)
+    client.set_input(1)
+    client.start()
+    asm, tensors, res = p.InputAssembler(), {}, []
+    deadline = time.monotonic() + 10
+    while len(res) < 4 and time.monotonic() < deadline:
+        for it in client.poll(0.2):
+            if isinstance(it, p.InputChunk) and (done := asm.feed(it)):
+                tensors[done[0]] = done[1]
+            elif isinstance(it, p.Result):
+                res.append(it)
+    client.stop()
+    runner = TflmRunner(model)
+    same = [runner.scores_for(tensors[r.seq]) == r.scores for r in res]
+    assert len(same) >= 4 and all(same) is (fault is None) and (not any(same)) is (fault is not None)

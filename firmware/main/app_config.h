@@ -55,6 +55,9 @@ constexpr int kSelftestTolerance = CONFIG_APP_SELFTEST_TOLERANCE;
 constexpr uint32_t kTaskStackBytes = CONFIG_APP_TASK_STACK_SIZE;
 constexpr int kTaskPriority = CONFIG_APP_TASK_PRIORITY;
 constexpr int kTaskCore = CONFIG_APP_TASK_CORE;
+// An sdkconfig saved before APP_TASK_CORE was fixed to 1 may still say 0 (see Kconfig help).
+static_assert(kTaskCore == 1, "APP_TASK_CORE must be 1: a benchmark on CPU0 starves its idle task and the task "
+                              "watchdog prints into the protocol stream; run `idf.py menuconfig` or delete sdkconfig");
 constexpr uint32_t kSerialRxBufferBytes = CONFIG_APP_SERIAL_RX_BUFFER;
 constexpr uint32_t kSerialTxBufferBytes = CONFIG_APP_SERIAL_TX_BUFFER;
 

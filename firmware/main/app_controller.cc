@@ -18,6 +18,27 @@ void AppController::Send(bool ok) {
     return;
   }
   platform_.Write(writer_.data(), writer_.size());
+  last_send_us_ = platform_.NowUs();
+}
+
+void AppController::Progress(const char* cmd, uint32_t done, uint32_t total) {
+  if (platform_.NowUs() - last_send_us_ < kProgressIntervalUs) return;
+  Send(write_progress(writer_, cmd, done, total, false));
+}
+
+// The tensor goes out before Invoke(): TFLM's memory planner may reuse the input tensor's
+// bytes for later tensors during Invoke(), and a copy would cost kInputBytes of RAM. The
+// `input` records carry the seq of the result that follows them (docs/protocol.md §1.4).
+void AppController::SendInputIfWanted() {
+  const bool every = input_every_ > 0 && seq_ % input_every_ == 0;
+  if (!every && !input_once_) return;
+  input_once_ = false;
+  const int8_t* tensor = platform_.Input();
+  const size_t total = static_cast<size_t>(kInputBytes);
+  for (size_t off = 0; off < total; off += kInputChunk) {
+    const size_t n = total - off < kInputChunk ? total - off : kInputChunk;
+    Send(write_input(writer_, seq_, static_cast<uint32_t>(off), static_cast<uint32_t>(total), tensor + off, n, false));
+  }
 }
 
 void AppController::Ack(const char* cmd) { Send(write_ack(writer_, cmd, false)); }
@@ -86,6 +107,7 @@ bool AppController::RunOnce(Source source, const char* cmd) {
     Error(error, cmd, source == Source::kUpload ? "no image uploaded yet" : "no input image");
     return false;
   }
+  SendInputIfWanted();
   if (!platform_.Invoke(&invoke_us)) {
     Error("invoke_failed", cmd, "Invoke() failed");
     return false;
@@ -114,6 +136,7 @@ void AppController::RunSelftest() {
                   got, diff, ok ? "ok" : "FAIL");
     platform_.Log(line);
     if (static_cast<size_t>(i) < kSelftestMaxResults) entries[i] = SelftestEntry{i, s.expected_class, got, diff, ok};
+    Progress("selftest", static_cast<uint32_t>(i + 1), static_cast<uint32_t>(kNumSampleImages));
   }
   const size_t shown = static_cast<size_t>(kNumSampleImages) < kSelftestMaxResults
                            ? static_cast<size_t>(kNumSampleImages)
@@ -165,6 +188,9 @@ bool AppController::BenchInput(Source source, int sample, int64_t* pre_us, const
 }
 
 void AppController::RunBench(uint32_t n, uint32_t warmup) {
+  // A camera left running from an earlier camera source would keep capturing into PSRAM
+  // during a sample/upload benchmark and change its figures.
+  if (source_ != Source::kCamera) platform_.StopCamera();
   int sample = -1;
   int64_t pre_us = 0;
   // Picks the input (the next sample, as continuous inference would) and checks there is one.
@@ -185,6 +211,8 @@ void AppController::RunBench(uint32_t n, uint32_t warmup) {
       Error("invoke_failed", "bench", "Invoke() failed");
       return;
     }
+    // the host waits at most a few seconds between records, whatever warmup + n are
+    Progress("bench", i + 1, warmup + n);
     if (i < warmup) continue;
     pre_batch[in_batch] = static_cast<uint32_t>(pre_us);
     invoke_batch[in_batch++] = static_cast<uint32_t>(invoke_us);
@@ -195,7 +223,10 @@ void AppController::RunBench(uint32_t n, uint32_t warmup) {
       in_batch = 0;
     }
   }
-  const BenchSummaryInfo s{stats.n, warmup, stats.min_us, stats.max_us, stats.mean_us(), stats.total_us, false};
+  const DeviceStatus status = platform_.Status();
+  const BenchSummaryInfo s{stats.n,          warmup, stats.min_us,           stats.max_us,      stats.mean_us(),
+                           stats.total_us,   false,  status.arena_in,        status.camera_running,
+                           status.tx_dropped};
   Send(write_bsummary(writer_, s));
 }
 
@@ -210,14 +241,33 @@ void AppController::Handle(const Command& c) {
       Ack(name);
       break;
     case Cmd::kInfo:
+      // `info <proto>`: a host that speaks another protocol version is told so, by name
+      if (c.proto != 0 && c.proto != static_cast<uint32_t>(kProtoVersion)) {
+        char message[120];
+        std::snprintf(message, sizeof message,
+                      "this firmware speaks protocol v%d, the host v%u: rebuild and flash the firmware with the "
+                      "host's gendertool",
+                      kProtoVersion, static_cast<unsigned>(c.proto));
+        Error("proto_mismatch", name, message);
+        break;
+      }
       Ack(name);
       SendHello();
+      break;
+    case Cmd::kInput:
+      if (c.once) {
+        input_once_ = true;  // `input once` leaves a periodic `input <n>` as it was
+      } else {
+        input_every_ = c.every;
+      }
+      Ack(name);
       break;
     case Cmd::kSource:
       if (c.source == Source::kCamera && !platform_.HasCamera()) {
         Error("unsupported", name, "this board has no camera");
         break;
       }
+      if (source_ == Source::kCamera && c.source != Source::kCamera) platform_.StopCamera();
       source_ = c.source;
       Ack(name);
       break;
@@ -258,6 +308,10 @@ void AppController::Handle(const Command& c) {
       Ack(name);
       platform_.Restart();
       break;
+    case Cmd::kPanic:  // a test of the host's panic decoding (docs/first-board-run.md)
+      Ack(name);
+      platform_.Panic();
+      break;
     default:
       Error("internal", c.word, "unhandled command");
       break;
@@ -282,6 +336,7 @@ void AppController::FinishUpload() {
     Error("internal", "infer", "preprocessing failed");
     return;
   }
+  SendInputIfWanted();
   if (!platform_.Invoke(&invoke_us)) {
     Error("invoke_failed", "infer", "Invoke() failed");
     return;

@@ -25,6 +25,9 @@ class Platform {
   virtual void Log(const char* text) = 0;                // one human-readable log line
   virtual bool ModelReady() = 0;
   virtual bool HasCamera() = 0;
+  // Stops the camera if it runs (leaving the camera source, before a non-camera benchmark);
+  // the next camera capture starts it again. Status().camera_running says whether it runs.
+  virtual void StopCamera() = 0;
   // Preprocesses the next image of `source` into the input tensor; on failure *error is a
   // protocol error code.
   virtual bool FillInput(Source source, int* sample, int64_t* pre_us, const char** error) = 0;
@@ -35,8 +38,11 @@ class Platform {
   virtual bool Invoke(int64_t* invoke_us) = 0;
   virtual int Profile(OpTiming* ops, int max_ops, int64_t* invoke_us) = 0;  // -1 on failure
   virtual const int8_t* Output() = 0;
+  virtual const int8_t* Input() = 0;  // the input tensor (kInputBytes), valid until Invoke()
   virtual DeviceStatus Status() = 0;
   virtual void Restart() = 0;
+  // The `panic` test command: abort() as a crash would (panic dump on the console, reboot).
+  virtual void Panic() = 0;
 };
 
 struct ControllerConfig {
@@ -68,6 +74,10 @@ class AppController {
 
  private:
   void Send(bool ok);
+  // A `progress` record for long work when nothing was sent for kProgressIntervalUs.
+  void Progress(const char* cmd, uint32_t done, uint32_t total);
+  // The input tensor of the next result (seq_) when the host asked for it (`input`).
+  void SendInputIfWanted();
   void Ack(const char* cmd);
   void Error(const char* code, const char* cmd, const char* message);
   void Handle(const Command& c);
@@ -87,6 +97,9 @@ class AppController {
   bool running_ = false;
   uint32_t seq_ = 0;
   int64_t next_run_us_ = 0;
+  int64_t last_send_us_ = 0;
+  uint32_t input_every_ = 0;  // `input <n>`
+  bool input_once_ = false;   // `input once`
   RecordWriter writer_;
   LineReader lines_;
   UploadReceiver upload_;

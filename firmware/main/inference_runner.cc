@@ -6,6 +6,7 @@
 #include <new>
 
 #include "app_config.h"
+#include "arena_setup.h"
 #include "esp_heap_caps.h"
 #include "esp_log.h"
 #include "esp_timer.h"
@@ -79,9 +80,11 @@ uint8_t* AllocArena(size_t bytes, bool* in_psram) {
                static_cast<unsigned>(heap_caps_get_largest_free_block(kInternal)));
       return nullptr;
     }
-    ESP_LOGW(kTag, "arena: %u bytes do not fit in internal RAM (largest block %u); using PSRAM, "
-             "inference will be slower", static_cast<unsigned>(bytes),
-             static_cast<unsigned>(heap_caps_get_largest_free_block(kInternal)));
+    // "auto": loud, because every latency figure changes with it; hello.arena_in, bench.json,
+    // the monitor header and the live view say "psram" too.
+    ESP_LOGE(kTag, "ARENA IN PSRAM: %u bytes do not fit in internal RAM (largest block %u); every "
+             "Invoke() will be slower. Free internal RAM or set APP_ARENA_INTERNAL to fail instead",
+             static_cast<unsigned>(bytes), static_cast<unsigned>(heap_caps_get_largest_free_block(kInternal)));
   }
   p = heap_caps_aligned_alloc(16, bytes, kPsram);
   if (p == nullptr) {
@@ -91,6 +94,30 @@ uint8_t* AllocArena(size_t bytes, bool* in_psram) {
   *in_psram = true;
   return static_cast<uint8_t*>(p);
 }
+
+// The arena sequence of arena_setup.h with ESP-IDF's heap and TFLM's interpreter.
+class EspArenaHost : public ArenaHost {
+ public:
+  explicit EspArenaHost(const tflite::Model* model) : model_(model) {}
+  uint8_t* Alloc(size_t bytes, bool* in_psram) override { return AllocArena(bytes, in_psram); }
+  void Free(uint8_t* arena) override { heap_caps_free(arena); }
+  bool Build(uint8_t* arena, size_t bytes) override {
+    g_interpreter = new (g_interpreter_storage)
+        tflite::MicroInterpreter(model_, g_resolver, arena, bytes, nullptr, &g_profiler);
+    return g_interpreter->AllocateTensors() == kTfLiteOk;
+  }
+  // The interpreter holds nothing outside its arena and g_interpreter_storage; it is not
+  // destroyed (its destructor calls kernels' free hooks on node data that a failed
+  // AllocateTensors may not have initialised), only forgotten before its arena is freed.
+  void Teardown() override { g_interpreter = nullptr; }
+  void Retrying(size_t failed_bytes, size_t next_bytes) override {
+    ESP_LOGW(kTag, "AllocateTensors failed with a %u-byte arena; retrying with %u bytes",
+             static_cast<unsigned>(failed_bytes), static_cast<unsigned>(next_bytes));
+  }
+
+ private:
+  const tflite::Model* model_;
+};
 
 }  // namespace
 
@@ -129,25 +156,16 @@ bool InferenceRunner::Setup() {
     arena_bytes_ = kDefaultArenaBytes;
   }
   const size_t first_size = arena_bytes_;
-  bool allocated = false;
-  for (int attempt = 0; attempt <= kArenaRetries && !allocated; ++attempt) {
-    if (attempt > 0) {
-      heap_caps_free(arena_);
-      const size_t grown = (arena_bytes_ + arena_bytes_ / 2 + 15) & ~static_cast<size_t>(15);
-      ESP_LOGW(kTag, "AllocateTensors failed with a %u-byte arena; retrying with %u bytes",
-               static_cast<unsigned>(arena_bytes_), static_cast<unsigned>(grown));
-      arena_bytes_ = grown;
-    }
-    arena_ = AllocArena(arena_bytes_, &arena_in_psram_);
-    if (arena_ == nullptr) return false;
-    // A failed interpreter holds nothing outside its arena: its storage is simply reused.
-    g_interpreter = new (g_interpreter_storage)
-        tflite::MicroInterpreter(model, g_resolver, arena_, arena_bytes_, nullptr, &g_profiler);
-    allocated = g_interpreter->AllocateTensors() == kTfLiteOk;
-  }
-  if (!allocated) {
+  EspArenaHost host(model);
+  const ArenaPlan plan = SetupArena(host, first_size, kArenaRetries);
+  arena_ = plan.arena;
+  arena_bytes_ = plan.bytes;
+  arena_in_psram_ = plan.in_psram;
+  if (!plan.ok) {
+    // nothing is held now: arena_used_bytes() is 0 and hello reports arena_in "none"
     ESP_LOGE(kTag, "AllocateTensors failed even with a %u-byte arena (see the TFLM message above)",
              static_cast<unsigned>(arena_bytes_));
+    arena_bytes_ = 0;
     return false;
   }
   if (arena_bytes_ != first_size) {

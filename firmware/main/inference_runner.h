@@ -28,6 +28,8 @@ class InferenceRunner {
   size_t arena_bytes() const { return arena_bytes_; }
   size_t arena_used_bytes() const;
   bool arena_in_psram() const { return arena_in_psram_; }
+  // hello.arena_in: "internal", "psram", or "none" when no arena could be set up.
+  const char* arena_placement() const { return arena_ == nullptr ? "none" : arena_in_psram_ ? "psram" : "internal"; }
   bool model_in_psram() const { return model_in_psram_; }
   size_t model_bytes() const;
 

@@ -43,6 +43,20 @@ const char* SourceName(Source source) {
 
 bool HasCamera() { return GT_BOARD_HAS_CAMERA != 0; }
 
+void StopCamera() {
+#if GT_BOARD_HAS_CAMERA
+  camera::Stop();
+#endif
+}
+
+bool CameraRunning() {
+#if GT_BOARD_HAS_CAMERA
+  return camera::Running();
+#else
+  return false;
+#endif
+}
+
 bool FillSample(int index, int8_t* tensor, int64_t* pre_us) {
   if (index < 0 || index >= kNumSampleImages) return false;
   const SampleImage& s = kSampleImages[index];

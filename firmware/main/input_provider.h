@@ -12,6 +12,10 @@ using Source = gt::Source;
 
 const char* SourceName(Source source);
 bool HasCamera();
+// Stops the camera (its capture task and DMA) if it is running; a later camera capture starts
+// it again. CameraRunning(): it is started now.
+void StopCamera();
+bool CameraRunning();
 
 // Preprocesses the next image of `source` into tensor. sample_index receives the built-in
 // sample used (-1 otherwise); pre_us the preprocessing time. Returns false (error code in

@@ -2,6 +2,8 @@
 // holds the behaviour; EspPlatform gives it the serial link, the inputs and the model.
 #include "main_functions.h"
 
+#include <cstdlib>
+
 #include "app_config.h"
 #include "app_controller.h"
 #include "esp_heap_caps.h"
@@ -34,6 +36,7 @@ class EspPlatform : public gt::Platform {
   void Log(const char* text) override { ESP_LOGI(kTag, "%s", text); }
   bool ModelReady() override { return g_model_ok; }
   bool HasCamera() override { return gt::input::HasCamera(); }
+  void StopCamera() override { gt::input::StopCamera(); }
   bool FillInput(gt::Source source, int* sample, int64_t* pre_us, const char** error) override {
     return gt::input::Fill(source, g_runner.input(), sample, pre_us, error);
   }
@@ -49,17 +52,25 @@ class EspPlatform : public gt::Platform {
     return g_runner.Profile(ops, max_ops, invoke_us);
   }
   const int8_t* Output() override { return g_runner.output(); }
+  const int8_t* Input() override { return g_runner.input(); }
   gt::DeviceStatus Status() override {
     return gt::DeviceStatus{static_cast<uint32_t>(g_runner.arena_bytes()),
                             static_cast<uint32_t>(g_runner.arena_used_bytes()),
                             FreeInternal(),
                             FreePsram(),
                             CONFIG_ESP_DEFAULT_CPU_FREQ_MHZ,
-                            esp_get_idf_version()};
+                            esp_get_idf_version(),
+                            g_runner.arena_placement(),
+                            gt::input::CameraRunning(),
+                            gt::serial::Dropped()};
   }
   void Restart() override {
     vTaskDelay(pdMS_TO_TICKS(50));  // let the ack leave the TX buffer
     esp_restart();
+  }
+  void Panic() override {
+    vTaskDelay(pdMS_TO_TICKS(50));  // let the ack leave the TX buffer
+    std::abort();  // ESP-IDF: "abort() was called at PC ... on core 1", backtrace, reboot
   }
 };
 
@@ -74,7 +85,7 @@ void LogBootReport() {
   ESP_LOGI(kTag, "model %s (%u bytes, sha256 %s), %s", gt::kModelName, static_cast<unsigned>(g_runner.model_bytes()),
            gt::kModelSha256, g_runner.model_in_psram() ? "copied to PSRAM" : "in flash");
   ESP_LOGI(kTag, "arena %u bytes in %s, %u used; free heap: internal %u, PSRAM %u",
-           static_cast<unsigned>(g_runner.arena_bytes()), g_runner.arena_in_psram() ? "PSRAM" : "internal RAM",
+           static_cast<unsigned>(g_runner.arena_bytes()), g_runner.arena_placement(),
            static_cast<unsigned>(g_runner.arena_used_bytes()), static_cast<unsigned>(FreeInternal()),
            static_cast<unsigned>(FreePsram()));
 }
@@ -97,5 +108,6 @@ void loop() {
   const int n = gt::serial::Read(buf, sizeof buf, g_app.IdleWaitMs());
   if (n > 0) g_app.Feed(buf, static_cast<size_t>(n));
   g_app.Tick();
+  gt::serial::Flush();  // a line held while the host was not reading goes out once it reads
   if (n <= 0) vTaskDelay(1);  // let lower-priority tasks on this core run between inferences
 }

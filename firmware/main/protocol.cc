@@ -1,4 +1,4 @@
-// gendertool serial protocol v1, device side. See protocol.h and docs/protocol.md.
+// gendertool serial protocol v2, device side. See protocol.h and docs/protocol.md.
 #include "protocol.h"
 
 #include <cmath>
@@ -216,6 +216,21 @@ void RecordWriter::field_str_array(const char* k, const char* const* v, size_t n
   field_array(k, v, n, [this](const char* x) { put_escaped(x); });
 }
 
+void RecordWriter::field_base64(const char* k, const uint8_t* v, size_t n) {
+  static const char kB64[] = "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+  key(k);
+  put('"');
+  for (size_t i = 0; i < n; i += 3) {
+    const size_t left = n - i;
+    const uint32_t b = (static_cast<uint32_t>(v[i]) << 16) | (left > 1 ? static_cast<uint32_t>(v[i + 1]) << 8 : 0u) |
+                       (left > 2 ? static_cast<uint32_t>(v[i + 2]) : 0u);
+    const char quad[4] = {kB64[(b >> 18) & 63], kB64[(b >> 12) & 63], left > 1 ? kB64[(b >> 6) & 63] : '=',
+                          left > 2 ? kB64[b & 63] : '='};
+    put(quad, 4);
+  }
+  put('"');
+}
+
 void RecordWriter::open_nested(const char* k, char bracket) {
   key(k);
   put(bracket);
@@ -281,6 +296,7 @@ bool write_hello(RecordWriter& w, const HelloInfo& h) {
   w.field_int("out_zp", h.out_zp);
   w.field_uint("arena_bytes", h.device.arena_bytes);
   w.field_uint("arena_used", h.device.arena_used);
+  w.field_str("arena_in", h.device.arena_in);
   w.field_uint("heap_internal", h.device.heap_internal);
   w.field_uint("heap_psram", h.device.heap_psram);
   w.field_uint("cpu_mhz", h.device.cpu_mhz);
@@ -292,6 +308,8 @@ bool write_hello(RecordWriter& w, const HelloInfo& h) {
   w.field_int32_array("sample_truth", h.sample_truth, h.samples);
   w.field_str("source", h.source);
   w.field_bool("running", h.running);
+  w.field_bool("camera", h.device.camera_running);
+  w.field_uint("tx_dropped", h.device.tx_dropped);
   w.field_bool("simulated", h.simulated);
   return w.finish();
 }
@@ -329,6 +347,9 @@ bool write_bsummary(RecordWriter& w, const BenchSummaryInfo& s) {
   w.field_uint("max_us", s.max_us);
   w.field_fixed("mean_us", s.mean_us, 1);
   w.field_uint("total_us", s.total_us);
+  w.field_str("arena_in", s.arena_in);
+  w.field_bool("camera", s.camera_running);
+  w.field_uint("tx_dropped", s.tx_dropped);
   w.field_bool("simulated", s.simulated);
   return w.finish();
 }
@@ -393,6 +414,26 @@ bool write_ack(RecordWriter& w, const char* cmd, bool simulated) {
   return w.finish();
 }
 
+bool write_progress(RecordWriter& w, const char* cmd, uint32_t done, uint32_t total, bool simulated) {
+  w.begin("progress");
+  w.field_str("cmd", cmd);
+  w.field_uint("done", done);
+  w.field_uint("total", total);
+  w.field_bool("simulated", simulated);
+  return w.finish();
+}
+
+bool write_input(RecordWriter& w, uint32_t seq, uint32_t offset, uint32_t total, const int8_t* data, size_t n,
+                 bool simulated) {
+  w.begin("input");
+  w.field_uint("seq", seq);
+  w.field_uint("offset", offset);
+  w.field_uint("total", total);
+  w.field_base64("data", reinterpret_cast<const uint8_t*>(data), n);
+  w.field_bool("simulated", simulated);
+  return w.finish();
+}
+
 // ---- commands -----------------------------------------------------------------------------
 
 const char* cmd_name(Cmd c) {
@@ -407,6 +448,8 @@ const char* cmd_name(Cmd c) {
     case Cmd::kProfile: return "profile";
     case Cmd::kSelftest: return "selftest";
     case Cmd::kReset: return "reset";
+    case Cmd::kInput: return "input";
+    case Cmd::kPanic: return "panic";
     case Cmd::kNone: break;
   }
   return "";
@@ -495,14 +538,30 @@ bool parse_command(const char* line, size_t len, Command* out) {
   out->word[wl] = 0;
   const size_t nargs = nw - 1 + extra;
 
-  static const Cmd kNoArg[] = {Cmd::kPing, Cmd::kInfo, Cmd::kStart, Cmd::kStop,
-                               Cmd::kProfile, Cmd::kSelftest, Cmd::kReset};
+  static const Cmd kNoArg[] = {Cmd::kPing, Cmd::kStart, Cmd::kStop, Cmd::kProfile, Cmd::kSelftest, Cmd::kReset,
+                               Cmd::kPanic};
   for (Cmd c : kNoArg) {
     if (words[0].is(cmd_name(c))) {
       out->cmd = c;
       if (nargs != 0) out->error = "bad_args";
       return true;
     }
+  }
+  if (words[0].is("info")) {  // `info` or `info <proto>` (the host's version, checked when handled)
+    out->cmd = Cmd::kInfo;
+    if (nargs > 1 || (nargs == 1 && (!parse_u32(words[1], &out->proto) || out->proto == 0))) out->error = "bad_args";
+    return true;
+  }
+  if (words[0].is("input")) {  // `input once` or `input <n>`, 0 <= n <= kInputEveryMax
+    out->cmd = Cmd::kInput;
+    if (nargs != 1) {
+      out->error = "bad_args";
+    } else if (words[1].is("once")) {
+      out->once = true;
+    } else if (!parse_u32(words[1], &out->every) || out->every > kInputEveryMax) {
+      out->error = "bad_args";
+    }
+    return true;
   }
   if (words[0].is("source")) {
     out->cmd = Cmd::kSource;

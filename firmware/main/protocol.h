@@ -1,4 +1,4 @@
-// gendertool serial protocol v1, device side (see docs/protocol.md).
+// gendertool serial protocol v2, device side (see docs/protocol.md).
 //
 // Portable C++17, no ESP-IDF or TFLM includes, so tests compile it on the host with g++
 // and check it against tests/vectors. Nothing here allocates or does I/O: the app owns the
@@ -10,7 +10,7 @@
 
 namespace gt {
 
-constexpr int kProtoVersion = 1;
+constexpr int kProtoVersion = 2;
 constexpr size_t kMaxLine = 2048;      // host parser bound (bytes before "\n")
 constexpr size_t kMaxRecord = 2046;    // a record line before "\r\n"
 constexpr size_t kMaxCommand = 128;    // command line bytes before "\r\n"
@@ -20,6 +20,11 @@ constexpr uint32_t kBenchMaxWarmup = 1000;
 constexpr size_t kBenchBatch = 32;     // runs per bsample record
 constexpr size_t kSelftestMaxResults = 16;
 constexpr uint32_t kUploadIdleMs = 2000;
+// During long work (bench, selftest) a `progress` record goes out when nothing was sent for
+// this long, so the host's wait between records follows the work, not a fixed worst case.
+constexpr int64_t kProgressIntervalUs = 1000000;
+constexpr size_t kInputChunk = 1024;         // input tensor bytes per `input` record (base64: 1368 chars)
+constexpr uint32_t kInputEveryMax = 1000;    // `input <n>`: the tensor of every nth result
 
 // CRC-32/IEEE (zlib). Chain with crc32_update(previous, ...); start from 0.
 uint32_t crc32_update(uint32_t crc, const void* data, size_t len);
@@ -46,6 +51,7 @@ class RecordWriter {
   void field_uint32_array(const char* key, const uint32_t* v, size_t n);
   void field_fixed_array(const char* key, const float* v, size_t n, int decimals);
   void field_str_array(const char* key, const char* const* v, size_t n);
+  void field_base64(const char* key, const uint8_t* v, size_t n);  // RFC 4648 with padding, as a string
   void begin_array(const char* key);
   void end_array();
   void begin_object(const char* key);  // key nullptr: an object element inside an array
@@ -93,6 +99,9 @@ struct DeviceStatus {
   uint32_t heap_psram;
   uint32_t cpu_mhz;
   const char* idf;
+  const char* arena_in;   // where the tensor arena landed: "internal" or "psram" (hello.arena_in)
+  bool camera_running;    // the camera driver is started and capturing (hello.camera)
+  uint32_t tx_dropped;    // lines dropped whole since boot because the host did not read (hello.tx_dropped)
 };
 
 struct HelloInfo {
@@ -109,7 +118,7 @@ struct HelloInfo {
   int32_t in_zp;
   double out_scale;
   int32_t out_zp;
-  DeviceStatus device;  // arena_bytes .. idf, in record order
+  DeviceStatus device;  // arena_bytes .. idf in record order; arena_in, camera, tx_dropped where §1.4 puts them
   const char* tflm;
   const char* esp_nn;
   uint32_t samples;
@@ -142,6 +151,10 @@ struct BenchSummaryInfo {
   double mean_us;
   uint64_t total_us;
   bool simulated;
+  // the conditions the figures were measured under (docs/protocol.md §1.4 bsummary)
+  const char* arena_in;
+  bool camera_running;
+  uint32_t tx_dropped;
 };
 
 struct SelftestEntry {
@@ -167,10 +180,15 @@ bool write_selftest(RecordWriter& w, bool pass, uint32_t n, uint32_t failed, con
                     size_t num_results, bool simulated);
 bool write_error(RecordWriter& w, const char* code, const char* cmd, const char* message, bool simulated);
 bool write_ack(RecordWriter& w, const char* cmd, bool simulated);
+// Long work still going: `done` of `total` steps (warm-up and timed runs for bench).
+bool write_progress(RecordWriter& w, const char* cmd, uint32_t done, uint32_t total, bool simulated);
+// One piece of the int8 input tensor of result `seq`: bytes [offset, offset + n) of `total`.
+bool write_input(RecordWriter& w, uint32_t seq, uint32_t offset, uint32_t total, const int8_t* data, size_t n,
+                 bool simulated);
 
 // ---- commands ---------------------------------------------------------------------------
 
-enum class Cmd { kNone, kPing, kInfo, kSource, kStart, kStop, kInfer, kBench, kProfile, kSelftest, kReset };
+enum class Cmd { kNone, kPing, kInfo, kSource, kStart, kStop, kInfer, kBench, kProfile, kSelftest, kReset, kInput, kPanic };
 enum class Source { kSample, kUpload, kCamera };
 
 const char* cmd_name(Cmd c);        // "ping", "infer", ...; "" for kNone
@@ -184,6 +202,9 @@ struct Command {
   Source source = Source::kSample;
   uint32_t w = 0, h = 0, len = 0, crc = 0;  // infer
   uint32_t n = 0, warmup = 0;               // bench
+  uint32_t proto = 0;                       // info <proto>: the host's protocol version (0: not given)
+  uint32_t every = 0;                       // input <n>: every nth result's tensor (0: off)
+  bool once = false;                        // input once: the next result's tensor
 };
 
 // Parses one command line (no "\n"; a trailing "\r" is ignored). Returns false for a blank

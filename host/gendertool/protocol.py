@@ -9,6 +9,8 @@ firmware's ``protocol.cc`` writes (checked by tests/vectors).
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import math
 import re
@@ -17,7 +19,7 @@ from dataclasses import dataclass, field
 from dataclasses import fields as dc_fields
 from typing import Any, ClassVar, Union
 
-PROTO_VERSION = 1
+PROTO_VERSION = 2
 MARKER = b"@GT "
 MAX_LINE = 2048  # bytes of one line without its "\n"
 MAX_RECORD = 2046  # a device's record line before "\r\n"
@@ -28,6 +30,9 @@ BENCH_MAX_WARMUP = 1000
 BSAMPLE_BATCH = 32
 SELFTEST_MAX_RESULTS = 16
 UPLOAD_IDLE_MS = 2000
+PROGRESS_INTERVAL_S = 1.0  # a device sends `progress` when it sent nothing for this long during long work
+INPUT_CHUNK = 1024  # input tensor bytes per `input` record
+INPUT_EVERY_MAX = 1000
 SOURCES = ("sample", "upload", "camera")
 BUSY = "busy"  # virtual device only: another TCP client is connected (docs/protocol.md §3)
 ERROR_CODES = (
@@ -42,6 +47,7 @@ ERROR_CODES = (
     "invoke_failed",
     "camera_failed",
     "internal",
+    "proto_mismatch",
     BUSY,
 )
 
@@ -178,14 +184,17 @@ class Hello:
         ("model", "model", "s"), ("model_sha256", "model_sha256", "s"), ("labels", "labels", "[s]"),
         ("input", "input", "[i]"), ("in_scale", "in_scale", "g"), ("in_zp", "in_zp", "i"),
         ("out_scale", "out_scale", "g"), ("out_zp", "out_zp", "i"), ("arena_bytes", "arena_bytes", "i"),
-        ("arena_used", "arena_used", "i"), ("heap_internal", "heap_internal", "i"),
+        ("arena_used", "arena_used", "i"), ("arena_in", "arena_in", "s"), ("heap_internal", "heap_internal", "i"),
         ("heap_psram", "heap_psram", "i"), ("cpu_mhz", "cpu_mhz", "i"), ("idf", "idf", "s"),
         ("tflm", "tflm", "s"), ("esp_nn", "esp_nn", "s"), ("samples", "samples", "i"),
         ("sample_names", "sample_names", "[s]"), ("sample_truth", "sample_truth", "[i]"),
-        ("source", "source", "s"), ("running", "running", "b"), ("simulated", "simulated", "b"),
+        ("source", "source", "s"), ("running", "running", "b"), ("camera", "camera", "b"),
+        ("tx_dropped", "tx_dropped", "i"), ("simulated", "simulated", "b"),
     )
-    # added after version 1 first shipped: a hello without them still parses (as empty)
-    OPTIONAL: ClassVar[frozenset] = frozenset({"sample_names", "sample_truth"})
+    # sample_names/sample_truth came late in version 1; arena_in, camera and tx_dropped with
+    # version 2. Optional when parsing, so that an older firmware's hello still parses and the
+    # host can name the version mismatch instead of "no hello".
+    OPTIONAL: ClassVar[frozenset] = frozenset({"sample_names", "sample_truth", "arena_in", "camera", "tx_dropped"})
     proto: int
     fw: str
     board: str
@@ -213,6 +222,9 @@ class Hello:
     # built-in sample k is sample_names[k]; sample_truth[k] its true class, -1 when unknown
     sample_names: tuple[str, ...] = ()
     sample_truth: tuple[int, ...] = ()
+    arena_in: str = ""  # "internal", "psram", "none" (no arena), "host" (virtual device)
+    camera: bool = False  # the camera driver is running (capturing into PSRAM)
+    tx_dropped: int = 0  # lines the device dropped whole since boot because the host was not reading
 
     def sample_info(self, index: int) -> tuple[str, int] | None:
         """(name, true class or -1) of built-in sample ``index``, None if the device did not say."""
@@ -220,6 +232,17 @@ class Hello:
             truth = self.sample_truth[index] if index < len(self.sample_truth) else -1
             return self.sample_names[index], truth if 0 <= truth < len(self.labels) else -1
         return None
+
+
+def arena_warning(arena_in: str) -> str | None:
+    """What a hello's or bsummary's ``arena_in`` means for the latency figures, when it matters:
+    None for "internal" (the normal case), "host" (virtual device) and "" (not reported)."""
+    if arena_in == "psram":
+        return ("the tensor arena is in PSRAM, not internal RAM: every Invoke() is slower than the estimate "
+                "and than a board whose arena is internal (free internal RAM or set APP_ARENA_INTERNAL)")
+    if arena_in == "none":
+        return "the device has no tensor arena: the model could not be set up (see its boot log)"
+    return None
 
 
 @dataclass(frozen=True)
@@ -275,8 +298,10 @@ class BenchSummary:
     TYPE: ClassVar[str] = "bsummary"
     SPEC: ClassVar[tuple] = (
         ("n", "n", "i"), ("warmup", "warmup", "i"), ("min_us", "min_us", "i"), ("max_us", "max_us", "i"),
-        ("mean_us", "mean_us", "f1"), ("total_us", "total_us", "i"), ("simulated", "simulated", "b"),
+        ("mean_us", "mean_us", "f1"), ("total_us", "total_us", "i"), ("arena_in", "arena_in", "s"),
+        ("camera", "camera", "b"), ("tx_dropped", "tx_dropped", "i"), ("simulated", "simulated", "b"),
     )
+    OPTIONAL: ClassVar[frozenset] = frozenset({"arena_in", "camera", "tx_dropped"})  # version 2
     n: int
     warmup: int
     min_us: int
@@ -284,6 +309,10 @@ class BenchSummary:
     mean_us: float
     total_us: int
     simulated: bool
+    # the conditions of the run: where the arena was, whether the camera ran, lines dropped so far
+    arena_in: str = ""
+    camera: bool = False
+    tx_dropped: int = 0
 
 
 @dataclass(frozen=True)
@@ -362,15 +391,98 @@ class Ack:
 
 
 @dataclass(frozen=True)
+class Progress:
+    """Long work (``bench``, ``selftest``) still going: ``done`` of ``total`` steps. Sent when the
+    device sent nothing for about PROGRESS_INTERVAL_S, so the host's wait follows the work."""
+
+    TYPE: ClassVar[str] = "progress"
+    SPEC: ClassVar[tuple] = (("cmd", "cmd", "s"), ("done", "done", "i"), ("total", "total", "i"), ("simulated", "simulated", "b"))
+    cmd: str
+    done: int
+    total: int
+    simulated: bool
+
+
+@dataclass(frozen=True)
+class InputChunk:
+    """Bytes ``[offset, offset + len)`` of the int8 input tensor (``total`` bytes) that result
+    ``seq`` ran on; ``data`` is base64 (RFC 4648, padded). The chunks precede that result."""
+
+    TYPE: ClassVar[str] = "input"
+    SPEC: ClassVar[tuple] = (
+        ("seq", "seq", "i"), ("offset", "offset", "i"), ("total", "total", "i"), ("data", "data", "s"),
+        ("simulated", "simulated", "b"),
+    )
+    seq: int
+    offset: int
+    total: int
+    data: str
+    simulated: bool
+
+    def __post_init__(self) -> None:
+        try:
+            raw = base64.b64decode(self.data.encode("ascii"), validate=True)
+        except (binascii.Error, UnicodeEncodeError, ValueError):
+            raise ValueError("input.data is not base64") from None
+        if not raw or self.offset < 0 or self.offset + len(raw) > self.total:
+            raise ValueError(f"input: {len(raw)} bytes at {self.offset} outside a {self.total}-byte tensor")
+        object.__setattr__(self, "_raw", raw)
+
+    @property
+    def payload(self) -> bytes:
+        return self._raw  # type: ignore[attr-defined]
+
+    @classmethod
+    def chunks(cls, seq: int, tensor: bytes, simulated: bool, chunk: int = INPUT_CHUNK) -> list["InputChunk"]:
+        """The records a device sends for ``tensor`` (the int8 bytes, in tensor order)."""
+        return [
+            cls(seq, off, len(tensor), base64.b64encode(tensor[off : off + chunk]).decode("ascii"), simulated)
+            for off in range(0, len(tensor), chunk)
+        ]
+
+
+class InputAssembler:
+    """Puts ``input`` records back together: :meth:`feed` returns ``(seq, tensor bytes)`` when
+    the last piece of a tensor arrives in order. A tensor with a piece missing (a record lost
+    on the link) is never returned; ``broken`` counts them."""
+
+    def __init__(self) -> None:
+        self.broken = 0
+        self._seq: int | None = None
+        self._buf = bytearray()
+        self._total = 0
+
+    def feed(self, chunk: InputChunk) -> tuple[int, bytes] | None:
+        if chunk.offset == 0:
+            if self._seq is not None:
+                self.broken += 1  # the previous tensor never completed
+            self._seq, self._buf, self._total = chunk.seq, bytearray(), chunk.total
+        elif self._seq != chunk.seq or chunk.offset != len(self._buf) or chunk.total != self._total:
+            if self._seq is not None:
+                self.broken += 1
+            self._seq = None  # out of step: wait for the next tensor's first piece
+            return None
+        self._buf += chunk.payload
+        if len(self._buf) == self._total:
+            seq, data = self._seq, bytes(self._buf)
+            self._seq, self._buf = None, bytearray()
+            return seq, data
+        return None
+
+
+@dataclass(frozen=True)
 class LogLine:
     """A line of ordinary device output (ESP-IDF log, boot ROM text, panic dump)."""
 
     text: str
 
 
-Record = Union[Hello, Result, BenchSample, BenchSummary, ProfileOp, ProfileSummary, SelfTest, ErrorRecord, Ack]
+Record = Union[Hello, Result, BenchSample, BenchSummary, ProfileOp, ProfileSummary, SelfTest, ErrorRecord, Ack,
+               Progress, InputChunk]
 RECORD_TYPES: dict[str, type] = {
-    cls.TYPE: cls for cls in (Hello, Result, BenchSample, BenchSummary, ProfileOp, ProfileSummary, SelfTest, ErrorRecord, Ack)
+    cls.TYPE: cls
+    for cls in (Hello, Result, BenchSample, BenchSummary, ProfileOp, ProfileSummary, SelfTest, ErrorRecord, Ack,
+                Progress, InputChunk)
 }
 
 
@@ -583,8 +695,8 @@ class Command:
         return {"cmd": self.cmd, **self.args}
 
 
-_NO_ARG = ("ping", "info", "start", "stop", "profile", "selftest", "reset")
-_COMMANDS = _NO_ARG + ("source", "infer", "bench")
+_NO_ARG = ("ping", "start", "stop", "profile", "selftest", "reset", "panic")
+_COMMANDS = _NO_ARG + ("info", "source", "infer", "bench", "input")
 _U32 = re.compile(rb"[0-9]{1,10}\Z")
 _HEX8 = re.compile(rb"[0-9a-fA-F]{8}\Z")
 
@@ -620,6 +732,18 @@ def parse_command(line: bytes) -> Command | None:
 
     if name_s in _NO_ARG:
         return bad() if args else Command(name_s)
+    if name_s == "info":  # `info` or `info <proto>`: the host's protocol version (version 2)
+        if not args:
+            return Command("info")
+        v = _u32(args[0]) if len(args) == 1 else None
+        return Command("info", {"proto": v}) if v else bad()
+    if name_s == "input":  # `input once` or `input <n>`: the input tensor of the next / every nth result
+        if len(args) != 1:
+            return bad()
+        if args[0] == b"once":
+            return Command("input", {"once": True})
+        v = _u32(args[0])
+        return bad() if v is None or v > INPUT_EVERY_MAX else Command("input", {"every": v})
     if name_s == "source":
         if len(args) != 1 or args[0].decode("latin-1") not in SOURCES:
             return bad()

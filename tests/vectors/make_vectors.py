@@ -33,15 +33,24 @@ RECORDS = [
     ("error_spontaneous", p.ErrorRecord("camera_failed", "", "esp_camera_fb_get() returned NULL", False)),
     (
         "hello_device",
-        p.Hello(1, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", SHA, ("female", "male"), (1, 64, 64, 3),
+        p.Hello(2, "0.1.0", "xiao_esp32s3", "esp32s3", "gender_mbv2_035_64", SHA, ("female", "male"), (1, 64, 64, 3),
                 0.0078125, -1, 0.00390625, -128, 262144, 181234, 301020, 8123456, 240, "v5.5.5", "1.3.4", "1.1.2", 4,
                 "sample", True, False,
-                ("female_art-4979554", "female_girl-1037886", "male_ai-generated-7934910", "x@\u00e9"), (0, 0, 1, -1)),
+                ("female_art-4979554", "female_girl-1037886", "male_ai-generated-7934910", "x@\u00e9"), (0, 0, 1, -1),
+                arena_in="internal", camera=False, tx_dropped=0),
+    ),
+    (
+        # the arena fell back to PSRAM, the camera runs, and 17 lines were dropped while the host did not read
+        "hello_psram_camera",
+        p.Hello(2, "0.1.0", "xiao_esp32s3_sense", "esp32s3", "m", SHA, ("female", "male"), (1, 64, 64, 3),
+                0.0078125, -1, 0.00390625, -128, 400000, 390000, 120000, 7000000, 240, "v5.5.3", "1.3.8", "1.1.2", 0,
+                "camera", True, False, (), (), arena_in="psram", camera=True, tx_dropped=17),
     ),
     (
         "hello_utf8_labels",
-        p.Hello(1, "0.1.0-dev", "sim", "host", "m", SHA, ("femme", "homme \u00e9t\u00e9", "\u5973\u6027", "a\"b"),
-                (1, 96, 96, 3), float(np.float32(0.0235294122)), 12, float(np.float32(1e-05)), 0, 100000, 0, 0, 0, 0, "", "", "", 0, "upload", False, True),
+        p.Hello(2, "0.1.0-dev", "sim", "host", "m", SHA, ("femme", "homme \u00e9t\u00e9", "\u5973\u6027", "a\"b"),
+                (1, 96, 96, 3), float(np.float32(0.0235294122)), 12, float(np.float32(1e-05)), 0, 100000, 0, 0, 0, 0, "", "", "", 0, "upload", False, True,
+                arena_in="host"),
     ),
     (
         "result_sample",
@@ -57,8 +66,17 @@ RECORDS = [
                                     False)),
     # the longest bsample a device can send: a full batch of the largest uint32 times
     ("bsample_max", p.BenchSample(4294967295, (4294967295,) * 32, (4294967295,) * 32, True)),
-    ("bsummary", p.BenchSummary(100, 10, 45001, 46999, 45678.5, 4567850, False)),
-    ("bsummary_round", p.BenchSummary(3, 0, 1, 2, 1.25, 4, True)),
+    ("bsummary", p.BenchSummary(100, 10, 45001, 46999, 45678.5, 4567850, False, "internal", False, 0)),
+    ("bsummary_round", p.BenchSummary(3, 0, 1, 2, 1.25, 4, True, "host", False, 0)),
+    ("bsummary_psram_camera", p.BenchSummary(32, 400, 61000, 64000, 62000.0, 1984000, False, "psram", True, 4294967295)),
+    ("progress_bench", p.Progress("bench", 25, 440, False)),
+    ("progress_selftest", p.Progress("selftest", 4294967295, 4294967295, True)),
+    # input tensor pieces: base64 padding of 1, 2 and 3 bytes, and the largest piece a device sends
+    ("input_one_byte", p.InputChunk(7, 0, 3, "gA==", False)),
+    ("input_two_bytes", p.InputChunk(7, 1, 3, "AH8=", False)),
+    ("input_three_bytes", p.InputChunk(0, 0, 3, "/wGA", True)),
+    *[(f"input_chunk_{k}", c) for k, c in enumerate(
+        p.InputChunk.chunks(4294967295, bytes((i * 7 + 128) & 0xFF for i in range(12288)), False)) if k in (0, 11)],
     ("profile_op", p.ProfileOp(0, "CONV_2D", 1234, False, False)),
     ("profile_est", p.ProfileOp(63, "DEPTHWISE_CONV_2D", 0, True, True)),
     ("psummary", p.ProfileSummary(64, 45000, 45678, False, False)),
@@ -156,6 +174,18 @@ def streams() -> list[dict]:
         {"records": 1, "log_lines": 1, "overlong": 1}, max_line=64)
     add("overlong_record_dropped", [T(res)], [], {"overlong": 1}, max_line=64)
     add("marker_inside_string_escaped", [T(line("error_escapes"))], [rec("error_escapes")], {"records": 1})
+    # version 2
+    add("input_not_base64", [X(frame(b'input {"seq":1,"offset":0,"total":3,"data":"@@@@","simulated":false}'))], [],
+        {"bad_record": 1})
+    add("input_past_the_tensor", [X(frame(b'input {"seq":1,"offset":2,"total":3,"data":"AAA=","simulated":false}'))], [],
+        {"bad_record": 1})
+    # a version 1 hello still parses (the host then names the version mismatch instead of waiting for a hello)
+    v1 = dict(rec("hello_device")["fields"], proto=1)
+    for k in ("arena_in", "camera", "tx_dropped"):
+        del v1[k]
+    v1_body = b"hello " + json.dumps(v1, separators=(",", ":"), ensure_ascii=False).encode()
+    add("hello_v1_without_v2_keys", [X(frame(v1_body))],
+        [{"record": "hello", "fields": dict(v1, arena_in="", camera=False, tx_dropped=0)}], {"records": 1})
     return s
 
 
@@ -165,7 +195,7 @@ def commands() -> list[dict]:
     def add(name, line_, expect):
         c.append({"name": name, "line": line_, "expect": expect})
 
-    for w in ("ping", "info", "start", "stop", "profile", "selftest", "reset"):
+    for w in ("ping", "info", "start", "stop", "profile", "selftest", "reset", "panic"):
         add(w, w + "\n", {"cmd": w})
     for src in p.SOURCES:
         add("source_" + src, f"source {src}\n", {"cmd": "source", "source": src})
@@ -181,6 +211,18 @@ def commands() -> list[dict]:
     add("case_sensitive", "INFO\n", {"error": "unknown_cmd", "word": "INFO"})
     add("unknown_non_ascii_word", "h\u00e9\x01llo\tx 1\n", {"error": "unknown_cmd", "word": "h???llo?x"})
     add("info_extra_arg", "info now\n", {"error": "bad_args", "word": "info"})
+    # version 2: the host says its protocol version; the device checks it when it answers
+    add("info_proto", "info 2\n", {"cmd": "info", "proto": 2})
+    add("info_proto_other", "info 3\n", {"cmd": "info", "proto": 3})
+    add("info_proto_zero", "info 0\n", {"error": "bad_args", "word": "info"})
+    add("info_two_args", "info 2 2\n", {"error": "bad_args", "word": "info"})
+    add("input_once", "input once\n", {"cmd": "input", "once": True})
+    add("input_every", "input 5\n", {"cmd": "input", "every": 5})
+    add("input_off", "input 0\n", {"cmd": "input", "every": 0})
+    add("input_max", "input 1000\n", {"cmd": "input", "every": 1000})
+    add("input_too_many", "input 1001\n", {"error": "bad_args", "word": "input"})
+    add("input_missing", "input\n", {"error": "bad_args", "word": "input"})
+    add("input_word", "input twice\n", {"error": "bad_args", "word": "input"})
     add("source_bad", "source usb\n", {"error": "bad_args", "word": "source"})
     add("source_missing", "source\n", {"error": "bad_args", "word": "source"})
     add("bench_zero", "bench 0 1\n", {"error": "bad_args", "word": "bench"})

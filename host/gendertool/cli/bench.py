@@ -53,6 +53,10 @@ def bench_cmd(
     variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (every board's bench.json, paths, compare)."),
+    report: Optional[Path] = typer.Option(
+        None, "--report",
+        help="Also write one JSON file to send back: every board's bench.json with the device's log lines and link "
+             "counters, and this computer's versions (docs/first-board-run.md)."),
 ) -> None:
     """Benchmark the model on the board: latency statistics from every run, FPS, memory, profile."""
     from gendertool.device.bench import check_request
@@ -77,7 +81,11 @@ def bench_cmd(
             )
     except Interrupted as exc:
         _present_partial(exc.partial or [])
+        if report is not None:
+            _write_bundle(report, exc.partial or [])
         raise
+    if report is not None:  # failed runs too: a failure is what we most want to see
+        _write_bundle(report, results)
     # What failed first, then the statistics, then where the files are.
     failed = [r for r in results if r.error is not None]
     unwritten: list[str] = []  # a plot that could not be written does not hide the figures
@@ -120,6 +128,15 @@ def _model_for_estimate(model: Optional[str], results: list["BenchResult"]):
         return load_model(model, measure_arena=False), ""
     except GendertoolError as exc:  # the bench results are in; a bad --model only costs the comparison
         return None, str(exc)
+
+
+def _write_bundle(path: Path, results: list["BenchResult"]) -> None:
+    import sys
+
+    from gendertool.device.bench import report_bundle, write_report
+
+    write_report(path, report_bundle(results, sys.argv))
+    err_console.print(f"report: {path} (send this one file)", highlight=False, soft_wrap=True)
 
 
 def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:

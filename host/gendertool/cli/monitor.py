@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from gendertool.protocol import arena_warning
 from gendertool.present.console import console, err_console
 
 from .options import complete_bench_inputs, complete_dirs, port_option, resolve_ports
@@ -33,6 +34,7 @@ def monitor_cmd(
                                          autocompletion=complete_dirs),
     source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera.",
                                          autocompletion=complete_bench_inputs),
+    panic: bool = typer.Option(False, "--panic", help="Test the panic decoding: once connected, make the device abort (it reboots); see docs/first-board-run.md."),
     no_record_timeout: float = typer.Option(
         10.0, "--no-record-timeout",
         help="Seconds a port may send bytes without one valid record (noise, other firmware, ROM bootloader) before giving up."),
@@ -58,7 +60,7 @@ def monitor_cmd(
     try:
         with sink.live():
             summary = run_monitor(port, sink.sink, count=count, timeout=timeout, source=source, elf=elf_path,
-                                  no_record_timeout=no_record_timeout)
+                                  no_record_timeout=no_record_timeout, panic=panic)
     except BrokenPipeError:
         # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
         import os
@@ -187,7 +189,11 @@ class _MonitorView:
                 if view.csv_out is not None:
                     view.csv_out.start(h.labels)
                 sim = " [virtual device: latency is this computer's]" if h.simulated else ""
-                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
+                arena = f", arena in {h.arena_in}" if h.arena_in else ""
+                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{arena}{sim}", "cyan")
+                warning = arena_warning(h.arena_in)
+                if warning:
+                    view._say(f"WARNING: {warning}", "bold red")
 
             def result(self, r, session) -> None:
                 from gendertool.device.monitor import result_row, sample_verdict
@@ -293,6 +299,9 @@ class _MonitorView:
         ]
         if s.disconnects:
             rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
+        arena_in = getattr(s.hello, "arena_in", "")
+        if arena_in:  # where the arena is changes every latency above (issue 21)
+            rows.append(("arena", f"in {arena_in}" + ("  WARNING: slower than internal RAM" if arena_warning(arena_in) else "")))
         if r is not None and r.simulated:
             rows.append(("", "virtual device: host latency"))
         grid = Table.grid(expand=True, padding=(0, 2))
@@ -328,6 +337,10 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
         rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
     if summary.disconnects:
         rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
+    arena_in = summary.device.get("arena_in", "")
+    if arena_in:
+        warning = arena_warning(arena_in)
+        rows.append(("arena", f"in {arena_in}" + (f"  WARNING: {warning}" if warning else "")))
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:

@@ -27,6 +27,10 @@ def sim(
     listen: str = typer.Option("127.0.0.1:7420", "--listen", help="HOST:PORT to serve on (port 0 picks a free one)."),
     period_ms: int = typer.Option(200, "--period-ms", min=0, max=60000, help="Time between continuous results."),
     no_autostart: bool = typer.Option(False, "--no-autostart", help="Boot without streaming results (like APP_AUTOSTART off)."),
+    board_timing: Optional[str] = typer.Option(
+        None, "--board-timing",
+        help="Run at a board's pace: 'estimate' (the per-operator estimate `inspect` prints, XIAO ESP32S3) or "
+             "milliseconds per Invoke(). Every Invoke() then takes, and reports, that long."),
     # fault injection and test helpers (hidden)
     replay: bool = typer.Option(False, "--replay", hidden=True, help="Re-send each sample's first result instead of invoking again."),
     garbage_every: int = typer.Option(0, "--garbage-every", hidden=True, min=0),
@@ -35,6 +39,9 @@ def sim(
     disconnect_after: int = typer.Option(0, "--disconnect-after", hidden=True, min=0),
     reply_delay_ms: int = typer.Option(0, "--reply-delay-ms", hidden=True, min=0),
     seed: int = typer.Option(0, "--seed", hidden=True),
+    tx_stall_after: int = typer.Option(0, "--tx-stall-after", hidden=True, min=0,
+                                       help="After N records the host 'stops reading' for --tx-stall-ms (lines held or dropped whole)."),
+    tx_stall_ms: int = typer.Option(0, "--tx-stall-ms", hidden=True, min=0),
     fault: Optional[list[str]] = typer.Option(None, "--fault", hidden=True,
                                               help="Behave like a wrong device (repeatable): score-off-by-one, wrong-class, "
                                                    "selftest-fail, skip-warmup, swap-timings."),
@@ -59,14 +66,18 @@ def sim(
         disconnect_after=disconnect_after,
         reply_delay_ms=reply_delay_ms,
         seed=seed,
+        tx_stall_after=tx_stall_after,
+        tx_stall_ms=tx_stall_ms,
         **device_faults,
     )
-    device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults)
+    device = SimDevice(model, period_ms=period_ms, autostart=not no_autostart, replay=replay, faults=faults,
+                       board_timing=board_timing)
     server = SimServer(device, host, port, max_clients=max_clients)
     m = device.model
     err_console.print(
         f"virtual device serving {m.name} ({m.sha256[:12]}) on {server.url}\n"
-        f"connect with: gendertool monitor --port {server.url}\n"
+        + (f"board timing: every Invoke() takes {device.board_invoke_us / 1000:.2f} ms\n" if device.board_invoke_us else "")
+        + f"connect with: gendertool monitor --port {server.url}\n"
         "simulated: latency figures are this computer's, not a board's (Ctrl-C to stop)",
         soft_wrap=True,
         highlight=False,

@@ -10,6 +10,9 @@ returned objects.
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import json
 import os
 import re
@@ -21,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gendertool import __version__
 from gendertool.device.bench_results import (
     BENCH_JSON,
     KIND,
@@ -150,6 +154,11 @@ def run_bench(
         result.interrupted = True
     finally:
         result.finished = _now()
+        logs, stats = getattr(client, "logs", None), getattr(client, "stats", None)
+        if logs is not None:
+            result.device_log = [getattr(line, "text", str(line)) for line in logs]
+        if hasattr(stats, "as_dict"):
+            result.link = stats.as_dict()
         try:
             flush(force=True)
         except GendertoolError as exc:
@@ -158,6 +167,24 @@ def run_bench(
     if result.interrupted:
         raise Interrupted(interrupted_note([result]), partial=result)
     return result
+
+
+REPORT_KIND = "gendertool-report"
+
+
+def report_bundle(results: Sequence[BenchResult], argv: Sequence[str]) -> dict:
+    """One JSON document a user can send back (docs/first-board-run.md): per board, bench.json
+    as written (hello with arena placement and heaps, self-test, samples, device summary,
+    profile) plus the device's log lines and the link counters; and this computer's versions."""
+    return {
+        "kind": REPORT_KIND,
+        "schema": 1,
+        "created": _now(),
+        "gendertool": __version__,
+        "host": {"platform": platform.platform(), "python": sys.version.split()[0]},
+        "argv": list(argv),
+        "boards": [{**r.to_json(), "path": str(r.path) if r.path else None} for r in results],
+    }
 
 
 def summary_mismatches(result: BenchResult) -> list[str]:

@@ -118,6 +118,8 @@ class BenchResult:
     variant: str | None = None
     variant_options: dict = field(default_factory=dict)
     path: Path | None = None  # where bench.json was written
+    device_log: list[str] = field(default_factory=list)  # the device's log lines seen during the run
+    link: dict = field(default_factory=dict)  # the host parser's counters (damaged / dropped records)
 
     @property
     def completed(self) -> int:
@@ -163,6 +165,7 @@ class BenchResult:
                 "version": dev.get("fw", ""),
                 "cpu_mhz": dev.get("cpu_mhz"),
                 "arena_bytes": dev.get("arena_bytes"),
+                "arena_in": dev.get("arena_in", ""),  # "internal", "psram" (slower), "host" (virtual device)
                 "variant": self.variant,
                 "options": self.variant_options,
             },
@@ -186,6 +189,8 @@ class BenchResult:
             "error": self.error,
             "stats": {k: (v.to_dict() if isinstance(v, Stats) else v) for k, v in stats.items()},
             "device_summary": self.device_summary,
+            "device_log": self.device_log,
+            "link": self.link,
             "profile": [r.to_dict() for r in self.profile],
             "profile_estimated": self.profile_estimated,
             "samples": [s.to_dict() for s in self.samples],
@@ -207,6 +212,8 @@ class BenchResult:
             profile_estimated=bool(data.get("profile_estimated", False)),
             device_summary=dict(data.get("device_summary", {})),
             selftest=dict(data.get("selftest", {})),
+            device_log=[str(x) for x in data.get("device_log", [])],
+            link=dict(data.get("link", {})),
             started=str(data.get("started", "")),
             finished=str(data.get("finished", "")),
             error=data.get("error"),

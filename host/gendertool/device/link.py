@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 ACK_TIMEOUT = 2.0
 INFO_TIMEOUT = 2.0
 INFER_TIMEOUT = 10.0
-STEP_TIMEOUT = 10.0  # between bench / profile records
+STEP_TIMEOUT = 10.0  # between bench / profile / selftest records (a device sends `progress` about every second)
 SELFTEST_TIMEOUT = 30.0
 RESET_TIMEOUT = 10.0
 BACKLOG = 20000
@@ -332,8 +332,21 @@ class DeviceClient:
         self.command("ping", timeout=timeout)
 
     def info(self, timeout: float = INFO_TIMEOUT) -> p.Hello:
-        """Ask for the ``hello`` record; refuses a device that speaks another protocol version."""
-        self.command("info", timeout=timeout)
+        """Ask for the ``hello`` record; refuses a device that speaks another protocol version.
+
+        ``info <version>`` tells the device the host's version: a firmware of another version 2+
+        answers ``error proto_mismatch``; a version 1 firmware refuses the argument (``bad_args``).
+        """
+        try:
+            self.command("info", p.PROTO_VERSION, timeout=timeout)
+        except DeviceCommandError as exc:
+            if exc.code == "bad_args":
+                raise DeviceError(
+                    f"{self.port} runs a firmware older than protocol v{p.PROTO_VERSION} (it refused `info "
+                    f"{p.PROTO_VERSION}`): rebuild and flash the firmware with this gendertool") from None
+            if exc.code == "proto_mismatch":
+                raise DeviceError(f"{self.port}: {exc.record.message}") from None
+            raise
         hello = self._wait(lambda r: isinstance(r, p.Hello), timeout, "hello record")
         if hello.proto != p.PROTO_VERSION:
             raise DeviceError(
@@ -341,6 +354,16 @@ class DeviceClient:
                 f"rebuild and flash the firmware with this gendertool"
             )
         return hello
+
+    def set_input(self, every: int | None = None) -> None:
+        """Ask for the int8 input tensor: of the next result (``every`` None), or of every
+        ``every``-th result (0: never). The ``input`` records come before their result."""
+        if every is None:
+            self.command("input", "once")
+        elif 0 <= every <= p.INPUT_EVERY_MAX:
+            self.command("input", every)
+        else:
+            raise DeviceError(f"input every {every}: choose 0..{p.INPUT_EVERY_MAX}")
 
     def start(self) -> None:
         self.command("start")
@@ -387,8 +410,10 @@ class DeviceClient:
         got = 0
         while True:
             try:
+                # a `progress` record restarts the wait: a long warm-up is not a silent device
                 rec = self._wait(
-                    lambda r: isinstance(r, (p.BenchSample, p.BenchSummary)) or (isinstance(r, p.ErrorRecord) and r.cmd == "bench"),
+                    lambda r: isinstance(r, (p.BenchSample, p.BenchSummary))
+                    or (isinstance(r, (p.ErrorRecord, p.Progress)) and r.cmd == "bench"),
                     timeout,
                     f"benchmark sample {got + 1}/{n}",
                     received=got,
@@ -403,6 +428,8 @@ class DeviceClient:
                 raise
             if isinstance(rec, p.ErrorRecord):
                 raise DeviceCommandError(rec)
+            if isinstance(rec, p.Progress):
+                continue
             yield rec
             if isinstance(rec, p.BenchSummary):
                 return
@@ -450,11 +477,14 @@ class DeviceClient:
 
     def selftest(self, timeout: float = SELFTEST_TIMEOUT) -> p.SelfTest:
         self.command("selftest")
-        rec = self._wait(
-            lambda r: isinstance(r, p.SelfTest) or (isinstance(r, p.ErrorRecord) and r.cmd == "selftest"),
-            timeout,
-            "self-test result",
-        )
+        while True:
+            rec = self._wait(
+                lambda r: isinstance(r, p.SelfTest) or (isinstance(r, (p.ErrorRecord, p.Progress)) and r.cmd == "selftest"),
+                timeout,
+                "self-test result",
+            )
+            if not isinstance(rec, p.Progress):
+                break
         if isinstance(rec, p.ErrorRecord):
             raise DeviceCommandError(rec)
         return rec

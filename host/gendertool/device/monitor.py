@@ -29,15 +29,7 @@ from gendertool.device.panic import (
 )
 from gendertool.device.transport import open_port
 from gendertool.errors import DeviceError, GendertoolError
-from gendertool.protocol import (
-    PROTO_VERSION,
-    Ack,
-    ErrorRecord,
-    Hello,
-    LogLine,
-    Result,
-    record_to_dict,
-)
+from gendertool.protocol import PROTO_VERSION, Ack, ErrorRecord, Hello, LogLine, Result, record_to_dict
 from gendertool.stats import RateMeter, RollingStats, latency_stats
 from gendertool.text import shown_line
 
@@ -175,7 +167,7 @@ class MonitorSession:
             parser=dict(parser_stats or {}),
             simulated=(self.latest.simulated if self.latest is not None else getattr(hello, "simulated", None)),
             device=(
-                {k: getattr(hello, k) for k in ("board", "fw", "model", "model_sha256", "idf", "tflm", "esp_nn", "cpu_mhz", "arena_used", "heap_internal", "heap_psram")}
+                {k: getattr(hello, k) for k in ("board", "fw", "model", "model_sha256", "idf", "tflm", "esp_nn", "cpu_mhz", "arena_used", "arena_in", "heap_internal", "heap_psram", "camera", "tx_dropped")}
                 if hello is not None
                 else {}
             ),
@@ -373,11 +365,14 @@ def run_monitor(
     toolchain_prefix: str = TOOLCHAIN_PREFIX,
     clock: Callable[[], float] = time.monotonic,
     no_record_timeout: float = DEFAULT_NO_RECORD_S,
+    panic: bool = False,
 ) -> MonitorSummary:
     """Follow ``port`` until ``count`` results, Ctrl-C, or a failure (then ``summary.error``).
 
     ``timeout``: how long the port may stay away (unplug, reset) and how long the device
-    may stay silent before the monitor gives up. ``no_record_timeout``: how long a port may
+    may stay silent before the monitor gives up. ``panic``: once connected, send the
+    ``panic`` test command (the device aborts, its dump is decoded, it reboots; the monitor
+    follows it back). ``no_record_timeout``: how long a port may
     send bytes without one valid record (noise, another firmware, a ROM bootloader, a flood
     of log lines) before the monitor stops, saying what it saw. Log lines reach the sink
     escaped (gendertool.text) and at most SHOWN_LINE characters long.
@@ -412,7 +407,7 @@ def run_monitor(
         sink.status(ev.message)
 
     def on_hello(h: Any) -> None:
-        nonlocal we_started, info_reply_due
+        nonlocal we_started, info_reply_due, panic_due
         boot = not info_reply_due  # a hello that does not answer our `info` comes from a (re)boot
         info_reply_due = False
         previous = session.hello
@@ -431,7 +426,11 @@ def run_monitor(
         if not h.running:
             send("start")
             we_started = True
+        if panic_due:
+            panic_due = False
+            send("panic")
 
+    panic_due = panic  # once: after the reboot it caused, the monitor only follows
     # DeviceError (missing/busy/permission) propagates
     client = DeviceClient((opener or _open)(port), reconnect_timeout=timeout, on_event=on_event)
     error: str | None = None

@@ -55,6 +55,16 @@ BOOT_LOG = (
     b"I (312) gendertool: virtual device, latency figures are the host's\r\n",
 )
 DEFAULT_PERIOD_MS = 200
+# the `panic` test command: what ESP-IDF's panic handler prints after abort() (no real ELF)
+PANIC_DUMP = (
+    b"abort() was called at PC 0x42009e2b on core 1\r\n",
+    b"\r\n",
+    b"Backtrace: 0x40375a5e:0x3fc98d60 0x4037a8a1:0x3fc98d80 0x42009e2b:0x3fc98df0\r\n",
+    b"\r\n",
+    b"ELF file SHA256: 0000000000000000\r\n",
+    b"\r\n",
+    b"Rebooting...\r\n",
+)
 
 
 @dataclass
@@ -76,6 +86,13 @@ class SimFaults:
     selftest_fail: bool = False  # the self-test's first sample comes back wrong (pass: false)
     skip_warmup: bool = False  # bench runs no warm-ups (and says so: bsummary warmup 0)
     swap_timings: bool = False  # bsample records carry pre_us and invoke_us swapped
+    # the host stops reading, as the USB-Serial-JTAG driver sees it: after `tx_stall_after`
+    # records, for `tx_stall_ms`, nothing leaves; lines go into a `tx_buffer`-byte queue while
+    # they fit whole and are dropped whole (counted in hello/bsummary tx_dropped) when they do
+    # not, as the firmware's TxQueue does; the queue goes out once the stall ends.
+    tx_stall_after: int = 0
+    tx_stall_ms: int = 0
+    tx_buffer: int = 4096
 
 
 # `gendertool sim --fault NAME` -> the SimFaults flag it sets
@@ -103,6 +120,7 @@ class SimDevice:
         faults: SimFaults | None = None,
         samples: list[Path] | None = None,
         boot_delay_s: float = 0.1,
+        board_timing: "str | float | None" = None,
     ) -> None:
 
         self.model: ModelInfo = model if isinstance(model, ModelInfo) else load_model(model, measure_arena=False)
@@ -127,6 +145,30 @@ class SimDevice:
         self._disconnects_left = self.faults.disconnects
         self._reboot_pending = True
         self.records_sent = 0
+        # a board's pace: every Invoke() takes this long (µs) and says so; 0: this computer's
+        self.board_invoke_us = self._board_invoke_us(board_timing)
+        self.input_every = 0  # `input <n>`
+        self.input_once = False  # `input once`
+        self.last_input: bytes = b""  # the int8 input tensor of the latest result
+        self.tx_dropped = 0
+        self.arena_in = "host"  # hello/bsummary arena_in (tests set "psram" to see the host's warnings)
+
+    def _board_invoke_us(self, timing: "str | float | None") -> int:
+        """``"estimate"``: the per-operator estimate `inspect` prints (XIAO ESP32S3, arena in
+        internal RAM); a number: that many ms per Invoke(); None: no padding."""
+        if timing is None or timing == "":
+            return 0
+        if timing == "estimate":
+            if self.model.latency is None:
+                raise DeviceError(f"board timing 'estimate': no latency estimate for {self.model.name}")
+            return int(round(self.model.latency.internal_ms * 1000))
+        try:
+            ms = float(timing)
+        except (TypeError, ValueError):
+            raise DeviceError(f"board timing {timing!r}: give 'estimate' or milliseconds per Invoke()") from None
+        if not 0 <= ms <= 60000:
+            raise DeviceError(f"board timing {ms:g} ms is outside 0..60000 ms")
+        return int(round(ms * 1000))
 
     # ------------------------------------------------------------------ model & samples
 
@@ -180,7 +222,13 @@ class SimDevice:
     def _invoke(self, q: "np.ndarray") -> tuple["np.ndarray", int]:
         t0 = time.perf_counter()
         out = self.runner.invoke(q)
-        return out, int((time.perf_counter() - t0) * 1e6)
+        took = int((time.perf_counter() - t0) * 1e6)
+        if self.board_invoke_us:  # at a board's pace: the run lasts, and reports, the board's time
+            left = self.board_invoke_us / 1e6 - (time.perf_counter() - t0)
+            if left > 0:
+                time.sleep(left)
+            return out, self.board_invoke_us
+        return out, took
 
     def _infer_q(self, q: "np.ndarray") -> tuple[list[int], list[float], int]:
         out, invoke_us = self._invoke(q)
@@ -194,11 +242,14 @@ class SimDevice:
         if cached is None:
             # a sample is preprocessed from its pixels every time, as the firmware does
             q, pre_us = self._timed_preprocess(self._samples[sample].rgb if rgb is None else rgb)
+            self.last_input = q.tobytes()
             scores, probs, invoke_us = self._infer_q(q)
             cached = (scores, probs, pre_us, invoke_us)
             if self.replay and sample >= 0:
                 self._cache[sample] = cached
         scores, probs, pre_us, invoke_us = cached
+        if self.replay and sample >= 0:  # the input tensor is still the sample's, as on a device
+            self.last_input = self._samples[sample].input_q.tobytes()
         f = self.faults
         if f.score_off_by_one:
             scores = [scores[0] + (1 if scores[0] < 127 else -1), *scores[1:]]
@@ -223,6 +274,7 @@ class SimDevice:
             int(m.arena_bytes or 0), int(m.arena_host_bytes or 0), 0, 0, 0, "", _tflm_version(), "",
             len(self._samples), self.source, self.running, True,
             tuple(s.name for s in self._samples), tuple(sample_truth(s.name, m.labels) for s in self._samples),
+            arena_in=self.arena_in, camera=False, tx_dropped=self.tx_dropped,
         )  # fmt: skip
 
     def selftest_record(self) -> p.SelfTest:
@@ -259,6 +311,11 @@ class _Session:
         self.upload_dims = (0, 0)
         self.upload_last = 0.0
         self.sent = 0  # records on this connection
+        self.last_send = time.monotonic()
+        # TX stall emulation (SimFaults.tx_stall_*): lines held while the host "does not read"
+        self.tx_held = bytearray()
+        self.stall_until = 0.0
+        self.stalled_once = False
 
     # output ------------------------------------------------------------------------
     def raw(self, data: bytes) -> None:
@@ -266,6 +323,41 @@ class _Session:
             self.conn.sendall(data)
         except OSError:
             raise _Disconnect() from None
+
+    def tx(self, line: bytes) -> bool:
+        """One whole line out, through the emulated TX queue; False when dropped whole."""
+        f, dev = self.dev.faults, self.dev
+        if f.tx_stall_after and not self.stalled_once and self.sent + 1 > f.tx_stall_after:
+            self.stalled_once = True
+            self.stall_until = time.monotonic() + f.tx_stall_ms / 1000
+        self.flush_tx()
+        if time.monotonic() < self.stall_until:
+            if len(self.tx_held) + len(line) > f.tx_buffer:
+                dev.tx_dropped += 1
+                return False
+            self.tx_held += line
+            return True
+        self.raw(line)
+        return True
+
+    def flush_tx(self) -> None:
+        if self.tx_held and time.monotonic() >= self.stall_until:
+            held, self.tx_held = bytes(self.tx_held), bytearray()
+            self.raw(held)
+
+    def progress(self, cmd: str, done: int, total: int) -> None:
+        """A `progress` record when nothing was sent for PROGRESS_INTERVAL_S (as the firmware)."""
+        if time.monotonic() - self.last_send >= p.PROGRESS_INTERVAL_S:
+            self.send(p.Progress(cmd, done, total, True))
+
+    def send_result(self, rec: p.Result) -> None:
+        """A result, preceded by its input tensor when the host asked for it (`input`)."""
+        dev = self.dev
+        if dev.input_once or (dev.input_every and rec.seq % dev.input_every == 0):
+            dev.input_once = False
+            for chunk in p.InputChunk.chunks(rec.seq, dev.last_input, True):
+                self.send(chunk)
+        self.send(rec)
 
     def send(self, rec: p.Record) -> None:
         f, dev = self.dev.faults, self.dev
@@ -281,9 +373,11 @@ class _Session:
             self.sent = n
             self.boot(reset=True)
             return
-        self.raw(line)
+        self.last_send = time.monotonic()
+        sent = self.tx(line)
         self.sent = n
-        dev.records_sent += 1
+        if sent:
+            dev.records_sent += 1
         if f.disconnect_after and n >= f.disconnect_after and dev._disconnects_left > 0:
             dev._disconnects_left -= 1
             raise _Disconnect()
@@ -297,6 +391,7 @@ class _Session:
         dev.running = dev.autostart
         dev.source = "sample"
         dev._last_upload = None
+        dev.input_every, dev.input_once, dev.tx_dropped = 0, False, 0
         for line in BOOT_LOG:
             self.raw(line)
         self.send(dev.hello())
@@ -330,6 +425,7 @@ class _Session:
                     got = len(self.upload.data)
                     self.upload = None
                     self.send(p.ErrorRecord("upload_timeout", "infer", f"upload stalled after {got} bytes", True))
+                self.flush_tx()
                 if dev.running and self.upload is None and time.monotonic() >= next_due:
                     self.stream_one()
                     next_due = max(next_due + dev.period_ms / 1000, time.monotonic() - 1.0)
@@ -342,7 +438,7 @@ class _Session:
             return  # "upload": results only for uploads (no camera in the simulator)
         i = dev._next_sample % len(dev._samples)
         dev._next_sample = i + 1
-        self.send(dev._result(None, "sample", i))
+        self.send_result(dev._result(None, "sample", i))
 
     def on_bytes(self, data: bytes) -> None:
         while data:
@@ -378,6 +474,10 @@ class _Session:
             self.error(c.error, c.cmd, msg)
             return
         name, a = c.cmd, c.args
+        if name == "info" and a.get("proto", p.PROTO_VERSION) != p.PROTO_VERSION:
+            self.error("proto_mismatch", "info", f"this firmware speaks protocol v{p.PROTO_VERSION}, the host "
+                       f"v{a['proto']}: rebuild and flash the firmware with the host's gendertool")
+            return
         if name == "source" and a["source"] == "camera":
             self.error("unsupported", "source", "the virtual device has no camera")
             return
@@ -390,6 +490,11 @@ class _Session:
             dev.running = True
         elif name == "stop":
             dev.running = False
+        elif name == "input":
+            if a.get("once"):
+                dev.input_once = True
+            else:
+                dev.input_every = a["every"]
         elif name == "infer":
             self.upload = p.UploadReceiver(a["len"], int(a["crc"], 16))
             self.upload_dims = (a["w"], a["h"])
@@ -402,6 +507,11 @@ class _Session:
             self.send(dev.selftest_record())
         elif name == "reset":
             dev._reboot_pending = True  # the USB port vanishes; the next connection sees a boot
+            raise _Disconnect()
+        elif name == "panic":  # what ESP-IDF's abort() prints, then the reboot (the port vanishes)
+            for line in PANIC_DUMP:
+                self.raw(line)
+            dev._reboot_pending = True
             raise _Disconnect()
 
     def finish_upload(self) -> None:
@@ -417,7 +527,7 @@ class _Session:
         self.dev._last_upload = rgb
         if self.dev.faults.result_delay_ms:
             time.sleep(self.dev.faults.result_delay_ms / 1000)
-        self.send(self.dev._result(rgb, "upload", -1))
+        self.send_result(self.dev._result(rgb, "upload", -1))
 
     def _take_input(self, cmd: str) -> "np.ndarray | None":
         """The current source's image, as the firmware's input provider picks it (the next
@@ -439,14 +549,16 @@ class _Session:
         dev = self.dev
         if dev.faults.skip_warmup:
             warmup = 0
-        for _ in range(warmup):
-            dev.runner.invoke(dev._preprocess(rgb))
+        for k in range(warmup):
+            dev._invoke(dev._preprocess(rgb))
+            self.progress("bench", k + 1, warmup + n)
         pre: list[int] = []
         inv: list[int] = []
         first = 0
         for i in range(n):
             q, pre_us = dev._timed_preprocess(rgb)
             _, invoke_us = dev._invoke(q)
+            self.progress("bench", warmup + i + 1, warmup + n)
             pre.append(pre_us)
             inv.append(invoke_us)
             if len(inv) - first == p.BSAMPLE_BATCH or i == n - 1:
@@ -454,7 +566,7 @@ class _Session:
                 self.send(p.BenchSample(first, tuple(cols[0][first:]), tuple(cols[1][first:]), True))
                 first = len(inv)
         total = sum(inv)
-        self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True))
+        self.send(p.BenchSummary(n, warmup, min(inv), max(inv), total / n, total, True, dev.arena_in, False, dev.tx_dropped))
 
     def profile(self) -> None:
         rgb = self._take_input("profile")

@@ -67,6 +67,13 @@ class TflmRunner:
             raise ModelError(f"TFLM inference failed: {exc}") from None
         return np.array(self._interp.get_output(0), dtype=np.int8, copy=True)
 
+    def scores_for(self, tensor: bytes) -> tuple[int, ...]:
+        """The reference int8 scores for an input tensor as a device sent it (protocol v2
+        ``input`` records, put together by ``protocol.InputAssembler``): a result whose scores
+        differ was not computed as the reference computes on that same input."""
+        q = np.frombuffer(tensor, dtype=np.int8)
+        return tuple(int(v) for v in self.invoke(q).reshape(-1))
+
 
 class LiteRtRunner:
     """ai-edge-litert interpreter. kernels: "reference" (BUILTIN_REF), "default" (XNNPACK), "builtin"."""

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_results
 from gendertool.model.estimate import CALIBRATION_FILE
+from gendertool.protocol import arena_warning
 from gendertool.present.tables import format_bytes, format_ms
 from gendertool.stats import STAT_KEYS
 
@@ -71,6 +72,11 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
         out.print("memory: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()))
     else:
         out.print("memory: not reported by the device" + (" (a virtual device has no heap of its own)" if r.simulated else ""))
+    if dev.get("arena_in"):
+        warning = arena_warning(dev["arena_in"])
+        out.print(f"[bold red]WARNING: {escape(warning)}[/]" if warning else f"arena: in {escape(dev['arena_in'])}")
+    if r.device_summary.get("camera"):
+        out.print("[bold red]WARNING: the camera was running during this benchmark (it captures into PSRAM and shares the bus)[/]")
     versions = ", ".join(f"{k} {dev[k]}" for k in ("fw", "idf", "tflm", "esp_nn") if dev.get(k))
     if versions:
         mhz = f"; CPU {dev['cpu_mhz']} MHz" if dev.get("cpu_mhz") else ""
