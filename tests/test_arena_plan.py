@@ -9,6 +9,8 @@ import subprocess
 import sys
 
 import pytest
+
+from gendertool.model.flatbuffer import parse_model
 import tflite_fab
 
 from gendertool.model import arena as ap
@@ -55,19 +57,19 @@ def runtime_heads(default_model, tmp_path_factory):
 @pytest.mark.parametrize("name", ["default", *TINY_VARIANTS])
 def test_plan_equals_host_runtime_head(runtime_heads, name):
     data, head = runtime_heads[name]
-    assert ap.plan_head_bytes(data) == head
+    assert ap.plan_head_bytes(parse_model(data)) == head
 
 
 def test_the_variants_exercise_scratch_and_ties(runtime_heads):
     # without the MEAN node's requests the plan is smaller than the runtime's: the scratch counts
     data, head = runtime_heads["mean-peak"]
-    assert ap.plan_head_bytes(data, {}) < head
+    assert ap.plan_head_bytes(parse_model(data), {}) < head
     # logits and probabilities are both 48 bytes: placing equal sizes in id order (= TFLM's
     # order on the reversed list) instead of TFLM's reverse id order misses the runtime's head
     data, head = runtime_heads["equal-sizes"]
-    sizes = {b.tensor: b.size for b in ap.buffers_of(data) if b.tensor is not None}
+    sizes = {b.tensor: b.size for b in ap.buffers_of(parse_model(data)) if b.tensor is not None}
     assert sizes[8] == sizes[9] == 48
-    triples = [(b.size, b.first, b.last) for b in ap.buffers_of(data)][::-1]
+    triples = [(b.size, b.first, b.last) for b in ap.buffers_of(parse_model(data))][::-1]
     assert ap.max_memory(triples, ap.greedy_offsets(triples)) != head
 
 
@@ -90,14 +92,14 @@ def test_lifetimes_follow_allocation_info():
     data = tflite_fab.tiny_model()
     m = flatbuffer.parse_model(data)
     sg = m.subgraphs[0]
-    bufs = {b.tensor: b for b in ap.buffers_of(data) if b.tensor is not None}
+    bufs = {b.tensor: b for b in ap.buffers_of(parse_model(data)) if b.tensor is not None}
     # weights and the MEAN axis live in the flatbuffer: not planned
     assert set(bufs) == {0, 3, 5, 8, 9}
     assert (bufs[sg.inputs[0]].first, bufs[sg.inputs[0]].last) == (0, 1)  # input: to node 0
     assert (bufs[3].first, bufs[3].last) == (1, 2)  # conv output: node 0 -> MEAN
     assert (bufs[sg.outputs[0]].first, bufs[sg.outputs[0]].last) == (4, 4)  # model output
     assert all(b.size % ap.ALIGNMENT == 0 for b in bufs.values())
-    scratch = [b for b in ap.buffers_of(data) if b.node is not None]
+    scratch = [b for b in ap.buffers_of(parse_model(data)) if b.node is not None]
     # MEAN (node 1): int32 per output (4 filters), input rank 4 and 2 axes as ints, aligned
     assert [(b.node, b.size, b.first, b.last) for b in scratch] == [(1, 16, 2, 2), (1, 16, 2, 2), (1, 16, 2, 2)]
 
@@ -106,9 +108,9 @@ def test_firmware_arena_tight_and_covering(default_model):
     info = model_info.load_model(default_model)
     b = info.arena
     assert b.host_head_bytes + b.tail_bytes == info.arena_host_bytes
-    fw_head = ap.plan_head_bytes(info, ap.firmware_scratch(info))
+    fw_head = ap.plan_head_bytes(info.graph, ap.firmware_scratch(info.graph))
     assert b.head_bytes == fw_head
-    largest = espnn.largest(espnn.model_scratch(info))
+    largest = espnn.largest(espnn.model_scratch(info.graph))
     # the plan holds the largest ESP-NN request plus the tensors live at its node
     assert fw_head > largest.bytes and b.peak_node == largest.node
     assert info.arena_bytes >= b.tail_bytes + fw_head + model_info.ARENA_MARGIN_MIN_BYTES
@@ -123,12 +125,12 @@ def test_ansi_c_scratch(default_model):
     info = model_info.load_model(default_model, measure_arena=False)
     m = flatbuffer.parse_model(info.data)
     names = [flatbuffer.op_name(m, op)[0] for op in m.subgraphs[0].operators]
-    ansi = ap.firmware_scratch(info, optimized=False)
+    ansi = ap.firmware_scratch(info.graph, optimized=False)
     # plain C conv/depthwise request nothing: softmax's width*4 and the reference MEAN remain
     assert {names[n] for n in ansi} == {"SOFTMAX", "MEAN"}
     assert ansi[names.index("SOFTMAX")] == (4 * info.classes,)
-    assert ansi[names.index("MEAN")] == ap.reference_scratch(info)[names.index("MEAN")]
-    assert ap.plan_head_bytes(info) <= ap.plan_head_bytes(info, ansi) < ap.plan_head_bytes(info, ap.firmware_scratch(info))
+    assert ansi[names.index("MEAN")] == ap.reference_scratch(info.graph)[names.index("MEAN")]
+    assert ap.plan_head_bytes(info.graph) <= ap.plan_head_bytes(info.graph, ansi) < ap.plan_head_bytes(info.graph, ap.firmware_scratch(info.graph))
 
 
 # --- absolute figures, derived by hand (not read back from the code) ------------------------------
@@ -162,5 +164,5 @@ def test_firmware_arena_of_known_models(size, host_head, head, ansi_head, firmwa
     assert tails[0] < a.tail_bytes <= tails[1], a.tail_bytes
     assert info.arena_bytes == a.firmware_bytes == firmware
     assert a.margin_bytes == firmware - a.tail_bytes - head  # what the margin and the rounding add
-    ansi = model_info.arena_budget(data, info.arena_host_bytes, esp_nn=False)
+    ansi = model_info.arena_budget(parse_model(data), info.arena_host_bytes, esp_nn=False)
     assert (ansi.head_bytes, ansi.firmware_bytes) == (ansi_head, ansi_firmware)

@@ -241,3 +241,21 @@ def test_histogram_counts_far_outliers_at_the_edge():
         assert sum(p.get_height() for p in top.patches) == 199  # every other run drawn
     finally:
         plt.close(fig)
+
+
+def test_bench_json_keeps_the_boards_free_internal_heap_beside_the_host_budget(tmp_path):
+    """issue 20, item 7: the first board run calibrates the internal-RAM budget."""
+    from gendertool.boards import get_board
+    from gendertool.project.memory import internal_budget
+
+    r = _result([1200], [30000])
+    r.device.update(heap_internal=41_234, arena_bytes=169_984)
+    data = json.loads(json.dumps(r.to_json()))
+    cal = data["internal_ram_calibration"]
+    assert cal["board_free_after_allocation_bytes"] == 41_234 and cal["arena_bytes"] == 169_984
+    budget = internal_budget(get_board("xiao_esp32s3"))
+    assert cal["host_budget"]["for_arena_bytes"] == budget.arena_bytes
+    assert cal["host_budget"]["heap_run_bytes"] == 399_120
+    sim = _result([1200], [30000], simulated=True)
+    sim.device.update(heap_internal=0)
+    assert sim.to_json()["internal_ram_calibration"]["board_free_after_allocation_bytes"] is None

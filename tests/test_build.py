@@ -803,3 +803,16 @@ def test_build_with_stand_in_idf_py_writes_manifest(cli, tmp_path, fake_idf):
     ]
     assert manifest["sizes"] == {"flash_bytes": 1_090_000, "dram_bytes": 50_000, "iram_bytes": 26_000}
     assert "[2/2]" in (out / builder.LOG_NAME).read_text()
+
+
+def test_build_says_the_internal_ram_margin_with_the_measured_static_ram(cli, tmp_path, fake_pio):
+    """issue 20, item 7: after a compile the size report's .data/.bss (PlatformIO: RAM 32,404 bytes)
+    replaces the stand-in link's 28,275 in the internal-RAM budget."""
+    fake_pio("success")
+    out = tmp_path / "out"
+    fake_pio_build(out, "xiao_esp32s3", with_flasher_args=True)
+    r = cli("build", "--out", out)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.stdout.replace("│", " ").split())
+    assert f"internal RAM: about {230_218 + 28_275 - 32_404:,} bytes for the arena" in text
+    assert "(static .data/.bss measured by the build, IRAM code estimated)" in text

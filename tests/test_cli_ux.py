@@ -108,3 +108,120 @@ def test_a_file_named_like_a_flag_value_is_still_a_model(cli, tmp_path, monkeypa
     r = cli("inspect", "--json", "true")
     assert r.exit_code == 2
     assert "was taken as the MODEL" not in r.stderr  # the file's own problem is reported instead
+
+
+# --------------------------------------------------------------------------- issue 20, item 9
+
+
+def _params():
+    """(command path, click parameter) for every parameter of every command."""
+    import typer.main
+
+    from gendertool.cli import app
+
+    def walk(cmd, path):
+        for p in getattr(cmd, "params", []):
+            yield path, p
+        for name, sub in getattr(cmd, "commands", {}).items():
+            yield from walk(sub, [*path, name])
+
+    return list(walk(typer.main.get_command(app), []))
+
+
+def test_short_options_mean_the_same_everywhere():
+    meanings: dict[str, set[str]] = {}
+    for _path, p in _params():
+        longs = [o for o in p.opts if o.startswith("--")]
+        for short in (o for o in p.opts if not o.startswith("--")):
+            meanings.setdefault(short, set()).update(longs)
+    assert meanings["-b"] == {"--board"}, meanings["-b"]
+    # one meaning per short option; -n (how many) and -o (where output goes) have one meaning
+    # under the names that read best for each command
+    same_meaning = {"-n": {"--count", "--limit", "--runs"}, "-o": {"--out", "--output"}}
+    confused = {short: longs for short, longs in meanings.items() if len(longs) > 1 and longs != same_meaning.get(short)}
+    assert confused == {}, confused
+    # --build keeps its long form only; every --board has -b
+    for path, p in _params():
+        if "--build" in p.opts:
+            assert p.opts == ["--build"], (path, p.opts)
+        if "--board" in p.opts:
+            assert "-b" in p.opts, (path, p.opts)
+
+
+@pytest.mark.parametrize(
+    "path, option, metavar",
+    [
+        (["validate"], "--out", "FILE"), (["bench"], "--out", "DIR"), (["build"], "--out", "DIR"),
+        (["monitor"], "--no-record-timeout", "SECONDS"), (["flash"], "--before", "MODE"), (["run"], "--board", "BOARD"),
+    ],
+)
+def test_metavars_tell_the_truth(cli, path, option, metavar):
+    row = _help_row(cli(*path, "--help").stdout, option)
+    assert f" {metavar} " in row, row
+
+
+@pytest.mark.parametrize("path", [[]] + _all_commands(), ids=lambda p: " ".join(p) or "gendertool")
+def test_arguments_show_no_type_and_no_braces(cli, path):
+    out = cli(*path, "--help").stdout
+    usage = next(line for line in out.splitlines() if "Usage:" in line)
+    assert "<str>" not in out and "{" not in usage, usage
+
+
+def test_usage_of_model_pull_reads_name(cli):
+    usage = next(line for line in cli("model", "pull", "--help").stdout.splitlines() if "Usage:" in line)
+    assert usage.split() == ["Usage:", "gendertool", "model", "pull", "[OPTIONS]", "NAME"]
+
+
+def test_completion_functions_offer_values(monkeypatch, tmp_path):
+    from gendertool.cli import options
+    from gendertool.device import ports as ports_mod
+    from gendertool.device.ports import SerialPortInfo
+
+    values = lambda items: [v for v, _ in items]  # noqa: E731
+    assert values(options.complete_boards("xiao")) == ["xiao_esp32s3", "xiao_esp32s3_sense"]
+    assert values(options.complete_boards("xiao_esp32s3_")) == ["xiao_esp32s3_sense"]
+    assert values(options.complete_inputs("")) == ["sample", "upload", "camera"]
+    assert values(options.complete_bench_inputs("")) == ["sample", "camera"]
+    assert values(options.complete_backends("")) == ["pio", "idf"]
+    assert values(options.complete_profiles("se")) == ["seeed-gender"]
+    assert values(options.complete_after("w")) == ["watchdog-reset"]
+    assert "usb-reset" in values(options.complete_before("u"))
+    # detected ports, then the virtual device
+    monkeypatch.setattr(ports_mod, "list_serial_ports", lambda: [
+        SerialPortInfo("/dev/ttyUSB0", 0x10C4, 0xEA60, "CP2102"), SerialPortInfo("/dev/ttyACM0", 0x303A, 0x1001, "USB JTAG")])
+    assert values(options.complete_ports("")) == ["/dev/ttyACM0", "/dev/ttyUSB0", "sim"]  # the ESP32-S3 first
+    assert values(options.complete_ports("s")) == ["sim"]
+    # a model: profiles, then .tflite files and folders here
+    (tmp_path / "m.tflite").write_bytes(b"")
+    (tmp_path / "notes.txt").write_text("")
+    (tmp_path / "sub").mkdir()
+    monkeypatch.chdir(tmp_path)
+    assert values(options.complete_models("")) == ["seeed-gender", "m.tflite", "sub/"]
+    assert values(options.complete_dirs("")) == ["sub/"]
+
+
+def test_tab_completes_values_through_the_shell_protocol():
+    assert _complete("gendertool build --board xiao_esp32s3_", 3) == ["xiao_esp32s3_sense"]
+    assert _complete("gendertool build --backend ", 3) == ["pio", "idf"]
+    assert _complete("gendertool monitor --port si", 3) == ["sim"]
+    assert _complete("gendertool model pull se", 3) == ["seeed-gender"]
+    assert _complete("gendertool flash --after no-", 3) == ["no-reset", "no-reset-stub"]
+
+
+def test_sim_address_in_use_suggests_a_free_port(cli):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = taken.getsockname()[1]
+        r = cli("sim", "--listen", f"127.0.0.1:{port}")
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    import re
+
+    m = re.search(rf"cannot listen on 127\.0\.0\.1:{port}: Address already in use .* 127\.0\.0\.1:(\d+) is free now: "
+                  r"`gendertool sim --listen 127\.0\.0\.1:(\d+)`, or --listen 127\.0\.0\.1:0", err)
+    assert m and m.group(1) == m.group(2) and int(m.group(1)) != port, err
+    with socket.socket() as probe:  # and it is free indeed
+        probe.bind(("127.0.0.1", int(m.group(1))))

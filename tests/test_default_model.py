@@ -1,4 +1,5 @@
-"""The shipped default model: I/O contract, sidecar, model card checksum, held-out accuracy."""
+"""The shipped default model: I/O contract, sidecar, model card checksum, held-out accuracy,
+framing and hair (masking) checks."""
 
 from __future__ import annotations
 
@@ -150,6 +151,64 @@ def test_out_of_distribution_figures_reproduce(portraits, info):
         got = tm.class_counts(pred, labels[keep])
         assert got == recorded[name], name
         assert got["female_correct"] / got["female_n"] >= MIN_RECALL and got["male_correct"] / got["male_n"] >= MIN_RECALL, name
+
+
+# Issue 18's framing and hair checks on the held-out portraits (its hidden-set goals: each
+# framing >= 80 %, the widest within 8 points of the tightest), per class as well.
+FRAMING_MIN = 0.80
+FRAMING_SPREAD = 0.08
+
+
+def test_framing_and_masking_checks_meet_the_bar_and_are_in_the_card():
+    """The re-framed (1.0/1.5/2.2x the face box) and masked (hair, clothes and background
+    replaced by studio grey) held-out figures: recorded for every framing, each at least 80 %
+    with both recalls at least 80 %, the widest framing within 8 points of the tightest, and
+    every count printed in the card. test_out_of_distribution_figures_reproduce recomputes
+    each of these counts from the photos."""
+    tm = _train_script()
+    recorded = json.loads((MODELS / "gender_mbv2_035_64.metrics.json").read_text())["ood"]
+    card = " ".join(CARD.read_text().split())
+    zooms = tm.REFRAME_ZOOMS
+    assert zooms[0] == 1.0 and zooms[-1] >= 2.0
+    for kind in ("face", "masked"):
+        acc = {}
+        for z in zooms:
+            d = recorded[f"{kind}_x{z}"]
+            acc[z] = d["correct"] / d["n"]
+            assert d["n"] >= 150, (kind, z)
+            assert acc[z] >= FRAMING_MIN, (kind, z, acc[z])
+            for name in ("female", "male"):
+                assert d[f"{name}_correct"] / d[f"{name}_n"] >= FRAMING_MIN, (kind, z, name)
+                assert f"({d[f'{name}_correct']}/{d[f'{name}_n']})" in card, (kind, z, name)
+            assert f"{100 * acc[z]:.1f} % ({d['correct']}/{d['n']})" in card, (kind, z)
+        assert acc[zooms[0]] - acc[zooms[-1]] <= FRAMING_SPREAD, (kind, acc)
+
+
+# Post-hoc diagnostic (computed after v3's held-out read, reported in the card): the held-out
+# photos with their hair, framed at exactly 1.0/1.5/2.2x the face box on a grey card
+# (train_model.padded_face_crop). zoom -> (correct, female correct, male correct) of 83 + 73.
+PADDED_FRAMING = {1.0: (142, 73, 69), 1.5: (149, 79, 70), 2.2: (135, 74, 61)}
+
+
+def test_padded_framing_diagnostic_reproduces(portraits, info):
+    from gendertool.model.preprocess import load_rgb, quant_lut, quantize
+    from gendertool.model.runtime import TflmRunner
+
+    tm = _train_script()
+    rels = HELDOUT.read_text().split()
+    faces = json.loads((MODELS / "heldout_faces.json").read_text())["landmarks"]
+    assert all(faces[r] is not None for r in rels)
+    labels = np.array([info.labels.index(r.split("/")[0]) for r in rels])
+    rgbs = [load_rgb(portraits / r) for r in rels]
+    lut = quant_lut(info.preprocessing, info.input.scale, info.input.zero_point)
+    tflm = TflmRunner(info.data)
+    card = " ".join(CARD.read_text().split())
+    for zoom, (ok, ok_f, ok_m) in PADDED_FRAMING.items():
+        views = [tm.padded_face_crop(rgb, np.array(faces[r], float), zoom) for rgb, r in zip(rgbs, rels)]
+        pred = np.array([np.argmax(tflm.invoke(quantize(v, lut)[None])) for v in views])
+        got = tm.class_counts(pred, labels)
+        assert (got["correct"], got["female_correct"], got["male_correct"]) == (ok, ok_f, ok_m), zoom
+        assert f"{100 * ok / len(rels):.1f} % ({ok}/{len(rels)})" in card, zoom
 
 
 def test_builtin_samples_are_classified_right(info):

@@ -11,6 +11,8 @@ import json
 
 import pytest
 
+from gendertool.model.flatbuffer import parse_model
+
 from gendertool.model import espnn
 from gendertool.model import flatbuffer
 from gendertool.model import info as model_info
@@ -177,7 +179,7 @@ def _nodes(data):
 def test_default_model_largest_scratch_is_the_first_strided_depthwise(default_model):
     data = default_model.read_bytes()
     m, sg, nodes = _nodes(data)
-    entries = espnn.model_scratch(data)
+    entries = espnn.model_scratch(parse_model(data))
     assert [e.node for e in entries] == list(range(len(nodes)))
     top = espnn.largest(entries)
     # v2 (MobileNetV2 cut after block_12_add) has no wide 1x1 conv at the end; the biggest
@@ -194,7 +196,7 @@ def test_default_model_largest_scratch_is_the_first_strided_depthwise(default_mo
     assert all(entries[i].bytes < top.bytes for i in convs)
     # same answer from a ModelInfo
     info = model_info.load_model(default_model, measure_arena=False)
-    assert espnn.model_scratch(info) == entries
+    assert espnn.model_scratch(info.graph) == entries
     assert info.espnn_scratch_bytes == top.bytes and info.espnn_scratch_node == (top.node, "DEPTHWISE_CONV_2D")
 
 
@@ -204,7 +206,7 @@ def test_firmware_arena_is_tail_plus_planned_head(cli, default_model):
     arena = json.loads(res.stdout)["arena"]
     scratch, fw = arena["espnn_scratch_bytes"], arena["firmware_bytes"]
     tail, head = arena["tail_bytes"], arena["head_bytes"]
-    entries = espnn.model_scratch(default_model.read_bytes())
+    entries = espnn.model_scratch(parse_model(default_model.read_bytes()))
     assert scratch == espnn.largest(entries).bytes and head > scratch
     assert [e["node"] for e in arena["espnn_scratch"]] == [e.node for e in entries if e.bytes > 0]
     assert tail + arena["host_head_bytes"] == arena["host_bytes"]
@@ -235,7 +237,7 @@ def test_render_ansi_c_arena_drops_the_scratch(default_model, tmp_path):
     # ANSI C: conv/depthwise request nothing; the plan keeps softmax's width*4 and the MEAN
     from gendertool.model import arena as arena_plan
 
-    ansi_head = arena_plan.plan_head_bytes(info, arena_plan.firmware_scratch(info, optimized=False))
+    ansi_head = arena_plan.plan_head_bytes(info.graph, arena_plan.firmware_scratch(info.graph, optimized=False))
     assert off["app"]["arena_bytes"] == model_info.firmware_arena_bytes(info.arena.tail_bytes, ansi_head)
     assert off["app"]["arena_bytes"] < on["app"]["arena_bytes"]
 

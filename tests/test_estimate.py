@@ -179,15 +179,17 @@ def test_a_board_run_is_compared_and_becomes_a_calibration_point(tmp_path, model
     from gendertool.device.bench_results import BenchResult, Sample
     from gendertool.present.bench import present_estimate
 
-    from gendertool.device.bench_results import OpTiming
+    from gendertool.device.bench_results import OpTiming, save_calibration
 
     res = BenchResult(port="/dev/ttyACM0", n=3, warmup=0, input="sample", simulated=False,
                       device={"board": "xiao_esp32s3", "model_sha256": model_info.sha256, "fw": "0.1.0", "cpu_mhz": 240},
                       samples=[Sample(i, 900, 60000 + 1000 * i) for i in range(3)], path=tmp_path / "bench.json",
                       profile=[OpTiming("CONV_2D", 35, 41230, 0.7), OpTiming("DEPTHWISE_CONV_2D", 17, 17000, 0.3)])
     buf = io.StringIO()
-    present_estimate(res, None, Console(file=buf, width=300))
+    measured = present_estimate(res, model_info, Console(file=buf, width=300))
     out = buf.getvalue()
+    assert measured == pytest.approx(61.0)
+    assert save_calibration(res, model_info, measured) == tmp_path / "calibration_point.json"
     est = model_info.latency
     assert f"Invoke() mean 61.00 ms MEASURED vs ESTIMATE {est.internal_ms:.2f} ms" in out
     assert f"measured/estimate {61.0 / est.internal_ms:.2f}" in out
@@ -222,9 +224,24 @@ def test_a_board_running_another_model_is_not_compared(tmp_path, model_info):
     res = BenchResult(port="/dev/ttyACM0", n=1, warmup=0, input="sample", device={"model_sha256": "ab" * 32},
                       samples=[Sample(0, 900, 50000)], path=tmp_path / "bench.json")
     buf = io.StringIO()
-    present_estimate(res, None, Console(file=buf, width=300))
+    assert present_estimate(res, model_info, Console(file=buf, width=300)) is None
     assert "estimate: not compared, the board runs model sha256 abababababab" in buf.getvalue()
     assert "MEASURED" not in buf.getvalue() and not (tmp_path / "calibration_point.json").exists()
+
+
+def test_a_model_that_did_not_load_costs_only_the_comparison(tmp_path):
+    import io
+
+    from rich.console import Console
+
+    from gendertool.device.bench_results import BenchResult, Sample
+    from gendertool.present.bench import present_estimate
+
+    res = BenchResult(port="/dev/ttyACM0", n=1, warmup=0, input="sample", device={"model_sha256": "ab" * 32},
+                      samples=[Sample(0, 900, 50000)], path=tmp_path / "bench.json")
+    buf = io.StringIO()
+    assert present_estimate(res, None, Console(file=buf, width=300), load_error="m.tflite: not a file") is None
+    assert buf.getvalue() == "estimate: not compared (m.tflite: not a file)\n"
 
 
 def test_bench_on_the_virtual_device_is_not_compared(cli, tmp_path):

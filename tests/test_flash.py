@@ -28,20 +28,28 @@ from gendertool.errors import BuildError, DeviceError
 esptool_cmds = pytest.importorskip("esptool.cmds")
 from esptool.util import FatalError  # noqa: E402
 
+import esp_images  # noqa: E402
+
 
 def _write(path: Path, data: bytes) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(data)
 
 
+# ESP32-S3 images made by esptool's own image writer (tests/esp_images.py): flash checks them
+BOOTLOADER, PARTITIONS, APP = esp_images.bootloader(21_000), esp_images.partition_table(), esp_images.app(300_000)
+APP_SIZE = len(APP)
+TOTAL = len(BOOTLOADER) + len(PARTITIONS) + APP_SIZE
+
+
 @pytest.fixture
 def build_dir(tmp_path) -> Path:
     """A finished build as the build step leaves it (offsets deliberately not the defaults)."""
     d = tmp_path / "build"
-    _write(d / "bootloader.bin", os.urandom(21_000))
-    _write(d / "partition-table.bin", os.urandom(3072))
-    _write(d / "gendertool.bin", os.urandom(300_000))
-    _write(d / "gendertool-merged.bin", os.urandom(400_000))
+    _write(d / "bootloader.bin", BOOTLOADER)
+    _write(d / "partition-table.bin", PARTITIONS)
+    _write(d / "gendertool.bin", APP)
+    _write(d / "gendertool-merged.bin", BOOTLOADER + os.urandom(400_000 - len(BOOTLOADER)))
     _write(d / "gendertool.elf", b"\x7fELF")
     manifest = {
         "schema": 1,
@@ -101,7 +109,7 @@ def esptool_api(monkeypatch):
     calls: list[tuple] = []
     # "fail": stage -> exception for every port; "fail_on": port -> {stage: exception};
     # "barrier": a threading.Barrier every board must reach inside write_flash (parallel runs)
-    state = {"chip": "ESP32-S3", "fail": {}, "fail_on": {}, "barrier": None, "esps": {}, "by_port": {}}
+    state = {"chip": "ESP32-S3", "flash_size": "8MB", "fail": {}, "fail_on": {}, "barrier": None, "esps": {}, "by_port": {}}
 
     def record(port, call):
         calls.append(call)
@@ -129,6 +137,11 @@ def esptool_api(monkeypatch):
         record(esp._port.port, ("attach_flash", spi_connection))
         maybe_fail("attach_flash", esp._port.port)
 
+    def detect_flash_size(esp):
+        record(esp._port.port, ("detect_flash_size",))
+        maybe_fail("detect_flash_size", esp._port.port)
+        return state["flash_size"]
+
     def write_flash(esp, addr_data, flash_freq="keep", flash_mode="keep", flash_size="keep", flash_type="nor", **kw):
         port = esp._port.port
         record(port, ("write_flash", list(addr_data), flash_freq, flash_mode, flash_size, kw))
@@ -155,7 +168,7 @@ def esptool_api(monkeypatch):
         record(esp._port.port, ("reset_chip", reset_mode))
         maybe_fail("reset_chip", esp._port.port)
 
-    for fn in (detect_chip, run_stub, attach_flash, write_flash, verify_flash, reset_chip):
+    for fn in (detect_chip, run_stub, attach_flash, detect_flash_size, write_flash, verify_flash, reset_chip):
         monkeypatch.setattr(esptool_cmds, fn.__name__, fn)
     monkeypatch.setattr(gflash, "is_usb_jtag", lambda port: port.startswith("/dev/ttyACM"))
     state["calls"] = calls
@@ -196,17 +209,17 @@ def test_manifest_maps_to_esptool_calls(build_dir, esptool_api):
     result = gflash.flash(plan, "/dev/ttyACM0", baud=921600, reporter=rec)
 
     calls = esptool_api["calls"]
-    assert [c[0] for c in calls] == ["detect_chip", "run_stub", "attach_flash", "write_flash", "verify_flash", "reset_chip"]
+    assert [c[0] for c in calls] == ["detect_chip", "run_stub", "attach_flash", "detect_flash_size", "write_flash", "verify_flash", "reset_chip"]
     # USB-Serial-JTAG port: USB reset sequence to enter the ROM loader
     assert calls[0] == ("detect_chip", "/dev/ttyACM0", "usb-reset")
     expected = [(0, str(build_dir / "bootloader.bin")), (0x9000, str(build_dir / "partition-table.bin")), (0x20000, str(build_dir / "gendertool.bin"))]
-    _, addr_data, freq, mode, size, kw = calls[3]
+    _, addr_data, freq, mode, size, kw = calls[4]
     assert addr_data == expected  # sorted by offset, hex string offsets parsed
     assert (freq, mode, size) == ("80m", "qio", "8MB")
     assert kw.get("compress") is True and not kw.get("no_compress") and not kw.get("force")
     # verification on: every written region checked with the same flash settings
-    assert calls[4] == ("verify_flash", expected, "80m", "qio", "8MB")
-    assert calls[5] == ("reset_chip", "hard-reset")
+    assert calls[5] == ("verify_flash", expected, "80m", "qio", "8MB")
+    assert calls[6] == ("reset_chip", "hard-reset")
     assert esptool_api["esp"].baud_changes == [921600]
     assert esptool_api["esp"]._port.closed
 
@@ -217,11 +230,11 @@ def test_manifest_maps_to_esptool_calls(build_dir, esptool_api):
             names_in_order.append(name)
     assert names_in_order == ["bootloader", "partition-table", "app"]
     last = {name: (done, total) for name, done, total in rec.progress_events}
-    assert last["app"] == (300_000, 300_000)
+    assert last["app"] == (APP_SIZE, APP_SIZE)
     assert any("Hash of data verified" in m for m in rec.messages)
 
     assert result.chip == "ESP32-S3" and result.mac == "34:85:18:01:02:03"
-    assert result.bytes_written == 21_000 + 3072 + 300_000
+    assert result.bytes_written == TOTAL
     assert result.throughput > 0 and result.total_seconds >= result.write_seconds
 
 
@@ -242,7 +255,7 @@ def test_merged_image_and_uart_port(build_dir, esptool_api):
     gflash.flash(plan, "/dev/ttyUSB0", baud=115200)
     calls = esptool_api["calls"]
     assert calls[0] == ("detect_chip", "/dev/ttyUSB0", "default-reset")
-    assert calls[3][1] == [(0, str(build_dir / "gendertool-merged.bin"))]
+    assert calls[4][1] == [(0, str(build_dir / "gendertool-merged.bin"))]
     assert esptool_api["esp"].baud_changes == []  # not above the ROM rate: no change
 
 
@@ -403,7 +416,7 @@ def test_virtual_ports_cannot_be_flashed(build_dir, esptool_api):
 # --------------------------------------------------------------------------- several boards
 
 PORTS3 = ["/dev/ttyACM0", "/dev/ttyACM1", "/dev/ttyUSB0"]
-STAGES = ["connecting", "loading the flasher stub", "changing the baud rate", "attaching the flash", "writing", "verifying", "resetting"]
+STAGES = ["connecting", "loading the flasher stub", "changing the baud rate", "attaching the flash", "reading the flash size", "writing", "verifying", "resetting"]
 
 
 def _image_order(events):
@@ -439,10 +452,10 @@ def test_boards_flash_in_parallel_each_with_its_own_progress(build_dir, esptool_
         assert any(port in m for m in rec.messages) and not any(other in m for m in rec.messages)
         assert rec.stages == STAGES
         assert len(rec.threads) == 1 and threading.get_ident() not in rec.threads
-        assert esptool_api["by_port"][port] == ["detect_chip", "run_stub", "attach_flash", "write_flash", "verify_flash", "reset_chip"]
+        assert esptool_api["by_port"][port] == ["detect_chip", "run_stub", "attach_flash", "detect_flash_size", "write_flash", "verify_flash", "reset_chip"]
         assert esptool_api["esps"][port].baud_changes == [921600] and esptool_api["esps"][port]._port.closed
     for b in boards:
-        assert b.result.port == b.port and b.result.bytes_written == 21_000 + 3072 + 300_000
+        assert b.result.port == b.port and b.result.bytes_written == TOTAL
         assert b.result.throughput > 0 and b.seconds >= b.result.total_seconds
     assert EspLog.instance is before  # esptool's own logger back once every board is done
 
@@ -465,7 +478,7 @@ def test_one_failing_board_does_not_stop_the_others(build_dir, esptool_api):
     assert recs["/dev/ttyACM1"].stages[-1] == "writing" and recs["/dev/ttyUSB0"].stages == STAGES
     for port in ("/dev/ttyACM0", "/dev/ttyUSB0"):
         assert esptool_api["by_port"][port][-1] == "reset_chip"
-        assert recs[port].progress_events[-1] == ("app", 300_000, 300_000)
+        assert recs[port].progress_events[-1] == ("app", APP_SIZE, APP_SIZE)
     # the UART bridge board connects with the classic reset, the native USB ones through USB
     modes = {c[1]: c[2] for c in esptool_api["calls"] if c[0] == "detect_chip"}
     assert modes == {"/dev/ttyACM0": "usb-reset", "/dev/ttyACM1": "usb-reset", "/dev/ttyUSB0": "default-reset"}
@@ -685,3 +698,74 @@ def test_ctrl_c_says_what_state_the_board_is_in(build_dir, esptool_api, cli, sta
     msg = res.stderr.replace("\n", "")
     assert "interrupted (Ctrl-C): /dev/ttyACM0: stopped while" in msg and state in msg
     assert "Traceback" not in res.output
+
+
+# --------------------------------------------------------------------------- esptool's options (issue 20, items 5 and 8)
+
+
+def test_boards_refuse_a_non_image_before_any_board_is_touched(build_dir, esptool_api):
+    (build_dir / "gendertool.bin").write_bytes(os.urandom(300_000).replace(b"\xe9", b"\x00"))
+    plan = build_manifest.plan_flash(build_dir)
+    with pytest.raises(BuildError, match=r"refusing to flash: app \(.*gendertool.bin at 0x20000\) is not an ESP32-S3 image"):
+        gflash.flash_boards(plan, ["/dev/ttyACM0", "/dev/ttyACM1"])
+    assert esptool_api["calls"] == []
+
+
+def test_no_verify_skips_the_read_back_and_says_so(cli, build_dir, esptool_api):
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, "--no-verify")
+    assert r.exit_code == 0, r.output
+    names = [c[0] for c in esptool_api["calls"]]
+    assert "verify_flash" not in names and names[-2:] == ["write_flash", "reset_chip"]
+    out = " ".join(r.stdout.split())
+    assert "wrote (MD5 per image; second read-back skipped: --no-verify)" in out and "wrote and verified" not in out
+
+
+@pytest.mark.parametrize(
+    "args, connect, reset, said",
+    [
+        ([], "usb-reset", "hard-reset", "reset into the app (hard-reset)"),
+        (["--before", "no-reset", "--after", "no-reset"], "no-reset", "no-reset", "left in the ROM loader (no-reset)"),
+        (["--before", "default-reset", "--after", "watchdog-reset"], "default-reset", "watchdog-reset", "reset into the app (watchdog-reset)"),
+    ],
+)
+def test_before_and_after_are_esptools_reset_modes(cli, build_dir, esptool_api, args, connect, reset, said):
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, *args)
+    assert r.exit_code == 0, r.output
+    calls = esptool_api["calls"]
+    assert calls[0] == ("detect_chip", "/dev/ttyACM0", connect) and calls[-1] == ("reset_chip", reset)
+    assert said in " ".join(r.stdout.split())
+
+
+def test_unknown_reset_mode_is_refused_naming_the_choices(cli, build_dir, esptool_api):
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, "--after", "reboot")
+    assert r.exit_code == 2 and esptool_api["calls"] == []
+    assert "--after must be one of hard-reset, soft-reset, no-reset, no-reset-stub, watchdog-reset, not 'reboot'" in " ".join(r.stderr.split())
+
+
+def test_force_is_esptools_force(cli, build_dir, esptool_api):
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, "--force")
+    assert r.exit_code == 0, r.output
+    kw = next(c for c in esptool_api["calls"] if c[0] == "write_flash")[5]
+    assert kw["force"] is True
+    assert "forced past" not in r.stdout  # nothing was refused, so nothing was forced
+
+
+def test_chip_smaller_than_the_build_is_refused(cli, build_dir, esptool_api):
+    esptool_api["flash_size"] = "4MB"
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert r.exit_code == 2
+    assert "the build is for 8MB of flash (gendertool-build.json) but the chip on /dev/ttyACM0 reports 4MB" in " ".join(r.stderr.split())
+    assert "write_flash" not in [c[0] for c in esptool_api["calls"]]
+
+
+def test_flash_size_esptool_does_not_know_is_refused_unless_forced(cli, build_dir, esptool_api):
+    esptool_api["flash_size"] = None  # esptool's detect_flash_size: an unknown JEDEC capacity
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir)
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    assert ("refusing to flash: the flash chip on /dev/ttyACM0 reports a size esptool does not know, "
+            "so gendertool cannot check that the 8MB build fits; pass --force") in err
+    assert "write_flash" not in [c[0] for c in esptool_api["calls"]]
+    r = cli("flash", "--port", "/dev/ttyACM0", "--build", build_dir, "--force")
+    assert r.exit_code == 0 and "--force: writing anyway: the flash chip on /dev/ttyACM0 reports a size" in " ".join(r.stderr.split())
+    assert "forced past the image and flash-size checks" in r.stdout

@@ -16,23 +16,16 @@ pytest.importorskip("esp32_mock_bootloader")
 from esp32_mock_bootloader import protocol as mock_protocol  # noqa: E402
 
 from gendertool.project import manifest as build_manifest
+import esp_images  # noqa: E402
 from rom_loader import FLASH_BYTES, FLASH_ID_8MB, Faults, RomLoader  # noqa: E402
 
 
-def _firmware_like(size: int, seed: int) -> bytes:
-    """Bytes that compress about as well as a firmware image does (esptool then sends them deflated)."""
-    rng = random.Random(seed)
-    words = [bytes(rng.getrandbits(8) for _ in range(rng.randrange(2, 24))) for _ in range(400)]
-    out = bytearray()
-    while len(out) < size:
-        out += rng.choice(words)
-    return bytes(out[:size])
-
-
+# ESP32-S3 images made with esptool's own image writer (flash checks them before writing)
+CONTENT = {"bootloader": esp_images.bootloader(21_000), "partition-table": esp_images.partition_table(), "app": esp_images.app(700_000)}
 IMAGES = {  # name: (offset, size); offsets deliberately not the defaults
-    "bootloader": (0x0, 21_000),
-    "partition-table": (0x9000, 3_072),
-    "app": (0x20000, 700_000),
+    "bootloader": (0x0, len(CONTENT["bootloader"])),
+    "partition-table": (0x9000, len(CONTENT["partition-table"])),
+    "app": (0x20000, len(CONTENT["app"])),
 }
 
 
@@ -56,7 +49,7 @@ def build(tmp_path) -> Path:
     d.mkdir()
     entries = []
     for i, (name, (offset, size)) in enumerate(IMAGES.items()):
-        (d / f"{name}.bin").write_bytes(_firmware_like(size, i))
+        (d / f"{name}.bin").write_bytes(CONTENT[name])
         entries.append({"name": name, "offset": offset, "path": f"{name}.bin"})
     merged = bytearray(b"\xff" * (IMAGES["app"][0] + IMAGES["app"][1]))
     for name, (offset, size) in IMAGES.items():
@@ -175,3 +168,113 @@ def test_socket_where_nothing_listens_is_not_called_busy(cli, build):
     assert r.exit_code == 2
     err = " ".join(r.stderr.split())
     assert f"nothing answers at {url} (connection refused)" in err and "busy" not in err
+
+
+# --------------------------------------------------------------------------- what is not an image (issue 20, item 5)
+
+FLASH_ID_4MB = 0x00164020  # JEDEC capacity byte 0x16 = 2^22 = 4 MB
+
+
+def _wrote_nothing(loader) -> bool:
+    return not loader.saw("FLASH_DEFL_BEGIN") and not loader.saw("FLASH_BEGIN") and bytes(loader.flash.data) == b"\xff" * FLASH_BYTES
+
+
+def test_random_bootloader_is_refused_before_the_port_is_opened(cli, rom, build):
+    (build / "bootloader.bin").write_bytes(random.Random(5).randbytes(21_000).replace(b"\xe9", b"\x00", 1))
+    loader = rom()
+    r = cli("flash", "--port", loader.url, "--build", build)
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    assert err.count("error:") == 1 and "Traceback" not in r.stderr
+    assert (f"refusing to flash: bootloader ({build / 'bootloader.bin'} at 0x0) is not an ESP32-S3 image: "
+            "no image header: first byte") in err  # fmt: skip
+    assert "pass --force to write anyway" in err and "wrote" not in r.stdout
+    assert loader.commands == [] and _wrote_nothing(loader)  # the port was never opened
+
+
+@pytest.mark.parametrize(
+    "name, damage, expected",
+    [
+        # a header esptool reads, then garbage: its segment count / lengths make no sense
+        ("bootloader", lambda b: b"\xe9" + random.Random(1).randbytes(len(b) - 1), "esptool cannot read it as an image"),
+        # one byte of a segment changed: the checksum (and the SHA-256) no longer match
+        ("app", lambda b: b[:4096] + bytes([b[4096] ^ 0x55]) + b[4097:], "its checksum is wrong"),
+        # an image for another chip (extended header's chip id 0 = ESP32)
+        ("app", lambda b: b[:12] + b"\x00\x00" + b[14:], "it is an image for ESP32, not the ESP32-S3"),
+        ("partition-table", lambda b: random.Random(2).randbytes(len(b)), "is not an ESP-IDF partition table: no partition entries"),
+        ("partition-table", lambda b: b[:40] + b"X" + b[41:], "the MD5 of its entries does not match"),
+    ],
+)
+def test_damaged_or_foreign_images_are_refused(cli, rom, build, name, damage, expected):
+    path = build / f"{name}.bin"
+    path.write_bytes(damage(path.read_bytes()))
+    loader = rom()
+    r = cli("flash", "--port", loader.url, "--build", build)
+    assert r.exit_code == 2, r.stdout
+    err = " ".join(r.stderr.split())
+    assert f"refusing to flash: {name} ({path} at {IMAGES[name][0]:#x})" in err and expected in err, err
+    assert _wrote_nothing(loader)
+
+
+def test_8mb_build_on_a_4mb_chip_is_refused_before_writing(cli, rom, build, monkeypatch):
+    loader = rom()
+    monkeypatch.setattr(mock_protocol, "MOCK_FLASH_ID", FLASH_ID_4MB)  # the chip esptool asks reports 4 MB
+    r = cli("flash", "--port", loader.url, "--build", build)
+    assert r.exit_code == 2, r.stdout
+    err = " ".join(r.stderr.split())
+    assert (f"refusing to flash: the build is for 8MB of flash (gendertool-build.json) but the chip on {loader.url} "
+            "reports 4MB; build for this board's flash; pass --force to write anyway") in err  # fmt: skip
+    assert loader.saw("SYNC") and _wrote_nothing(loader)  # asked the chip, wrote nothing
+
+
+def test_image_past_the_end_of_the_chips_flash_is_refused(cli, rom, build, monkeypatch):
+    data = json.loads((build / build_manifest.MANIFEST_NAME).read_text())
+    data["flash"]["size"] = "keep"  # no size in the manifest: the images' end is what is checked
+    data["images"][2]["offset"] = 0x3F0000
+    (build / build_manifest.MANIFEST_NAME).write_text(json.dumps(data))
+    loader = rom()
+    monkeypatch.setattr(mock_protocol, "MOCK_FLASH_ID", FLASH_ID_4MB)
+    r = cli("flash", "--port", loader.url, "--build", build)
+    assert r.exit_code == 2
+    err = " ".join(r.stderr.split())
+    assert f"refusing to flash: app ends at {0x3F0000 + IMAGES['app'][1]:#x}, beyond the 4MB of flash the chip on {loader.url} reports" in err
+    assert _wrote_nothing(loader)
+
+
+def test_force_writes_what_the_checks_refuse_and_says_so(cli, rom, build, monkeypatch):
+    junk = random.Random(7).randbytes(21_000).replace(b"\xe9", b"\x00", 1)
+    (build / "bootloader.bin").write_bytes(junk)
+    loader = rom()
+    monkeypatch.setattr(mock_protocol, "MOCK_FLASH_ID", FLASH_ID_4MB)
+    r = cli("flash", "--port", loader.url, "--build", build, "--force")
+    assert r.exit_code == 0, r.stderr
+    err = " ".join(r.stderr.split())
+    assert "--force: writing it anyway: bootloader" in err and "--force: writing anyway: the build is for 8MB" in err
+    assert loader.read(0, len(junk)) == junk  # written as it is: esptool did not touch a non-image header
+    assert "forced past the image and flash-size checks" in r.stdout
+
+
+# --------------------------------------------------------------------------- erase (issue 20, item 8)
+
+
+def test_erase_wipes_the_whole_flash_through_esptool(cli, rom, build):
+    loader = rom()
+    assert cli("flash", "--port", loader.url, "--build", build).exit_code == 0
+    assert bytes(loader.flash.data) != b"\xff" * FLASH_BYTES
+    loader.commands.clear()
+    r = cli("erase", "--port", loader.url)
+    assert r.exit_code == 0, r.stderr
+    assert bytes(loader.flash.data) == b"\xff" * FLASH_BYTES
+    assert loader.saw("SYNC", "MEM_BEGIN", "ERASE_FLASH")  # esptool's erase-flash, through the stub
+    out = " ".join(r.stdout.split())
+    assert f"erased the whole flash of ESP32-S3" in out and loader.url in out and "reset: hard-reset" in out
+
+
+def test_erase_refuses_the_virtual_device_and_an_empty_socket(cli):
+    from conftest import closed_port_url
+
+    r = cli("erase", "--port", "sim")
+    assert r.exit_code == 2 and "cannot erase sim: the virtual device has no flash" in r.stderr
+    url = closed_port_url()
+    r = cli("erase", "--port", url)
+    assert r.exit_code == 2 and f"nothing answers at {url} (connection refused)" in " ".join(r.stderr.split())

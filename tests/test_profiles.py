@@ -283,6 +283,19 @@ def test_model_list(cli):
     assert doc["cache_dir"] == str(profiles.cache_dir())
 
 
+def test_model_list_shows_the_shipped_default_model(cli):
+    """issue 20, item 9: the model used without --model is listed, first, as shipped."""
+    shipped = profiles.default_model_path()
+    r = cli("model", "list")
+    assert r.exit_code == 0
+    first = next(line for line in r.stdout.splitlines() if "female, male" in line)
+    assert f"{shipped.stem} (default)" in first and "shipped" in first
+    doc = json.loads(cli("model", "list", "--json").stdout)
+    assert doc["default"]["name"] == shipped.stem and doc["default"]["path"] == str(shipped)
+    assert doc["default"]["checksum"] == f"md5:{profiles.file_digest(shipped)}" and doc["default"]["labels"] == ["female", "male"]
+    assert [p["name"] for p in doc["profiles"]] == ["seeed-gender"]  # the registered ones, as before
+
+
 def test_model_pull_unknown_profile(cli):
     r = cli("model", "pull", "nope")
     assert r.exit_code == 2

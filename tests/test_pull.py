@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import functools
 import hashlib
 import socket
@@ -86,7 +88,7 @@ def test_pull_success_then_usable_as_model(cli, server, monkeypatch):
     assert handler.requests == ["/model.tflite"] * 2
 
     r = cli("model", "list", "--json")
-    assert '"cached": true' in r.stdout
+    assert [p["cached"] for p in json.loads(r.stdout)["profiles"] if p["name"] == "seeed-gender"] == [True]
 
 
 def test_pull_api_reports_progress(server, monkeypatch):

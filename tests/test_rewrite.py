@@ -7,6 +7,8 @@ import json
 import numpy as np
 import pytest
 
+from gendertool.model.flatbuffer import parse_model
+
 from gendertool.model import espnn
 from gendertool.errors import ModelError
 from gendertool.model.rewrite import explicit_conv_padding
@@ -14,7 +16,7 @@ from tflite_fab import tiny_model, unpack
 
 
 def _flagged(data: bytes) -> list[int]:
-    return [e.node for e in espnn.model_scratch(data) if e.problem == espnn.READS_PAST_INPUT]
+    return [e.node for e in espnn.model_scratch(parse_model(data)) if e.problem == espnn.READS_PAST_INPUT]
 
 
 def _same_outputs(a: bytes, b: bytes, n: int = 32) -> bool:

@@ -1,4 +1,4 @@
-"""gendertool.transport: every opening failure is one clear DeviceError; vanish + reconnect."""
+"""gendertool.device.transport: every opening failure is one clear DeviceError; vanish + reconnect."""
 
 from __future__ import annotations
 

@@ -23,6 +23,7 @@ from . import (  # noqa: F401,E402
     model,
     monitor,
     ports,
+    run,
     sim,
     validate,
 )

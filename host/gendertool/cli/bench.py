@@ -14,6 +14,7 @@ import typer
 from gendertool.present.bench import (
     present_bench,
     present_boards,
+    present_calibration_point,
     present_compare,
     present_estimate,
     present_matrix,
@@ -22,7 +23,7 @@ from gendertool.present.bench import (
 from gendertool.present.console import console, err_console
 from gendertool.text import count
 
-from .options import port_option, resolve_ports
+from .options import complete_bench_inputs, complete_boards, complete_models, port_option, resolve_ports
 from .root import EXIT_USER_ERROR, app, print_error
 
 if TYPE_CHECKING:
@@ -36,16 +37,19 @@ def bench_cmd(
     n: int = typer.Option(200, "-n", "--runs", help="Timed runs, each preprocessing + Invoke() (1..10000)."),
     warmup: int = typer.Option(10, "--warmup", help="Untimed runs before timing (0..1000)."),
     input_source: str = typer.Option(
-        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed)."
+        "sample", "--input", metavar="sample|camera", help="Input to run on: sample (a built-in image) or camera (a new frame per run; capture not timed).",
+        autocompletion=complete_bench_inputs,
     ),
     profile: bool = typer.Option(False, "--profile", help="Also time every operator of one Invoke()."),
     out: Path = typer.Option(Path("out/bench"), "--out", "-o", help="Folder for bench.json and the PNG plots."),
     compare: Optional[Path] = typer.Option(None, "--compare", help="An earlier bench.json: show deltas and the speed-up."),
     matrix: bool = typer.Option(False, "--matrix", help="Build, flash and bench every firmware variant on the board."),
     model: Optional[str] = typer.Option(
-        None, "--model", "-m", help="Model for --matrix builds and for the latency estimate (default: the shipped model)."
+        None, "--model", "-m", help="Model for --matrix builds and for the latency estimate (default: the shipped model).",
+        autocompletion=complete_models,
     ),
-    board: Optional[str] = typer.Option(None, "--board", help="Board for --matrix builds (default: xiao_esp32s3)."),
+    board: Optional[str] = typer.Option(None, "--board", "-b", help="Board for --matrix builds (default: xiao_esp32s3).",
+                                         autocompletion=complete_boards),
     variant: list[str] = typer.Option([], "--variant", help="With --matrix: only these variants (repeatable; default: all)."),
     plots: bool = typer.Option(True, "--plots/--no-plots", help="Write PNG plots next to bench.json."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout (every board's bench.json, paths, compare)."),
@@ -93,9 +97,16 @@ def bench_cmd(
     if as_json:
         _print_json(results, written, old)
     else:
+        info, load_error = _model_for_estimate(model, results)
         for r in results:
             present_bench(r, console)
-            present_estimate(r, model, console)
+            measured = present_estimate(r, info, console, load_error=load_error)
+            if measured is not None:
+                from gendertool.device.bench_results import save_calibration
+
+                point = save_calibration(r, info, measured)
+                if point is not None:
+                    present_calibration_point(point, console)
             if old is not None and r.samples:
                 present_compare(old, r, console)
         if len(results) > 1:
@@ -104,6 +115,19 @@ def bench_cmd(
             present_paths(r, written[id(r)], console)
     if failed or unwritten:
         raise typer.Exit(EXIT_USER_ERROR)  # said above, before the results it still shows
+
+
+def _model_for_estimate(model: Optional[str], results: list["BenchResult"]):
+    """The model loaded once for every board's estimate comparison: (ModelInfo or None, why not)."""
+    if all(r.simulated or not r.samples for r in results):
+        return None, ""
+    from gendertool.errors import GendertoolError
+    from gendertool.model.info import load_model
+
+    try:
+        return load_model(model, measure_arena=False), ""
+    except GendertoolError as exc:  # the bench results are in; a bad --model only costs the comparison
+        return None, str(exc)
 
 
 def _write_bundle(path: Path, results: list["BenchResult"]) -> None:

@@ -11,7 +11,9 @@ from typing import Optional
 import typer
 
 from gendertool.present.console import console, err_console
+from gendertool.project.manifest import DEFAULT_BUILD_DIR
 
+from .options import complete_backends, complete_boards, complete_inputs, complete_models
 from .root import app
 
 # Toolchain lines kept on screen under the progress line.
@@ -26,11 +28,15 @@ HEARTBEAT_S = 5.0
 
 @app.command("build")
 def build(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
-    board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...)."),
-    out: Path = typer.Option(Path("build"), "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
-    backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3)."),
-    input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model).",
+                                         autocompletion=complete_models),
+    board: str = typer.Option("xiao_esp32s3", "--board", "-b", help="Target board (xiao_esp32s3, xiao_esp32s3_sense, ...).",
+                             autocompletion=complete_boards),
+    out: Path = typer.Option(DEFAULT_BUILD_DIR, "--out", "-o", help="Folder for the rendered project, its build and the manifest."),
+    backend: str = typer.Option("pio", "--backend", metavar="pio|idf", help="pio (PlatformIO, espressif32 @ 6.13.0) or idf (idf.py, ESP-IDF v5.5.3).",
+                                autocompletion=complete_backends),
+    input_source: str = typer.Option("sample", "--input", metavar="sample|upload|camera", help="Default input source: sample, upload or camera (Sense board).",
+                                     autocompletion=complete_inputs),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
     no_compile: bool = typer.Option(False, "--no-compile", help="Only render the project (offline, deterministic)."),
     jobs: Optional[int] = typer.Option(None, "--jobs", "-j", help="Parallel compile jobs (PlatformIO)."),
@@ -184,6 +190,13 @@ class _BuildView:
             err_console.print(line, markup=False, highlight=False, soft_wrap=True)
 
 
+def _arena_text(memory) -> str:
+    """Where the arena goes and the internal-RAM margin, e.g. 'internal RAM (239,616 bytes); internal
+    RAM: about 230,218 bytes for the arena, 9,398 short (...)'."""
+    where = {"internal": "internal RAM", "psram": "PSRAM"}.get(memory.arena_region or "", "nowhere")
+    return f"{memory.arena_bytes:,} bytes in {where}; {memory.margin_text()}"
+
+
 def _present(result) -> None:
     from gendertool.present.tables import format_bytes, kv_table
 
@@ -193,6 +206,8 @@ def _present(result) -> None:
         ("model", f"{result.model_name} (sha256 {result.model_sha256[:12]})"),
         ("files", f"{len(result.written)} written, {len(result.unchanged)} unchanged"),
     ]
+    if result.memory is not None:
+        rows.append(("arena", _arena_text(result.memory)))
     if not result.compiled:
         rows.append(("compiled", "no (--no-compile)"))
         console.print(kv_table(rows, title="rendered"))

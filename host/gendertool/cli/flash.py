@@ -9,7 +9,7 @@ import typer
 
 from gendertool.present.console import console, err_console
 
-from .options import port_option, resolve_ports
+from .options import AFTER_CHOICES, BEFORE_CHOICES, complete_after, complete_before, complete_dirs, port_option, resolve_ports
 from .root import app
 
 if TYPE_CHECKING:
@@ -22,13 +22,34 @@ def flash_cmd(
         several=True, kinds="Serial port of the board (flashed in parallel with the others)"
     ),
     build: Optional[Path] = typer.Option(
-        None, "--build", "-b", help="Build folder holding gendertool-build.json (default: ./build)."
+        None, "--build", help="Build folder holding gendertool-build.json (default: ./build).", autocompletion=complete_dirs
     ),
     baud: int = typer.Option(460800, "--baud", help="Baud rate after the flasher stub is running."),
     merged: bool = typer.Option(False, "--merged", help="Write the single merged image instead of the separate ones."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
+    force: bool = typer.Option(
+        False, "--force",
+        help="Write even what is refused: files that are not ESP32-S3 images, a build for more flash than the chip has "
+        "(also esptool's --force: its own safety checks are skipped)."),
+    no_verify: bool = typer.Option(
+        False, "--no-verify",
+        help="Skip the second read-back of every region (esptool still checks each image's MD5 right after writing it)."),
+    before: str = typer.Option(
+        "auto", "--before", metavar="MODE", autocompletion=complete_before,
+        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
+        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
+    after: str = typer.Option(
+        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
+        help=f"esptool's reset after writing: {', '.join(AFTER_CHOICES)} (hard-reset starts the app; no-reset stays in the loader)."),
 ) -> None:
     """Write a build (bootloader, partition table, app) to an ESP32-S3, verify it and reset into the app."""
+    flash_build(port, build, baud=baud, merged=merged, verbose=verbose,
+                force=force, verify=not no_verify, before=before, after=after)
+
+
+def flash_build(port: list[str], build: Optional[Path], *, baud: int, merged: bool = False, verbose: bool = False,
+                **options) -> None:
+    """`flash` itself (also the flash step of `run`): plan, write, present; errors raise."""
     from gendertool.device.flash import flash, flash_boards
     from gendertool.project.manifest import plan_flash
 
@@ -38,13 +59,13 @@ def flash_cmd(
         view = _RichFlashReporter(verbose)
         try:
             with view as reporter:
-                result = flash(plan, ports[0], baud=baud, reporter=reporter)
+                result = flash(plan, ports[0], baud=baud, reporter=reporter, **options)
         except KeyboardInterrupt:
             raise _flash_interrupted(ports[0], view.stage, view.written()) from None
         _present_flash(result)
         return
     with _BoardsFlashProgress(ports, plan, verbose) as progress:
-        boards = flash_boards(plan, ports, baud=baud, reporter_for=progress.reporter_for)
+        boards = flash_boards(plan, ports, baud=baud, reporter_for=progress.reporter_for, **options)
         progress.finish(boards)
     _present_boards(boards, plan)
     failed = [b for b in boards if not b.ok]
@@ -53,6 +74,38 @@ def flash_cmd(
 
         names = "; ".join(f"{b.port}: {b.error}" for b in failed)
         raise DeviceError(f"flashing failed on {len(failed)} of {len(boards)} boards: {names}")
+
+
+@app.command("erase")
+def erase_cmd(
+    port: Optional[str] = port_option(kinds="Serial port of the board"),
+    before: str = typer.Option(
+        "auto", "--before", metavar="MODE", autocompletion=complete_before,
+        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
+        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
+    after: str = typer.Option(
+        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
+        help=f"esptool's reset when done: {', '.join(AFTER_CHOICES)}."),
+    force: bool = typer.Option(False, "--force", help="esptool's --force: skip its flash-encryption and secure-boot checks."),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
+) -> None:
+    """Erase the board's whole flash (esptool's erase-flash): firmware, partition table, NVS; `flash` writes it again."""
+    from gendertool.device.flash import erase
+    from gendertool.present.tables import format_duration
+
+    (port,) = resolve_ports([port] if port else [], several=False)
+    view = _RichFlashReporter(verbose)
+    try:
+        with view as reporter, err_console.status(f"erasing the flash of {port}..."):
+            result = erase(port, before=before, after=after, force=force, reporter=reporter)
+    except KeyboardInterrupt:
+        from gendertool.errors import Interrupted
+
+        state = ("the flash may be partly erased: run `gendertool erase` or `gendertool flash` again"
+                 if view.stage in ("erasing", "resetting") else "nothing was erased")
+        raise Interrupted(f"{port}: stopped while {view.stage}; {state}") from None
+    console.print(f"erased the whole flash of {result.description} on {result.port} (MAC {result.mac}) "
+                  f"in {format_duration(result.seconds)}; reset: {result.reset_mode}")
 
 
 class _RichFlashReporter:
@@ -146,11 +199,16 @@ def _present_flash(result: "FlashResult") -> None:
     for img in result.images:
         table.add_row(img.name, f"{img.offset:#08x}", format_bytes(img.size), str(img.path))
     console.print(table)
+    done = "wrote and verified" if result.verified else "wrote (MD5 per image; second read-back skipped: --no-verify)"
+    reset = {"no-reset": "left in the ROM loader", "no-reset-stub": "left in the flasher stub",
+             "soft-reset": "soft reset"}.get(result.reset_mode, "reset into the app")
     console.print(
-        f"wrote and verified {format_bytes(result.bytes_written)} in {format_duration(result.write_seconds)} "
+        f"{done} {format_bytes(result.bytes_written)} in {format_duration(result.write_seconds)} "
         f"({format_bytes(result.throughput)}/s); total {format_duration(result.total_seconds)}; "
-        f"reset into the app ({result.reset_mode})"
+        f"{reset} ({result.reset_mode})"
     )
+    if result.forced:
+        console.print("--force: forced past the image and flash-size checks; the warnings above say what they found")
 
 
 class _BoardsFlashProgress:

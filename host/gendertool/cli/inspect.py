@@ -9,15 +9,16 @@ import typer
 from gendertool.cli.options import MODEL_HELP
 from gendertool.present.console import console
 
-from .options import reject_flag_value
+from .options import complete_boards, complete_models, reject_flag_value
 from .root import app
 
 
 @app.command()
 def inspect(
-    model: Optional[str] = typer.Argument(None, help=MODEL_HELP, show_default=False),
+    model: Optional[str] = typer.Argument(None, help=MODEL_HELP, show_default=False, autocompletion=complete_models),
     as_json: bool = typer.Option(False, "--json", help="Print JSON on stdout instead of tables."),
-    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3)."),
+    board: Optional[str] = typer.Option(None, "--board", "-b", help="Target board for the size check (default: xiao_esp32s3).",
+                                         autocompletion=complete_boards),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated class labels overriding the model's own."),
     arena: bool = typer.Option(True, "--arena/--no-arena", help="Measure the tensor arena on the TFLM host runtime."),
 ) -> None:
@@ -143,7 +144,8 @@ def _memory_text(memory) -> str:
     where = {"internal": "internal RAM", "psram": "PSRAM"}[memory.arena_region]
     room = memory.internal_bytes if memory.arena_region == "internal" else memory.psram_bytes
     text = (f"arena in {where} ({memory.arena_bytes:,} of about {room:,} bytes); "
-            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes")  # fmt: skip
+            f"PSRAM in use {memory.psram_used:,} of {memory.psram_bytes:,} bytes; "
+            f"{escape(memory.margin_text())}")  # fmt: skip
     for warning in memory.warnings:
         text += f"\n[yellow]warning:[/] {escape(warning)}"
     return text

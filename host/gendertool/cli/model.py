@@ -8,7 +8,7 @@ import typer
 
 from gendertool.present.console import console, err_console
 
-from .options import reject_flag_value
+from .options import complete_models, complete_profiles, reject_flag_value
 from .root import HonestTyper, app
 
 model_app = HonestTyper(
@@ -20,18 +20,19 @@ app.add_typer(model_app, name="model")
 
 @model_app.command("pull")
 def pull(
-    name: str = typer.Argument(..., help="Profile name, e.g. seeed-gender (see `gendertool model list`)."),
+    name: str = typer.Argument(..., help="Profile name, e.g. seeed-gender (see `gendertool model list`).",
+                              autocompletion=complete_profiles),
     force: bool = typer.Option(False, "--force", help="Download again even when a verified copy is cached."),
 ) -> None:
     """Download a registered model, verify its published checksum and cache it for --model NAME."""
     from rich.markup import escape
     from rich.progress import BarColumn, DownloadColumn, Progress, TransferSpeedColumn
 
-    from gendertool.model import sources as profiles
+    from gendertool.model import sources
 
-    profile = profiles.get_profile(name)
-    if not force and profiles.is_cached(name):
-        console.print(f"{name}: already cached at {escape(str(profiles.cached_path(name)))} ({profile.checksum} verified)")
+    profile = sources.get_profile(name)
+    if not force and sources.is_cached(name):
+        console.print(f"{name}: already cached at {escape(str(sources.cached_path(name)))} ({profile.checksum} verified)")
         return
     with Progress(
         "[progress.description]{task.description}",
@@ -42,7 +43,7 @@ def pull(
         transient=True,
     ) as bar:
         task = bar.add_task(f"{name} from {profile.host}", total=None)
-        path = profiles.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
+        path = sources.pull_model(name, force=force, progress=lambda done, total: bar.update(task, completed=done, total=total))
     console.print(f"{name}: downloaded to {escape(str(path))} ({profile.checksum} verified)")
     if profile.note:
         console.print(f"note: {profile.note}")
@@ -52,14 +53,28 @@ def pull(
 def list_(
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:
-    """List the registered model profiles and whether each is cached."""
+    """List the shipped default model (used without --model) and the registered profiles, and whether each is cached."""
     from rich.markup import escape
     from rich.table import Table
 
-    from gendertool.model import sources as profiles
+    from gendertool.model import sources
 
-    rows = []
-    for p in profiles.PROFILES.values():
+    shipped = sources.resolve(None)
+    rows = [
+        {
+            "name": shipped.name,
+            "description": "shipped with gendertool: the model used when --model is not given",
+            "url": None,
+            "checksum": f"md5:{sources.file_digest(shipped.path)}",
+            "labels": list(shipped.labels),
+            "preprocessing": shipped.preprocessing.to_dict(),
+            "cached": True,
+            "path": str(shipped.path),
+            "note": None,
+            "default": True,
+        }
+    ]
+    for p in sources.PROFILES.values():
         rows.append(
             {
                 "name": p.name,
@@ -68,25 +83,27 @@ def list_(
                 "checksum": p.checksum,
                 "labels": list(p.labels),
                 "preprocessing": p.preprocessing.to_dict(),
-                "cached": profiles.is_cached(p.name),
-                "path": str(profiles.cached_path(p.name)),
+                "cached": sources.is_cached(p.name),
+                "path": str(sources.cached_path(p.name)),
                 "note": p.note,
+                "default": False,
             }
         )
-    if as_json:
-        console.print_json(json.dumps({"cache_dir": str(profiles.cache_dir()), "profiles": rows}))
+    if as_json:  # the shipped model apart: "profiles" stays the registered, downloadable ones
+        doc = {"cache_dir": str(sources.cache_dir()), "default": rows[0], "profiles": rows[1:]}
+        console.print_json(json.dumps(doc))
         return
-    table = Table(title=f"model profiles (cache: {escape(str(profiles.cache_dir()))})")
+    table = Table(title=f"models (pulled profiles are cached in {escape(str(sources.cache_dir()))})")
     for col in ("name", "labels", "channels", "mean / std", "cached", "description"):
         table.add_column(col)
     for r in rows:
         pre = r["preprocessing"]
         table.add_row(
-            r["name"],
+            f"{r['name']} (default)" if r["default"] else r["name"],
             ", ".join(r["labels"]),
             pre["channel_order"].upper(),
             f"{tuple(pre['mean'])} / {tuple(pre['std'])}",
-            "yes" if r["cached"] else "no",
+            "shipped" if r["default"] else ("yes" if r["cached"] else "no"),
             r["description"],
         )
     console.print(table)
@@ -97,7 +114,7 @@ def list_(
 
 @model_app.command("fix-padding")
 def fix_padding(
-    model: str = typer.Argument(..., help="A .tflite path or a profile name."),
+    model: str = typer.Argument(..., help="A .tflite path or a profile name.", autocompletion=complete_models),
     output: str = typer.Option(..., "--output", "-o", metavar="PATH", help="The rewritten .tflite (a sidecar .json is written beside it)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout."),
 ) -> None:

@@ -10,7 +10,7 @@ import typer
 from gendertool.present.console import console, err_console
 from gendertool.protocol import arena_warning
 
-from .options import port_option, resolve_ports
+from .options import complete_bench_inputs, complete_dirs, port_option, resolve_ports
 from .root import app
 
 if TYPE_CHECKING:
@@ -30,8 +30,10 @@ def monitor_cmd(
         10.0, "--timeout", "-t", help="Seconds to wait for a vanished port to return, or for a silent device, before giving up."
     ),
     elf: Optional[Path] = typer.Option(None, "--elf", help="Firmware ELF for decoding panic backtraces (default: from the build manifest)."),
-    build: Optional[Path] = typer.Option(None, "--build", "-b", help="Build folder whose manifest names the ELF (default: ./build if present)."),
-    source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera."),
+    build: Optional[Path] = typer.Option(None, "--build", help="Build folder whose manifest names the ELF (default: ./build if present).",
+                                         autocompletion=complete_dirs),
+    source: Optional[str] = typer.Option(None, "--source", metavar="sample|camera", help="Input source to select on the device: sample or camera.",
+                                         autocompletion=complete_bench_inputs),
     panic: bool = typer.Option(False, "--panic", help="Test the panic decoding: once connected, make the device abort (it reboots); see docs/first-board-run.md."),
     no_record_timeout: float = typer.Option(
         10.0, "--no-record-timeout",

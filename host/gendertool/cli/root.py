@@ -28,7 +28,7 @@ class _Group(TyperGroup):
 # Option metavars that say more than the type would (PATH, N, TEXT).
 _METAVARS = {
     "--images": "DIR", "--out": "DIR", "--build": "DIR", "--listen": "HOST:PORT", "--timeout": "SECONDS",
-    "--min-parity": "PERCENT", "--labels": "LABEL,LABEL", "--period-ms": "MS",
+    "--min-parity": "PERCENT", "--labels": "LABEL,LABEL", "--period-ms": "MS", "--no-record-timeout": "SECONDS",
     "--reply-delay-ms": "MS",
 }
 
@@ -60,7 +60,25 @@ def _honest(params: list) -> list:
     for p in params:
         if p.metavar is None:
             p.metavar = _metavar(p)
+        if p.param_type_name == "argument":
+            # an argument's name already says what it takes: no "<str>" after it in the help,
+            # and the usage line reads `model pull NAME` (optional ones stay `[MODEL]`), not `{NAME}`
+            p.display_type_rich = _no_type
+            p._usage_display_name = _usage_name(p)
     return params
+
+
+def _no_type(*_args: Any, **_kwargs: Any) -> None:
+    return None
+
+
+def _usage_name(param: Any):
+    def name() -> str:
+        shown = param.metavar or param.name.upper()
+        shown = shown if param.required else f"[{shown}]"
+        return shown + ("..." if param.nargs != 1 else "")
+
+    return name
 
 
 class HonestCommand(typer.core.TyperCommand):

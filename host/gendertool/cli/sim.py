@@ -10,6 +10,7 @@ import typer
 from gendertool.errors import GendertoolError
 from gendertool.present.console import err_console
 
+from .options import complete_models
 from .root import app
 
 
@@ -22,7 +23,8 @@ def _parse_listen(listen: str) -> tuple[str, int]:
 
 @app.command()
 def sim(
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: a .tflite file or a pulled profile name (default: the shipped default model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model: a .tflite file or a pulled profile name (default: the shipped default model).",
+                                         autocompletion=complete_models),
     listen: str = typer.Option("127.0.0.1:7420", "--listen", help="HOST:PORT to serve on (port 0 picks a free one)."),
     period_ms: int = typer.Option(200, "--period-ms", min=0, max=60000, help="Time between continuous results."),
     no_autostart: bool = typer.Option(False, "--no-autostart", help="Boot without streaming results (like APP_AUTOSTART off)."),

@@ -13,7 +13,7 @@ from gendertool.present.bench import ms_text, sim_prefix
 from gendertool.present.console import console, err_console
 from gendertool.text import count
 
-from .options import port_option, resolve_ports
+from .options import complete_models, port_option, resolve_ports
 from .root import app
 
 if TYPE_CHECKING:
@@ -38,7 +38,8 @@ DEVICE_REPORT = Path("out/validate/device.json")
 @app.command("validate")
 def validate(
     images: Path = typer.Option(..., "--images", "-i", help="Folder with one sub-folder of images per label."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model)."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model file or profile name (default: the shipped model).",
+                                         autocompletion=complete_models),
     labels: Optional[str] = typer.Option(None, "--labels", help="Comma-separated labels overriding the model's, e.g. female,male."),
     kernels: list[str] = typer.Option(
         ["reference"],
@@ -55,7 +56,7 @@ def validate(
     port: list[str] = port_option(several=True, envvar=False, default="(default: validate on this computer only)"),
     min_parity: float = typer.Option(100.0, "--min-parity", help="With --port: fail below this % of bit-exact images."),
     out: Optional[Path] = typer.Option(
-        None, "--out", "-o",
+        None, "--out", "-o", metavar="FILE",
         help=f"Report file (JSON, every image), written atomically and kept on Ctrl-C or a lost board "
              f"(default with --port: {DEVICE_REPORT}; without: none)."),
 ) -> None:

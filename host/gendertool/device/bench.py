@@ -10,6 +10,9 @@ returned objects.
 
 from __future__ import annotations
 
+import platform
+import sys
+
 import json
 import os
 import re
@@ -21,6 +24,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from gendertool import __version__
 from gendertool.device.bench_results import (
     BENCH_JSON,
     KIND,
@@ -172,11 +176,6 @@ def report_bundle(results: Sequence[BenchResult], argv: Sequence[str]) -> dict:
     """One JSON document a user can send back (docs/first-board-run.md): per board, bench.json
     as written (hello with arena placement and heaps, self-test, samples, device summary,
     profile) plus the device's log lines and the link counters; and this computer's versions."""
-    import platform
-    import sys
-
-    from gendertool import __version__
-
     return {
         "kind": REPORT_KIND,
         "schema": 1,

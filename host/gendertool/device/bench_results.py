@@ -9,7 +9,10 @@ from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from gendertool import __version__
+from gendertool.boards import BOARDS
 from gendertool.errors import GendertoolError
+from gendertool.model.estimate import save_calibration_point
+from gendertool.project.memory import internal_budget
 from gendertool.stats import STAT_KEYS, Stats, latency_stats
 
 SCHEMA = 2  # 2: every sample holds pre_us + invoke_us (1 had Invoke()-only samples plus a few "runs")
@@ -175,6 +178,7 @@ class BenchResult:
             },
             "device": dev,
             "memory": self.memory,
+            "internal_ram_calibration": internal_ram_calibration(dev, self.simulated),
             "selftest": self.selftest,
             "request": {"n": self.n, "warmup": self.warmup, "input": self.input},
             "started": self.started,
@@ -218,6 +222,22 @@ class BenchResult:
             variant_options=dict(fw.get("options", {})),
             path=path,
         )
+
+
+def internal_ram_calibration(hello: dict, simulated: bool = False) -> dict:
+    """The board's free internal heap once the arena and every boot allocation are made (the hello's
+    ``heap_internal``) beside the host's internal-RAM budget for that board (project.memory,
+    estimated before a build): what the first run on a board calibrates the budget with."""
+    free = hello.get("heap_internal")
+    board = BOARDS.get(str(hello.get("board", "")))
+    return {
+        "board_free_after_allocation_bytes": None if simulated or free is None else int(free),
+        "arena_bytes": hello.get("arena_bytes"),
+        "host_budget": internal_budget(board).to_dict() if board is not None else None,
+        "note": ("board_free_after_allocation_bytes counts every internal heap (the startup-stack region and the "
+                 "PSRAM DMA pool too); host_budget.for_arena_bytes is the largest arena the host expects "
+                 "internal RAM to take (a virtual device reports no heap)"),
+    }
 
 
 def memory_report(hello: dict) -> dict:
@@ -290,3 +310,13 @@ def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:
     if "fps" in so and "fps" in sn:
         rows.append(CompareRow("fps", "", so["fps"], sn["fps"]))
     return rows
+
+
+def save_calibration(r: BenchResult, info: Any, measured_ms: float) -> Path | None:
+    """Write the calibration point of a board's measured Invoke() mean beside its bench.json
+    (``info``: the ModelInfo the board runs, with its latency estimate). None without a file."""
+    if r.path is None or info.latency is None:
+        return None
+    conditions = (f"gendertool bench, {r.completed} runs, firmware {r.device.get('fw', '?')}, "
+                  f"CPU {r.device.get('cpu_mhz', '?')} MHz")
+    return save_calibration_point(r.path.parent, f"{info.name} on {r.board}", measured_ms, info.latency, conditions)

@@ -10,6 +10,11 @@ from typing import Any, Iterator
 
 from gendertool.project.manifest import FlashImage
 
+# esptool's own reset choices (its --before / --after); "auto" (ours) picks usb-reset on the
+# native USB-Serial-JTAG port and default-reset on a UART bridge.
+BEFORE_CHOICES = ("auto", "default-reset", "usb-reset", "no-reset", "no-reset-no-sync")
+AFTER_CHOICES = ("hard-reset", "soft-reset", "no-reset", "no-reset-stub", "watchdog-reset")
+
 # --------------------------------------------------------------------------- esptool logging bridge
 
 

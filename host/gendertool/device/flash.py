@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
-from gendertool.device.esptool_log import FlashReporter, esptool_logger
+from gendertool.device.esptool_log import AFTER_CHOICES, BEFORE_CHOICES, FlashReporter, esptool_logger
 from gendertool.device.ports import is_usb_jtag, resolve_port
 from gendertool.device.transport import check_port_list, run_parallel
-from gendertool.errors import DeviceError, GendertoolError
+from gendertool.errors import BuildError, DeviceError, GendertoolError
+from gendertool.project.images import image_problems
 from gendertool.project.manifest import REQUIRED_CHIP, FlashImage, FlashPlan
 
 DEFAULT_BAUD = 460800
@@ -28,6 +29,7 @@ DEFAULT_BAUD = 460800
 CONNECT_MODE_USB = "usb-reset"
 CONNECT_MODE_UART = "default-reset"
 AFTER_MODE = "hard-reset"
+FORCE_HINT = "pass --force to write anyway (esptool's --force: its safety and content checks are skipped too)"
 
 PERMISSION_HINT = (
     "add your user to the serial group and log in again: "
@@ -131,6 +133,8 @@ class FlashResult:
     connect_mode: str
     reset_mode: str
     log: list[str] = field(default_factory=list)
+    verified: bool = True  # the second read-back of every region ran (esptool's per-image MD5 always does)
+    forced: bool = False  # --force overrode a refusal (the warnings said which)
 
     @property
     def throughput(self) -> float:
@@ -148,6 +152,65 @@ def check_flashable(port: str, baud: int) -> None:
         raise DeviceError(f"--baud must be positive, got {baud}")
 
 
+def check_reset_modes(before: str, after: str) -> None:
+    if before not in BEFORE_CHOICES:
+        raise DeviceError(f"--before must be one of {', '.join(BEFORE_CHOICES)}, not {before!r}")
+    if after not in AFTER_CHOICES:
+        raise DeviceError(f"--after must be one of {', '.join(AFTER_CHOICES)}, not {after!r}")
+
+
+def check_images(plan: FlashPlan, *, force: bool = False, reporter: FlashReporter | None = None) -> bool:
+    """Refuse a plan whose bootloader, app or partition table is not one (esptool's image reader),
+    before any port is opened; with ``force`` say so and go on (True: a refusal was overridden)."""
+    problems = image_problems(plan.images)
+    if not problems:
+        return False
+    if force:
+        for problem in problems:
+            (reporter or FlashReporter()).warning(f"--force: writing it anyway: {problem}")
+        return True
+    raise BuildError(
+        f"refusing to flash: {'; '.join(problems)}; rebuild with `gendertool build`, or {FORCE_HINT}"
+    )
+
+
+def _flash_bytes(size: str) -> int | None:
+    from esptool.util import flash_size_bytes
+
+    if size in ("keep", "detect", ""):
+        return None
+    try:
+        return flash_size_bytes(size)
+    except Exception:  # noqa: BLE001 - esptool raises FatalError or ValueError for an unknown size
+        return None
+
+
+def check_flash_size(plan: FlashPlan, detected: str | None, port: str, *, force: bool, reporter: FlashReporter) -> bool:
+    """The flash size the chip reports (esptool's detect_flash_size) against the manifest's and
+    the images' ends: refuse a build that does not fit, unless ``force``."""
+    have = _flash_bytes(detected) if detected else None
+    problem = None
+    if have is None:
+        want = f"the {plan.flash_size} build fits" if plan.flash_size not in ("keep", "detect") else "the images fit"
+        problem = (f"the flash chip on {port} reports a size esptool does not know, "
+                   f"so gendertool cannot check that {want}")  # fmt: skip
+    else:
+        want = _flash_bytes(plan.flash_size)
+        end = max((img.offset + img.size for img in plan.images), default=0)
+        if want is not None and want > have:
+            problem = (f"the build is for {plan.flash_size} of flash ({plan.manifest_path.name}) but the chip on "
+                       f"{port} reports {detected}; build for this board's flash")  # fmt: skip
+        elif end > have:
+            last = max(plan.images, key=lambda img: img.offset + img.size)
+            problem = (f"{last.name} ends at {end:#x}, beyond the {detected} of flash the chip on {port} reports")
+    if problem is None:
+        return False
+    if force:
+        reporter.warning(f"--force: writing anyway: {problem}")
+        return True
+    raise DeviceError(f"refusing to flash: {problem}; {FORCE_HINT}")
+
+
 def flash(
     plan: FlashPlan,
     port: str | None = None,
@@ -155,17 +218,28 @@ def flash(
     baud: int = DEFAULT_BAUD,
     reporter: FlashReporter | None = None,
     port_finder: Callable[[], Sequence[str]] | None = None,
+    force: bool = False,
+    verify: bool = True,
+    before: str = "auto",
+    after: str = AFTER_MODE,
 ) -> FlashResult:
-    """Detect an ESP32-S3 on ``port``, write ``plan``'s images with verification, reset it."""
+    """Detect an ESP32-S3 on ``port``, write ``plan``'s images with verification, reset it.
+
+    ``before``/``after``: esptool's reset choices (``auto``: the USB or UART sequence by port);
+    ``verify=False`` skips the second read-back of every region (esptool still checks each
+    image's MD5 right after writing it); ``force``: write what the checks refuse (esptool's force).
+    """
     import serial
     from esptool import cmds
     from esptool.util import FatalError, NotImplementedInROMError
 
     reporter = reporter or FlashReporter()
+    forced = check_images(plan, force=force, reporter=reporter)
     port = resolve_port(port, port_finder)
     check_flashable(port, baud)
+    check_reset_modes(before, after)
 
-    connect_mode = CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART
+    connect_mode = before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
     t0 = time.monotonic()
     stage = "connecting"
     reporter.stage(stage)
@@ -175,16 +249,7 @@ def flash(
         except (FatalError, serial.SerialException, OSError) as exc:
             raise _explain(exc, port, "connecting") from None
         try:
-            chip = str(getattr(esp, "CHIP_NAME", "unknown"))
-            try:
-                description = esp.get_chip_description()
-            except (FatalError, serial.SerialException, OSError):  # the description is informational only
-                description = chip
-            if chip != REQUIRED_CHIP:
-                raise DeviceError(
-                    f"{port} has an {description} ({chip}), not an {REQUIRED_CHIP}; "
-                    "gendertool firmware only runs on the ESP32-S3: refusing to flash"
-                )
+            chip, description = _require_s3(esp, port, "flash")
             features = list(esp.get_chip_features())
             mac = ":".join(f"{b:02x}" for b in esp.read_mac())
 
@@ -201,6 +266,9 @@ def flash(
             stage = "attaching the flash"
             reporter.stage(stage)
             cmds.attach_flash(esp)
+            stage = "reading the flash size"
+            reporter.stage(stage)
+            forced = check_flash_size(plan, cmds.detect_flash_size(esp), port, force=force, reporter=reporter) or forced
             stage = "writing"
             reporter.stage(stage)
             t_write = time.monotonic()
@@ -211,23 +279,25 @@ def flash(
                 flash_mode=plan.flash_mode,
                 flash_size=plan.flash_size,
                 compress=True,
+                force=force,
             )
             # esptool checks an MD5 per image after writing; verify_flash re-reads the digest
             # of every region so a silently skipped check cannot pass as verified.
-            stage = "verifying"
-            reporter.stage(stage)
-            addr_data = [(img.offset, str(img.path)) for img in plan.images]
-            cmds.verify_flash(
-                esp,
-                addr_data,
-                flash_freq=plan.flash_freq,
-                flash_mode=plan.flash_mode,
-                flash_size=plan.flash_size,
-            )
+            if verify:
+                stage = "verifying"
+                reporter.stage(stage)
+                addr_data = [(img.offset, str(img.path)) for img in plan.images]
+                cmds.verify_flash(
+                    esp,
+                    addr_data,
+                    flash_freq=plan.flash_freq,
+                    flash_mode=plan.flash_mode,
+                    flash_size=plan.flash_size,
+                )
             write_seconds = time.monotonic() - t_write
             stage = "resetting"
             reporter.stage(stage)
-            cmds.reset_chip(esp, AFTER_MODE)
+            cmds.reset_chip(esp, after)
         except DeviceError:
             raise
         except (FatalError, serial.SerialException, OSError) as exc:
@@ -251,10 +321,92 @@ def flash(
         write_seconds=write_seconds,
         total_seconds=time.monotonic() - t0,
         connect_mode=connect_mode,
-        reset_mode=AFTER_MODE,
+        reset_mode=after,
         log=messages,
+        verified=verify,
+        forced=forced,
     )
 
+
+
+def _require_s3(esp, port: str, what: str) -> tuple[str, str]:
+    """The chip's name and description; a DeviceError when it is not an ESP32-S3."""
+    import serial
+    from esptool.util import FatalError
+
+    chip = str(getattr(esp, "CHIP_NAME", "unknown"))
+    try:
+        description = esp.get_chip_description()
+    except (FatalError, serial.SerialException, OSError):  # the description is informational only
+        description = chip
+    if chip != REQUIRED_CHIP:
+        raise DeviceError(
+            f"{port} has an {description} ({chip}), not an {REQUIRED_CHIP}; "
+            f"gendertool firmware only runs on the ESP32-S3: refusing to {what}"
+        )
+    return chip, description
+
+
+@dataclass
+class EraseResult:
+    port: str
+    description: str
+    mac: str
+    seconds: float
+    reset_mode: str
+
+
+def erase(
+    port: str | None = None,
+    *,
+    before: str = "auto",
+    after: str = AFTER_MODE,
+    force: bool = False,
+    reporter: FlashReporter | None = None,
+    port_finder: Callable[[], Sequence[str]] | None = None,
+) -> EraseResult:
+    """Erase the whole flash of the ESP32-S3 on ``port`` with esptool's erase_flash (through the
+    flasher stub, as esptool's erase-flash does); ``force`` is esptool's (its security checks)."""
+    import serial
+    from esptool import cmds
+    from esptool.util import FatalError
+
+    reporter = reporter or FlashReporter()
+    port = resolve_port(port, port_finder)
+    if port == "sim":
+        raise DeviceError("cannot erase sim: the virtual device has no flash; erase a real board's serial port")
+    check_reset_modes(before, after)
+    connect_mode = before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
+    t0 = time.monotonic()
+    stage = "connecting"
+    reporter.stage(stage)
+    with esptool_logger(reporter, ()):
+        try:
+            esp = cmds.detect_chip(port, connect_mode=connect_mode)
+        except (FatalError, serial.SerialException, OSError) as exc:
+            raise _explain(exc, port, "connecting") from None
+        try:
+            _, description = _require_s3(esp, port, "erase it")
+            mac = ":".join(f"{b:02x}" for b in esp.read_mac())
+            stage = "loading the flasher stub"
+            reporter.stage(stage)
+            esp = cmds.run_stub(esp)
+            stage = "erasing"
+            reporter.stage(stage)
+            cmds.erase_flash(esp, force=force)
+            stage = "resetting"
+            reporter.stage(stage)
+            cmds.reset_chip(esp, after)
+        except DeviceError:
+            raise
+        except (FatalError, serial.SerialException, OSError) as exc:
+            raise _explain(exc, port, stage) from None
+        finally:
+            try:
+                esp._port.close()
+            except OSError:
+                pass
+    return EraseResult(port, description, mac, time.monotonic() - t0, after)
 
 
 # --------------------------------------------------------------------------- several boards
@@ -280,6 +432,7 @@ def flash_boards(
     *,
     baud: int = DEFAULT_BAUD,
     reporter_for: Callable[[str], FlashReporter] | None = None,
+    **options,
 ) -> list[BoardFlash]:
     """Flash ``plan`` onto every board in ``ports`` at once (one thread each), in the order given.
 
@@ -288,6 +441,8 @@ def flash_boards(
     board is touched. An unexpected exception (a bug) is re-raised once every board is done.
     """
 
+    check_images(plan, force=options.get("force", False))
+    check_reset_modes(options.get("before", "auto"), options.get("after", AFTER_MODE))
     ports = check_port_list(ports)
     for port in ports:
         check_flashable(port, baud)
@@ -299,7 +454,7 @@ def flash_boards(
         reporter = reporter_for(port) if reporter_for is not None else FlashReporter()
         t0 = time.monotonic()
         try:
-            outcome.result = flash(plan, port, baud=baud, reporter=reporter)
+            outcome.result = flash(plan, port, baud=baud, reporter=reporter, **options)
         except GendertoolError as exc:
             outcome.error = str(exc)
         finally:

@@ -8,15 +8,16 @@ from typing import Any, Callable, Sequence
 
 from gendertool.device.bench import (
     Variant,
-    connect_when_booted,
-    open_client,
     check_request,
+    connect_when_booted,
     interrupted_note,
+    open_client,
     run_bench,
 )
 from gendertool.device.bench_results import BENCH_JSON, BenchResult
 from gendertool.device.flash import flash
 from gendertool.errors import GendertoolError, Interrupted
+from gendertool.model.info import load_model
 from gendertool.project.build import build
 from gendertool.project.manifest import plan_flash
 
@@ -75,11 +76,12 @@ def run_matrix(
         raise GendertoolError(f"--matrix flashes firmware: {port} is the virtual device, give a board's serial port")
     step = on_step or (lambda variant, message: None)
     connect = connect or open_client
+    info = load_model(model, board=board)  # decoded and checked once, built once per variant
     results: list[BenchResult] = []
     for v in variants:
         vdir = out_dir / v.name
         try:
-            built = build(model, board=board, out_dir=vdir / "project", input_source=input_source,
+            built = build(info, board=board, out_dir=vdir / "project", input_source=input_source,
                           options=dict(v.options), on_stage=lambda msg, _v=v.name: step(_v, msg))
             step(v.name, f"flashing {port}")
             flash(plan_flash(built.out_dir), port)

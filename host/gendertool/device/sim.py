@@ -16,8 +16,10 @@ swapped timings (``gendertool sim --fault NAME``).
 
 from __future__ import annotations
 
+import math
 import random
 import select
+import errno
 import socket
 import threading
 import time
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from gendertool import __version__
 from gendertool import protocol as p
 from gendertool.errors import DeviceError
-from gendertool.model.flatbuffer import op_macs, op_name, parse_model
+from gendertool.model.flatbuffer import op_macs, op_name
 from gendertool.model.info import ModelInfo, load_model
 from gendertool.model.preprocess import (
     crop_resize,
@@ -139,7 +141,7 @@ class SimDevice:
         self._rng = random.Random(self.faults.seed)
         self._samples = self.load_samples(samples)
         self._cache: dict[int, tuple] = {}
-        self._node_costs = _node_costs(self.model.data)
+        self._node_costs = _node_costs(self.model.graph)
         self.seq = 0
         self.source = "sample"
         self.running = autostart
@@ -660,12 +662,9 @@ def _tflm_version() -> str:
         return ""
 
 
-def _node_costs(data: bytes) -> list[tuple[str, int]]:
-    """(operator name, estimated cost) per node: MACs for conv/FC, output size otherwise."""
-    import math
-
-
-    model = parse_model(data)
+def _node_costs(model) -> list[tuple[str, int]]:
+    """(operator name, estimated cost) per node of a decoded model: MACs for conv/FC, output
+    size otherwise."""
     sg = model.subgraphs[0]
 
     def size(i: int) -> int:
@@ -693,6 +692,16 @@ def _close_quietly(conn: socket.socket) -> None:
     conn.close()
 
 
+def free_port(host: str) -> int | None:
+    """A TCP port free on ``host`` right now (the system's pick), or None."""
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.bind((host, 0))
+            return probe.getsockname()[1]
+    except OSError:
+        return None
+
+
 class SimServer:
     """Serve a :class:`SimDevice` on ``host:port`` (TCP), one client at a time, in a thread."""
 
@@ -706,7 +715,12 @@ class SimServer:
             self._sock.bind((host, port))
         except OSError as exc:
             self._sock.close()
-            raise DeviceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}") from None
+            hint = ""
+            if exc.errno == errno.EADDRINUSE:
+                free = free_port(host)
+                hint = (f" (another `gendertool sim`, or another program, has it); {host}:{free} is free now: "
+                        f"`gendertool sim --listen {host}:{free}`, or --listen {host}:0 to take any free port") if free else ""
+            raise DeviceError(f"cannot listen on {host}:{port}: {exc.strerror or exc}{hint}") from None
         self._sock.listen(4)
         self.host, self.port = self._sock.getsockname()[:2]
         self._thread: threading.Thread | None = None

@@ -36,10 +36,9 @@ from typing import Any
 from gendertool.model import espnn
 from gendertool.model.flatbuffer import (
     ELEMENT_BYTES,
-    tensor_shape,
     dtype_name,
     op_name,
-    parse_model,
+    tensor_shape,
 )
 
 ALIGNMENT = 16  # MicroArenaBufferAlignment()
@@ -132,15 +131,6 @@ def max_memory(buffers: Sequence[tuple[int, int, int]], offsets: Sequence[int]) 
 # a model
 
 
-def _parsed(model):
-
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        return parse_model(bytes(model))
-    if hasattr(model, "data") and hasattr(model, "sha256"):  # ModelInfo
-        return parse_model(model.data, model.name)
-    return model
-
-
 def _tensor_bytes(t) -> int:
     """TfLiteEvalTensorByteLength: elements x element size."""
 
@@ -171,13 +161,13 @@ def _as_tuple(v) -> tuple[int, ...]:
     return tuple(int(x) for x in v if int(x) > 0)
 
 
-def buffers_of(model, scratch_per_node: ScratchMap | None = None) -> list[Buffer]:
+def buffers_of(graph, scratch_per_node: ScratchMap | None = None) -> list[Buffer]:
     """The planner's buffer list for the first subgraph, in TFLM's id order.
 
     ``scratch_per_node``: bytes (or a sequence of requests) per operator index; None means
     what the host's reference kernels request (:func:`reference_scratch`).
     """
-    m = _parsed(model)
+    m = graph  # the decoded ModelT (ModelInfo.graph)
     if scratch_per_node is None:
         scratch_per_node = reference_scratch(m)
     sg = m.subgraphs[0]
@@ -217,33 +207,33 @@ def buffers_of(model, scratch_per_node: ScratchMap | None = None) -> list[Buffer
     return out
 
 
-def plan(model, scratch_per_node: ScratchMap | None = None) -> Plan:
+def plan(graph, scratch_per_node: ScratchMap | None = None) -> Plan:
     """Emulated GreedyMemoryPlanner plan of the first subgraph. ``OfflineMemoryAllocation``
     metadata (offsets fixed by an offline planner) is ignored: every buffer is planned online."""
-    m = _parsed(model)
+    m = graph  # the decoded ModelT (ModelInfo.graph)
     bufs = buffers_of(m, scratch_per_node)
     triples = [(b.size, b.first, b.last) for b in bufs]
     offsets = greedy_offsets(triples)
     return Plan(tuple(bufs), tuple(offsets), max_memory(triples, offsets))
 
 
-def plan_head_bytes(model, scratch_per_node: ScratchMap | None = None) -> int:
+def plan_head_bytes(graph, scratch_per_node: ScratchMap | None = None) -> int:
     """Planned head (non-persistent) bytes: with None, the scratch the host's reference
     kernels request (equals the host runtime's print_allocations "head"); pass
     :func:`firmware_scratch` for the ESP32-S3 build, or ``{}`` for tensors only."""
-    return plan(model, scratch_per_node).head
+    return plan(graph, scratch_per_node).head
 
 
 # ---------------------------------------------------------------------------------------------
 # scratch requests per node
 
 
-def reference_scratch(model) -> dict[int, tuple[int, ...]]:
+def reference_scratch(graph) -> dict[int, tuple[int, ...]]:
     """Scratch the TFLM reference kernels request in Prepare, per node (micro/kernels/
     reduce_common.cc; the reference conv, depthwise, fully connected, softmax, add and pooling
     kernels request none for int8)."""
 
-    m = _parsed(model)
+    m = graph  # the decoded ModelT (ModelInfo.graph)
     sg = m.subgraphs[0]
     tensors = sg.tensors or []
     out: dict[int, tuple[int, ...]] = {}
@@ -274,12 +264,12 @@ def reference_scratch(model) -> dict[int, tuple[int, ...]]:
     return out
 
 
-def firmware_scratch(model, *, optimized: bool = True) -> dict[int, tuple[int, ...]]:
+def firmware_scratch(graph, *, optimized: bool = True) -> dict[int, tuple[int, ...]]:
     """Scratch per node on the ESP32-S3 build: esp-tflite-micro's esp_nn kernels (sizes from
     gendertool.model.espnn; ``optimized=False`` is CONFIG_NN_ANSI_C) where they replace the
     reference kernel, the reference requests elsewhere."""
 
-    m = _parsed(model)
+    m = graph  # the decoded ModelT (ModelInfo.graph)
     out = {k: v for k, v in reference_scratch(m).items()}
     for e in espnn.model_scratch(m, optimized=optimized):
         if e.op in ESP_NN_OPS:

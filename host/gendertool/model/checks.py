@@ -10,12 +10,12 @@ from gendertool.model.flatbuffer import (
     ELEMENT_BYTES,
     TFLITE_SCHEMA_VERSION,
     decode_name,
-    tensor_scales,
-    tflite_schema,
-    tensor_shape,
-    tensor_zero_points,
     dtype_name,
     op_name,
+    tensor_scales,
+    tensor_shape,
+    tensor_zero_points,
+    tflite_schema,
 )
 from gendertool.model.resolver import TFLM_SOURCE, resolver_method
 

@@ -49,7 +49,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
-from gendertool.model.flatbuffer import tensor_shape, dtype_name, op_name, parse_model
+from gendertool.model.flatbuffer import (
+    dtype_name,
+    io_shape,
+    op_name,
+)
 
 ESP_NN_VERSION = "1.1.2"
 ESP_TFLITE_MICRO_VERSION = "1.3.8"
@@ -248,20 +252,12 @@ def _scratch(op_name, input_shape, output_shape, filter_shape, stride, padding, 
 
 
 def model_scratch(model, *, target: str = "esp32s3", optimized: bool = True) -> list[NodeScratch]:
-    """Per-node scratch of the first subgraph. ``model``: model bytes, a ModelInfo, or a
-    parsed ``ModelT`` (gendertool.model.flatbuffer.parse_model)."""
-
-    if isinstance(model, (bytes, bytearray, memoryview)):
-        model = parse_model(bytes(model))
-    elif hasattr(model, "data") and hasattr(model, "sha256"):  # ModelInfo
-        model = parse_model(model.data, model.name)
+    """Per-node scratch of the first subgraph of a decoded model (``ModelInfo.graph``)."""
     sg = model.subgraphs[0]
     tensors = sg.tensors
 
     def shape(ids, k: int) -> tuple[int, ...]:
-        if ids is None or len(ids) <= k or int(ids[k]) < 0:
-            return ()
-        return tensor_shape(tensors[int(ids[k])])
+        return io_shape(tensors, ids, k)
 
     out: list[NodeScratch] = []
     for i, op in enumerate(sg.operators or []):

@@ -31,7 +31,7 @@ from typing import Any
 
 from gendertool.errors import GendertoolError
 from gendertool.files import write_json_atomic
-from gendertool.model.flatbuffer import tensor_shape, op_macs, op_name
+from gendertool.model.flatbuffer import io_shape, op_macs, op_name
 from gendertool.resources import resource_path
 
 CALIBRATION_FILE = resource_path("latency_calibration")
@@ -169,9 +169,7 @@ def model_work(model) -> list[Work]:
     tensors = sg.tensors
 
     def shape(ids, k: int) -> tuple[int, ...]:
-        if ids is None or len(ids) <= k or int(ids[k]) < 0:
-            return ()
-        return tensor_shape(tensors[int(ids[k])])
+        return io_shape(tensors, ids, k)
 
     out = []
     for i, op in enumerate(sg.operators or []):

@@ -103,6 +103,14 @@ def tensor_zero_points(t) -> list[int]:
 
 
 
+def io_shape(tensors, ids, k: int) -> tuple[int, ...]:
+    """Shape of the ``k``-th tensor of an operator's ``inputs`` or ``outputs`` (``()`` when the
+    operator has no such tensor or it is optional, index -1). The one node walker."""
+    if ids is None or len(ids) <= k or int(ids[k]) < 0:
+        return ()
+    return tensor_shape(tensors[int(ids[k])])
+
+
 def op_name(model, op) -> tuple[str, bool, int]:
     """(name, is_custom, version) of an operator."""
     oc = model.operatorCodes[op.opcodeIndex]

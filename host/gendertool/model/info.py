@@ -12,29 +12,29 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from gendertool.boards import get_board
 from gendertool.errors import ModelError
-from gendertool.model import arena as arena_plan
+from gendertool.model import arena
 from gendertool.model import espnn
-from gendertool.model import sources as profiles
+from gendertool.model import sources
 from gendertool.model.arena_probe import measure_arena_host
 from gendertool.model.checks import check_model
 from gendertool.model.espnn import upstream_warnings
 from gendertool.model.estimate import estimate_model
 from gendertool.model.flatbuffer import (
     decode_name,
+    dtype_name,
     model_macs,
+    op_name,
     parameter_count,
+    parse_model,
     tensor_scales,
     tensor_shape,
     tensor_zero_points,
-    dtype_name,
-    op_name,
-    parse_model,
 )
 from gendertool.model.preprocess import Preprocessing
 from gendertool.model.resolver import resolver_method
@@ -110,6 +110,8 @@ class ModelInfo:
     arena: "ArenaBudget | None" = None  # how arena_bytes is made up (None: not measured)
     espnn_scratch: tuple = ()  # espnn.NodeScratch per node with a request
     latency: "LatencyEstimate | None" = None  # estimated Invoke() on the XIAO ESP32S3 (gendertool.model.estimate)
+    # the decoded flatbuffer (ModelT): decoded once by load_model_bytes, read by every analysis
+    graph: Any = field(default=None, repr=False, compare=False)
 
     @property
     def espnn_warnings(self) -> list[str]:
@@ -195,13 +197,13 @@ class ArenaBudget:
         }
 
 
-def arena_budget(model, host_bytes: int, *, esp_nn: bool = True) -> ArenaBudget:
-    """The firmware arena from the host-measured arena and the emulated TFLM memory plan.
-    ``model``: bytes, ModelInfo or parsed ModelT; ``esp_nn=False``: CONFIG_NN_ANSI_C."""
+def arena_budget(graph, host_bytes: int, *, esp_nn: bool = True) -> ArenaBudget:
+    """The firmware arena from the host-measured arena and the emulated TFLM memory plan of a
+    decoded model (``ModelInfo.graph``); ``esp_nn=False``: CONFIG_NN_ANSI_C."""
 
-    host_head = arena_plan.plan_head_bytes(model)
+    host_head = arena.plan_head_bytes(graph)
     tail = max(host_bytes - host_head, 0)
-    plan = arena_plan.plan(model, arena_plan.firmware_scratch(model, optimized=esp_nn))
+    plan = arena.plan(graph, arena.firmware_scratch(graph, optimized=esp_nn))
     fw = firmware_arena_bytes(tail, plan.head)
     return ArenaBudget(host_bytes, host_head, tail, plan.head, plan.peak_node(), fw - tail - plan.head, fw, esp_nn)
 
@@ -230,7 +232,7 @@ def load_model(
     Raises :class:`ModelError` (or another GendertoolError) with one clear message.
     """
 
-    src = profiles.resolve(spec)
+    src = sources.resolve(spec)
     try:
         data = src.path.read_bytes()
     except IsADirectoryError:
@@ -238,7 +240,7 @@ def load_model(
     except OSError as exc:
         raise ModelError(f"{src.path}: cannot read the model ({exc.strerror or exc})") from None
     if labels is not None:
-        chosen = profiles.parse_labels(labels) if isinstance(labels, str) else profiles.check_labels(labels, "--labels")
+        chosen = sources.parse_labels(labels) if isinstance(labels, str) else sources.check_labels(labels, "--labels")
         origin = "--labels"
     else:
         chosen = src.labels
@@ -328,6 +330,7 @@ def load_model_bytes(
         arena=budget,
         espnn_scratch=tuple(e for e in entries if e.bytes > 0),
         latency=latency,
+        graph=model,
     )
 
 

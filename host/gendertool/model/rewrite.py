@@ -23,7 +23,7 @@ import numpy as np
 from gendertool.errors import ModelError
 from gendertool.files import write_bytes_atomic, write_json_atomic
 from gendertool.model import espnn
-from gendertool.model.flatbuffer import tflite_schema, op_name, parse_model
+from gendertool.model.flatbuffer import op_name, parse_model, tflite_schema
 from gendertool.model.info import load_model, load_model_bytes
 from gendertool.model.runtime import TflmRunner
 

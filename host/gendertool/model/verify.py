@@ -8,7 +8,7 @@ metadata, signatures) and checks every table, vtable, vector and string lies ins
 file, aligned, like flatc's C++ Verifier. Option tables (unions) are checked as tables.
 
 Only structure is checked: a flipped bit inside weight bytes or a scale is still a valid
-flatbuffer; the semantic checks in :mod:`gendertool.model` catch what they can of that.
+flatbuffer; the semantic checks in :mod:`gendertool.model.checks` catch what they can of that.
 """
 
 from __future__ import annotations

@@ -6,17 +6,16 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_results
-from gendertool.errors import GendertoolError
-from gendertool.model.estimate import CALIBRATION_FILE, save_calibration_point
-from gendertool.model.info import load_model
-from gendertool.present.tables import format_bytes, format_ms
+from gendertool.model.estimate import CALIBRATION_FILE
 from gendertool.protocol import arena_warning
+from gendertool.present.tables import format_bytes, format_ms
 from gendertool.stats import STAT_KEYS
 
 if TYPE_CHECKING:
     from rich.console import Console
 
     from gendertool.device.bench_results import BenchResult, CompareRow
+    from gendertool.model.info import ModelInfo
 
 
 # --------------------------------------------------------------------------- presentation
@@ -106,27 +105,26 @@ def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None
         out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
 
 
-def present_estimate(r: "BenchResult", model: str | None, out: "Console") -> None:
-    """A board's measured Invoke() against gendertool.model.estimate (a virtual device gets no comparison)."""
+def present_estimate(r: "BenchResult", info: "ModelInfo | None", out: "Console", *, load_error: str = "") -> float | None:
+    """A board's measured Invoke() against gendertool.model.estimate for ``info`` (the model the
+    command loaded once; None with ``load_error`` when it could not be loaded). A virtual device
+    gets no comparison. Returns the measured Invoke() mean in ms when compared, else None."""
     from rich.markup import escape
 
     if r.simulated:
         out.print("estimate: no comparison on a virtual device (host timings; "
                   "`gendertool inspect` shows the board estimate)")
-        return
+        return None
     st = r.stats()
     if "invoke_us" not in st:
-        return
-
-    try:
-        info = load_model(model, measure_arena=False)
-    except GendertoolError as exc:  # the bench results are in; a bad --model only costs the comparison
-        out.print(f"estimate: not compared ({escape(str(exc))})")
-        return
+        return None
+    if info is None:  # the bench results are in; a bad --model only costs the comparison
+        out.print(f"estimate: not compared ({escape(load_error)})")
+        return None
     if info.sha256 != r.model_sha256 or info.latency is None:
         out.print(f"estimate: not compared, the board runs model sha256 {escape(r.model_sha256[:12])} and the estimate "
                   f"is for {escape(info.name)} ({info.sha256[:12]}); pass its file with --model")
-        return
+        return None
 
     est = info.latency
     measured = st["invoke_us"].mean / 1000
@@ -144,12 +142,14 @@ def present_estimate(r: "BenchResult", model: str | None, out: "Console") -> Non
             got = measured_op.get(name)
             t.add_row(escape(name), "-" if got is None else f"{got / 1000:.2f}", f"{internal:.2f}", f"{psram:.2f}")
         out.print(t)
-    if r.path is not None:
-        conditions = (f"gendertool bench, {r.completed} runs, firmware {r.device.get('fw', '?')}, "
-                      f"CPU {r.device.get('cpu_mhz', '?')} MHz")
-        path = save_calibration_point(r.path.parent, f"{info.name} on {r.board}", measured, est, conditions)
-        out.print(f"calibration point: {escape(str(path))} (set its arena, then add it to the points of "
-                  f"{escape(str(CALIBRATION_FILE))} to recalibrate the estimate)")
+    return measured
+
+
+def present_calibration_point(path: Path, out: "Console") -> None:
+    from rich.markup import escape
+
+    out.print(f"calibration point: {escape(str(path))} (set its arena, then add it to the points of "
+              f"{escape(str(CALIBRATION_FILE))} to recalibrate the estimate)")
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:

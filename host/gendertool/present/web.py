@@ -46,16 +46,16 @@ from gendertool.device.monitor import (
 )
 from gendertool.device.validate import fit_upload
 from gendertool.errors import DeviceError, GendertoolError, ImageError
+from gendertool.model.info import ModelInfo, load_model
 from gendertool.model.preprocess import crop_rect, inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
 from gendertool.protocol import BENCH_MAX_N, INPUT_EVERY_MAX, SOURCES, arena_warning
+from gendertool.stats import latency_stats
 from gendertool.text import count, escape_control
 
 if TYPE_CHECKING:
     import numpy as np
-
-    from gendertool.model.info import ModelInfo
 
 STATIC_DIR = Path(__file__).with_name("web")
 HISTORY = 300  # latency points a new tab gets
@@ -722,8 +722,6 @@ class WebServer:
             run = await self._run_job(bench_job(n, warmup), 60.0 + n)
         except DeviceError as exc:
             return self._error(str(exc), 502)
-        from gendertool.stats import latency_stats
-
         out: dict[str, Any] = {"n": n, "warmup": warmup, "got": len(run.invoke_us), "error": run.error,
                                "simulated": run.simulated}
         if run.invoke_us:
@@ -783,8 +781,6 @@ class WebSession:
 
     def __init__(self, port_name: str, *, host: str = "127.0.0.1", web_port: int = 0,
                  model: "str | Path | ModelInfo | None" = None, input_every: int) -> None:
-        from gendertool.model.info import ModelInfo, load_model
-
         if not 0 <= web_port <= 65535:
             raise GendertoolError(f"--web-port must be 0..65535 (0: a free port), got {web_port}")
         if not 0 <= input_every <= INPUT_EVERY_MAX:

@@ -29,20 +29,24 @@ from typing import Any
 
 from gendertool.boards import get_board
 from gendertool.errors import BuildError, GendertoolError
-from gendertool.model.info import load_model
+from gendertool.model.info import ModelInfo, load_model
 from gendertool.project.idf import build_idf
-from gendertool.project.manifest import MANIFEST_NAME, Sizes, write_manifest
+from gendertool.project.manifest import (
+    DEFAULT_BUILD_DIR,
+    MANIFEST_NAME,
+    Sizes,
+    write_manifest,
+)
+from gendertool.project.memory import check_fit
 from gendertool.project.platformio import build_pio
 from gendertool.project.process import LOG_NAME, LineCallback
-from gendertool.project.render import render_project
+from gendertool.project.render import check_input_source, render_project
 
 BACKENDS = ("pio", "idf")
-INPUT_SOURCES = ("sample", "upload", "camera")
 
 
 
 
-DEFAULT_OUT = Path("build")
 
 
 
@@ -73,6 +77,7 @@ class BuildResult:
     sizes: Sizes | None = None
     log_path: Path | None = None
     warnings: list[str] = field(default_factory=list)
+    memory: Any = None  # project.memory.MemoryFit: after a compile, with the measured static RAM
 
 
 
@@ -83,17 +88,16 @@ class BuildResult:
 def check_options(backend: str, input_source: str, jobs: int | None) -> None:
     if backend not in BACKENDS:
         raise BuildError(f"unknown backend {backend!r}; choose one of: {', '.join(BACKENDS)}")
-    if input_source not in INPUT_SOURCES:
-        raise BuildError(f"unknown input source {input_source!r}; choose one of: {', '.join(INPUT_SOURCES)}")
+    check_input_source(input_source)
     if jobs is not None and jobs < 1:
         raise BuildError(f"--jobs must be at least 1 (got {jobs})")
 
 
 def build(
-    model: str | Path | None = None,
+    model: str | Path | ModelInfo | None = None,
     *,
     board: str | None = None,
-    out_dir: str | Path = DEFAULT_OUT,
+    out_dir: str | Path = DEFAULT_BUILD_DIR,
     backend: str = "pio",
     input_source: str = "sample",
     labels: Sequence[str] | None = None,
@@ -104,18 +108,23 @@ def build(
     options: dict | None = None,
 ) -> BuildResult:
     """Render the firmware for ``model`` and ``board`` into ``out_dir`` and (unless
-    ``compile=False``) compile it. ``on_line`` receives every toolchain output line,
-    ``on_stage`` a short description of each step."""
+    ``compile=False``) compile it. ``model``: a --model value, or a ModelInfo already loaded
+    (for ``board``; the variant matrix builds one model several times). ``on_line`` receives
+    every toolchain output line, ``on_stage`` a short description of each step."""
 
     check_options(backend, input_source, jobs)
     brd = get_board(board)
-    if input_source == "camera" and brd.camera is None:
-        raise BuildError(f"board {brd.name} has no camera; use --board xiao_esp32s3_sense or --input sample|upload")
+    check_input_source(input_source, brd)
     stage = on_stage or (lambda _msg: None)
 
     stage("checking the model")
 
-    info = load_model(model, labels=labels, board=brd.name)
+    if isinstance(model, ModelInfo):
+        if labels is not None:
+            raise BuildError("labels go with loading the model: pass them to load_model, not with a loaded model")
+        info = model
+    else:
+        info = load_model(model, labels=labels, board=brd.name)
 
     out = Path(out_dir).expanduser().resolve()
     stage(f"rendering the project into {out}")
@@ -128,6 +137,7 @@ def build(
         model_sha256=info.sha256,
         written=list(rendered.written),
         unchanged=list(rendered.unchanged),
+        memory=getattr(rendered, "memory", None),
     )
     for warning in getattr(rendered, "warnings", ()):  # memory: e.g. the arena goes to PSRAM
         result.warnings.append(warning)
@@ -167,6 +177,10 @@ def build(
     result.manifest_path = manifest_path
     result.manifest = manifest
     result.sizes = sizes
+    if result.memory is not None and sizes is not None:  # the margin again, with the static RAM measured
+        fit = result.memory
+        result.memory = check_fit(info, brd, arena_bytes=fit.arena_bytes, arena_placement=fit.arena_placement,
+                                  model_in_psram=bool((options or {}).get("model_in_psram", False)), sizes=sizes)
     return result
 
 

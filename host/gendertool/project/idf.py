@@ -17,9 +17,9 @@ from gendertool.project.manifest import (
     Image,
     Sizes,
     flash_settings,
-    read_json_file,
-    parse_offset,
     image_roles,
+    parse_offset,
+    read_json_file,
 )
 from gendertool.project.process import (
     LOG_NAME,
@@ -27,8 +27,8 @@ from gendertool.project.process import (
     ToolchainMissing,
     first_error_line,
     no_toolchain,
-    tool_env,
     run_streaming,
+    tool_env,
 )
 
 IDF_VERSION = (5, 5, 3)

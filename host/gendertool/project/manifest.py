@@ -32,11 +32,17 @@ def read_json_file(path: Path) -> dict:
     return data
 
 
-def parse_offset(value: Any, where: Path) -> int:
+def parse_offset(value: Any, where: str | Path) -> int:
+    """A flash offset from a manifest or ESP-IDF's flasher_args.json: an int or "0x..." text."""
+    if isinstance(value, bool) or not isinstance(value, (int, str)):
+        raise BuildError(f"{where}: offset {value!r} is not a number")
     try:
-        return int(value, 0) if isinstance(value, str) else int(value)
-    except (TypeError, ValueError):
+        offset = int(value, 0) if isinstance(value, str) else value
+    except ValueError:
         raise BuildError(f"{where}: offset {value!r} is not a number") from None
+    if offset < 0:
+        raise BuildError(f"{where}: negative offset {offset}")
+    return offset
 
 
 # ESP-IDF 5.x names the partition table image "partition-table" in flasher_args.json; newer
@@ -191,24 +197,12 @@ def load_build_manifest(build: str | Path | None = None) -> tuple[Path, dict]:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise BuildError(f"{path} is not a readable build manifest ({exc}); run `gendertool build` again") from None
-    if not isinstance(data, dict) or data.get("schema") != 1:
+    if not isinstance(data, dict) or data.get("schema") != MANIFEST_SCHEMA:
         raise BuildError(
             f"{path} has an unknown manifest schema ({data.get('schema') if isinstance(data, dict) else type(data).__name__}); "
-            "this gendertool reads schema 1: rebuild with `gendertool build`"
+            f"this gendertool reads schema {MANIFEST_SCHEMA}: rebuild with `gendertool build`"
         )
     return path, data
-
-
-def _offset(value: Any, where: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, str)):
-        raise BuildError(f"{where}: offset {value!r} is not a number")
-    try:
-        offset = int(value, 0) if isinstance(value, str) else value
-    except ValueError:
-        raise BuildError(f"{where}: offset {value!r} is not a number") from None
-    if offset < 0:
-        raise BuildError(f"{where}: negative offset {offset}")
-    return offset
 
 
 def plan_flash(build: str | Path | None = None, *, merged: bool = False) -> FlashPlan:
@@ -237,7 +231,7 @@ def plan_flash(build: str | Path | None = None, *, merged: bool = False) -> Flas
         if not isinstance(entry, dict) or "path" not in entry or "offset" not in entry:
             raise BuildError(f"{path}: image #{i} needs 'path' and 'offset'")
         name = str(entry.get("name") or Path(entry["path"]).stem)
-        img = FlashImage(name, _offset(entry["offset"], f"{path} image {name!r}"), base / entry["path"])
+        img = FlashImage(name, parse_offset(entry["offset"], f"{path} image {name!r}"), base / entry["path"])
         if not img.path.is_file():
             raise BuildError(f"{name} image {img.path} is missing; the build is incomplete: run `gendertool build` again")
         if img.size == 0:
@@ -278,12 +272,12 @@ def write_web_manifest(build_manifest_path: str | Path) -> Path:
     if isinstance(merged, dict) and "path" in merged:
         image_path = base / merged["path"]
         out_dir = image_path.parent
-        parts = [{"path": image_path.name, "offset": _offset(merged.get("offset", 0), f"{path} merged")}]
+        parts = [{"path": image_path.name, "offset": parse_offset(merged.get("offset", 0), f"{path} merged")}]
     else:
         out_dir = base
         parts = [
-            {"path": os.path.relpath(base / e["path"], out_dir).replace(os.sep, "/"), "offset": _offset(e["offset"], f"{path} image")}
-            for e in sorted(data.get("images") or [], key=lambda e: _offset(e.get("offset"), f"{path} image"))
+            {"path": os.path.relpath(base / e["path"], out_dir).replace(os.sep, "/"), "offset": parse_offset(e["offset"], f"{path} image")}
+            for e in sorted(data.get("images") or [], key=lambda e: parse_offset(e.get("offset"), f"{path} image"))
         ]
         if not parts:
             raise BuildError(f"{path} lists no images; nothing to put in a web flasher manifest")

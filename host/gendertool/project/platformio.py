@@ -17,9 +17,9 @@ from gendertool.project.manifest import (
     Image,
     Sizes,
     flash_settings,
+    image_roles,
     read_json_file,
     role_offset,
-    image_roles,
 )
 from gendertool.project.partitions import boot_app_partition, parse_partition_table
 from gendertool.project.process import (
@@ -28,8 +28,8 @@ from gendertool.project.process import (
     ToolchainMissing,
     first_error_line,
     no_toolchain,
-    tool_env,
     run_streaming,
+    tool_env,
 )
 
 PIO_PLATFORM = "espressif32"

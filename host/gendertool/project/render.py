@@ -26,7 +26,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from gendertool import __version__
 from gendertool import protocol as p
@@ -37,19 +37,19 @@ from gendertool.model import espnn
 from gendertool.model.info import arena_budget
 from gendertool.model.preprocess import quant_lut
 from gendertool.project.carray import (
-    float_hex,
-    int_rows,
     c_array_source,
     c_identifier,
     c_string,
+    float_hex,
+    int_rows,
     model_banner,
 )
 from gendertool.project.memory import check_fit
 from gendertool.project.samples import (
     default_sample_paths,
     load_samples,
-    samples_context,
     sample_truth,
+    samples_context,
 )
 from gendertool.resources import resource_path
 
@@ -68,7 +68,7 @@ PROJECT_NAME = "gendertool"
 CROP_MODES_CPP = {"center": "kCenterSquare", "none": "kWholeFrame"}
 # Preprocessing.channel_order -> gt::ChannelOrder enumerator
 CHANNEL_ORDERS_CPP = {"rgb": "kRgb", "bgr": "kBgr"}
-INPUT_SOURCES = ("sample", "upload", "camera")
+INPUT_SOURCES = p.SOURCES  # the firmware's `source` command values (docs/protocol.md)
 
 # Component versions the rendered idf_component.yml pins (reasons in firmware/README.md):
 # - ESP-IDF 5.5.x: the release line of PlatformIO espressif32 6.13.0's framework-espidf; refdata
@@ -114,6 +114,7 @@ class RenderResult:
     written: list[Path] = field(default_factory=list)
     unchanged: list[Path] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)  # e.g. the arena fits only in PSRAM
+    memory: Any = None  # the MemoryFit the render was checked against (project.memory)
 
     @property
     def files(self) -> list[Path]:
@@ -190,15 +191,20 @@ def app_partition_size(model: "ModelInfo", board: "Board", sample_bytes: int = 0
     return size
 
 
+def check_input_source(input_source: str, board: "Board | None" = None) -> None:
+    """The one check of a firmware input source (and, given a board, that it has the camera)."""
+    if input_source not in INPUT_SOURCES:
+        raise BuildError(f"unknown input source {input_source!r}; choose one of: {', '.join(INPUT_SOURCES)}")
+    if board is not None and input_source == "camera" and not board.has_camera:
+        cams = ", ".join(sorted(b for b, v in _boards().items() if v.has_camera))
+        raise BuildError(f"board {board.name} has no camera; use --board {cams} or --input sample|upload")
+
+
 def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sample", options: dict | None = None) -> dict:
     """Everything the templates see (documented in the module docstring)."""
 
     options = _check_options(options)
-    if input_source not in INPUT_SOURCES:
-        raise GendertoolError(f"unknown input source {input_source!r}; valid: {', '.join(INPUT_SOURCES)}")
-    if input_source == "camera" and not board.has_camera:
-        cams = ", ".join(sorted(b for b, v in _boards().items() if v.has_camera))
-        raise GendertoolError(f"board {board.name} has no camera; use --input sample or upload, or a camera board ({cams})")
+    check_input_source(input_source, board)
     inp, out = model.input, model.output
     if inp.dtype != "int8" or out.dtype != "int8" or len(inp.shape) != 4 or inp.shape[-1] != 3:
         raise GendertoolError(f"model {model.name}: the firmware needs an int8 [1,H,W,3] input and int8 output")
@@ -211,8 +217,8 @@ def build_context(model: "ModelInfo", board: "Board", *, input_source: str = "sa
     if "arena_bytes" not in options and not options.get("esp_nn", True) and model.arena_host_bytes:
         # CONFIG_NN_ANSI_C: esp-nn's plain C kernels request (almost) no scratch; re-plan
 
-        scratch = max((e.bytes for e in espnn.model_scratch(model, optimized=False)), default=0)
-        arena = arena_budget(model, model.arena_host_bytes, esp_nn=False).firmware_bytes
+        scratch = max((e.bytes for e in espnn.model_scratch(model.graph, optimized=False)), default=0)
+        arena = arena_budget(model.graph, model.arena_host_bytes, esp_nn=False).firmware_bytes
     if not arena:
         raise GendertoolError(f"model {model.name}: tensor arena size unknown (load it with measure_arena=True)")
     arena = -(-int(arena) // 16) * 16
@@ -386,7 +392,7 @@ def render_project(
     if clash:
         raise BuildError(f"template and firmware source both produce {', '.join(clash)}")
     files.update(rendered)
-    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings))
+    result = RenderResult(out_dir=out_dir, warnings=list(context["memory"].warnings), memory=context["memory"])
     try:
         for rel in sorted(files):
             _write(out_dir / rel, files[rel], result)
