@@ -100,7 +100,7 @@ def bench_cmd(
 
 def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:
     """The run's plots, beside the bench.json they belong to only; a failure is noted, not raised."""
-    if not r.samples or r.path is None:
+    if not r.samples or r.path is None or r.stale:  # no plot of runs its bench.json does not hold
         return []
     from gendertool.errors import GendertoolError
     from gendertool.present.plots import write_plots
@@ -157,7 +157,10 @@ def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
 
     parts = list(unwritten)
     for r in failed:
-        kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
+        if r.stale:
+            kept = f"; only the first {count(r.saved, 'sample')} are in {r.path}, written before the failure"
+        else:
+            kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
         parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
     return DeviceError("; ".join(parts))
 

@@ -115,6 +115,12 @@ class BenchResult:
     variant: str | None = None
     variant_options: dict = field(default_factory=dict)
     path: Path | None = None  # where bench.json was written
+    saved: int = 0  # samples in the bench.json at ``path`` (fewer than completed when a later write failed)
+
+    @property
+    def stale(self) -> bool:
+        """bench.json holds fewer samples than arrived (the disk filled after an earlier write)."""
+        return self.path is not None and self.saved < self.completed
 
     @property
     def completed(self) -> int:

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import signal
-import threading
 import time
 from array import array
 from collections import Counter, deque
@@ -28,7 +26,7 @@ from gendertool.device.panic import (
     PanicTracker,
 )
 from gendertool.device.transport import open_port
-from gendertool.errors import DeviceError, GendertoolError
+from gendertool.errors import DeviceError, GendertoolError, ctrl_c_handled, ctrl_c_waits
 from gendertool.protocol import (
     PROTO_VERSION,
     Ack,
@@ -251,38 +249,26 @@ def new_run_id() -> str:
 class _AtomicRecords:
     """Ctrl-C between records, never inside one: a SIGINT that arrives while a record is being
     counted and shown is held until it is done, so the summary counts exactly what was shown.
-    Elsewhere (reads, reconnect waits) it interrupts at once. Only the main thread can hold it."""
+    Elsewhere (reads, reconnect waits) it interrupts at once, and a second Ctrl-C while the
+    session winds down is ignored (gendertool.errors: the one Ctrl-C policy). Only the main
+    thread can hold it."""
 
     def __init__(self) -> None:
-        self.inside = False
-        self.pending = False
-        self._previous: Any = None
-        self._installed = False
-
-    def _handler(self, signum, frame) -> None:
-        if self.inside:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
+        self._handled = ctrl_c_handled()
+        self._record: ctrl_c_waits | None = None
 
     def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+        self._handled.__enter__()
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        self._handled.__exit__(None, None, None)
 
     def __enter__(self) -> None:
-        self.inside = True
+        self._record = ctrl_c_waits()
+        self._record.__enter__()
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        self.inside = False
-        if self.pending and exc_type is None:
-            self.pending = False
-            raise KeyboardInterrupt
+        self._record.__exit__(exc_type, *exc)
 
 
 def _open(port: str):
@@ -492,14 +478,16 @@ def run_monitor(
                 sink.tick(session)
     except KeyboardInterrupt:
         interrupted = True
-    except DeviceError as exc:
+    except GendertoolError as exc:  # the device, or the sink that could not save a result (a full disk)
         error = str(exc)
     finally:
-        atomic.restore()
-        panics.flush()
-        if we_started:
-            send("stop")  # a courtesy: the port may be gone
-        client.close()
+        try:
+            panics.flush()
+            if we_started:
+                send("stop")  # a courtesy: the port may be gone
+            client.close()
+        finally:
+            atomic.restore()  # after the clean-up: a second Ctrl-C cannot cut it
 
     summary = session.summary(client.stats.as_dict())
     summary.interrupted = interrupted

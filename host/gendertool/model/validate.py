@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gendertool.errors import GendertoolError, ImageError, Interrupted
+from gendertool.errors import GendertoolError, ImageError, Interrupted, ctrl_c_waits
 from gendertool.files import check_report_file, write_report_atomic
 from gendertool.model.info import load_model
 from gendertool.model.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
@@ -463,5 +463,10 @@ def validate_host(
         preprocess_s=preprocess_s,
     )
     if out_path is not None:
-        write_report_atomic(out_path, {**report.to_dict(), "partial": False})
+        try:
+            with ctrl_c_waits():  # a Ctrl-C now waits for the report to be written
+                write_report_atomic(out_path, {**report.to_dict(), "partial": False})
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(results)} of {len(items)} images compared on this computer; report {out_path} "
+                              "(complete)", partial=report) from None
     return report

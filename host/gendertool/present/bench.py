@@ -93,8 +93,9 @@ def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None
     from rich.markup import escape
 
     if r.path:
-        state = ("complete" if r.complete else
-                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.completed} of {r.n} runs")
+        state = ("complete" if r.complete and not r.stale else
+                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.saved} of {r.n} runs"
+                 + (f", not the {r.completed} shown above: a later write failed" if r.stale else ""))
         out.print(f"bench.json: {escape(str(r.path))} ({state})", soft_wrap=True)
     if plots:
         out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
