@@ -28,6 +28,7 @@ from gendertool.device.panic import (
 from gendertool.device.transport import open_port
 from gendertool.errors import DeviceError, GendertoolError, ctrl_c_handled, ctrl_c_waits
 from gendertool.protocol import (
+    MAX_LINE,
     PROTO_VERSION,
     Ack,
     ErrorRecord,
@@ -284,7 +285,11 @@ _ROM_BANNER = re.compile(r"ESP-ROM:\S+|rst:0x[0-9a-f]+ \([A-Z_]+\)|waiting for d
 
 
 class StreamSeen:
-    """What a port sent that was not a record, to say what it is when no record comes."""
+    """What a port sent that was not a record, to say what it is when no record comes.
+
+    One per stretch without a valid record: the monitor starts a new one at every record, so a
+    banner seen at boot is not blamed for garbled records twenty results later.
+    """
 
     def __init__(self) -> None:
         self.lines = 0
@@ -314,13 +319,19 @@ class StreamSeen:
         total = stats.get("bytes", 0)
         damaged = stats.get("bad_crc", 0) + stats.get("bad_frame", 0) + stats.get("bad_record", 0)
         if total == 0:
-            return "it sent nothing"
+            return "nothing"
         if self.download_mode:
             what = ("an ESP32 ROM bootloader waiting for download (the chip is in download mode): "
                     "reset it into its app, or `gendertool flash` it")
         elif self.rom is not None:
             what = f"an ESP32 ROM bootloader banner ({self.rom}) and no gendertool firmware after it: flash it"
-        elif self.lines == 0 or self.odd_chars * 10 > self.chars:
+        elif damaged and self.lines == 0:
+            return (f"only damaged records ({damaged} with a bad checksum or frame, {total} bytes): the link "
+                    "garbles them (cable, USB hub, a baud rate that drifts)")
+        elif self.lines == 0:  # every line too long to keep: what it held is unknown
+            what = (f"{total} bytes and no complete line ({stats.get('overlong', 0)} lines longer than {MAX_LINE} "
+                    "bytes dropped): a wrong baud rate, or not a gendertool firmware")
+        elif self.odd_chars * 10 > self.chars:
             what = (f"binary noise ({total} bytes, {stats.get('overlong', 0)} overlong lines, {self.odd_chars} "
                     "control or undecodable characters): a wrong baud rate, or not a gendertool firmware")
         else:
@@ -339,10 +350,10 @@ def check_options(*, count: int | None = None, timeout: float = DEFAULT_TIMEOUT_
     """The monitor's option checks, also made by the CLI before it opens any output file."""
     if count is not None and count < 1:
         raise GendertoolError(f"--count must be at least 1, got {count}")
-    if timeout <= 0:
-        raise GendertoolError(f"--timeout must be positive, got {timeout}")
-    if no_record_timeout <= 0:
-        raise GendertoolError(f"--no-record-timeout must be positive, got {no_record_timeout}")
+    if not (math.isfinite(timeout) and timeout > 0):  # nan compares false: it would wait forever
+        raise GendertoolError(f"--timeout must be positive and finite (seconds), got {timeout}")
+    if not (math.isfinite(no_record_timeout) and no_record_timeout > 0):
+        raise GendertoolError(f"--no-record-timeout must be positive and finite (seconds), got {no_record_timeout}")
     if source is not None and source not in ("sample", "camera"):  # upload: nothing would arrive to show
         raise GendertoolError(f"--source must be sample or camera, not {source!r}")
 
@@ -376,6 +387,8 @@ def run_monitor(
     panics = PanicTracker(PanicDecoder(elf, toolchain_prefix), sink, session)
     we_started = False
     last_data = last_record = clock()
+    bytes_seen = 0  # the stream's byte count at the last look: bytes without a newline are data too
+    at_record: dict[str, int] = {}  # the stream's counters at the last valid record
     last_tick = 0.0
     info_reply_due = False
 
@@ -432,6 +445,9 @@ def run_monitor(
             except LinkLost as gone:
                 raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
             now = clock()
+            if client.stats.bytes != bytes_seen:  # a line still being received counts as data
+                bytes_seen = client.stats.bytes
+                last_data = now
             for item in items:
                 if isinstance(item, LinkEvent):
                     continue  # said by on_event as it happened
@@ -444,6 +460,7 @@ def run_monitor(
                     panics.line(item.text)
                     continue
                 last_record = now
+                seen, at_record = StreamSeen(), client.stats.as_dict()  # what follows is described afresh
                 panics.flush()
                 if isinstance(item, Result):
                     with atomic:
@@ -465,14 +482,14 @@ def run_monitor(
                     "(`gendertool flash`, or raise --timeout)"
                 )
             if now - last_record > no_record_timeout:
-                stats = client.stats.as_dict()
+                stats = {k: max(0, v - at_record.get(k, 0)) for k, v in client.stats.as_dict().items()}
                 if session.hello is None:
                     raise DeviceError(
                         f"{port} is not speaking the gendertool protocol: no valid record in {no_record_timeout:g} s; "
                         f"it sent {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
                 raise DeviceError(
                     f"{port} answered as a gendertool device but sent no record for {no_record_timeout:g} s; "
-                    f"meanwhile {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
+                    f"meanwhile it sent {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
             if now - last_tick >= 0.1:
                 last_tick = now
                 sink.tick(session)
