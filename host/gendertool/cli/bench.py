@@ -20,7 +20,7 @@ from gendertool.present.bench import (
     present_paths,
 )
 from gendertool.present.console import console, err_console
-from gendertool.text import count
+from gendertool.text import about, count
 
 from .options import port_option, resolve_ports
 from .root import EXIT_USER_ERROR, app, print_error
@@ -127,7 +127,7 @@ def _old_moved_aside(old: "BenchResult", results: list["BenchResult"]) -> None:
 def _print_json(results: list["BenchResult"], written: dict, old: "Optional[BenchResult]") -> None:
     import json
 
-    from gendertool.device.bench_results import compare_results
+    from gendertool.device.bench_results import compare_caveats, compare_results
 
     boards = []
     for r in results:
@@ -136,7 +136,8 @@ def _print_json(results: list["BenchResult"], written: dict, old: "Optional[Benc
         doc["plots"] = [str(p) for p in written.get(id(r), [])]
         if old is not None and r.samples:
             doc["compare"] = {"old": str(old.path) if old.path else None,
-                              "rows": [row.to_dict() for row in compare_results(old, r)]}
+                              "rows": [row.to_dict() for row in compare_results(old, r)],
+                              "caveats": compare_caveats(old, r)}
         boards.append(doc)
     typer.echo(json.dumps({"boards": boards}, indent=2))
 
@@ -161,7 +162,7 @@ def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
             kept = f"; only the first {count(r.saved, 'sample')} are in {r.path}, written before the failure"
         else:
             kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
-        parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
+        parts.append(f"{about(r.port, r.error)} ({r.completed} of {r.n} runs completed{kept})")
     return DeviceError("; ".join(parts))
 
 

@@ -51,10 +51,11 @@ def monitor_cmd(
     if elf is not None and not elf.is_file():
         raise GendertoolError(f"--elf {elf} does not exist")
 
-    writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
+    run_id = new_run_id()  # the CSV's and the JSON lines' `run`: appended runs stay apart
+    writer_csv = _MonitorCsv(csv_file, run_id) if csv_file is not None else None
     machine_stdout = as_json or (writer_csv is not None and writer_csv.to_stdout)  # then the text goes to stderr
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
-    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not machine_stdout)
+    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not machine_stdout, run=run_id)
     csv_error = None
     try:
         with sink.live():
@@ -200,9 +201,10 @@ def _verdict_text(v) -> str:
 class _MonitorView:
     """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
 
-    def __init__(self, *, json_out, csv_out, text_results: bool) -> None:
+    def __init__(self, *, json_out, csv_out, text_results: bool, run: str = "") -> None:
         from gendertool.device.monitor import MonitorSink
 
+        self.run = run
         self.json_out = json_out
         self.csv_out = csv_out
         self.text_results = text_results
@@ -219,13 +221,13 @@ class _MonitorView:
                 view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{sim}", "cyan")
 
             def result(self, r, session) -> None:
-                from gendertool.device.monitor import result_row, sample_verdict
+                from gendertool.device.monitor import json_row, result_row, row_labels, sample_verdict
 
                 view.session = session
                 if view.json_out is not None or view.csv_out is not None:
                     row = result_row(r, session.hello)
                     if view.json_out is not None:
-                        view.json_out.write(row)
+                        view.json_out.write(json_row(row, row_labels(session.hello, row), view.run))
                     if view.csv_out is not None:
                         view.csv_out.write(row)
                 if view.text_results and (view._live is None or not console.is_terminal):

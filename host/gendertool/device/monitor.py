@@ -240,6 +240,19 @@ def csv_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str
     return out
 
 
+def json_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str) -> dict[str, Any]:
+    """A :func:`result_row` for ``--json``: every field of the ``--csv`` row (the run id,
+    ``p_<label>``, ``score_<label>``) and the protocol's own lists (``probs``, ``scores``)."""
+    return {**csv_row(row, labels, run), **row}
+
+
+def row_labels(hello: Any, row: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of a result's columns: the device's labels, else class_0, class_1, ..."""
+    if hello is not None and getattr(hello, "labels", None):
+        return tuple(hello.labels)
+    return tuple(f"class_{i}" for i in range(len(row.get("probs") or ())))
+
+
 def new_run_id() -> str:
     """UTC start time plus a random suffix: sortable, and unique for runs started in one second."""
     import secrets

@@ -40,6 +40,7 @@ from gendertool.model.validate import (
     compare_outputs,
     model_summary,
     no_readable_images,
+    read_image_list,
     skip_reason,
 )
 from gendertool.protocol import record_to_dict
@@ -368,6 +369,7 @@ def validate_devices(
     progress: BoardProgress | None = None,
     infer_timeout: float = INFER_TIMEOUT,
     out_path: str | Path | None = None,
+    heldout: str | Path | None = None,
 ) -> DeviceValidation:
     """Validate the model on every board in ``ports`` (one thread per board).
 
@@ -387,7 +389,8 @@ def validate_devices(
     connect = connect or DeviceClient.open
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
-    items, skipped = collect_images(root, info.labels, limit)
+    items, skipped = collect_images(root, info.labels, limit,
+                                    only=read_image_list(heldout) if heldout is not None else None)
 
     # Ports first: a typo or a board running another model fails in a second, not after the
     # host reference (seconds per hundred images).

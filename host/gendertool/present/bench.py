@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_results
+from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_caveats, compare_results
 from gendertool.errors import GendertoolError
 from gendertool.model.estimate import CALIBRATION_FILE, save_calibration_point
 from gendertool.model.info import load_model
@@ -70,7 +70,7 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
     mem = {k: v for k, v in r.memory.items() if v}
     if mem:
         out.print("memory: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()))
-    else:
+    elif r.device:  # the device said who it is, without memory figures (no hello: nothing to say)
         out.print("memory: not reported by the device" + (" (a virtual device has no heap of its own)" if r.simulated else ""))
     versions = ", ".join(f"{k} {dev[k]}" for k in ("fw", "idf", "tflm", "esp_nn") if dev.get(k))
     if versions:
@@ -148,6 +148,7 @@ def present_estimate(r: "BenchResult", model: str | None, out: "Console") -> Non
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
 
@@ -159,13 +160,15 @@ def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> N
     for row in rows:
         t.add_row(*_compare_cells(row, METRIC_TITLES))
     out.print(t)
+    for caveat in compare_caveats(old, new):
+        out.print(f"caveat: {escape(caveat)}", soft_wrap=True)
 
 
 def _compare_cells(row: "CompareRow", titles: dict) -> list[str]:
     if row.metric == "fps":
         return ["FPS", "", f"{row.old:.1f}", f"{row.new:.1f}", f"{row.delta:+.1f}", f"{row.delta_pct:+.1f}", f"{row.speedup:.2f}x"]
     return [titles[row.metric], row.stat, ms_text(row.old), ms_text(row.new), f"{row.delta / 1000:+.2f}", f"{row.delta_pct:+.1f}",
-            f"{row.speedup:.2f}x"]
+            "-" if row.speedup is None else f"{row.speedup:.2f}x"]
 
 
 def present_boards(results: list["BenchResult"], out: "Console") -> None:
