@@ -185,7 +185,7 @@ def test_a_lost_board_is_named_once(cli, sim_server, images):
     from gendertool.device.sim import SimFaults
 
     server = sim_server(autostart=False, faults=SimFaults(disconnect_after=10))
-    r = cli("validate", "--port", server.url, "--images", images)
+    r = cli("validate", "--port", server.url, "--images", images, "--out", images.parent / "v.json")
     assert r.exit_code == 2
     (line,) = [ln for ln in r.stderr.replace("\n", " ").split("error: ")[1:]]
     assert line.count(server.url) == 1, line  # it was three times
