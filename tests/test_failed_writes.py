@@ -105,14 +105,16 @@ def _commands(tmp_path: Path, images: Path) -> dict[str, list]:
         "bench --json": ["bench", "--port", "sim", "-n", "300", "--warmup", "0", "--out", tmp_path / "b", "--json"],
         "monitor --json": ["monitor", "--port", "sim", "-n", "2", "--json"],
         "build --help": ["build", "--help"],
+        "build --no-compile": ["build", "--no-compile", "--out", tmp_path / "fw"],
+        "validate": ["validate", "--images", images],
     }
 
 
 # --------------------------------------------------------------------------- standard output
 
 
-@pytest.mark.parametrize("name", ["inspect", "inspect --json", "model list", "ports", "validate --json", "convert",
-                                  "bench --json", "monitor --json", "build --help"])
+@pytest.mark.parametrize("name", ["inspect", "inspect --json", "model list", "ports", "validate", "validate --json",
+                                  "convert", "bench --json", "monitor --json", "build --help", "build --no-compile"])
 def test_stdout_on_dev_full_is_one_line_and_exit_2(tmp_path, images, name):
     with open("/dev/full", "w") as full:
         r = _run(_commands(tmp_path, images)[name], tmp_path, stdout=full)

@@ -127,6 +127,8 @@ class CheckedStream:
     def write(self, text: str) -> int:
         if self.failed is not None:
             raise self.failed
+        if not isinstance(text, str):  # as a text stream says it (click probes with bytes)
+            raise TypeError(f"write() argument must be str, not {type(text).__name__}")
         try:
             fd = self._fd()
             if fd is None:

@@ -51,7 +51,9 @@ def flash_cmd(
     if failed:
         from gendertool.errors import DeviceError
 
-        names = "; ".join(f"{b.port}: {b.error}" for b in failed)
+        from gendertool.text import about
+
+        names = "; ".join(about(b.port, b.error) for b in failed)
         raise DeviceError(f"flashing failed on {len(failed)} of {len(boards)} boards: {names}")
 
 
