@@ -51,9 +51,7 @@ def flash_cmd(
     if failed:
         from gendertool.errors import DeviceError
 
-        from gendertool.text import about
-
-        names = "; ".join(about(b.port, b.error) for b in failed)
+        names = "; ".join(f"{b.port}: {b.error}" for b in failed)
         raise DeviceError(f"flashing failed on {len(failed)} of {len(boards)} boards: {names}")
 
 
