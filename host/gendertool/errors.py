@@ -124,7 +124,9 @@ class ctrl_c_handled:
     def __enter__(self) -> "ctrl_c_handled":
         import signal
 
-        if _main_thread() and signal.getsignal(signal.SIGINT) is not _on_sigint:
+        current = signal.getsignal(signal.SIGINT) if _main_thread() else _on_sigint
+        # SIG_IGN: started ignoring SIGINT (a script's background job): it stays ignored
+        if current is not _on_sigint and current is not signal.SIG_IGN:
             self.previous = signal.signal(signal.SIGINT, _on_sigint)
             self.installed = True
             _ctrl_c.reset()

@@ -42,7 +42,10 @@ def main(argv: list[str] | None = None) -> None:
     closed pipe (``| head``) ends the command quietly, exit 141.
     """
     with ctrl_c_handled(stay=True), checked_std_streams() as streams:
-        code = _run(argv)
+        try:
+            code = _run(argv)
+        except KeyboardInterrupt:  # the first Ctrl-C, while a failure was being said
+            code = EXIT_INTERRUPTED
         try:
             streams.finish()
         except OutputError as exc:
