@@ -132,3 +132,15 @@ def test_a_burst_of_ctrl_c_during_monitor_ends_with_the_summary(tmp_path):
     assert all(r.count(",") == rows[0].count(",") for r in rows)  # no row cut
     m = re.search(r"results\s+(\d+) in", stdout)
     assert m and int(m.group(1)) == len(rows) - 1  # the summary counts what the file holds
+
+
+def test_a_process_started_with_sigint_ignored_keeps_ignoring_it(tmp_path):
+    """A script's background job (`gendertool monitor ... &`) starts with SIGINT ignored: the
+    Ctrl-C policy does not take that away."""
+    env = {**os.environ, "NO_COLOR": "1", "GENDERTOOL_CACHE_DIR": str(tmp_path / "cache")}
+    proc = subprocess.Popen([_exe(), "monitor", "--port", "sim", "-n", "6"], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    stdout, stderr = _burst(proc, 5, 0.05)
+    assert proc.returncode == 0, stderr
+    assert stdout.count("#") == 6 and "Ctrl-C" not in stdout

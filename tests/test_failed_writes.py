@@ -266,3 +266,10 @@ def test_bench_on_a_full_disk_names_what_its_report_holds(tmp_path, tiny_fs):
     assert f"bench.json: {out / 'bench.json'} (INCOMPLETE: {held} of 400 runs, not the {done} shown above" in \
         r.stdout.replace("\n", "")
     assert not (out / "latency_hist.png").exists()  # no plot of runs its bench.json does not hold
+
+
+def test_monitor_csv_into_dev_null_with_stderr_there_too(tmp_path):
+    with open(os.devnull, "w") as null:
+        r = subprocess.run([_exe(), "monitor", "--port", "sim", "-n", "2", "--csv", os.devnull], stdout=subprocess.PIPE,
+                           stderr=null, text=True, env=_env(tmp_path), timeout=60, cwd=tmp_path)
+    assert r.returncode == 0 and r.stdout.count("#") == 2  # /dev/null is no one's log: written to, not refused
