@@ -41,5 +41,19 @@ def shown_line(text: str, limit: int) -> str:
     return f"{safe[:limit]}... ({len(safe) - limit} more characters)"
 
 
+def about(subject: str, message: str) -> str:
+    """``subject: message``, unless the message names the subject already (a port named once,
+    not three times, when errors wrap errors)."""
+    return message if subject in message else f"{subject}: {message}"
+
+
+def reason(message: str, subject: str) -> str:
+    """``message`` without a leading ``subject``, its verb phrase ``disconnected`` and brackets:
+    what remains to say about it when an outer message names the subject already."""
+    rest = message.removeprefix(subject).strip()
+    rest = rest.removeprefix("disconnected").strip()
+    return rest[1:-1] if rest.startswith("(") and rest.endswith(")") else rest
+
+
 def count(n: int, singular: str, plural: str | None = None) -> str:
     return f"{n} {singular if n == 1 else (plural or singular + 's')}"

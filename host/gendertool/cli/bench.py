@@ -21,7 +21,7 @@ from gendertool.present.bench import (
     present_paths,
 )
 from gendertool.present.console import console, err_console
-from gendertool.text import count
+from gendertool.text import about, count
 
 from .options import complete_bench_inputs, complete_boards, complete_models, port_option, resolve_ports
 from .root import EXIT_USER_ERROR, app, print_error
@@ -141,7 +141,7 @@ def _write_bundle(path: Path, results: list["BenchResult"]) -> None:
 
 def _plots(r: "BenchResult", unwritten: list[str]) -> list[Path]:
     """The run's plots, beside the bench.json they belong to only; a failure is noted, not raised."""
-    if not r.samples or r.path is None:
+    if not r.samples or r.path is None or r.stale:  # no plot of runs its bench.json does not hold
         return []
     from gendertool.errors import GendertoolError
     from gendertool.present.plots import write_plots
@@ -168,7 +168,7 @@ def _old_moved_aside(old: "BenchResult", results: list["BenchResult"]) -> None:
 def _print_json(results: list["BenchResult"], written: dict, old: "Optional[BenchResult]") -> None:
     import json
 
-    from gendertool.device.bench_results import compare_results
+    from gendertool.device.bench_results import compare_caveats, compare_results
 
     boards = []
     for r in results:
@@ -177,7 +177,8 @@ def _print_json(results: list["BenchResult"], written: dict, old: "Optional[Benc
         doc["plots"] = [str(p) for p in written.get(id(r), [])]
         if old is not None and r.samples:
             doc["compare"] = {"old": str(old.path) if old.path else None,
-                              "rows": [row.to_dict() for row in compare_results(old, r)]}
+                              "rows": [row.to_dict() for row in compare_results(old, r)],
+                              "caveats": compare_caveats(old, r)}
         boards.append(doc)
     typer.echo(json.dumps({"boards": boards}, indent=2))
 
@@ -198,8 +199,11 @@ def _failure(failed: list["BenchResult"], unwritten: list[str] = ()):
 
     parts = list(unwritten)
     for r in failed:
-        kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
-        parts.append(f"{r.port}: {r.error} ({r.completed} of {r.n} runs completed{kept})")
+        if r.stale:
+            kept = f"; only the first {count(r.saved, 'sample')} are in {r.path}, written before the failure"
+        else:
+            kept = f"; {count(r.completed, 'sample')} kept in {r.path}" if r.path else ""
+        parts.append(f"{about(r.port, r.error)} ({r.completed} of {r.n} runs completed{kept})")
     return DeviceError("; ".join(parts))
 
 

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Optional
 
 import typer
 
+from gendertool.files import is_device_or_pipe
 from gendertool.present.console import console, err_console
 from gendertool.protocol import arena_warning
 
@@ -64,9 +65,12 @@ def monitor_cmd(
 
     if not web and (open_browser or model is not None):
         raise GendertoolError(f"{'--open' if open_browser else '--model'} needs --web")
-    writer_csv = _MonitorCsv(csv_file, new_run_id()) if csv_file is not None else None
+    run_id = new_run_id()  # the CSV's and the JSON lines' `run`: appended runs stay apart
+    writer_csv = _MonitorCsv(csv_file, run_id) if csv_file is not None else None
+    machine_stdout = as_json or (writer_csv is not None and writer_csv.to_stdout)  # then the text goes to stderr
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
-    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not as_json)
+    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not machine_stdout, run=run_id)
+    csv_error = None
     page = None
     try:
         if web:
@@ -75,20 +79,19 @@ def monitor_cmd(
             summary = run_monitor(port, sink.sink if page is None else TeeSink(sink.sink, page.sink), count=count,
                                   timeout=timeout, source=source, elf=elf_path, no_record_timeout=no_record_timeout,
                                   control=None if page is None else page.control, panic=panic)
-    except BrokenPipeError:
-        # stdout closed by the reader (`| head`): stop quietly, like other Unix tools
-        import os
-
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-        raise typer.Exit(0) from None
-    finally:
-        if writer_csv is not None:
-            writer_csv.close()
-        if page is not None:
-            page.close()
-    _present_summary(summary, err_console if as_json else console, csv_file)
-    if summary.error:
-        raise DeviceError(summary.error)
+    finally:  # a closed or full stdout ends here too: gendertool.cli.main says it (a closed pipe quietly)
+        try:
+            if writer_csv is not None:
+                try:
+                    writer_csv.close()
+                except GendertoolError as exc:  # rows that waited for a hello that never came
+                    csv_error = str(exc)
+        finally:
+            if page is not None:
+                page.close()
+    _present_summary(summary, err_console if machine_stdout else console, csv_file, writer_csv)
+    if summary.error or csv_error:
+        raise DeviceError("; ".join(e for e in (summary.error, csv_error) if e))
 
 
 def _start_page(port: str, host: str, web_port: int, model: Optional[str], open_browser: bool, input_every: int):
@@ -119,6 +122,16 @@ class _MonitorCsv:
         self.writer = None
         self.labels: tuple[str, ...] = ()
         self.pending: list[dict] = []
+        # `-`, or a path that is this process's stdout (/dev/stdout): the CSV is the output
+        null = _is_devnull(path)
+        self.to_stdout = str(path) == "-" or (not null and _same_file(path, 1))
+        if self.to_stdout:
+            return
+        if not null and _same_file(path, 2):
+            self._refuse("that is standard error, where the device log and the status lines go; "
+                         "`--csv -` writes the CSV to standard output")
+        if is_device_or_pipe(path):  # never read back, never opened twice
+            return
         # before connecting: a file we cannot write, or one with other columns, fails now
         header = _csv_header(path)
         if header is not None and (tuple(header[:len(CSV_HEAD)]) != CSV_HEAD or tuple(header[-len(CSV_TAIL):]) != CSV_TAIL):
@@ -135,15 +148,17 @@ class _MonitorCsv:
         raise GendertoolError(f"cannot write --csv {self.path}: {why}")
 
     def start(self, labels) -> None:
+        import sys
+
         from gendertool.device.monitor import csv_fields
         from gendertool.files import CsvAppender
 
         if self.writer is not None:
             return
         try:
-            self.writer = CsvAppender(self.path, csv_fields(labels))
+            self.writer = CsvAppender(self.path, csv_fields(labels), stream=sys.stdout if self.to_stdout else None)
         except (ValueError, OSError) as exc:
-            self._refuse(str(exc))
+            self._refuse(exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc))
         self.labels = tuple(labels)
         for row in self.pending:
             self.write(row)
@@ -162,6 +177,25 @@ class _MonitorCsv:
             self.start(tuple(f"class_{i}" for i in range(len(self.pending[0].get("probs") or ()))))
         if self.writer is not None:
             self.writer.close()
+
+
+def _same_file(path: Path, fd: int) -> bool:
+    """Whether ``path`` is the file open as ``fd`` (``/dev/stdout`` is standard output)."""
+    import os
+
+    try:
+        return os.path.samestat(os.stat(path), os.fstat(fd))
+    except (OSError, ValueError):
+        return False
+
+
+def _is_devnull(path: Path) -> bool:
+    import os
+
+    try:
+        return os.path.samestat(os.stat(path), os.stat(os.devnull))
+    except OSError:
+        return False
 
 
 def _csv_header(path: Path) -> Optional[list[str]]:
@@ -206,9 +240,10 @@ def _verdict_text(v) -> str:
 class _MonitorView:
     """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
 
-    def __init__(self, *, json_out, csv_out, text_results: bool) -> None:
+    def __init__(self, *, json_out, csv_out, text_results: bool, run: str = "") -> None:
         from gendertool.device.monitor import MonitorSink
 
+        self.run = run
         self.json_out = json_out
         self.csv_out = csv_out
         self.text_results = text_results
@@ -229,13 +264,13 @@ class _MonitorView:
                     view._say(f"WARNING: {warning}", "bold red")
 
             def result(self, r, session) -> None:
-                from gendertool.device.monitor import result_row, sample_verdict
+                from gendertool.device.monitor import json_row, result_row, row_labels, sample_verdict
 
                 view.session = session
                 if view.json_out is not None or view.csv_out is not None:
                     row = result_row(r, session.hello)
                     if view.json_out is not None:
-                        view.json_out.write(row)
+                        view.json_out.write(json_row(row, row_labels(session.hello, row), view.run))
                     if view.csv_out is not None:
                         view.csv_out.write(row)
                 if view.text_results and (view._live is None or not console.is_terminal):
@@ -344,7 +379,7 @@ class _MonitorView:
         return grid
 
 
-def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
+def _present_summary(summary, out, csv_file: Optional[Path], csv_out: "Optional[_MonitorCsv]" = None) -> None:
     from gendertool.present.tables import format_duration, format_ms, kv_table
     from gendertool.text import count
 
@@ -377,7 +412,11 @@ def _present_summary(summary, out, csv_file: Optional[Path]) -> None:
     if summary.panics:
         rows.append(("panics", str(summary.panics)))
     if csv_file is not None:
-        rows.append(("csv", str(csv_file)))
+        where = "standard output" if csv_out is not None and csv_out.to_stdout else str(csv_file)
+        kept = csv_out.writer.count if csv_out is not None and csv_out.writer is not None else 0
+        if csv_out is not None and kept < summary.results:  # a write failed: say what the file holds
+            where += f" (holds {kept} of these {summary.results} results)"
+        rows.append(("csv", where))
     if summary.interrupted:
         rows.append(("stopped", "Ctrl-C"))
     out.print(kv_table(rows, title="Monitor summary"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -81,9 +82,23 @@ def _usage_name(param: Any):
     return name
 
 
+def _refuse_non_finite(command, ctx) -> None:
+    # click's float takes "nan" and "inf"; no number option of gendertool (seconds, percentages)
+    # means them, and a nan timeout compares false with everything, so it would wait forever
+    for p in command.params:
+        value = ctx.params.get(p.name)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise typer.BadParameter(f"{value} is not a finite number", ctx=ctx, param=p)
+
+
 class HonestCommand(typer.core.TyperCommand):
     def get_params(self, ctx):
         return _honest(super().get_params(ctx))
+
+    def parse_args(self, ctx, args):
+        rest = super().parse_args(ctx, args)
+        _refuse_non_finite(self, ctx)
+        return rest
 
 
 class HonestGroup(_Group):

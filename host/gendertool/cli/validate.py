@@ -11,7 +11,7 @@ import typer
 from gendertool.cli.bench import BoardProgress
 from gendertool.present.bench import ms_text, sim_prefix
 from gendertool.present.console import console, err_console
-from gendertool.text import count
+from gendertool.text import about, count
 
 from .options import complete_models, port_option, resolve_ports
 from .root import app
@@ -50,6 +50,10 @@ def validate(
         "default (XNNPACK) or builtin (BUILTIN_WITHOUT_DEFAULT_DELEGATES). Repeat to compare several.",
     ),
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Use at most N images, taken in turn from each label."),
+    heldout: Optional[Path] = typer.Option(
+        None, "--heldout", metavar="LIST",
+        help="Only the images this list names, one label/file per line: models/heldout.txt is the model card's "
+             "held-out split (its accuracy with --images ../shared/datasets/portraits)."),
     as_json: bool = typer.Option(False, "--json", help="One JSON document on stdout, per-image records included."),
     show_images: bool = typer.Option(False, "--show-images", help="Also list every image (default: only mismatches)."),
     # no $GENDERTOOL_PORT here: giving --port switches validate from this computer to the board
@@ -70,12 +74,12 @@ def validate(
         from .validate import validate_on_ports
 
         validate_on_ports(resolve_ports(port), images, model, label_list, limit=limit, min_parity=min_parity, as_json=as_json,
-                          show_images=show_images, out=out if out is not None else DEVICE_REPORT)
+                          show_images=show_images, out=out if out is not None else DEVICE_REPORT, heldout=heldout)
         return
     try:
         with _progress() as progress:
             report = validate_host(images, model, labels=label_list, kernels=kernels, limit=limit, progress=progress,
-                                   out_path=out)
+                                   out_path=out, heldout=heldout)
     except Interrupted as exc:
         if exc.partial is not None:  # the images compared before Ctrl-C
             present(exc.partial, console, show_images=show_images)
@@ -139,6 +143,10 @@ def warn_skipped(skipped: "Sequence[SkippedFile]") -> None:
     too_large = [s for s in skipped if s.kind == "unreadable" and s.reason.startswith("too large")]
     for s in too_large[:10]:
         warn(f"skipped {escape(s.path)}: {escape(s.reason)}")
+    missing = [s for s in skipped if s.kind == "not_found"]
+    if missing:
+        warn(f"{count(len(missing), 'image')} of the --heldout list {'is' if len(missing) == 1 else 'are'} not in the "
+             f"folder: {names(missing)}")
     rest = [s for s in skipped if s.kind == "unreadable" and s not in too_large]
     if rest:
         warn(f"skipped {count(len(rest), 'file')} that are not readable images: {names(rest)}")
@@ -268,7 +276,7 @@ def present_device_validation(dv: "DeviceValidation", out: "Console", *, show_im
             out.print(f"{sim}parity with the TFLM reference: {p.identical}/{p.compared} images bit-exact "
                       f"({b.parity_pct:.1f} %), largest difference {p.max_diff}: {verdict}")
         if b.error:
-            out.print(f"[red]{escape(b.port)}: {escape(b.error)}[/]")
+            out.print(f"[red]{escape(about(b.port, b.error))}[/]")
     if len(dv.boards) > 1:
         t = Table(title="all boards", title_justify="left")
         for col in ("port", "board", "images", "bit-exact", "parity", "max diff", "self-test", "status"):
@@ -295,7 +303,7 @@ def device_validation_failure(dv: "DeviceValidation"):
         if b.passed(dv.min_parity):
             continue
         if b.error:
-            parts.append(f"{b.port}: {b.error} ({b.coverage()}{'; report ' + str(dv.path) if dv.path else ''})")
+            parts.append(f"{about(b.port, b.error)} ({b.coverage()}{'; report ' + str(dv.path) if dv.path else ''})")
         if b.selftest_passed is False:
             parts.append(f"{b.port}: the device's self-test FAILED ({b.selftest.get('failed', '?')} of "
                          f"{b.selftest.get('n', '?')} samples)")
@@ -306,7 +314,7 @@ def device_validation_failure(dv: "DeviceValidation"):
 
 def validate_on_ports(
     ports: list[str], images: Path, model: Optional[str], labels: Optional[list[str]], *, limit: Optional[int],
-    min_parity: float, as_json: bool, show_images: bool, out: Optional[Path] = None,
+    min_parity: float, as_json: bool, show_images: bool, out: Optional[Path] = None, heldout: Optional[Path] = None,
 ) -> None:
     """``gendertool validate --port P... --images DIR``: runs on each board, one report per board."""
     import json
@@ -318,7 +326,7 @@ def validate_on_ports(
 
     try:
         with BoardProgress(ports) as progress:
-            dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity,
+            dv = validate_devices(ports, images, model, labels=labels, limit=limit, min_parity=min_parity, heldout=heldout,
                                   progress=progress, out_path=out)
     except Interrupted as exc:
         if exc.partial is not None:

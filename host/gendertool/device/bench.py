@@ -36,7 +36,7 @@ from gendertool.device.bench_results import (
 )
 from gendertool.device.link import DeviceClient
 from gendertool.device.transport import check_port_list, run_parallel
-from gendertool.errors import DeviceError, GendertoolError, Interrupted
+from gendertool.errors import DeviceError, GendertoolError, Interrupted, ctrl_c_waits
 from gendertool.files import write_json_atomic
 from gendertool.protocol import BenchSample, ProfileOp, ProfileSummary, record_to_dict
 
@@ -107,12 +107,8 @@ def run_bench(
                 keep_previous(out_json)
                 started_writing = True
             result.finished = _now()
-            try:
-                write_report(out_json, result.to_json())
-            except GendertoolError:
-                result.path = None  # what is on disk (if anything) is older than what we hold
-                raise
-            result.path = out_json
+            write_report(out_json, result.to_json())  # a failure leaves path/saved at the last good write
+            result.path, result.saved = out_json, result.completed
             last_flush = now
 
     try:
@@ -152,19 +148,22 @@ def run_bench(
         result.error = str(exc)
     except KeyboardInterrupt:
         result.interrupted = True
-    finally:
-        result.finished = _now()
-        logs, stats = getattr(client, "logs", None), getattr(client, "stats", None)
-        if logs is not None:
-            result.device_log = [getattr(line, "text", str(line)) for line in logs]
-        if hasattr(stats, "as_dict"):
-            result.link = stats.as_dict()
-        try:
+    late = False  # a Ctrl-C during the final save: held until it is written (errors.ctrl_c_waits)
+    try:
+        with ctrl_c_waits():
+            result.finished = _now()
+            logs, stats = getattr(client, "logs", None), getattr(client, "stats", None)
+            if logs is not None:
+                result.device_log = [getattr(line, "text", str(line)) for line in logs]
+            if hasattr(stats, "as_dict"):
+                result.link = stats.as_dict()
             flush(force=True)
-        except GendertoolError as exc:
-            if str(exc) not in (result.error or ""):
-                result.error = f"{result.error}; {exc}" if result.error else str(exc)
-    if result.interrupted:
+    except GendertoolError as exc:
+        if str(exc) not in (result.error or ""):
+            result.error = f"{result.error}; {exc}" if result.error else str(exc)
+    except KeyboardInterrupt:
+        late = True
+    if result.interrupted or late:
         raise Interrupted(interrupted_note([result]), partial=result)
     return result
 
@@ -214,8 +213,14 @@ def interrupted_note(results: Sequence[BenchResult]) -> str:
     """What an interrupted bench finished, per board, and where each partial report is."""
     parts = []
     for r in results:
-        where = (f"partial report {r.path} (marked interrupted)" if r.path
-                 else "nothing written" + (f" ({r.error})" if r.error else ""))
+        if r.path and r.complete and not r.stale:  # stopped while its complete report was being written
+            where = f"report {r.path} (complete)"
+        elif r.stale:
+            where = f"{r.path} holds only the first {r.saved} ({r.error or 'a later write failed'})"
+        elif r.path:
+            where = f"partial report {r.path}" + (" (marked interrupted)" if r.interrupted else "")
+        else:
+            where = "nothing written" + (f" ({r.error})" if r.error else "")
         parts.append(f"{r.port}: {r.completed} of {r.n} runs done, {where}")
     return "; ".join(parts) or "no board had sent a sample; nothing written"
 

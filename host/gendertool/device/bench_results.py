@@ -120,6 +120,12 @@ class BenchResult:
     path: Path | None = None  # where bench.json was written
     device_log: list[str] = field(default_factory=list)  # the device's log lines seen during the run
     link: dict = field(default_factory=dict)  # the host parser's counters (damaged / dropped records)
+    saved: int = 0  # samples in the bench.json at ``path`` (fewer than completed when a later write failed)
+
+    @property
+    def stale(self) -> bool:
+        """bench.json holds fewer samples than arrived (the disk filled after an earlier write)."""
+        return self.path is not None and self.saved < self.completed
 
     @property
     def completed(self) -> int:
@@ -290,8 +296,11 @@ class CompareRow:
         return (self.new - self.old) / self.old * 100.0 if self.old else float("nan")
 
     @property
-    def speedup(self) -> float:
-        """How many times faster ``new`` is (>1 = faster): old/new for times, new/old for FPS."""
+    def speedup(self) -> float | None:
+        """How many times faster ``new`` is (>1 = faster): old/new for times, new/old for FPS.
+        None for the standard deviation: a narrower spread is not a speed."""
+        if self.stat == "std":
+            return None
         if self.metric == "fps":
             return self.new / self.old if self.old else float("nan")
         return self.old / self.new if self.new else float("nan")
@@ -299,6 +308,20 @@ class CompareRow:
     def to_dict(self) -> dict:
         return {"metric": self.metric, "stat": self.stat, "old": self.old, "new": self.new,
                 "delta": self.delta, "delta_pct": self.delta_pct, "speedup": self.speedup}
+
+
+def compare_caveats(old: BenchResult, new: BenchResult) -> list[str]:
+    """What makes a comparison of ``old`` and ``new`` weaker: a run that was interrupted, failed
+    or stopped short, or one side simulated and the other not."""
+    out = []
+    for side, r in (("old", old), ("new", new)):
+        if not r.complete:
+            why = "interrupted (Ctrl-C)" if r.interrupted else (f"failed: {r.error}" if r.error else "incomplete")
+            where = f" ({r.path})" if r.path else ""
+            out.append(f"the {side} run{where} is {why}: {r.completed} of {r.n} runs, so its figures describe part of a run")
+    if old.simulated != new.simulated:
+        out.append("one run is simulated (host timings) and the other is not: the speed-up compares a computer with a board")
+    return out
 
 
 def compare_results(old: BenchResult, new: BenchResult) -> list[CompareRow]:

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 
 from gendertool.device.esptool_log import AFTER_CHOICES, BEFORE_CHOICES, FlashReporter, esptool_logger
 from gendertool.device.ports import is_usb_jtag, resolve_port
-from gendertool.device.transport import check_port_list, run_parallel
+from gendertool.device.transport import check_port_list, check_socket_url, run_parallel
 from gendertool.errors import BuildError, DeviceError, GendertoolError
 from gendertool.project.images import image_problems
 from gendertool.project.manifest import REQUIRED_CHIP, FlashImage, FlashPlan
@@ -103,7 +103,7 @@ def _explain(exc: BaseException, port: str, stage: str, board: str | None = None
     if port.startswith("socket://") and stage == "connecting" and ("failed to connect" in low or "no serial data received" in low):
         return DeviceError(
             f"no ESP ROM loader answered on {port} ({first_line}); a socket:// port must lead to a board's "
-            "serial loader (a `gendertool sim serve` virtual device has no flash)"
+            "serial loader (a `gendertool sim` virtual device has no flash)"
         )
     if "failed to connect" in low or "no serial data received" in low or "wrong boot mode" in low or "timed out" in low:
         return DeviceError(
@@ -144,10 +144,11 @@ class FlashResult:
 
 def check_flashable(port: str, baud: int) -> None:
     """Refuse what cannot be flashed before touching any port. socket:// is esptool's too (a
-    remote serial bridge, the tests' emulated ROM loader); a `gendertool sim serve` there
-    does not answer the ROM's sync, which _explain names."""
+    remote serial bridge, the tests' emulated ROM loader); a `gendertool sim` there does not
+    answer the ROM's sync, which _explain names."""
     if port == "sim":
         raise DeviceError(f"cannot flash {port}: the virtual device has no flash; flash a real board's serial port")
+    check_socket_url(port)
     if baud <= 0:
         raise DeviceError(f"--baud must be positive, got {baud}")
 

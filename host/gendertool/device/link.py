@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, Iterator
 from gendertool import protocol as p
 from gendertool.device.transport import PortVanished, Transport, open_port
 from gendertool.errors import DeviceError
-from gendertool.text import count
+from gendertool.text import count, reason
 
 if TYPE_CHECKING:
     import numpy as np
@@ -270,7 +270,9 @@ class DeviceClient:
                 items = self._read(min(left, 0.5), reconnect=False)
             except PortVanished as exc:
                 if not restarting:
-                    raise LinkLost(f"{self.port} disconnected while waiting for {what} ({exc})", received) from None
+                    why = reason(str(exc), self.port)  # exc names the port already
+                    raise LinkLost(f"{self.port} disconnected while waiting for {what}" + (f" ({why})" if why else ""),
+                                   received) from None
                 self._emit(LinkEvent("disconnected", f"{exc}; waiting for the device to restart"))
                 self.transport.reconnect(max(left, 0.5))
                 self._emit(LinkEvent("reconnected", f"{self.port} is back"))
@@ -308,7 +310,8 @@ class DeviceClient:
             try:
                 items = self._read(min(left, 0.5), reconnect=False)
             except PortVanished as exc:
-                raise LinkLost(f"{self.port} disconnected ({exc})") from None
+                why = reason(str(exc), self.port)
+                raise LinkLost(f"{self.port} disconnected" + (f" ({why})" if why else "")) from None
             for it in items:
                 self._stash([it])
                 if isinstance(it, p.Ack) and it.cmd == "infer":

@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import math
 import re
-import signal
-import threading
 import time
 from array import array
 from collections import Counter, deque
@@ -28,8 +26,9 @@ from gendertool.device.panic import (
     PanicTracker,
 )
 from gendertool.device.transport import open_port
-from gendertool.errors import DeviceError, GendertoolError
+from gendertool.errors import DeviceError, GendertoolError, ctrl_c_handled, ctrl_c_waits
 from gendertool.protocol import (
+    MAX_LINE,
     PROTO_VERSION,
     Ack,
     ErrorRecord,
@@ -408,6 +407,19 @@ def csv_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str
     return out
 
 
+def json_row(row: dict[str, Any], labels: "tuple[str, ...] | list[str]", run: str) -> dict[str, Any]:
+    """A :func:`result_row` for ``--json``: every field of the ``--csv`` row (the run id,
+    ``p_<label>``, ``score_<label>``) and the protocol's own lists (``probs``, ``scores``)."""
+    return {**csv_row(row, labels, run), **row}
+
+
+def row_labels(hello: Any, row: dict[str, Any]) -> tuple[str, ...]:
+    """The class names of a result's columns: the device's labels, else class_0, class_1, ..."""
+    if hello is not None and getattr(hello, "labels", None):
+        return tuple(hello.labels)
+    return tuple(f"class_{i}" for i in range(len(row.get("probs") or ())))
+
+
 def new_run_id() -> str:
     """UTC start time plus a random suffix: sortable, and unique for runs started in one second."""
     import secrets
@@ -418,38 +430,26 @@ def new_run_id() -> str:
 class _AtomicRecords:
     """Ctrl-C between records, never inside one: a SIGINT that arrives while a record is being
     counted and shown is held until it is done, so the summary counts exactly what was shown.
-    Elsewhere (reads, reconnect waits) it interrupts at once. Only the main thread can hold it."""
+    Elsewhere (reads, reconnect waits) it interrupts at once, and a second Ctrl-C while the
+    session winds down is ignored (gendertool.errors: the one Ctrl-C policy). Only the main
+    thread can hold it."""
 
     def __init__(self) -> None:
-        self.inside = False
-        self.pending = False
-        self._previous: Any = None
-        self._installed = False
-
-    def _handler(self, signum, frame) -> None:
-        if self.inside:
-            self.pending = True
-        else:
-            raise KeyboardInterrupt
+        self._handled = ctrl_c_handled()
+        self._record: ctrl_c_waits | None = None
 
     def install(self) -> None:
-        if threading.current_thread() is threading.main_thread():
-            self._previous = signal.signal(signal.SIGINT, self._handler)
-            self._installed = True
+        self._handled.__enter__()
 
     def restore(self) -> None:
-        if self._installed:
-            signal.signal(signal.SIGINT, self._previous)
-            self._installed = False
+        self._handled.__exit__(None, None, None)
 
     def __enter__(self) -> None:
-        self.inside = True
+        self._record = ctrl_c_waits()
+        self._record.__enter__()
 
     def __exit__(self, exc_type, *exc: object) -> None:
-        self.inside = False
-        if self.pending and exc_type is None:
-            self.pending = False
-            raise KeyboardInterrupt
+        self._record.__exit__(exc_type, *exc)
 
 
 def _open(port: str):
@@ -465,7 +465,11 @@ _ROM_BANNER = re.compile(r"ESP-ROM:\S+|rst:0x[0-9a-f]+ \([A-Z_]+\)|waiting for d
 
 
 class StreamSeen:
-    """What a port sent that was not a record, to say what it is when no record comes."""
+    """What a port sent that was not a record, to say what it is when no record comes.
+
+    One per stretch without a valid record: the monitor starts a new one at every record, so a
+    banner seen at boot is not blamed for garbled records twenty results later.
+    """
 
     def __init__(self) -> None:
         self.lines = 0
@@ -495,13 +499,19 @@ class StreamSeen:
         total = stats.get("bytes", 0)
         damaged = stats.get("bad_crc", 0) + stats.get("bad_frame", 0) + stats.get("bad_record", 0)
         if total == 0:
-            return "it sent nothing"
+            return "nothing"
         if self.download_mode:
             what = ("an ESP32 ROM bootloader waiting for download (the chip is in download mode): "
                     "reset it into its app, or `gendertool flash` it")
         elif self.rom is not None:
             what = f"an ESP32 ROM bootloader banner ({self.rom}) and no gendertool firmware after it: flash it"
-        elif self.lines == 0 or self.odd_chars * 10 > self.chars:
+        elif damaged and self.lines == 0:
+            return (f"only damaged records ({damaged} with a bad checksum or frame, {total} bytes): the link "
+                    "garbles them (cable, USB hub, a baud rate that drifts)")
+        elif self.lines == 0:  # every line too long to keep: what it held is unknown
+            what = (f"{total} bytes and no complete line ({stats.get('overlong', 0)} lines longer than {MAX_LINE} "
+                    "bytes dropped): a wrong baud rate, or not a gendertool firmware")
+        elif self.odd_chars * 10 > self.chars:
             what = (f"binary noise ({total} bytes, {stats.get('overlong', 0)} overlong lines, {self.odd_chars} "
                     "control or undecodable characters): a wrong baud rate, or not a gendertool firmware")
         else:
@@ -520,10 +530,10 @@ def check_options(*, count: int | None = None, timeout: float = DEFAULT_TIMEOUT_
     """The monitor's option checks, also made by the CLI before it opens any output file."""
     if count is not None and count < 1:
         raise GendertoolError(f"--count must be at least 1, got {count}")
-    if timeout <= 0:
-        raise GendertoolError(f"--timeout must be positive, got {timeout}")
-    if no_record_timeout <= 0:
-        raise GendertoolError(f"--no-record-timeout must be positive, got {no_record_timeout}")
+    if not (math.isfinite(timeout) and timeout > 0):  # nan compares false: it would wait forever
+        raise GendertoolError(f"--timeout must be positive and finite (seconds), got {timeout}")
+    if not (math.isfinite(no_record_timeout) and no_record_timeout > 0):
+        raise GendertoolError(f"--no-record-timeout must be positive and finite (seconds), got {no_record_timeout}")
     if source is not None and source not in ("sample", "camera"):  # upload: nothing would arrive to show
         raise GendertoolError(f"--source must be sample or camera, not {source!r}")
 
@@ -562,6 +572,8 @@ def run_monitor(
     panics = PanicTracker(PanicDecoder(elf, toolchain_prefix), sink, session)
     we_started = False
     last_data = last_record = clock()
+    bytes_seen = 0  # the stream's byte count at the last look: bytes without a newline are data too
+    at_record: dict[str, int] = {}  # the stream's counters at the last valid record
     last_tick = 0.0
     info_reply_due = False
 
@@ -627,6 +639,9 @@ def run_monitor(
             except LinkLost as gone:
                 raise DeviceError(f"{gone}; giving up (raise --timeout to wait longer)") from None
             now = clock()
+            if client.stats.bytes != bytes_seen:  # a line still being received counts as data
+                bytes_seen = client.stats.bytes
+                last_data = now
             for item in items:
                 if isinstance(item, LinkEvent):
                     continue  # said by on_event as it happened
@@ -639,6 +654,7 @@ def run_monitor(
                     panics.line(item.text)
                     continue
                 last_record = now
+                seen, at_record = StreamSeen(), client.stats.as_dict()  # what follows is described afresh
                 panics.flush()
                 if isinstance(item, Result):
                     with atomic:
@@ -666,31 +682,33 @@ def run_monitor(
                     "(`gendertool flash`, or raise --timeout)"
                 )
             if now - last_record > no_record_timeout:
-                stats = client.stats.as_dict()
+                stats = {k: max(0, v - at_record.get(k, 0)) for k, v in client.stats.as_dict().items()}
                 if session.hello is None:
                     raise DeviceError(
                         f"{port} is not speaking the gendertool protocol: no valid record in {no_record_timeout:g} s; "
                         f"it sent {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
                 raise DeviceError(
                     f"{port} answered as a gendertool device but sent no record for {no_record_timeout:g} s; "
-                    f"meanwhile {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
+                    f"meanwhile it sent {seen.describe(stats)} (raise --no-record-timeout to wait longer)")
             if now - last_tick >= 0.1:
                 last_tick = now
                 sink.tick(session)
     except KeyboardInterrupt:
         interrupted = True
-    except DeviceError as exc:
+    except GendertoolError as exc:  # the device, or the sink that could not save a result (a full disk)
         error = str(exc)
     finally:
-        if control is not None:
-            control.close()
-            if session.hello is not None:
-                control.run_at_end(client)
-        atomic.restore()
-        panics.flush()
-        if we_started:
-            send("stop")  # a courtesy: the port may be gone
-        client.close()
+        try:
+            if control is not None:
+                control.close()
+                if session.hello is not None:
+                    control.run_at_end(client)
+            panics.flush()
+            if we_started:
+                send("stop")  # a courtesy: the port may be gone
+            client.close()
+        finally:
+            atomic.restore()  # after the clean-up: a second Ctrl-C cannot cut it
 
     summary = session.summary(client.stats.as_dict())
     summary.interrupted = interrupted

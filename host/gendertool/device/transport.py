@@ -209,6 +209,23 @@ def _serial_opener(port: str, baudrate: int, exclusive: bool) -> Callable[[], An
     return open_
 
 
+def check_socket_url(port: str) -> None:
+    """A ``socket://`` port names a host and a port number (DeviceError otherwise: pyserial would
+    fail with a comparison of int and None)."""
+    if not port.startswith("socket://"):
+        return
+    from urllib.parse import urlsplit
+
+    url = urlsplit(port)
+    try:
+        number = url.port
+    except ValueError:  # not a number, or outside 0..65535
+        number = None
+    if not url.hostname or not number:
+        raise DeviceError(f"{port} is not a socket port: write socket://HOST:PORT with a port number from 1 to 65535, "
+                          "e.g. socket://127.0.0.1:7420 (what `gendertool sim --listen` serves on)")
+
+
 def open_port(
     port: str,
     *,
@@ -238,6 +255,7 @@ def open_port(
             raise
     if "://" in port and not port.startswith("socket://"):
         raise DeviceError(f"unsupported port URL {port!r}: use a serial device, socket://HOST:PORT or sim")
+    check_socket_url(port)
     return Transport(port, _serial_opener(port, baudrate, exclusive), timeout=timeout)
 
 

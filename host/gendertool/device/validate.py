@@ -24,7 +24,7 @@ import numpy as np
 
 from gendertool.device.link import INFER_TIMEOUT, DeviceClient, ReplyTimeout
 from gendertool.device.transport import check_port_list, run_parallel
-from gendertool.errors import DeviceError, GendertoolError, ImageError, Interrupted
+from gendertool.errors import DeviceError, GendertoolError, ImageError, Interrupted, ctrl_c_waits
 from gendertool.files import check_report_file, write_report_atomic
 from gendertool.model.info import load_model
 from gendertool.model.preprocess import load_rgb, preprocess
@@ -40,6 +40,7 @@ from gendertool.model.validate import (
     compare_outputs,
     model_summary,
     no_readable_images,
+    read_image_list,
     skip_reason,
 )
 from gendertool.protocol import record_to_dict
@@ -368,6 +369,7 @@ def validate_devices(
     progress: BoardProgress | None = None,
     infer_timeout: float = INFER_TIMEOUT,
     out_path: str | Path | None = None,
+    heldout: str | Path | None = None,
 ) -> DeviceValidation:
     """Validate the model on every board in ``ports`` (one thread per board).
 
@@ -387,7 +389,8 @@ def validate_devices(
     connect = connect or DeviceClient.open
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     root = Path(images_dir)
-    items, skipped = collect_images(root, info.labels, limit)
+    items, skipped = collect_images(root, info.labels, limit,
+                                    only=read_image_list(heldout) if heldout is not None else None)
 
     # Ports first: a typo or a board running another model fails in a second, not after the
     # host reference (seconds per hundred images).
@@ -422,20 +425,30 @@ def validate_devices(
         boards = [results.get(p) or BoardValidation(port=p, planned=dict(planned), interrupted=True) for p in ports]
         dv = DeviceValidation(min_parity=min_parity, boards=boards, skipped=skipped, model=model_summary(info),
                               interrupted=interrupted)
+        late = False
         if out_path is not None:
             try:
-                write_report_atomic(out_path, dv.to_dict())
-                dv.path = out_path
+                with ctrl_c_waits():  # a Ctrl-C now waits for the report to be written
+                    write_report_atomic(out_path, dv.to_dict())
+                    dv.path = out_path
             except GendertoolError as exc:  # the results are still presented; the CLI then fails
                 dv.write_error = str(exc)
+            except KeyboardInterrupt:  # held until the report was written
+                late = True
+        if late:
+            raise Interrupted(interrupted_note(dv), partial=dv)
         return dv
 
     try:
         run_parallel(ports, open_board)
         if not clients:
             raise DeviceError("; ".join(results[p].error or "" for p in ports))
-        found, unreadable = prepare_references(
-            info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
+        try:
+            found, unreadable = prepare_references(
+                info, items, root, (lambda d, t: progress("host", "TFLM reference", d, t)) if progress else None)
+        except KeyboardInterrupt:
+            raise Interrupted(f"stopped while computing the host reference of {count(len(items), 'image')}; "
+                              "no image was compared on a board, nothing written") from None
         refs.extend(found)
         skipped = list(skipped) + unreadable
         if not refs:
@@ -469,5 +482,7 @@ def connect_board(connect: "ConnectFn", port: str, info: Any) -> tuple[Any, dict
 
 def interrupted_note(dv: DeviceValidation) -> str:
     """What an interrupted device validation compared, per board, and where the report is."""
-    where = (f"partial report {dv.path}" if dv.path else dv.write_error or "no report file (pass --out FILE to keep one)")
+    partial = dv.interrupted or any(b.partial for b in dv.boards)
+    where = (f"{'partial report' if partial else 'report'} {dv.path}" if dv.path
+             else dv.write_error or "no report file (pass --out FILE to keep one)")
     return "; ".join(f"{b.port}: {b.coverage()}" for b in dv.boards) + f"; {where}"

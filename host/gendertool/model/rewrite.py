@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from gendertool.errors import ModelError
-from gendertool.files import write_bytes_atomic, write_json_atomic
+from gendertool.files import check_report_file, write_bytes_atomic, write_json_atomic
 from gendertool.model import espnn
 from gendertool.model.flatbuffer import op_name, parse_model, tflite_schema
 from gendertool.model.info import load_model, load_model_bytes
@@ -179,6 +179,7 @@ def fix_padding(model, output, *, compare: int = 64, seed: int = 0) -> PaddingFi
     info = load_model(model, measure_arena=False)
     if info.path is not None and out.resolve() == Path(info.path).resolve():
         raise ModelError(f"{out}: choose an output path other than the model itself")
+    check_report_file(out, "--output")  # a read-only folder or a path under a file: before the work
     new, convs = explicit_conv_padding(info.data, str(info.path or info.name))
     sha = hashlib.sha256(new).hexdigest()
     if not convs:
@@ -194,11 +195,19 @@ def fix_padding(model, output, *, compare: int = 64, seed: int = 0) -> PaddingFi
     if identical != compare:
         raise ModelError(f"the rewritten model differs from {info.name} on {compare - identical} of {compare} "
                          "inputs; nothing written (please report this)")  # fmt: skip
-    write_bytes_atomic(out, new)
-    write_json_atomic(out.with_suffix(".json"), {
-        "name": out.stem,
-        "labels": list(info.labels),
-        "preprocessing": info.preprocessing.to_dict(),
-        "source": f"gendertool model fix-padding of {info.name} (sha256 {info.sha256})",
-    }, indent=2)
+    sidecar = out.with_suffix(".json")
+    try:
+        write_bytes_atomic(out, new)
+        try:
+            write_json_atomic(sidecar, {
+                "name": out.stem,
+                "labels": list(info.labels),
+                "preprocessing": info.preprocessing.to_dict(),
+                "source": f"gendertool model fix-padding of {info.name} (sha256 {info.sha256})",
+            }, indent=2)
+        except BaseException:
+            out.unlink(missing_ok=True)  # a model without its labels and preprocessing is no result
+            raise
+    except OSError as exc:  # a full disk (the atomic writes leave no half file)
+        raise ModelError(f"cannot write {exc.filename or out}: {exc.strerror or exc}; nothing written") from None
     return PaddingFix(str(info.path), str(out), tuple(convs), info.sha256, sha, info.size, len(new), compare, identical)

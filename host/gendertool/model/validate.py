@@ -12,6 +12,7 @@ scores come from the board and reuses :func:`compare_outputs` and :func:`build_r
 
 from __future__ import annotations
 
+import hashlib
 import time
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
@@ -19,11 +20,12 @@ from pathlib import Path
 
 import numpy as np
 
-from gendertool.errors import GendertoolError, ImageError, Interrupted
+from gendertool.errors import GendertoolError, ImageError, Interrupted, ctrl_c_waits
 from gendertool.files import check_report_file, write_report_atomic
 from gendertool.model.info import load_model
 from gendertool.model.preprocess import IMAGE_SUFFIXES, load_rgb, preprocess
 from gendertool.model.runtime import LiteRtRunner, TflmRunner
+from gendertool.model.sources import default_model_path
 from gendertool.text import count
 
 REFERENCE = "tflm"
@@ -103,6 +105,7 @@ class SkippedFile:
     path: str
     reason: str
     # "unreadable" | "outside" (loose in the images root) | "empty_folder" (a label folder)
+    # | "not_found" (named by the --heldout list, absent from the folder)
     kind: str = "unreadable"
 
 
@@ -196,15 +199,66 @@ class ValidationReport:
 # collecting images
 
 
+def read_image_list(path: str | Path) -> list[str]:
+    """An image list such as the model card's ``models/heldout.txt``: one ``label/file name`` per
+    line, relative to the images folder; blank lines and ``#`` comments ignored."""
+    p = Path(path)
+    try:
+        lines = p.read_text(encoding="utf-8").splitlines()
+    except FileNotFoundError:
+        raise GendertoolError(f"--heldout {p}: no such file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise GendertoolError(f"--heldout {p}: cannot read ({exc})") from None
+    names = []
+    for n, line in enumerate(lines, start=1):
+        line = line.split("#", 1)[0].strip()
+        if not line:
+            continue
+        if "/" not in line.strip("/") or line.startswith("/"):
+            raise GendertoolError(f"--heldout {p}, line {n}: {line!r} is not 'label/file name'")
+        names.append(line)
+    if not names:
+        raise GendertoolError(f"--heldout {p}: lists no image")
+    return names
+
+
+def shipped_heldout(info) -> Path | None:
+    """The model card's held-out list when ``info`` is the shipped default model (else None)."""
+    listed = default_model_path().parent / "heldout.txt"
+    try:
+        same = hashlib.sha256(default_model_path().read_bytes()).hexdigest() == info.sha256
+    except OSError:
+        return None
+    return listed if same and listed.is_file() else None
+
+
+def trained_on_note(info, items: Sequence[tuple[Path, str]], root: Path) -> str | None:
+    """A note when the shipped model is validated on a folder that mixes its held-out portraits
+    with others (its training images): the accuracy then is not the model card's."""
+    listed_path = shipped_heldout(info)
+    if listed_path is None:
+        return None
+    listed = set(read_image_list(listed_path))
+    rel = [p.relative_to(root).as_posix() for p, _ in items]
+    held = sum(r in listed for r in rel)
+    if held == 0 or held == len(rel):
+        return None
+    return (f"{len(rel) - held} of these {count(len(rel), 'image')} are not in the model card's held-out list "
+            f"({listed_path}): the model may have been trained on them, so this accuracy is not the card's; "
+            f"`--heldout {listed_path}` validates on the held-out {held} only")
+
+
 def collect_images(
-    images_dir: str | Path, labels: Sequence[str], limit: int | None = None
+    images_dir: str | Path, labels: Sequence[str], limit: int | None = None, only: Sequence[str] | None = None
 ) -> tuple[list[tuple[Path, str]], list[SkippedFile]]:
     """Find ``(file, label)`` pairs below ``images_dir/<label>/``.
 
     Sub-folders must be model labels. Every non-hidden file inside them is a candidate (the
     decoder decides whether it is an image). Image files lying loose in ``images_dir`` are
-    reported as skipped; other loose files (README, licence) are ignored. ``limit`` keeps at
-    most that many files, taken in turn from each label folder so every class stays present.
+    reported as skipped; other loose files (README, licence) are ignored. ``only`` (from
+    :func:`read_image_list`) keeps the files it names; named files that are absent are skipped
+    as "not_found". ``limit`` keeps at most that many files, taken in turn from each label
+    folder so every class stays present.
     """
     root = Path(images_dir)
     if not root.exists():
@@ -235,6 +289,15 @@ def collect_images(
         if not files:
             skipped.append(SkippedFile(f"{d.name}/", f"empty label folder: no image of class {d.name!r}", "empty_folder"))
         per_label.append([(p, d.name) for p in files])
+    if only is not None:
+        wanted = dict.fromkeys(only)
+        per_label = [[(p, lb) for p, lb in files if p.relative_to(root).as_posix() in wanted] for files in per_label]
+        found = {p.relative_to(root).as_posix() for files in per_label for p, _ in files}
+        if not found:
+            raise ImageError(f"{root}: none of the {count(len(wanted), 'image')} of the --heldout list is there "
+                             f"(first: {next(iter(wanted))})")
+        skipped += [SkippedFile(name, "listed by --heldout, not in the folder", "not_found")
+                    for name in wanted if name not in found]
     if limit is not None:
         if limit < 1:
             raise GendertoolError(f"--limit must be at least 1, got {limit}")
@@ -255,7 +318,7 @@ def collect_images(
 
 def no_readable_images(root: Path, skipped: Sequence[SkippedFile]) -> ImageError:
     """The error for a folder in which no image could be decoded."""
-    files = [s for s in skipped if s.kind != "empty_folder"]
+    files = [s for s in skipped if s.kind not in ("empty_folder", "not_found")]
     names = ", ".join(s.path for s in files[:5]) + (", ..." if len(files) > 5 else "")
     first = f"; {files[0].path}: {files[0].reason}" if files else ""
     return ImageError(f"{root}: no readable images ({count(len(files), 'file')} skipped: {names}{first})")
@@ -368,8 +431,13 @@ def validate_host(
     limit: int | None = None,
     progress: Callable[[int, int], None] | None = None,
     out_path: str | Path | None = None,
+    heldout: str | Path | None = None,
 ) -> ValidationReport:
     """Run every image of ``images_dir`` through TFLM (reference) and LiteRT with ``kernels``.
+
+    ``heldout``: an image list (:func:`read_image_list`, e.g. the model card's
+    ``models/heldout.txt``): only those images. Without it, the shipped model on a folder that
+    holds its training images gets a note saying so (:func:`trained_on_note`).
 
     ``progress(done, total)`` is called after each file. With ``out_path`` the report is
     written there atomically. Ctrl-C raises :class:`Interrupted` carrying the report of the
@@ -387,7 +455,10 @@ def validate_host(
     t_start = time.perf_counter()
     info = load_model(model, labels=labels, measure_arena=False)  # checks labels against the outputs
     _, height, width, _ = info.input.shape
-    items, skipped = collect_images(images_dir, info.labels, limit)
+    items, skipped = collect_images(images_dir, info.labels, limit,
+                                    only=read_image_list(heldout) if heldout is not None else None)
+    split_note = (f"only the images listed in {heldout}" if heldout is not None
+                  else trained_on_note(info, items, Path(images_dir)))
 
     runtimes = [RuntimeInfo(REFERENCE, TFLM_KERNELS)] + [RuntimeInfo(litert_runtime_name(k), KERNELS[k]) for k in kernels]
     runners = {REFERENCE: TflmRunner(info.data)}
@@ -461,7 +532,13 @@ def validate_host(
         elapsed_s=time.perf_counter() - t_start,
         invoke_s=invoke_s,
         preprocess_s=preprocess_s,
+        notes=[split_note] if split_note else [],
     )
     if out_path is not None:
-        write_report_atomic(out_path, {**report.to_dict(), "partial": False})
+        try:
+            with ctrl_c_waits():  # a Ctrl-C now waits for the report to be written
+                write_report_atomic(out_path, {**report.to_dict(), "partial": False})
+        except KeyboardInterrupt:
+            raise Interrupted(f"{len(results)} of {len(items)} images compared on this computer; report {out_path} "
+                              "(complete)", partial=report) from None
     return report

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_results
+from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_caveats, compare_results
 from gendertool.model.estimate import CALIBRATION_FILE
 from gendertool.protocol import arena_warning
 from gendertool.present.tables import format_bytes, format_ms
@@ -70,7 +70,7 @@ def present_bench(r: "BenchResult", out: "Console") -> None:
     mem = {k: v for k, v in r.memory.items() if v}
     if mem:
         out.print("memory: " + ", ".join(f"{k.replace('_', ' ')} {format_bytes(v)}" for k, v in mem.items()))
-    else:
+    elif r.device:  # the device said who it is, without memory figures (no hello: nothing to say)
         out.print("memory: not reported by the device" + (" (a virtual device has no heap of its own)" if r.simulated else ""))
     if dev.get("arena_in"):
         warning = arena_warning(dev["arena_in"])
@@ -98,8 +98,9 @@ def present_paths(r: "BenchResult", plots: "list[Path]", out: "Console") -> None
     from rich.markup import escape
 
     if r.path:
-        state = ("complete" if r.complete else
-                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.completed} of {r.n} runs")
+        state = ("complete" if r.complete and not r.stale else
+                 f"{'INTERRUPTED' if r.interrupted else 'INCOMPLETE'}: {r.saved} of {r.n} runs"
+                 + (f", not the {r.completed} shown above: a later write failed" if r.stale else ""))
         out.print(f"bench.json: {escape(str(r.path))} ({state})", soft_wrap=True)
     if plots:
         out.print(f"plots: {escape(', '.join(str(p) for p in plots))}", soft_wrap=True)
@@ -153,6 +154,7 @@ def present_calibration_point(path: Path, out: "Console") -> None:
 
 
 def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> None:
+    from rich.markup import escape
     from rich.table import Table
 
 
@@ -164,13 +166,15 @@ def present_compare(old: "BenchResult", new: "BenchResult", out: "Console") -> N
     for row in rows:
         t.add_row(*_compare_cells(row, METRIC_TITLES))
     out.print(t)
+    for caveat in compare_caveats(old, new):
+        out.print(f"caveat: {escape(caveat)}", soft_wrap=True)
 
 
 def _compare_cells(row: "CompareRow", titles: dict) -> list[str]:
     if row.metric == "fps":
         return ["FPS", "", f"{row.old:.1f}", f"{row.new:.1f}", f"{row.delta:+.1f}", f"{row.delta_pct:+.1f}", f"{row.speedup:.2f}x"]
     return [titles[row.metric], row.stat, ms_text(row.old), ms_text(row.new), f"{row.delta / 1000:+.2f}", f"{row.delta_pct:+.1f}",
-            f"{row.speedup:.2f}x"]
+            "-" if row.speedup is None else f"{row.speedup:.2f}x"]
 
 
 def present_boards(results: list["BenchResult"], out: "Console") -> None:

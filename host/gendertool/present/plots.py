@@ -99,12 +99,14 @@ def latency_figure(result: "BenchResult"):
     series = [("Invoke()", invoke, "tab:blue"), ("preprocessing + Invoke()", total, "tab:orange")]
     fig, axes = plt.subplots(2, 1, sharex=True, figsize=(8, 5.5), dpi=100)
     values = invoke + total
-    fence = outlier_fence(values) if values else 0.0
-    shown = [v for v in values if v <= fence]
+    # each series its own fence: pooled, the quartiles of the Invoke() times cut the total times
+    fences = {name: outlier_fence(data) for name, data, _ in series if data}
+    shown = [v for name, data, _ in series for v in data if v <= fences[name]]
     left, right, on_scale = latency_axis(shown) if values else (0.0, REFERENCE_MS * 1.1, True)
     bins = _bins(min(shown), max(shown)) if values else 1
     for ax, (name, data, colour) in zip(axes, series):
         if data:
+            fence = fences[name]
             ax.hist([v for v in data if v <= fence], bins=bins, color=colour, edgecolor="white", linewidth=0.4,
                     label=f"{name} (n={len(data)})")
             med = statistics.median(data)
@@ -132,7 +134,10 @@ def latency_figure(result: "BenchResult"):
                          fontsize=8, color="tab:red")
     axes[1].set_xlabel("latency [ms]")
     status = "" if result.complete else f" (incomplete: {result.completed}/{result.n} runs)"
-    fig.suptitle(_title(f"Latency on {result.board} ({result.port}){status}", result.simulated), fontsize=10)
+    where = "the virtual device" if result.simulated else result.board
+    if result.port and result.port != where:
+        where += f" ({result.port})"
+    fig.suptitle(_title(f"Latency on {where}{status}", result.simulated), fontsize=10)
     return fig
 
 

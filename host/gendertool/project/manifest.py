@@ -184,6 +184,13 @@ def find_build_manifest(build: str | Path | None = None) -> Path:
     path = candidate if candidate.suffix == ".json" else candidate / MANIFEST_NAME
     if not path.is_file():
         where = f"{candidate}" if build is not None else f"{DEFAULT_BUILD_DIR}/ (the default)"
+        folder = path.parent
+        if (folder / "platformio.ini").is_file() and (folder / "main").is_dir():  # rendered, never compiled
+            raise BuildError(
+                f"{folder} holds a rendered firmware project that was not compiled (no {MANIFEST_NAME}: "
+                f"`gendertool build --no-compile`, or a compile that failed); compile it with "
+                f"`gendertool build --out {folder}` with the options it was rendered with (needs PlatformIO or ESP-IDF), then flash"
+            )
         raise BuildError(
             f"no build found: {path} does not exist in {where}; "
             "run `gendertool build` first, or pass --build DIR of a finished build"
