@@ -110,6 +110,29 @@ def rect_region(rgb: np.ndarray, cx: float, cy: float, rh: float, rw: float) -> 
     return rgb[y0 : y0 + rh, x0 : x0 + rw]
 
 
+def photometric(out, rng, p_gray: float, cast: float, p_erase: float):
+    """Colour jitter (brightness, contrast, saturation, occasional grey), a colour cast (an
+    independent gain per channel, as a wrong white balance gives) and random erasing (an occluded
+    rectangle filled with noise), drawn from ``rng`` in this fixed order (float image out)."""
+    gray = out.mean(axis=2, keepdims=True)
+    if rng.random() < p_gray:
+        out = np.repeat(gray, 3, axis=2)
+    else:
+        out = gray + (out - gray) * rng.uniform(0.6, 1.4)
+    mean = out.mean()
+    out = mean + (out - mean) * rng.uniform(0.7, 1.3)
+    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
+    if cast > 0:
+        # colour cast (white balance): an independent gain per channel
+        out = out * rng.uniform(1 - cast, 1 + cast, size=3)
+    if rng.random() < p_erase:
+        # random erasing: an occluded rectangle filled with noise
+        eh, ew = rng.integers(10, 33, size=2)
+        y0, x0 = rng.integers(0, SIZE - eh + 1), rng.integers(0, SIZE - ew + 1)
+        out[y0 : y0 + eh, x0 : x0 + ew] = rng.uniform(0, 255, size=(eh, ew, 3))
+    return out
+
+
 def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_erase: float = 0.0,
             crop_fraction: float = 1.0, crop: str = "center", face_zoom: tuple[float, float] = (1.3, 2.4),
             p_gray: float = 0.1, cast: float = 0.0) -> np.ndarray:
@@ -154,24 +177,7 @@ def augment(rgb: np.ndarray, face, rng: np.random.Generator, p_face: float, p_er
     out = crop_resize(np.ascontiguousarray(region), SIZE, SIZE, 1.0, crop).astype(np.float32)
     if rng.random() < 0.5:
         out = out[:, ::-1]
-    # colour jitter: brightness, contrast, saturation, occasional grey
-    gray = out.mean(axis=2, keepdims=True)
-    if rng.random() < p_gray:
-        out = np.repeat(gray, 3, axis=2)
-    else:
-        out = gray + (out - gray) * rng.uniform(0.6, 1.4)
-    mean = out.mean()
-    out = mean + (out - mean) * rng.uniform(0.7, 1.3)
-    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
-    if cast > 0:
-        # colour cast (white balance): an independent gain per channel
-        out = out * rng.uniform(1 - cast, 1 + cast, size=3)
-    if rng.random() < p_erase:
-        # random erasing: an occluded rectangle filled with noise
-        eh, ew = rng.integers(10, 33, size=2)
-        y0, x0 = rng.integers(0, SIZE - eh + 1), rng.integers(0, SIZE - ew + 1)
-        out[y0 : y0 + eh, x0 : x0 + ew] = rng.uniform(0, 255, size=(eh, ew, 3))
-    return np.clip(np.round(out), 0, 255).astype(np.uint8)
+    return np.clip(np.round(photometric(out, rng, p_gray, cast, p_erase)), 0, 255).astype(np.uint8)
 
 
 def plain(rgb: np.ndarray, crop_fraction: float = 1.0, crop: str = "center") -> np.ndarray:
@@ -372,20 +378,7 @@ def augment_view(rgb: np.ndarray, marks, rng: np.random.Generator, p_face: float
         out = out[:, ::-1]
         if pts is not None:
             pts = np.stack([SIZE - 1 - pts[:, 0], pts[:, 1]], axis=1)[FLIP_MARKS]
-    gray = out.mean(axis=2, keepdims=True)
-    if rng.random() < p_gray:
-        out = np.repeat(gray, 3, axis=2)
-    else:
-        out = gray + (out - gray) * rng.uniform(0.6, 1.4)
-    mean = out.mean()
-    out = mean + (out - mean) * rng.uniform(0.7, 1.3)
-    out = out * rng.uniform(0.75, 1.25) + rng.uniform(-12, 12, size=3)
-    if cast > 0:
-        out = out * rng.uniform(1 - cast, 1 + cast, size=3)
-    if rng.random() < p_erase:
-        eh, ew = rng.integers(10, 33, size=2)
-        y0, x0 = rng.integers(0, SIZE - eh + 1), rng.integers(0, SIZE - ew + 1)
-        out[y0 : y0 + eh, x0 : x0 + ew] = rng.uniform(0, 255, size=(eh, ew, 3))
+    out = photometric(out, rng, p_gray, cast, p_erase)
     if pts is not None and not np.all((pts >= 0) & (pts <= SIZE - 1)):
         pts = None  # a landmark left the view: no face for the teacher to read
     return np.clip(np.round(out), 0, 255).astype(np.uint8), pts

@@ -16,6 +16,19 @@ if TYPE_CHECKING:
     from gendertool.device.flash import FlashResult
 
 
+def _before_option():
+    return typer.Option(
+        "auto", "--before", metavar="MODE", autocompletion=complete_before,
+        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
+        "auto: usb-reset on the native USB port, default-reset on a UART bridge.")
+
+
+def _after_option(when: str, note: str = ""):
+    return typer.Option(
+        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
+        help=f"esptool's reset {when}: {', '.join(AFTER_CHOICES)}{note}.")
+
+
 @app.command("flash")
 def flash_cmd(
     port: list[str] = port_option(
@@ -34,13 +47,8 @@ def flash_cmd(
     no_verify: bool = typer.Option(
         False, "--no-verify",
         help="Skip the second read-back of every region (esptool still checks each image's MD5 right after writing it)."),
-    before: str = typer.Option(
-        "auto", "--before", metavar="MODE", autocompletion=complete_before,
-        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
-        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
-    after: str = typer.Option(
-        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
-        help=f"esptool's reset after writing: {', '.join(AFTER_CHOICES)} (hard-reset starts the app; no-reset stays in the loader)."),
+    before: str = _before_option(),
+    after: str = _after_option("after writing", " (hard-reset starts the app; no-reset stays in the loader)"),
 ) -> None:
     """Write a build (bootloader, partition table, app) to an ESP32-S3, verify it and reset into the app."""
     flash_build(port, build, baud=baud, merged=merged, verbose=verbose,
@@ -79,13 +87,8 @@ def flash_build(port: list[str], build: Optional[Path], *, baud: int, merged: bo
 @app.command("erase")
 def erase_cmd(
     port: Optional[str] = port_option(kinds="Serial port of the board"),
-    before: str = typer.Option(
-        "auto", "--before", metavar="MODE", autocompletion=complete_before,
-        help=f"esptool's reset before connecting: {', '.join(BEFORE_CHOICES)}; "
-        "auto: usb-reset on the native USB port, default-reset on a UART bridge."),
-    after: str = typer.Option(
-        "hard-reset", "--after", metavar="MODE", autocompletion=complete_after,
-        help=f"esptool's reset when done: {', '.join(AFTER_CHOICES)}."),
+    before: str = _before_option(),
+    after: str = _after_option("when done"),
     force: bool = typer.Option(False, "--force", help="esptool's --force: skip its flash-encryption and secure-boot checks."),
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Show esptool's own messages."),
 ) -> None:

@@ -34,14 +34,7 @@ def _png(path: Path, figsize: tuple[float, float]) -> Iterator:
     try:
         yield ax
         fig.tight_layout()
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fig.savefig(path, format="png")
-        except OSError as exc:  # a full or read-only disk: one clear line, no half PNG kept
-            with suppress(OSError):
-                path.unlink(missing_ok=True)
-
-            raise GendertoolError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+        _save_png(fig, path)
     finally:
         plt.close(fig)
 
@@ -147,14 +140,7 @@ def latency_histogram(result: "BenchResult", path: Path) -> Path:
     fig = latency_figure(result)
     try:
         fig.tight_layout()
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            fig.savefig(path, format="png")
-        except OSError as exc:  # a full or read-only disk: one clear line, no half PNG kept
-            with suppress(OSError):
-                path.unlink(missing_ok=True)
-
-            raise GendertoolError(f"cannot write plot {path}: {exc.strerror or exc}") from None
+        _save_png(fig, path)
     finally:
         plt.close(fig)
     return path
@@ -188,3 +174,14 @@ def write_plots(result: "BenchResult", out_dir: Path) -> list[Path]:
         paths.append(operator_bars(result.profile, out_dir / "operators.png", board=result.board,
                                    simulated=result.simulated, estimated=result.profile_estimated))
     return paths
+
+
+def _save_png(fig, path: Path) -> None:
+    """Write ``fig`` as a PNG; a full or read-only disk is one clear line and no half PNG is kept."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, format="png")
+    except OSError as exc:
+        with suppress(OSError):
+            path.unlink(missing_ok=True)
+        raise GendertoolError(f"cannot write plot {path}: {exc.strerror or exc}") from None
