@@ -873,10 +873,10 @@ def test_monitor_live_view_names_the_arena(monkeypatch):
     """Issue 21 fault 8: the live view (the Rich panel while results stream) shows the placement."""
     from rich.console import Console
 
-    from gendertool.cli.monitor import _MonitorView
+    from gendertool.present.monitor import MonitorView
     from gendertool.device.monitor import MonitorSession
 
-    view = _MonitorView(json_out=None, csv_out=None, text_results=False)
+    view = MonitorView(json_out=None, csv_out=None, text_results=False)
     view.session = MonitorSession("socket://x")
     for where, warned in (("internal", False), ("psram", True)):
         view.session.hello = p.Hello(**{**HELLO.__dict__, "arena_in": where})

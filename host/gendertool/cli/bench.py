@@ -23,7 +23,13 @@ from gendertool.present.bench import (
 from gendertool.present.console import console, err_console
 from gendertool.text import about, count
 
-from .options import complete_bench_inputs, complete_boards, complete_models, port_option, resolve_ports
+from .options import (
+    complete_bench_inputs,
+    complete_boards,
+    complete_models,
+    port_option,
+    resolve_ports,
+)
 from .root import EXIT_USER_ERROR, app, print_error
 
 if TYPE_CHECKING:

@@ -13,7 +13,12 @@ import typer
 from gendertool.present.console import console, err_console
 from gendertool.project.manifest import DEFAULT_BUILD_DIR
 
-from .options import complete_backends, complete_boards, complete_inputs, complete_models
+from .options import (
+    complete_backends,
+    complete_boards,
+    complete_inputs,
+    complete_models,
+)
 from .root import app
 
 # Toolchain lines kept on screen under the progress line.

@@ -9,7 +9,6 @@ import typer
 
 from gendertool.files import is_device_or_pipe
 from gendertool.present.console import console, err_console
-from gendertool.protocol import arena_warning
 
 from .options import complete_bench_inputs, complete_dirs, port_option, resolve_ports
 from .root import app
@@ -49,9 +48,15 @@ def monitor_cmd(
         help="With --web: the device sends its int8 input tensor with every Nth result (about 17 KB each on the link; 0: never)."),
 ) -> None:
     """Follow the firmware's results live: class, confidence, latency percentiles, FPS; Ctrl-C for a summary."""
+    from gendertool.present.monitor import MonitorView, present_monitor_summary
     import sys
 
-    from gendertool.device.monitor import TeeSink, check_options, new_run_id, run_monitor
+    from gendertool.device.monitor import (
+        TeeSink,
+        check_options,
+        new_run_id,
+        run_monitor,
+    )
     from gendertool.errors import DeviceError, GendertoolError
     from gendertool.files import JsonLinesWriter
 
@@ -69,7 +74,7 @@ def monitor_cmd(
     writer_csv = _MonitorCsv(csv_file, run_id) if csv_file is not None else None
     machine_stdout = as_json or (writer_csv is not None and writer_csv.to_stdout)  # then the text goes to stderr
     json_out = JsonLinesWriter(sys.stdout) if as_json else None
-    sink = _MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not machine_stdout, run=run_id)
+    sink = MonitorView(json_out=json_out, csv_out=writer_csv, text_results=not machine_stdout, run=run_id)
     csv_error = None
     page = None
     try:
@@ -89,7 +94,7 @@ def monitor_cmd(
         finally:
             if page is not None:
                 page.close()
-    _present_summary(summary, err_console if machine_stdout else console, csv_file, writer_csv)
+    present_monitor_summary(summary, err_console if machine_stdout else console, csv_file, writer_csv)
     if summary.error or csv_error:
         raise DeviceError("; ".join(e for e in (summary.error, csv_error) if e))
 
@@ -228,195 +233,7 @@ def _elf_from_build(build: Optional[Path]) -> Optional[Path]:
     return path.parent / elf if isinstance(elf, str) and elf else None
 
 
-def _verdict_text(v) -> str:
-    """`  sample NAME (true LABEL) ok|WRONG` for a built-in sample, '' otherwise."""
-    if v is None:
-        return ""
-    if v.truth is None:
-        return f"  sample {v.name} (true label unknown)"
-    return f"  sample {v.name} (true {v.truth}) {'ok' if v.correct else 'WRONG'}"
 
 
-class _MonitorView:
-    """Draws a monitor session: a live view on a terminal, plain lines otherwise."""
-
-    def __init__(self, *, json_out, csv_out, text_results: bool, run: str = "") -> None:
-        from gendertool.device.monitor import MonitorSink
-
-        self.run = run
-        self.json_out = json_out
-        self.csv_out = csv_out
-        self.text_results = text_results
-        self.session = None
-        self._live = None
-        self.live_enabled = err_console.is_terminal
-        view = self
-
-        class _Sink(MonitorSink):
-            def hello(self, h) -> None:
-                if view.csv_out is not None:
-                    view.csv_out.start(h.labels)
-                sim = " [virtual device: latency is this computer's]" if h.simulated else ""
-                arena = f", arena in {h.arena_in}" if h.arena_in else ""
-                view._say(f"connected: {h.board} fw {h.fw}, model {h.model} ({h.model_sha256[:12]}), labels {', '.join(h.labels)}{arena}{sim}", "cyan")
-                warning = arena_warning(h.arena_in)
-                if warning:
-                    view._say(f"WARNING: {warning}", "bold red")
-
-            def result(self, r, session) -> None:
-                from gendertool.device.monitor import json_row, result_row, row_labels, sample_verdict
-
-                view.session = session
-                if view.json_out is not None or view.csv_out is not None:
-                    row = result_row(r, session.hello)
-                    if view.json_out is not None:
-                        view.json_out.write(json_row(row, row_labels(session.hello, row), view.run))
-                    if view.csv_out is not None:
-                        view.csv_out.write(row)
-                if view.text_results and (view._live is None or not console.is_terminal):
-                    console.print(
-                        f"#{r.seq:<6} {r.label:<10} {r.confidence:6.1%}  invoke {r.invoke_us / 1000:7.2f} ms  pre {r.pre_us / 1000:6.2f} ms"
-                        + _verdict_text(sample_verdict(r, session.hello)),
-                        soft_wrap=True,
-                        markup=False,
-                        highlight=False,
-                    )
-                view._refresh()
-
-            def log(self, text: str) -> None:
-                if view._live is None:
-                    err_console.print(text, style="dim", markup=False, highlight=False)
-
-            def status(self, text: str) -> None:
-                view._say(text, "yellow")
-
-            def panic(self, report) -> None:
-                view._panic(report)
-
-            def device_error(self, rec) -> None:
-                view._say(f"device error {rec.code} ({rec.cmd or 'spontaneous'}): {rec.message}", "red")
-
-            def tick(self, session) -> None:
-                view.session = session
-                view._refresh()
-
-        self.sink = _Sink()
-
-    def live(self):
-        from contextlib import contextmanager
-
-        from gendertool.present.progress import live_view
-
-        @contextmanager
-        def _cm():
-            with live_view(err_console, enabled=self.live_enabled, refresh_per_second=8) as live:
-                self._live = live if self.live_enabled else None
-                try:
-                    yield
-                finally:
-                    if self._live is not None:
-                        self._live.update(self._render(), refresh=True)
-                    self._live = None
-
-        return _cm()
-
-    def _say(self, text: str, style: str) -> None:
-        err_console.print(text, style=style, markup=False, highlight=False)
-
-    def _panic(self, report) -> None:
-        lines = [report.reason, report.backtrace]
-        if report.decoded:
-            for f in report.frames:
-                where = f"{f.function} at {f.location}" if f.function else "(not in the ELF)"
-                lines.append(f"  {f.pc}: {where}")
-                lines.extend(f"    (inlined by) {x}" for x in f.inlined)
-        if report.corrupted:
-            lines.append("  (backtrace corrupted: the stack was overwritten)")
-        if report.hint:
-            lines.append(f"hint: {report.hint}")
-        err_console.print("\n".join(lines), style="bold red", markup=False, highlight=False)
-
-    def _refresh(self) -> None:
-        if self._live is not None and self.session is not None:
-            self._live.update(self._render())
-
-    def _render(self):
-        from rich.table import Table
-
-        from gendertool.present.tables import format_ms, kv_table, log_panel
-
-        s = self.session
-        if s is None:
-            return log_panel([], height=10)
-        r = s.latest
-        rows = []
-        if r is not None:
-            from gendertool.device.monitor import sample_verdict
-
-            rows += [
-                ("result", f"#{r.seq}  {r.label}  (class {r.class_index})" + _verdict_text(sample_verdict(r, s.hello))),
-                ("confidence", f"{r.confidence:.1%}"),
-                ("invoke", f"{r.invoke_us / 1000:.2f} ms"),
-            ]
-        rows += [
-            ("invoke p50/p90", f"{format_ms(s.invoke.p50, 2)} / {format_ms(s.invoke.p90, 2)} ms"),
-            ("pre p50", f"{format_ms(s.pre.p50, 2)} ms"),
-            ("FPS", f"{s.rate.rate():.1f}"),
-            ("results", f"{s.results}" + (f"  (lost {s.lost})" if s.lost else "")),
-            ("classes", "  ".join(f"{k} {v}" for k, v in s.classes.most_common())),
-        ]
-        if s.disconnects:
-            rows.append(("port lost", f"{s.disconnects}, back {s.reconnects}"))
-        arena_in = getattr(s.hello, "arena_in", "")
-        if arena_in:  # where the arena is changes every latency above (issue 21)
-            rows.append(("arena", f"in {arena_in}" + ("  WARNING: slower than internal RAM" if arena_warning(arena_in) else "")))
-        if r is not None and r.simulated:
-            rows.append(("", "virtual device: host latency"))
-        grid = Table.grid(expand=True, padding=(0, 2))
-        grid.add_column(ratio=2)
-        grid.add_column(ratio=3)
-        grid.add_row(kv_table(rows, title=f"monitor {s.port}"), log_panel(s.logs, height=10))
-        return grid
 
 
-def _present_summary(summary, out, csv_file: Optional[Path], csv_out: "Optional[_MonitorCsv]" = None) -> None:
-    from gendertool.present.tables import format_duration, format_ms, kv_table
-    from gendertool.text import count
-
-    inv, pre = summary.invoke_ms, summary.pre_ms
-    rows = [
-        ("port", summary.port + ("  (virtual device: latency is this computer's)" if summary.simulated else "")),
-        ("results", f"{summary.results} in {format_duration(summary.seconds)} (connecting included)"),
-        # a rate needs two results; over the span it is measured on, not the whole session
-        ("FPS", f"{summary.fps:.1f} (first to last result, {format_duration(summary.span_s)})" if summary.results >= 2
-         else "- (needs two results)"),
-    ]
-    if inv:
-        rows.append(("invoke ms", f"p50 {format_ms(inv['p50'], 2)}  p90 {format_ms(inv['p90'], 2)}  p99 {format_ms(inv['p99'], 2)}  mean {format_ms(inv['mean'], 2)}  min {format_ms(inv['min'], 2)}  max {format_ms(inv['max'], 2)}"))
-    if pre:
-        rows.append(("preprocess ms", f"p50 {format_ms(pre['p50'], 2)}  p90 {format_ms(pre['p90'], 2)}"))
-    if summary.classes:
-        total = sum(summary.classes.values())
-        rows.append(("classes", "  ".join(f"{k} {v} ({v / total:.0%})" for k, v in sorted(summary.classes.items()))))
-    lost = summary.lost + summary.parser.get("bad_crc", 0) + summary.parser.get("bad_frame", 0) + summary.parser.get("overlong", 0) + summary.parser.get("partial", 0)
-    rows.append(("lost / damaged", f"{summary.lost} missing seq, parser {summary.parser.get('bad_crc', 0)} bad crc, {summary.parser.get('bad_frame', 0)} bad frame, {summary.parser.get('overlong', 0)} overlong, {summary.parser.get('partial', 0)} cut" if lost else "none"))
-    if summary.samples_right or summary.samples_wrong:
-        n = summary.samples_right + summary.samples_wrong
-        rows.append(("sample checks", f"{summary.samples_right}/{n} right" + (f", {summary.samples_wrong} WRONG" if summary.samples_wrong else "")))
-    if summary.disconnects:
-        rows.append(("port lost", f"{count(summary.disconnects, 'time')}, back {count(summary.reconnects, 'time')}"))
-    arena_in = summary.device.get("arena_in", "")
-    if arena_in:
-        warning = arena_warning(arena_in)
-        rows.append(("arena", f"in {arena_in}" + (f"  WARNING: {warning}" if warning else "")))
-    if summary.panics:
-        rows.append(("panics", str(summary.panics)))
-    if csv_file is not None:
-        where = "standard output" if csv_out is not None and csv_out.to_stdout else str(csv_file)
-        kept = csv_out.writer.count if csv_out is not None and csv_out.writer is not None else 0
-        if csv_out is not None and kept < summary.results:  # a write failed: say what the file holds
-            where += f" (holds {kept} of these {summary.results} results)"
-        rows.append(("csv", where))
-    if summary.interrupted:
-        rows.append(("stopped", "Ctrl-C"))
-    out.print(kv_table(rows, title="Monitor summary"))

@@ -5,10 +5,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from gendertool.device.bench_results import METRIC_TITLES, REFERENCE_MS, compare_caveats, compare_results
+from gendertool.device.bench_results import (
+    METRIC_TITLES,
+    REFERENCE_MS,
+    compare_caveats,
+    compare_results,
+)
 from gendertool.model.estimate import CALIBRATION_FILE
-from gendertool.protocol import arena_warning
 from gendertool.present.tables import format_bytes, format_ms
+from gendertool.protocol import arena_warning
 from gendertool.stats import STAT_KEYS
 
 if TYPE_CHECKING:

@@ -47,7 +47,14 @@ from gendertool.device.monitor import (
 from gendertool.device.validate import fit_upload
 from gendertool.errors import DeviceError, GendertoolError, ImageError
 from gendertool.model.info import ModelInfo, load_model
-from gendertool.model.preprocess import crop_rect, inverse_lut, load_rgb, preprocess, quant_lut, tensor_to_rgb
+from gendertool.model.preprocess import (
+    crop_rect,
+    inverse_lut,
+    load_rgb,
+    preprocess,
+    quant_lut,
+    tensor_to_rgb,
+)
 from gendertool.model.runtime import TflmRunner
 from gendertool.project.samples import default_sample_paths
 from gendertool.protocol import BENCH_MAX_N, INPUT_EVERY_MAX, SOURCES, arena_warning
@@ -731,9 +738,9 @@ class WebServer:
         return web.json_response(out)
 
     async def _upload(self, request):
-        from aiohttp import web
-
         from urllib.parse import unquote
+
+        from aiohttp import web
 
         name = escape_control(unquote(request.headers.get("X-Filename", "image")), keep_newlines=False)[:120]
         data = await request.read()
