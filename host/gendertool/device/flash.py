@@ -240,15 +240,12 @@ def flash(
     check_flashable(port, baud)
     check_reset_modes(before, after)
 
-    connect_mode = before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
+    connect_mode = _connect_mode(port, before)
     t0 = time.monotonic()
     stage = "connecting"
     reporter.stage(stage)
     with esptool_logger(reporter, plan.images) as bridge:
-        try:
-            esp = cmds.detect_chip(port, connect_mode=connect_mode)
-        except (FatalError, serial.SerialException, OSError) as exc:
-            raise _explain(exc, port, "connecting") from None
+        esp = _detect_chip(port, connect_mode)
         try:
             chip, description = _require_s3(esp, port, "flash")
             features = list(esp.get_chip_features())
@@ -330,6 +327,23 @@ def flash(
 
 
 
+def _connect_mode(port: str, before: str) -> str:
+    """esptool's reset before connecting: ``before``, or by port for ``auto`` (USB or UART)."""
+    return before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
+
+
+def _detect_chip(port: str, connect_mode: str):
+    """Connect to the ROM loader on ``port``; a failure is one DeviceError naming the port."""
+    import serial
+    from esptool import cmds
+    from esptool.util import FatalError
+
+    try:
+        return cmds.detect_chip(port, connect_mode=connect_mode)
+    except (FatalError, serial.SerialException, OSError) as exc:
+        raise _explain(exc, port, "connecting") from None
+
+
 def _require_s3(esp, port: str, what: str) -> tuple[str, str]:
     """The chip's name and description; a DeviceError when it is not an ESP32-S3."""
     import serial
@@ -377,15 +391,12 @@ def erase(
     if port == "sim":
         raise DeviceError("cannot erase sim: the virtual device has no flash; erase a real board's serial port")
     check_reset_modes(before, after)
-    connect_mode = before if before != "auto" else (CONNECT_MODE_USB if is_usb_jtag(port) else CONNECT_MODE_UART)
+    connect_mode = _connect_mode(port, before)
     t0 = time.monotonic()
     stage = "connecting"
     reporter.stage(stage)
     with esptool_logger(reporter, ()):
-        try:
-            esp = cmds.detect_chip(port, connect_mode=connect_mode)
-        except (FatalError, serial.SerialException, OSError) as exc:
-            raise _explain(exc, port, "connecting") from None
+        esp = _detect_chip(port, connect_mode)
         try:
             _, description = _require_s3(esp, port, "erase it")
             mac = ":".join(f"{b:02x}" for b in esp.read_mac())
