@@ -32,6 +32,20 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+def noise_images(root: Path, n: int, size: tuple[int, int], seed: int, name: str = "i{i}.png") -> Path:
+    """``root/female`` and ``root/male`` with ``n`` random-noise PNGs of ``size`` (h, w), alternating
+    labels: pictures to validate or upload whose content does not matter. Returns ``root``."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        label = ("female", "male")[i % 2]
+        (root / label).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (*size, 3), dtype=np.uint8)).save(root / label / name.format(i=i))
+    return root
+
+
 @pytest.fixture
 def board_ports(request) -> list[str]:
     return request.config.getoption("--port")

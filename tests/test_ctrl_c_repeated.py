@@ -20,6 +20,8 @@ from pathlib import Path
 
 import pytest
 
+from conftest import noise_images
+
 pytestmark = pytest.mark.skipif(sys.platform == "win32", reason="POSIX signals")
 
 BURST = 25  # SIGINTs per burst, 2 ms apart: they cover the whole save-and-speak of the first one
@@ -89,15 +91,7 @@ def test_a_burst_of_ctrl_c_during_bench_keeps_and_names_every_sample(tmp_path, n
 
 @pytest.fixture
 def images(tmp_path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(20)
-    for i in range(60):
-        label = ("female", "male")[i % 2]
-        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"i{i:02}.png")
-    return tmp_path / "imgs"
+    return noise_images(tmp_path / "imgs", 60, (48, 40), seed=20, name="i{i:02}.png")
 
 
 def test_a_burst_of_ctrl_c_during_validate_on_a_board_keeps_the_report(tmp_path, images, sim_server):

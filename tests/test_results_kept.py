@@ -19,10 +19,11 @@ from pathlib import Path
 
 import pytest
 
+
 from gendertool.device import bench
 
 from gendertool.device import bench_results
-from conftest import REPO, closed_port_url
+from conftest import REPO, closed_port_url, noise_images
 
 
 def _bench(cli, port, out, *extra):
@@ -248,15 +249,7 @@ def test_full_disk_while_writing_a_plot(cli, tmp_path, monkeypatch):
 
 @pytest.fixture
 def small_images(tmp_path):
-    from PIL import Image
-    import numpy as np
-
-    rng = np.random.default_rng(3)
-    for i in range(6):
-        label = ("female", "male")[i % 2]
-        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (48, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"i{i}.png")
-    return tmp_path / "imgs"
+    return noise_images(tmp_path / "imgs", 6, (48, 40), seed=3)
 
 
 def test_ctrl_c_during_host_validate_prints_the_images_compared(cli, small_images, tmp_path, monkeypatch):

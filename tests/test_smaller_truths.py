@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, closed_port_url
+
+from conftest import REPO, closed_port_url, noise_images
 from gendertool.device.bench_results import BenchResult, Sample
 from gendertool.files import write_json_atomic
 
@@ -132,15 +133,7 @@ def test_a_folder_with_training_images_gets_a_hint(cli, portraits):
 
 @pytest.fixture
 def images(tmp_path) -> Path:
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(5)
-    for i in range(4):
-        label = ("female", "male")[i % 2]
-        (tmp_path / "imgs" / label).mkdir(parents=True, exist_ok=True)
-        Image.fromarray(rng.integers(0, 255, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "imgs" / label / f"i{i}.png")
-    return tmp_path / "imgs"
+    return noise_images(tmp_path / "imgs", 4, (40, 40), seed=5)
 
 
 def test_heldout_list_names_what_is_missing(cli, images, tmp_path):
