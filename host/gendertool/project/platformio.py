@@ -141,8 +141,6 @@ def _fetch_failure(lines: Sequence[str]) -> str | None:
     return None
 
 
-
-
 def build_pio(
     out: Path, board: Any, jobs: int | None, log: Any, on_line: LineCallback | None, stage: LineCallback, warnings: list
 ) -> tuple[BuildOutput, Sizes]:
